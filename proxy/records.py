@@ -1,0 +1,116 @@
+"""The record shape ("v": 1) and the JSONL writer: one os.write() of one whole line per call."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Literal, TypedDict
+
+import orjson
+
+RECORD_VERSION = 1
+
+UsageSource = Literal["provider", "estimated", "none"]
+CallError = Literal[
+    "upstream_timeout",
+    "upstream_unreachable",
+    "upstream_reset",
+    "upstream_bad_response",
+    "client_disconnected",
+]
+
+
+class CostRecord(TypedDict):
+    """One metered call. The format only grows: fields are added, never renamed or re-meant."""
+
+    timestamp: str
+    request_id: str
+    user_id: str
+    ip_address: str | None
+    provider: str
+    model: str | None
+    endpoint: str
+    is_streaming: bool
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+    input_cost: float | None
+    output_cost: float | None
+    total_cost: float | None
+    finish_reason: str | None
+    v: int
+    response_model: str | None
+    cached_input_tokens: int
+    cache_write_tokens: int
+    reasoning_tokens: int
+    currency: str
+    priced: bool
+    usage_source: UsageSource
+    status_code: int
+    error: CallError | None
+    duration_ms: float
+    ttfb_ms: float | None
+    proxy_request_id: str
+    session_id: str | None
+    task_type: str | None
+
+
+class RecordWriter:
+    """Appends records to a JSONL file opened with O_APPEND, so workers can share it.
+
+    Each record is a single write() of a whole line: concurrent writers never interleave inside a
+    line, and a crash can at worst leave the last line torn, which the next start-up closes off.
+    A failed write never stops the proxy: the record goes to stderr as JSON and is counted.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.dropped = 0
+        self.problem: str | None = None
+        self._fd: int | None = None
+
+    def open(self) -> None:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+            self._close_torn_line()
+            self.problem = None
+        except OSError as exc:
+            self._fail(exc)
+
+    def _close_torn_line(self) -> None:
+        # A crash mid-write can leave a last line without its newline; start ours on a fresh line.
+        assert self._fd is not None
+        with open(self.path, "rb") as existing:
+            existing.seek(0, os.SEEK_END)
+            if existing.tell() == 0:
+                return
+            existing.seek(-1, os.SEEK_END)
+            if existing.read(1) != b"\n":
+                os.write(self._fd, b"\n")
+
+    def append(self, record: CostRecord) -> None:
+        line = orjson.dumps(record) + b"\n"
+        if self._fd is None:
+            self.open()
+        if self._fd is not None:
+            try:
+                os.write(self._fd, line)
+                return
+            except OSError as exc:
+                self._fail(exc)
+        self.dropped += 1
+        sys.stderr.buffer.write(b'{"dropped_record": ' + line[:-1] + b"}\n")
+        sys.stderr.flush()
+
+    def _fail(self, exc: OSError) -> None:
+        self.problem = f"cannot write cost-tracking file {self.path}: {exc.strerror or exc}"
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
