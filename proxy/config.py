@@ -166,7 +166,7 @@ def _show(value: Any) -> str:
     return f"{type(value).__name__} {value!r}" if value is not None else "nothing"
 
 
-def _line_map(node: yaml.Node | None) -> dict[tuple[str, ...], int]:
+def _line_map(node: yaml.Node | None, source: str) -> dict[tuple[str, ...], int]:
     lines: dict[tuple[str, ...], int] = {}
 
     def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
@@ -174,7 +174,13 @@ def _line_map(node: yaml.Node | None) -> dict[tuple[str, ...], int]:
         if isinstance(node, yaml.MappingNode):
             for key_node, value_node in node.value:
                 key_path = (*path, str(key_node.value))
-                lines[key_path] = key_node.start_mark.line + 1
+                line = key_node.start_mark.line + 1
+                # PyYAML keeps the last of two equal keys; a model pasted twice would silently take
+                # the later price, so a repeated key is an error (YAML requires unique keys).
+                if key_path in lines:
+                    where, first = ".".join(key_path), lines[key_path]
+                    raise ConfigError(f"{source}: {where} (line {line}): repeats the key on line {first}")
+                lines[key_path] = line
                 walk(value_node, key_path)
         elif isinstance(node, yaml.SequenceNode):
             for index, item in enumerate(node.value):
@@ -206,7 +212,7 @@ def parse_config(text: str, environ: Mapping[str, str], source: str = "config.ym
         at = f" (line {mark.line + 1})" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{source}{at}: not valid YAML: {problem}") from exc
-    r = _Reader(source, _line_map(node), environ)
+    r = _Reader(source, _line_map(node, source), environ)
     if data is None:
         raise r.fail((), "the config file is empty; start from the shipped config.yml")
     top = r.mapping(data, (), _TOP_KEYS)
