@@ -197,7 +197,9 @@ def load_config(path: str | Path, environ: Mapping[str, str]) -> Config:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{source}: config file not found; pass --config PATH or set METERPROXY_CONFIG") from None
+        raise ConfigError(
+            f"{source}: config file not found; pass --config PATH or set METERPROXY_CONFIG"
+        ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{source}: cannot read config file: {exc}") from exc
     return parse_config(text, environ, source=source)
@@ -226,7 +228,9 @@ def parse_config(text: str, environ: Mapping[str, str], source: str = "config.ym
 
     currency = r.currency(top.get("currency", "USD"), ("currency",))
     rates = {
-        r.currency(code, ("exchange_rates", str(code))): r.number(rate, ("exchange_rates", str(code)), positive=True)
+        r.currency(code, ("exchange_rates", str(code))): r.number(
+            rate, ("exchange_rates", str(code)), positive=True
+        )
         for code, rate in r.mapping(top.get("exchange_rates"), ("exchange_rates",)).items()
     }
 
@@ -264,7 +268,9 @@ def _provider(r: _Reader, name: str, value: Any) -> Provider:
         raise r.fail(path, "provider names are letters, digits, '_', '.', '-' (and not 'v1' or 'health')")
     raw = r.mapping(value, path, _PROVIDER_KEYS)
     if raw.get("base_url") is None:
-        raise r.fail((*path, "base_url"), "missing; set the provider's API URL, e.g. https://api.openai.com/v1")
+        raise r.fail(
+            (*path, "base_url"), "missing; set the provider's API URL, e.g. https://api.openai.com/v1"
+        )
     base_url = r.text(raw["base_url"], (*path, "base_url")).rstrip("/")
     parts = urlsplit(base_url)
     if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:

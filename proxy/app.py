@@ -1,0 +1,117 @@
+"""create_app(config) -> Starlette: mounts the meter, serves /health and /v1/models; the lifespan
+owns the long-lived things (the upstream client, the record writer, the rolling totals)."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any, TypedDict
+
+import orjson
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from proxy import __version__
+from proxy.config import Config, load_config
+from proxy.errors import error_body
+from proxy.meter import Meter
+from proxy.records import RecordWriter
+from proxy.routing import Routes
+from proxy.stats import RollingTotals
+from proxy.upstream import AiohttpUpstream, Upstream
+
+CONFIG_ENV = "METERPROXY_CONFIG"
+
+
+class State(TypedDict):
+    upstream: Upstream
+    writer: RecordWriter
+    totals: RollingTotals
+
+
+class JSONResponse(Response):
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def create_app(config: Config, upstream: Upstream | None = None) -> Starlette:
+    routes = Routes(config.providers)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[State]:
+        client = upstream if upstream is not None else AiohttpUpstream()
+        writer = RecordWriter(config.record_file)
+        totals = RollingTotals(config.record_file, config.currency, config.exchange_rates)
+        if config.cost_tracking:
+            writer.open()
+            totals.load()
+        try:
+            yield {"upstream": client, "writer": writer, "totals": totals}
+        finally:
+            writer.close()
+            if upstream is None:
+                await client.close()
+
+    async def health(request: Request) -> Response:
+        writer: RecordWriter = request.state.writer
+        totals: RollingTotals = request.state.totals
+        body: dict[str, Any] = {
+            "status": "healthy",
+            "version": __version__,
+            "features": {"cost_tracking": config.cost_tracking},
+            "cost_stats_24h": totals.snapshot() if config.cost_tracking else None,
+        }
+        if config.cost_tracking:
+            if writer.problem is not None:
+                writer.open()  # the file may be writable again
+            if writer.problem is None and not os.access(writer.path, os.W_OK):
+                writer.problem = f"cannot write cost-tracking file {writer.path}: permission denied"
+            body["dropped_records"] = writer.dropped
+            if writer.problem is not None:
+                body["status"] = "degraded"
+                body["problems"] = [writer.problem]
+        return JSONResponse(body)
+
+    async def list_models(request: Request) -> Response:
+        name = request.path_params.get("provider")
+        provider = config.providers.get(name) if name is not None else None
+        if name is not None and provider is None:
+            raise HTTPException(404, f"no provider {name!r} is configured")
+        owners = [provider] if provider is not None else list(config.providers.values())
+        data = [
+            {"id": model_id, "object": "model", "created": 0, "owned_by": owner.name}
+            for owner in owners
+            for model_id in routes.models(owner, shared_prefix=provider is None)
+        ]
+        return JSONResponse({"object": "list", "data": data})
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        detail = exc.detail if isinstance(exc, HTTPException) else "internal error"
+        return Response(
+            error_body(status, "not_found" if status == 404 else "error", detail),
+            status,
+            media_type="application/json",
+        )
+
+    return Starlette(
+        routes=[
+            Route("/health", health, methods=["GET"]),
+            Route("/v1/models", list_models, methods=["GET"]),
+            Route("/{provider}/v1/models", list_models, methods=["GET"]),
+            Route("/{path:path}", Meter(config, routes)),
+        ],
+        exception_handlers={HTTPException: http_error},
+        lifespan=lifespan,
+    )
+
+
+def create_app_from_environ() -> Starlette:
+    """The factory uvicorn runs in each worker: the CLI has validated the config and named it here."""
+    return create_app(load_config(os.environ[CONFIG_ENV], os.environ))

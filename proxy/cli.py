@@ -1,0 +1,119 @@
+"""meterproxy serve | report: argparse -> load config -> uvicorn (after uvicorn/main.py run())."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from proxy import __version__
+from proxy.app import CONFIG_ENV
+from proxy.config import Config, ConfigError, load_config
+
+log = logging.getLogger("meterproxy")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="meterproxy", description="An LLM reverse proxy that meters every call."
+    )
+    parser.add_argument("--version", action="version", version=f"meterproxy {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="start the proxy")
+    serve.add_argument("--config", help=f"config file (default: ${CONFIG_ENV}, else ./config.yml)")
+    serve.add_argument("--host", help="address to listen on (default: server.host, else 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port to listen on (default: server.port, else 9002)")
+    serve.add_argument(
+        "--workers", type=int, default=1, help="worker processes sharing the port (default: 1)"
+    )
+    serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    commands.add_parser(
+        "report", help="cost reports over the record file (see: meterproxy report --help)", add_help=False
+    )
+    return parser
+
+
+def config_path(explicit: str | None, environ: Mapping[str, str]) -> Path:
+    return Path(explicit or environ.get(CONFIG_ENV) or "config.yml")
+
+
+def startup_warnings(config: Config, host: str) -> list[str]:
+    """Set-ups that work but are probably not what the operator wants."""
+    warnings = []
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    for provider in config.providers.values():
+        if provider.api_key is not None and not config.auth_keys and not loopback:
+            warnings.append(
+                f"providers.{provider.name}.api_key is set, auth.keys is not, and the proxy listens on "
+                f"{host}: "
+                "anyone who can reach the port spends that key. Add auth.keys or listen on 127.0.0.1."
+            )
+        if config.auth_keys and provider.api_key is None:
+            warnings.append(
+                f"auth.keys is set but providers.{provider.name}.api_key is not: "
+                "clients' keys are not forwarded, "
+                "so its calls go upstream without a key."
+            )
+    return warnings
+
+
+def serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
+    import uvicorn
+
+    path = config_path(args.config, environ)
+    try:
+        config = load_config(path, environ)
+    except ConfigError as exc:
+        print(f"meterproxy: config error: {exc}", file=sys.stderr)
+        return 2
+    if args.workers < 1:
+        print("meterproxy: --workers must be 1 or more", file=sys.stderr)
+        return 2
+    host = args.host or config.host
+    port = args.port or config.port
+    for warning in startup_warnings(config, host):
+        log.warning("WARNING: %s", warning)
+    # Every worker builds its app from this validated file (uvicorn needs an import string for workers).
+    os.environ[CONFIG_ENV] = str(path.resolve())
+    records = config.record_file if config.cost_tracking else "off"
+    log.info(
+        "meterproxy %s on http://%s:%d, %d worker(s), records: %s",
+        __version__,
+        host,
+        port,
+        args.workers,
+        records,
+    )
+    uvicorn.run(
+        "proxy.app:create_app_from_environ",
+        factory=True,
+        host=host,
+        port=port,
+        workers=args.workers,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        access_log=False,
+        server_header=False,
+        date_header=False,
+        log_level=args.log_level,
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s", stream=sys.stderr)
+    if argv[:1] == ["report"]:
+        from proxy.report import main as report
+
+        return report(argv[1:])
+    args = build_parser().parse_args(argv)
+    return serve(args, os.environ)

@@ -1,0 +1,47 @@
+"""The only place that does price arithmetic. Pure: no I/O; an unknown model gives None, never raises."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from decimal import Decimal
+
+from proxy.config import Price, Provider
+from proxy.usage import Usage
+
+_PER_TOKENS = Decimal(1_000_000)
+# gpt-4o-2024-08-06, claude-3-5-sonnet-20241022, gpt-4-0613: the dated names of a priced model.
+_DATE_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8}|\d{4})$")
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    input_cost: float
+    output_cost: float
+    total_cost: float
+
+
+def price_call(usage: Usage, price: Price) -> Cost:
+    """Cost of one call, computed exactly in decimal and rounded to float only once, at the end."""
+    cached = usage.cached_tokens
+    written = usage.cache_write_tokens
+    uncached = max(usage.input_tokens - cached - written, 0)
+    input_cost = (
+        uncached * price.input + cached * price.cached_input + written * price.cache_write
+    ) / _PER_TOKENS
+    output_cost = usage.output_tokens * price.output / _PER_TOKENS
+    return Cost(float(input_cost), float(output_cost), float(input_cost + output_cost))
+
+
+def find_price(provider: Provider, requested: str | None, response_model: str | None) -> Price | None:
+    """The requested model's price; else the model the response names; else either without a date."""
+    models = provider.models
+    for name in (requested, response_model):
+        if name and name in models:
+            return models[name]
+    for name in (requested, response_model):
+        if name:
+            undated = _DATE_SUFFIX.sub("", name)
+            if undated in models:
+                return models[undated]
+    return None

@@ -1,0 +1,101 @@
+"""Incremental server-sent-events scanner: feed(bytes) -> events, finish(). No I/O.
+
+Built like httpx's LineDecoder: state in, bytes in, events out. It copes with events split at any
+byte across reads, CRLF / CR / LF line endings, comment lines, multi-line data and a missing final
+blank line. Each event carries its absolute byte span so a caller can forward or drop exact bytes.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple
+
+_EOL = re.compile(rb"\r\n|\r|\n")
+MAX_LINE = 1 << 20
+
+
+class SSEEvent(NamedTuple):
+    event: bytes | None
+    data: bytes
+    start: int
+    end: int
+
+
+class SSEScanner:
+    """Splits a byte stream into SSE events.
+
+    `boundary` is the absolute offset up to which every byte belongs to a finished block (an event,
+    a comment, or a line too long to scan): bytes before it can be released to a client without
+    waiting for anything more. A line longer than MAX_LINE is not kept (the buffer stays bounded);
+    the event it belongs to is not reported and is counted in `oversized`.
+    """
+
+    def __init__(self) -> None:
+        self._buf = b""
+        self._offset = 0
+        self._data: list[bytes] = []
+        self._event: bytes | None = None
+        self._start = 0
+        self._skip_line = False
+        self._skip_event = False
+        self.boundary = 0
+        self.oversized = 0
+
+    def feed(self, chunk: bytes) -> list[SSEEvent]:
+        events: list[SSEEvent] = []
+        buf = self._buf + chunk if self._buf else chunk
+        base = self._offset
+        pos = 0
+        end = len(buf)
+        while True:
+            match = _EOL.search(buf, pos)
+            if match is None or (match.end() == end and buf[-1] == 13):
+                break  # no whole line left, or a trailing CR that may be the first half of CRLF
+            if self._skip_line:
+                self._skip_line = False
+            else:
+                self._line(buf[pos : match.start()], base + match.end(), events)
+            pos = match.end()
+        rest = end - pos
+        if self._skip_line or rest > MAX_LINE:
+            if not self._skip_line:
+                self.oversized += 1
+            self._skip_line = self._skip_event = True
+            self._data = []
+            self._buf = b""
+            self._offset = base + end
+            self.boundary = self._offset
+        else:
+            self._buf = buf[pos:]
+            self._offset = base + pos
+        return events
+
+    def finish(self) -> list[SSEEvent]:
+        """Dispatch what is left when the stream ends without a final blank line."""
+        events: list[SSEEvent] = []
+        stream_end = self._offset + len(self._buf)
+        if self._buf and not self._skip_line:
+            self._line(self._buf.rstrip(b"\r"), stream_end, events)
+        self._buf = b""
+        self._offset = stream_end
+        self._line(b"", stream_end, events)
+        return events
+
+    def _line(self, line: bytes, line_end: int, events: list[SSEEvent]) -> None:
+        if not line:
+            if self._data and not self._skip_event:
+                events.append(SSEEvent(self._event, b"\n".join(self._data), self._start, line_end))
+            self._data = []
+            self._event = None
+            self._skip_event = False
+            self._start = self.boundary = line_end
+            return
+        if line[0] == 58:  # ":" starts a comment line
+            return
+        name, _, value = line.partition(b":")
+        if value[:1] == b" ":
+            value = value[1:]
+        if name == b"data":
+            self._data.append(value)
+        elif name == b"event":
+            self._event = value

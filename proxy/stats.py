@@ -1,0 +1,203 @@
+"""Rolling 24-hour totals for /health, kept from the record file itself (the source of truth).
+
+Every worker folds in the lines appended since it last looked, whoever wrote them, so with several
+workers each /health shows all of them. Totals live in one-minute buckets: a record leaves the
+window when its minute is more than 24 hours old. At start-up only the file's tail is read.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any, TypedDict
+
+import orjson
+
+WINDOW = timedelta(hours=24)
+# Records are written when a call ends but stamped when it began, so the file is only roughly in
+# time order; read back this much further than the window before trusting that the rest is older.
+_SLACK = timedelta(hours=2)
+_TAIL_BLOCK = 1 << 20
+
+
+class CostStats(TypedDict):
+    total_cost: float
+    currency: str
+    requests: int
+    errors: int
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+    provider_costs: dict[str, float]
+    model_costs: dict[str, float]
+    unconverted: dict[str, float]
+
+
+@dataclass(slots=True)
+class _Bucket:
+    requests: int = 0
+    errors: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    costs: dict[tuple[str, str, str], Decimal] = field(default_factory=dict)
+
+
+def _minute(timestamp: str) -> str:
+    return timestamp[:16]  # "2026-11-23T10:30": ISO timestamps of one format sort as text
+
+
+def _as_int(value: Any) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+class RollingTotals:
+    def __init__(
+        self,
+        path: Path,
+        currency: str,
+        exchange_rates: Mapping[str, Decimal],
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.path = path
+        self.currency = currency
+        self.rates = exchange_rates
+        self.clock = clock
+        self._buckets: dict[str, _Bucket] = {}
+        self._offset = 0
+        self._inode: int | None = None
+
+    def load(self) -> None:
+        """Rebuild the window from the file's tail, reading backwards only as far as needed."""
+        self._buckets.clear()
+        try:
+            with open(self.path, "rb") as file:
+                stat = os.fstat(file.fileno())
+                size = stat.st_size
+                oldest = _minute(_iso(self.clock() - WINDOW - _SLACK))
+                start = size
+                while start > 0:
+                    start = max(0, start - _TAIL_BLOCK)
+                    file.seek(start)
+                    first = file.readline() if start else b""
+                    line = file.readline()
+                    if first and not line:
+                        continue
+                    probe = line or first
+                    if _minute(_timestamp(probe) or "9999") < oldest:
+                        break
+                file.seek(start)
+                if start:
+                    file.readline()  # a partial line: it belongs to a block that is out of the window
+                self._fold(file.read(size - file.tell()))
+        except FileNotFoundError:
+            stat = None
+            size = 0
+        self._offset = size
+        self._inode = stat.st_ino if stat else None
+
+    def refresh(self) -> None:
+        """Fold in every whole line appended since the last look (by this worker or another)."""
+        try:
+            with open(self.path, "rb") as file:
+                stat = os.fstat(file.fileno())
+                if stat.st_ino != self._inode or stat.st_size < self._offset:
+                    self._inode = stat.st_ino
+                    self._offset = 0
+                    self._buckets.clear()
+                if stat.st_size == self._offset:
+                    return
+                file.seek(self._offset)
+                chunk = file.read(stat.st_size - self._offset)
+        except FileNotFoundError:
+            return
+        whole = chunk.rfind(b"\n") + 1
+        self._fold(chunk[:whole])
+        self._offset += whole
+
+    def _fold(self, data: bytes) -> None:
+        buckets = self._buckets
+        for line in data.splitlines():
+            try:
+                record = orjson.loads(line)
+                timestamp = record["timestamp"]
+                minute = _minute(timestamp)
+            except (orjson.JSONDecodeError, TypeError, KeyError):
+                continue  # a torn or foreign line: skipped here, counted by the reports
+            bucket = buckets.get(minute)
+            if bucket is None:
+                bucket = buckets[minute] = _Bucket()
+            bucket.requests += 1
+            status = record.get("status_code")
+            if record.get("error") or (isinstance(status, int) and status >= 400):
+                bucket.errors += 1
+            bucket.input_tokens += _as_int(record.get("input_tokens"))
+            bucket.output_tokens += _as_int(record.get("output_tokens"))
+            bucket.total_tokens += _as_int(record.get("total_tokens"))
+            cost = record.get("total_cost")
+            if isinstance(cost, (int, float)) and not isinstance(cost, bool):
+                key = (
+                    str(record.get("currency") or "USD"),
+                    str(record.get("provider")),
+                    str(record.get("model")),
+                )
+                bucket.costs[key] = bucket.costs.get(key, Decimal(0)) + Decimal(repr(cost))
+
+    def snapshot(self) -> CostStats:
+        self.refresh()
+        cutoff = _minute(_iso(self.clock() - WINDOW))
+        for minute in [m for m in self._buckets if m <= cutoff]:
+            del self._buckets[minute]
+        total = Decimal(0)
+        providers: dict[str, Decimal] = {}
+        models: dict[str, Decimal] = {}
+        unconverted: dict[str, Decimal] = {}
+        stats = CostStats(
+            total_cost=0.0,
+            currency=self.currency,
+            requests=0,
+            errors=0,
+            input_tokens=0,
+            output_tokens=0,
+            total_tokens=0,
+            provider_costs={},
+            model_costs={},
+            unconverted={},
+        )
+        for bucket in self._buckets.values():
+            stats["requests"] += bucket.requests
+            stats["errors"] += bucket.errors
+            stats["input_tokens"] += bucket.input_tokens
+            stats["output_tokens"] += bucket.output_tokens
+            stats["total_tokens"] += bucket.total_tokens
+            for (currency, provider, model), cost in bucket.costs.items():
+                rate = Decimal(1) if currency == self.currency else self.rates.get(currency)
+                if rate is None:
+                    unconverted[currency] = unconverted.get(currency, Decimal(0)) + cost
+                    continue
+                converted = cost * rate
+                total += converted
+                providers[provider] = providers.get(provider, Decimal(0)) + converted
+                name = f"{provider}/{model}"
+                models[name] = models.get(name, Decimal(0)) + converted
+        stats["total_cost"] = float(total)
+        stats["provider_costs"] = {name: float(cost) for name, cost in sorted(providers.items())}
+        stats["model_costs"] = {name: float(cost) for name, cost in sorted(models.items())}
+        stats["unconverted"] = {code: float(cost) for code, cost in sorted(unconverted.items())}
+        return stats
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _timestamp(line: bytes) -> str | None:
+    try:
+        value = orjson.loads(line).get("timestamp")
+    except (orjson.JSONDecodeError, AttributeError):
+        return None
+    return value if isinstance(value, str) else None

@@ -1,0 +1,154 @@
+"""The one upstream HTTP client (aiohttp, one pooled session per process) behind a small seam.
+
+Only this module imports aiohttp. Its errors become UpstreamError here and nowhere else
+(after httpx's map_httpcore_exceptions): timeout -> 504, anything else -> 502.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Protocol
+
+import aiohttp
+from yarl import URL
+
+from proxy.records import CallError
+
+Headers = list[tuple[bytes, bytes]]
+
+# RFC 9110 section 7.6.1, plus the proxy-only headers; names listed in Connection are added per message.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"proxy-authorization",
+        b"proxy-authenticate",
+        b"proxy-connection",
+    }
+)
+
+
+def end_to_end(headers: Headers, also_drop: frozenset[bytes] = frozenset()) -> Headers:
+    """Headers without hop-by-hop ones (and any the Connection header names) and without also_drop."""
+    named: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            named.update(token.strip().lower() for token in value.split(b","))
+    return [
+        (name, value)
+        for name, value in headers
+        if (lowered := name.lower()) not in HOP_BY_HOP and lowered not in also_drop and lowered not in named
+    ]
+
+
+class UpstreamError(Exception):
+    """The upstream could not be reached, timed out, or broke off; `error` names which for the record."""
+
+    def __init__(self, error: CallError, status: int, message: str) -> None:
+        super().__init__(message)
+        self.error: CallError = error
+        self.status = status
+
+
+class UpstreamResponse(Protocol):
+    status: int
+    headers: Headers
+
+    async def read(self) -> bytes:
+        """The next piece of the body as it arrives; b"" at its end. Raises UpstreamError."""
+        ...
+
+    def close(self) -> None:
+        """Stop reading and drop the connection (the provider stops generating)."""
+        ...
+
+    def release(self) -> None:
+        """The body was read whole: hand the connection back to the pool."""
+        ...
+
+
+class Upstream(Protocol):
+    async def send(
+        self, method: str, url: str, headers: Headers, body: bytes, timeout: float
+    ) -> UpstreamResponse:
+        """Send a request; return once the response headers are in. Raises UpstreamError."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+class _AiohttpResponse:
+    __slots__ = ("_response", "status", "headers", "_timeout")
+
+    def __init__(self, response: aiohttp.ClientResponse, timeout: float) -> None:
+        self._response = response
+        self._timeout = timeout
+        self.status = response.status
+        self.headers: Headers = list(response.raw_headers)
+
+    async def read(self) -> bytes:
+        try:
+            return await self._response.content.readany()
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamError(
+                "upstream_timeout", 504, f"no data from the provider in {self._timeout:g} s"
+            ) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamError("upstream_reset", 502, f"the provider broke off the response: {exc}") from exc
+
+    def close(self) -> None:
+        self._response.close()
+
+    def release(self) -> None:
+        self._response.release()
+
+
+class AiohttpUpstream:
+    """One pooled aiohttp session for the process; connections are reused across calls."""
+
+    def __init__(self, pool_size: int = 1000) -> None:
+        connector = aiohttp.TCPConnector(limit=pool_size, ttl_dns_cache=300, enable_cleanup_closed=True)
+        # auto_decompress off: bodies reach the client byte for byte, with their own Content-Encoding.
+        self._session = aiohttp.ClientSession(
+            connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()
+        )
+        self._timeouts: dict[float, aiohttp.ClientTimeout] = {}
+
+    async def send(
+        self, method: str, url: str, headers: Headers, body: bytes, timeout: float
+    ) -> UpstreamResponse:
+        client_timeout = self._timeouts.get(timeout)
+        if client_timeout is None:
+            client_timeout = self._timeouts[timeout] = aiohttp.ClientTimeout(
+                total=None, sock_connect=timeout, sock_read=timeout
+            )
+        try:
+            response = await self._session.request(
+                method,
+                URL(url, encoded=True),
+                headers=[(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers],
+                data=body or None,
+                allow_redirects=False,
+                timeout=client_timeout,
+                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
+            )
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise UpstreamError(
+                "upstream_timeout", 504, f"the provider did not answer in {timeout:g} s"
+            ) from exc
+        except aiohttp.ClientConnectorError as exc:
+            raise UpstreamError(
+                "upstream_unreachable", 502, f"cannot connect to the provider: {exc}"
+            ) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise UpstreamError("upstream_reset", 502, f"the provider closed the connection: {exc}") from exc
+        return _AiohttpResponse(response, timeout)
+
+    async def close(self) -> None:
+        await self._session.close()
+        # Let the connector's transports finish closing (aiohttp docs: graceful shutdown).
+        await asyncio.sleep(0)
