@@ -1,0 +1,609 @@
+"""Unit tests of proxy/config.py: the shipped config loads, and every problem names its key path and line."""
+
+from collections.abc import Mapping
+from decimal import Decimal
+from pathlib import Path
+from textwrap import dedent, indent
+
+import pytest
+
+from proxy.config import ConfigError, Secret, load_config, parse_config
+
+SHIPPED_CONFIG = Path(__file__).resolve().parent.parent / "config.yml"
+
+MINIMAL = """\
+providers:
+  openai:
+    base_url: https://api.openai.com/v1
+    models:
+      gpt-4o:
+        pricing: {input: 2.50, output: 10.00, cached_input: 1.25}
+"""
+
+
+def error_of(text: str, environ: Mapping[str, str] | None = None) -> str:
+    """The ConfigError message that parsing `text` raises."""
+    with pytest.raises(ConfigError) as caught:
+        parse_config(dedent(text), environ or {}, source="team.yml")
+    return str(caught.value)
+
+
+def message(where: str, problem: str) -> str:
+    """The message a ConfigError from team.yml carries: where (key path and line), then the problem."""
+    return f"team.yml: {where}: {problem}"
+
+
+def provider_with(fields: str) -> str:
+    """A config with one provider, openai (line 2), whose settings are the given lines from line 3 on."""
+    return "providers:\n  openai:\n" + indent(dedent(fields), "    ")
+
+
+def priced(pricing: str) -> str:
+    """A one-model config whose pricing mapping (line 5) is the given flow mapping."""
+    return (
+        "providers:\n"
+        "  openai:\n"
+        "    base_url: https://api.openai.com/v1\n"
+        "    models:\n"
+        f"      gpt-4o: {{pricing: {pricing}}}\n"
+    )
+
+
+# The shipped config
+
+
+def test_shipped_config_loads_with_an_empty_environment() -> None:
+    config = load_config(SHIPPED_CONFIG, {})
+
+    assert (config.host, config.port) == ("127.0.0.1", 9002)
+    assert config.currency == "USD"
+    assert config.cost_tracking is True
+    assert config.record_file == Path("logs/cost-tracking.jsonl")
+    assert config.auth_keys == ()
+    assert config.budgets is None
+
+
+def test_shipped_config_forwards_the_clients_key_to_every_provider() -> None:
+    config = load_config(SHIPPED_CONFIG, {})
+
+    assert {name: p.api_key for name, p in config.providers.items() if p.api_key is not None} == {}
+
+
+def test_shipped_config_has_the_seed_providers_with_priced_models() -> None:
+    config = load_config(SHIPPED_CONFIG, {})
+
+    assert list(config.providers) == [
+        "openai",
+        "anthropic",
+        "gemini",
+        "dashscope",
+        "dashscope-cn",
+        "deepseek",
+        "moonshot",
+        "hunyuan",
+        "openrouter",
+    ]
+    for name, provider in config.providers.items():
+        assert provider.models, name
+        assert any(price.input > 0 and price.output > 0 for price in provider.models.values()), name
+        assert provider.base_url.startswith("https://"), name
+        assert provider.currency == config.currency or provider.currency in config.exchange_rates, name
+    assert config.providers["anthropic"].kind == "anthropic"
+    assert config.providers["dashscope-cn"].currency == "CNY"
+    assert config.providers["hunyuan"].currency == "CNY"
+
+
+def test_shipped_config_lists_a_plain_model_name_under_one_provider_except_dashscopes() -> None:
+    config = load_config(SHIPPED_CONFIG, {})
+    owners: dict[str, list[str]] = {}
+    for name, provider in config.providers.items():
+        for model in provider.models:
+            owners.setdefault(model, []).append(name)
+
+    shared = {model: names for model, names in owners.items() if len(names) > 1}
+
+    assert all(names == ["dashscope", "dashscope-cn"] for names in shared.values()), shared
+
+
+def test_a_missing_file_names_the_file_and_how_to_choose_another(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.yml"
+
+    with pytest.raises(ConfigError) as caught:
+        load_config(missing, {})
+
+    assert str(caught.value) == (
+        f"{missing}: config file not found; pass --config PATH or set METERPROXY_CONFIG"
+    )
+
+
+# Not a config at all
+
+
+def test_bad_yaml_reports_its_line() -> None:
+    text = """\
+        server: {host: 127.0.0.1, port: 9002
+        providers: {}
+    """
+
+    assert error_of(text) == "team.yml (line 2): not valid YAML: expected ',' or '}', but got ':'"
+
+
+def test_a_tab_in_the_indentation_reports_its_line() -> None:
+    assert error_of("providers:\n\topenai: {}\n") == (
+        "team.yml (line 2): not valid YAML: found character '\\t' that cannot start any token"
+    )
+
+
+@pytest.mark.parametrize("text", ["", "\n\n", "# only a comment\n"])
+def test_an_empty_file_is_an_error(text: str) -> None:
+    assert error_of(text) == message(
+        "(top level)", "the config file is empty; start from the shipped config.yml"
+    )
+
+
+def test_a_top_level_list_is_an_error() -> None:
+    assert error_of("- openai\n- anthropic\n") == message(
+        "(top level) (line 1)", "must be a mapping of keys to values, got list ['openai', 'anthropic']"
+    )
+
+
+def test_a_key_given_twice_names_both_lines() -> None:
+    text = """\
+        providers:
+          openai:
+            base_url: https://api.openai.com/v1
+            models:
+              gpt-4o: {pricing: {input: 2.50, output: 10.00}}
+              gpt-4o: {pricing: {input: 5.00, output: 15.00}}
+    """
+
+    assert error_of(text) == message("providers.openai.models.gpt-4o (line 6)", "repeats the key on line 5")
+
+
+def test_no_providers_is_an_error() -> None:
+    assert error_of("server: {port: 9002}\n") == message(
+        "providers", "no providers configured; add at least one with its base_url"
+    )
+
+
+# Unknown keys, at every level
+
+
+def test_an_unknown_top_level_key_is_named_with_its_line() -> None:
+    text = "server: {port: 9002}\nprovider:\n  openai: {base_url: https://api.openai.com/v1}\n"
+
+    assert error_of(text) == message(
+        "provider (line 2)",
+        "unknown key; known keys here: auth, budgets, currency, exchange_rates, features, providers, server",
+    )
+
+
+def test_an_unknown_server_key_is_named_with_its_line() -> None:
+    text = "server:\n  host: 127.0.0.1\n  prot: 9002\n" + MINIMAL
+
+    assert error_of(text) == message(
+        "server.prot (line 3)", "unknown key; known keys here: host, max_body_mb, port"
+    )
+
+
+def test_an_unknown_provider_key_is_named_with_its_line() -> None:
+    text = provider_with(
+        """\
+        base_url: https://api.openai.com/v1
+        api-key: sk-test
+        """
+    )
+
+    assert error_of(text) == message(
+        "providers.openai.api-key (line 4)",
+        "unknown key; known keys here: api_key, base_url, currency, kind, models, stream_usage, timeout",
+    )
+
+
+def test_an_unknown_pricing_key_is_named_with_its_line() -> None:
+    assert error_of(priced("{input: 2.50, output: 10.00, cache_read: 1.25}")) == message(
+        "providers.openai.models.gpt-4o.pricing.cache_read (line 5)",
+        "unknown key; known keys here: cache_write, cached_input, input, output",
+    )
+
+
+def test_an_unknown_feature_is_named_with_its_line() -> None:
+    text = "features:\n  cost_tracking: {enabled: true}\n  dashboard: {enabled: true}\n" + MINIMAL
+
+    assert error_of(text) == message(
+        "features.dashboard (line 3)", "unknown key; known keys here: cost_tracking"
+    )
+
+
+# Prices
+
+
+def test_a_negative_price_is_an_error() -> None:
+    assert error_of(priced("{input: 2.50, output: -10}")) == message(
+        "providers.openai.models.gpt-4o.pricing.output (line 5)", "must be a non-negative number, got int -10"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [("'2.50'", "str '2.50'"), ("$2.50", "str '$2.50'"), ("2.50 USD", "str '2.50 USD'")],
+)
+def test_a_price_given_as_text_is_an_error(value: str, shown: str) -> None:
+    assert error_of(priced(f"{{input: {value}, output: 10.00}}")) == message(
+        "providers.openai.models.gpt-4o.pricing.input (line 5)", f"must be a number, got {shown}"
+    )
+
+
+def test_a_boolean_price_is_an_error() -> None:
+    assert error_of(priced("{input: 2.50, output: 10.00, cached_input: true}")) == message(
+        "providers.openai.models.gpt-4o.pricing.cached_input (line 5)", "must be a number, got bool True"
+    )
+
+
+@pytest.mark.parametrize(("value", "shown"), [(".nan", "float nan"), (".inf", "float inf")])
+def test_a_price_that_is_not_finite_is_an_error(value: str, shown: str) -> None:
+    assert error_of(priced(f"{{input: {value}, output: 10.00}}")) == message(
+        "providers.openai.models.gpt-4o.pricing.input (line 5)", f"must be a non-negative number, got {shown}"
+    )
+
+
+def test_a_missing_output_price_is_an_error() -> None:
+    assert error_of(priced("{input: 2.50}")) == message(
+        "providers.openai.models.gpt-4o.pricing.output", "missing; prices are per 1M tokens"
+    )
+
+
+def test_a_model_without_pricing_is_an_error() -> None:
+    text = provider_with(
+        """\
+        base_url: https://api.openai.com/v1
+        models:
+          gpt-4o: {}
+        """
+    )
+
+    assert error_of(text) == message(
+        "providers.openai.models.gpt-4o.pricing",
+        "missing; give at least input and output prices per 1M tokens",
+    )
+
+
+def test_prices_are_exact_decimals() -> None:
+    text = priced("{input: 0.1, output: 2.50, cached_input: 0.075}")
+    price = parse_config(text, {}).providers["openai"].models["gpt-4o"]
+
+    assert (price.input, price.output, price.cached_input) == (
+        Decimal("0.1"),
+        Decimal("2.5"),
+        Decimal("0.075"),
+    )
+
+
+def test_cached_input_and_cache_write_default_to_input() -> None:
+    price = parse_config(priced("{input: 3, output: 15}"), {}).providers["openai"].models["gpt-4o"]
+
+    assert (price.cached_input, price.cache_write) == (Decimal(3), Decimal(3))
+
+
+def test_cached_input_and_cache_write_are_kept_when_given() -> None:
+    pricing = "{input: 3, output: 15, cached_input: 0.30, cache_write: 3.75}"
+    price = parse_config(priced(pricing), {}).providers["openai"].models["gpt-4o"]
+
+    assert (price.cached_input, price.cache_write) == (Decimal("0.3"), Decimal("3.75"))
+
+
+# Providers
+
+
+def test_a_missing_base_url_is_an_error() -> None:
+    text = provider_with(
+        """\
+        models:
+          gpt-4o: {pricing: {input: 2.50, output: 10.00}}
+        """
+    )
+
+    assert error_of(text) == message(
+        "providers.openai.base_url", "missing; set the provider's API URL, e.g. https://api.openai.com/v1"
+    )
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://api.openai.com/v1", "api.openai.com/v1", "https:///v1", "https://a.b/v1?x=1"]
+)
+def test_a_base_url_that_is_not_http_is_an_error(url: str) -> None:
+    assert error_of(provider_with(f"base_url: {url}\n")) == message(
+        "providers.openai.base_url (line 3)", f"must be an http(s) URL with a host, got {url!r}"
+    )
+
+
+def test_a_trailing_slash_is_taken_off_the_base_url() -> None:
+    config = parse_config(provider_with("base_url: http://127.0.0.1:8080/v1/\n"), {})
+
+    assert config.providers["openai"].base_url == "http://127.0.0.1:8080/v1"
+
+
+def test_an_unknown_kind_is_an_error() -> None:
+    text = provider_with("base_url: https://api.openai.com/v1\nkind: gemini\n")
+
+    assert error_of(text) == message(
+        "providers.openai.kind (line 4)", "must be openai or anthropic, got 'gemini'"
+    )
+
+
+@pytest.mark.parametrize("name", ["v1", "health", "my provider"])
+def test_a_provider_name_that_would_clash_with_routes_is_an_error(name: str) -> None:
+    text = f"providers:\n  {name}:\n    base_url: https://api.openai.com/v1\n"
+
+    assert error_of(text) == message(
+        f"providers.{name} (line 2)",
+        "provider names are letters, digits, '_', '.', '-' (and not 'v1' or 'health')",
+    )
+
+
+def test_provider_defaults() -> None:
+    provider = parse_config(MINIMAL, {}).providers["openai"]
+
+    assert (provider.kind, provider.currency, provider.timeout) == ("openai", "USD", 600)
+    assert provider.stream_usage is True
+    assert provider.api_key is None
+
+
+def test_a_currency_that_is_not_a_code_is_an_error() -> None:
+    text = provider_with("base_url: https://api.openai.com/v1\ncurrency: yuan\n")
+
+    assert error_of(text) == message(
+        "providers.openai.currency (line 4)",
+        "must be a three-letter currency code such as USD, got str 'yuan'",
+    )
+
+
+# Environment variables
+
+
+def test_an_unset_variable_names_the_key_path_and_the_variable() -> None:
+    text = provider_with("base_url: https://api.openai.com/v1\napi_key: ${OPENAI_API_KEY}\n")
+
+    assert error_of(text, {"OTHER": "x"}) == message(
+        "providers.openai.api_key (line 4)",
+        "${OPENAI_API_KEY} names an unset environment variable; set OPENAI_API_KEY or remove it",
+    )
+
+
+def test_a_set_variable_is_substituted() -> None:
+    text = provider_with("base_url: https://api.openai.com/v1\napi_key: ${OPENAI_API_KEY}\n")
+
+    api_key = parse_config(text, {"OPENAI_API_KEY": "sk-test-123"}).providers["openai"].api_key
+
+    assert api_key is not None and api_key.reveal() == "sk-test-123"
+
+
+def test_a_variable_inside_a_longer_string_is_substituted() -> None:
+    text = provider_with("base_url: https://${UPSTREAM_HOST}:${UPSTREAM_PORT}/v1\n")
+
+    config = parse_config(text, {"UPSTREAM_HOST": "llm.internal", "UPSTREAM_PORT": "8443"})
+
+    assert config.providers["openai"].base_url == "https://llm.internal:8443/v1"
+
+
+def test_the_default_is_used_when_the_variable_is_unset() -> None:
+    text = provider_with("base_url: ${OPENAI_BASE_URL:-https://api.openai.com/v1}\n")
+
+    assert parse_config(text, {}).providers["openai"].base_url == "https://api.openai.com/v1"
+    assert parse_config(text, {"OPENAI_BASE_URL": "http://127.0.0.1:9/v1"}).providers["openai"].base_url == (
+        "http://127.0.0.1:9/v1"
+    )
+
+
+def test_an_empty_default_makes_a_provider_key_optional() -> None:
+    text = provider_with("base_url: https://api.openai.com/v1\napi_key: ${OPENAI_API_KEY:-}\n")
+
+    assert parse_config(text, {}).providers["openai"].api_key is None
+
+
+def test_a_substituted_value_is_not_expanded_again() -> None:
+    text = provider_with("base_url: https://api.openai.com/v1\napi_key: ${OPENAI_API_KEY}\n")
+
+    api_key = parse_config(text, {"OPENAI_API_KEY": "${HOME}"}).providers["openai"].api_key
+
+    assert api_key is not None and api_key.reveal() == "${HOME}"
+
+
+def test_the_api_key_is_kept_in_a_secret_that_never_shows_it() -> None:
+    text = provider_with("base_url: https://api.openai.com/v1\napi_key: ${OPENAI_API_KEY}\n")
+
+    config = parse_config(text, {"OPENAI_API_KEY": "sk-live-very-secret"})
+    api_key = config.providers["openai"].api_key
+
+    assert isinstance(api_key, Secret)
+    assert "sk-live-very-secret" not in repr(api_key)
+    assert "sk-live-very-secret" not in str(api_key)
+    assert "sk-live-very-secret" not in repr(config)
+
+
+# Cost tracking
+
+
+def test_the_record_file_comes_from_the_config() -> None:
+    text = "features:\n  cost_tracking: {enabled: false, file: records/calls.jsonl}\n" + MINIMAL
+
+    config = parse_config(text, {})
+
+    assert (config.cost_tracking, config.record_file) == (False, Path("records/calls.jsonl"))
+
+
+def test_cost_tracking_file_overrides_the_configured_file() -> None:
+    text = "features:\n  cost_tracking: {file: records/calls.jsonl}\n" + MINIMAL
+
+    config = parse_config(text, {"COST_TRACKING_FILE": "shared/all-workers.jsonl"})
+
+    assert config.record_file == Path("shared/all-workers.jsonl")
+
+
+def test_the_record_file_defaults_to_the_logs_folder() -> None:
+    assert parse_config(MINIMAL, {}).record_file == Path("logs/cost-tracking.jsonl")
+
+
+def test_enabled_must_be_a_boolean() -> None:
+    text = "features:\n  cost_tracking: {enabled: 'yes'}\n" + MINIMAL
+
+    assert error_of(text) == message(
+        "features.cost_tracking.enabled (line 2)", "must be true or false, got str 'yes'"
+    )
+
+
+# Server
+
+
+@pytest.mark.parametrize(("value", "shown"), [("0", "int 0"), ("65536", "int 65536"), ("-1", "int -1")])
+def test_a_port_out_of_range_is_an_error(value: str, shown: str) -> None:
+    assert error_of(f"server: {{port: {value}}}\n" + MINIMAL) == message(
+        "server.port (line 1)", f"must be a port number from 1 to 65535, got {shown}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"), [("'9002'", "str '9002'"), ("true", "bool True"), ("1.5", "float 1.5")]
+)
+def test_a_port_that_is_not_an_integer_is_an_error(value: str, shown: str) -> None:
+    assert error_of(f"server: {{port: {value}}}\n" + MINIMAL) == message(
+        "server.port (line 1)", f"must be a port number from 1 to 65535, got {shown}"
+    )
+
+
+def test_server_settings_are_read() -> None:
+    config = parse_config("server: {host: 0.0.0.0, port: 8080, max_body_mb: 2}\n" + MINIMAL, {})
+
+    assert (config.host, config.port, config.max_body_bytes) == ("0.0.0.0", 8080, 2 * 1024 * 1024)
+
+
+def test_server_defaults() -> None:
+    config = parse_config(MINIMAL, {})
+
+    assert (config.host, config.port, config.max_body_bytes) == ("127.0.0.1", 9002, 32 * 1024 * 1024)
+
+
+def test_a_zero_body_limit_is_an_error() -> None:
+    assert error_of("server: {max_body_mb: 0}\n" + MINIMAL) == message(
+        "server.max_body_mb (line 1)", "must be a positive number, got int 0"
+    )
+
+
+# Access keys
+
+
+def test_auth_keys_are_read_into_secrets() -> None:
+    text = """\
+        auth:
+          keys:
+            - {name: team-a, key: "${TEAM_A_KEY}"}
+            - {name: batch-jobs, key: batch-key-2}
+    """
+
+    config = parse_config(dedent(text) + MINIMAL, {"TEAM_A_KEY": "team-a-key-1"})
+
+    assert [(k.name, k.key.reveal()) for k in config.auth_keys] == [
+        ("team-a", "team-a-key-1"),
+        ("batch-jobs", "batch-key-2"),
+    ]
+    assert "team-a-key-1" not in repr(config)
+
+
+def test_two_auth_keys_with_the_same_name_are_an_error() -> None:
+    text = """\
+        auth:
+          keys:
+            - name: team-a
+              key: first-key
+            - name: team-a
+              key: second-key
+    """
+
+    assert error_of(dedent(text) + MINIMAL) == message(
+        "auth.keys.1.name (line 5)", "name 'team-a' is used twice; names identify callers in records"
+    )
+
+
+def test_an_empty_auth_key_is_an_error() -> None:
+    text = """\
+        auth:
+          keys:
+            - name: team-a
+              key: ""
+    """
+
+    assert error_of(dedent(text) + MINIMAL) == message(
+        "auth.keys.0.key (line 4)", "is empty; an empty key would let anyone in"
+    )
+
+
+def test_an_auth_key_from_a_variable_with_an_empty_default_is_an_error() -> None:
+    text = """\
+        auth:
+          keys:
+            - name: team-a
+              key: ${TEAM_A_KEY:-}
+    """
+
+    assert error_of(dedent(text) + MINIMAL) == message(
+        "auth.keys.0.key (line 4)", "is empty; an empty key would let anyone in"
+    )
+
+
+def test_an_auth_key_without_a_key_is_an_error() -> None:
+    text = "auth:\n  keys:\n    - name: team-a\n" + MINIMAL
+
+    assert error_of(text) == message("auth.keys.0.key", "missing; each entry needs a name and a key")
+
+
+def test_auth_keys_must_be_a_list() -> None:
+    text = "auth:\n  keys: {team-a: key-1}\n" + MINIMAL
+
+    assert error_of(text) == message("auth.keys (line 2)", "must be a list of {name, key} entries")
+
+
+# Budgets
+
+
+def test_warn_at_above_critical_at_is_an_error() -> None:
+    text = "budgets: {daily: 10.0, monthly: 200.0, warn_at: 0.9, critical_at: 0.8}\n" + MINIMAL
+
+    assert error_of(text) == message("budgets.warn_at (line 1)", "must not exceed critical_at (0.8), got 0.9")
+
+
+def test_budgets_are_read() -> None:
+    text = "budgets: {daily: 10.0, monthly: 200.0, warn_at: 0.5, critical_at: 0.8}\n" + MINIMAL
+
+    budgets = parse_config(text, {}).budgets
+
+    assert budgets is not None
+    assert (budgets.daily, budgets.monthly) == (Decimal("10.0"), Decimal("200.0"))
+    assert (budgets.warn_at, budgets.critical_at) == (Decimal("0.5"), Decimal("0.8"))
+
+
+def test_a_zero_daily_budget_is_an_error() -> None:
+    text = "budgets:\n  daily: 0\n" + MINIMAL
+
+    assert error_of(text) == message("budgets.daily (line 2)", "must be a positive number, got int 0")
+
+
+# Exchange rates
+
+
+def test_a_zero_exchange_rate_is_an_error() -> None:
+    text = "currency: USD\nexchange_rates:\n  CNY: 0\n" + MINIMAL
+
+    assert error_of(text) == message("exchange_rates.CNY (line 3)", "must be a positive number, got int 0")
+
+
+def test_exchange_rates_are_read_with_upper_case_codes() -> None:
+    config = parse_config("currency: usd\nexchange_rates: {cny: 0.14}\n" + MINIMAL, {})
+
+    assert (config.currency, config.exchange_rates) == ("USD", {"CNY": Decimal("0.14")})
+
+
+def test_the_source_names_the_file_in_every_message() -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse_config("server: {port: 0}\n" + MINIMAL, {}, source="deploy/prod.yml")
+
+    assert str(caught.value).startswith("deploy/prod.yml: server.port (line 1): ")
