@@ -1,0 +1,32 @@
+import hashlib
+
+from proxy.auth import Gate, client_token, key_id
+from proxy.config import AuthKey, Secret
+
+
+def test_key_id_is_a_hash_never_the_key() -> None:
+    assert key_id("sk-test") == "key:" + hashlib.sha256(b"sk-test").hexdigest()[:12]
+    assert "sk-test" not in key_id("sk-test")
+    assert key_id(None) == "anonymous"
+
+
+def test_client_token_from_bearer_or_x_api_key() -> None:
+    assert client_token(b"Bearer sk-a", None) == "sk-a"
+    assert client_token(b"bearer  sk-a ", None) == "sk-a"
+    assert client_token(None, b"sk-b") == "sk-b"
+    assert client_token(b"Basic abc", b"sk-b") == "sk-b"
+    assert client_token(b"Basic abc", None) is None
+
+
+def test_gate_names_the_key_presented() -> None:
+    gate = Gate((AuthKey("team-a", Secret("ka")), AuthKey("batch", Secret("kb"))))
+    assert gate.closed
+    assert gate.caller("ka") == "team-a"
+    assert gate.caller("kb") == "batch"
+    assert gate.caller("kc") is None
+    assert gate.caller(None) is None
+    assert gate.caller("") is None
+
+
+def test_gate_without_keys_is_open() -> None:
+    assert not Gate(()).closed

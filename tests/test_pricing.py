@@ -1,0 +1,54 @@
+from decimal import Decimal
+
+from proxy.config import Price, Provider
+from proxy.pricing import find_price, price_call
+from proxy.usage import Usage
+
+GPT_4O = Price(Decimal("2.50"), Decimal("10.00"), Decimal("1.25"), Decimal("2.50"))
+CLAUDE = Price(Decimal("3"), Decimal("15"), Decimal("0.30"), Decimal("3.75"))
+
+
+def provider(**models: Price) -> Provider:
+    return Provider("openai", "https://api.openai.com/v1", None, 600, "USD", True, "openai", models)
+
+
+def test_cost_formula_with_cached_tokens() -> None:
+    cost = price_call(Usage(1000, 500, 1500, cached_tokens=200), GPT_4O)
+    # (1000 - 200) * 2.50 / 1M + 200 * 1.25 / 1M = 0.002 + 0.00025; 500 * 10 / 1M = 0.005
+    assert (cost.input_cost, cost.output_cost, cost.total_cost) == (0.00225, 0.005, 0.00725)
+
+
+def test_cost_formula_with_cache_writes_and_reasoning_priced_as_output() -> None:
+    cost = price_call(
+        Usage(10000, 2000, 12000, cached_tokens=6000, cache_write_tokens=3000, reasoning_tokens=1500), CLAUDE
+    )
+    # 1000 * 3 + 6000 * 0.30 + 3000 * 3.75 = 3000 + 1800 + 11250 = 16050 per 1M; output 2000 * 15 = 30000
+    assert (cost.input_cost, cost.output_cost, cost.total_cost) == (0.01605, 0.03, 0.04605)
+
+
+def test_exact_decimal_arithmetic_avoids_float_drift() -> None:
+    price = Price(Decimal("0.1"), Decimal("0.2"), Decimal("0.1"), Decimal("0.1"))
+    cost = price_call(Usage(3, 3, 6), price)
+    assert cost.total_cost == 0.0000009  # 0.1*3 + 0.2*3 = 0.9 per 1M; floats would give 9.000000000000001e-07
+
+
+def test_zero_usage_costs_zero() -> None:
+    assert price_call(Usage(0, 0, 0), GPT_4O).total_cost == 0.0
+
+
+def test_price_lookup_order() -> None:
+    mini = Price(Decimal("0.15"), Decimal("0.60"), Decimal("0.15"), Decimal("0.15"))
+    p = provider(**{"gpt-4o": GPT_4O, "gpt-4o-mini": mini})
+    assert find_price(p, "gpt-4o-mini", "gpt-4o-2024-08-06") is mini
+    assert find_price(p, "my-alias", "gpt-4o-mini") is mini
+    assert find_price(p, "gpt-4o-2024-08-06", None) is GPT_4O
+    assert find_price(p, "unknown", "gpt-4o-2024-11-20") is GPT_4O
+    assert find_price(p, "unknown", None) is None
+    assert find_price(p, None, None) is None
+
+
+def test_date_suffix_forms() -> None:
+    p = provider(**{"claude-3-5-sonnet": CLAUDE, "gpt-4": GPT_4O})
+    assert find_price(p, "claude-3-5-sonnet-20241022", None) is CLAUDE
+    assert find_price(p, "gpt-4-0613", None) is GPT_4O
+    assert find_price(p, "gpt-4-turbo", None) is None

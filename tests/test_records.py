@@ -1,0 +1,95 @@
+from pathlib import Path
+
+import orjson
+import pytest
+
+from proxy.records import CostRecord, RecordWriter
+
+
+def record(n: int) -> CostRecord:
+    return {
+        "timestamp": "2026-11-23T10:30:00.000000Z",
+        "request_id": f"r{n}",
+        "user_id": "anonymous",
+        "ip_address": "127.0.0.1",
+        "provider": "openai",
+        "model": "gpt-4o",
+        "endpoint": "/v1/chat/completions",
+        "is_streaming": False,
+        "input_tokens": n,
+        "output_tokens": 1,
+        "total_tokens": n + 1,
+        "input_cost": 0.1,
+        "output_cost": 0.2,
+        "total_cost": 0.30000000000000004,
+        "finish_reason": "stop",
+        "v": 1,
+        "response_model": None,
+        "cached_input_tokens": 0,
+        "cache_write_tokens": 0,
+        "reasoning_tokens": 0,
+        "currency": "USD",
+        "priced": True,
+        "usage_source": "provider",
+        "status_code": 200,
+        "error": None,
+        "duration_ms": 1.5,
+        "ttfb_ms": 1.0,
+        "proxy_request_id": f"p{n}",
+        "session_id": None,
+        "task_type": None,
+    }
+
+
+def test_one_line_per_record_in_the_contract_field_order(tmp_path: Path) -> None:
+    writer = RecordWriter(tmp_path / "nested" / "records.jsonl")
+    writer.open()
+    writer.append(record(1))
+    writer.append(record(2))
+    writer.close()
+    lines = (tmp_path / "nested" / "records.jsonl").read_bytes().splitlines()
+    assert [orjson.loads(line)["request_id"] for line in lines] == ["r1", "r2"]
+    assert list(orjson.loads(lines[0])) == list(record(1))
+    assert orjson.loads(lines[0])["total_cost"] == 0.30000000000000004
+
+
+def test_a_torn_last_line_is_closed_before_the_next_record(tmp_path: Path) -> None:
+    path = tmp_path / "records.jsonl"
+    path.write_bytes(orjson.dumps(record(1)) + b"\n" + b'{"timestamp": "2026-11-23T1')
+    writer = RecordWriter(path)
+    writer.open()
+    writer.append(record(2))
+    writer.close()
+    lines = path.read_bytes().splitlines()
+    assert len(lines) == 3
+    assert orjson.loads(lines[2])["request_id"] == "r2"
+
+
+def test_two_writers_on_one_file_never_interleave(tmp_path: Path) -> None:
+    path = tmp_path / "records.jsonl"
+    first, second = RecordWriter(path), RecordWriter(path)
+    first.open()
+    second.open()
+    for n in range(200):
+        (first if n % 2 else second).append(record(n))
+    first.close()
+    second.close()
+    assert sorted(orjson.loads(line)["input_tokens"] for line in path.read_bytes().splitlines()) == list(
+        range(200)
+    )
+
+
+def test_write_error_drops_to_stderr_and_recovers(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_bytes(b"")
+    writer = RecordWriter(blocker / "records.jsonl")
+    writer.open()
+    writer.append(record(3))
+    assert writer.dropped == 1
+    assert writer.problem is not None
+    assert '{"dropped_record": {' in capfd.readouterr().err
+    blocker.unlink()
+    writer.append(record(4))
+    writer.close()
+    assert writer.problem is None
+    assert orjson.loads((blocker / "records.jsonl").read_bytes())["request_id"] == "r4"

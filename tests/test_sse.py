@@ -1,0 +1,112 @@
+from pathlib import Path
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from proxy.sse import MAX_LINE, SSEEvent, SSEScanner
+
+FIXTURES = Path(__file__).parent / "fixtures"
+STREAM = (FIXTURES / "openai_chat_stream.sse").read_bytes()
+
+
+def scan(pieces: list[bytes]) -> list[SSEEvent]:
+    scanner = SSEScanner()
+    events: list[SSEEvent] = []
+    for piece in pieces:
+        events.extend(scanner.feed(piece))
+    events.extend(scanner.finish())
+    return events
+
+
+def test_recorded_stream_gives_one_event_per_data_line() -> None:
+    events = scan([STREAM])
+    data_lines = [line[6:] for line in STREAM.split(b"\n") if line.startswith(b"data: ")]
+    assert [event.data for event in events] == data_lines
+    assert len(events) == 11
+    assert events[-1].data == b"[DONE]"
+    assert events[-1].end == len(STREAM)
+
+
+def test_split_at_every_byte_offset_gives_the_same_events() -> None:
+    whole = scan([STREAM])
+    for cut in range(len(STREAM) + 1):
+        assert scan([STREAM[:cut], STREAM[cut:]]) == whole, cut
+
+
+def test_split_at_every_pair_of_offsets_with_crlf_gives_the_same_events() -> None:
+    crlf = STREAM.replace(b"\n", b"\r\n")[:700]
+    whole = scan([crlf])
+    for first in range(0, len(crlf), 7):
+        for second in range(first, len(crlf), 13):
+            assert scan([crlf[:first], crlf[first:second], crlf[second:]]) == whole
+
+
+def test_event_spans_cover_exact_bytes() -> None:
+    events = scan([STREAM[:100], STREAM[100:2000], STREAM[2000:]])
+    rebuilt = b"".join(STREAM[event.start : event.end] for event in events)
+    assert rebuilt == STREAM
+
+
+def test_crlf_and_cr_line_endings() -> None:
+    events = scan([b"data: a\r\n\r\ndata: b\r\rdata: c\n\n"])
+    assert [event.data for event in events] == [b"a", b"b", b"c"]
+
+
+def test_cr_at_end_of_a_read_waits_for_a_possible_lf() -> None:
+    scanner = SSEScanner()
+    assert scanner.feed(b"data: a\r\n\r") == []
+    assert [event.data for event in scanner.feed(b"\ndata: b\r\n\r\n")] == [b"a", b"b"]
+
+
+def test_comments_are_skipped_and_move_the_boundary() -> None:
+    scanner = SSEScanner()
+    assert scanner.feed(b": keep-alive\n\n") == []
+    assert scanner.boundary == 14
+    assert [event.data for event in scanner.feed(b"data: x\n\n")] == [b"x"]
+
+
+def test_multi_line_data_is_joined_with_newlines_and_event_type_kept() -> None:
+    events = scan([b'event: error\ndata: {"a":\ndata: 1}\nid: 7\n\n'])
+    assert events == [SSEEvent(b"error", b'{"a":\n1}', 0, 41)]
+
+
+def test_field_without_space_and_without_value() -> None:
+    assert [event.data for event in scan([b"data:x\n\ndata\n\n"])] == [b"x", b""]
+
+
+def test_missing_final_blank_line_and_missing_done() -> None:
+    assert [event.data for event in scan([b"data: a\n\ndata: b"])] == [b"a", b"b"]
+    assert [event.data for event in scan([b"data: a\n\ndata: b\n"])] == [b"a", b"b"]
+
+
+def test_boundary_stays_before_an_unfinished_event() -> None:
+    scanner = SSEScanner()
+    scanner.feed(b'data: a\n\ndata: {"usage"')
+    assert scanner.boundary == 9
+
+
+def test_an_oversized_line_is_not_kept_and_the_next_event_is_found() -> None:
+    scanner = SSEScanner()
+    huge = b"data: " + b"x" * (MAX_LINE + 10)
+    events = []
+    for start in range(0, len(huge), 65536):
+        events += scanner.feed(huge[start : start + 65536])
+        assert len(scanner._buf) <= MAX_LINE + 65536
+    events += scanner.feed(b"\n\ndata: after\n\n")
+    assert [event.data for event in events] == [b"after"]
+    assert scanner.oversized == 1
+    assert scanner.boundary == len(huge) + 15
+
+
+def test_multibyte_character_split_across_reads() -> None:
+    text = 'data: {"content":"Paris ist schön 🇫🇷"}\n\n'.encode()
+    whole = scan([text])
+    for cut in range(len(text)):
+        assert scan([text[:cut], text[cut:]]) == whole
+
+
+@given(st.lists(st.integers(min_value=0, max_value=len(STREAM)), max_size=20))
+def test_any_chunking_gives_the_same_events(cuts: list[int]) -> None:
+    points = sorted(cuts)
+    pieces = [STREAM[a:b] for a, b in zip([0, *points], [*points, len(STREAM)], strict=True)]
+    assert scan(pieces) == scan([STREAM])

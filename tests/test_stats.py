@@ -1,0 +1,108 @@
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from proxy.stats import RollingTotals
+
+NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+def line(age: timedelta, **fields: Any) -> bytes:
+    stamp = (NOW - age).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    record = {
+        "timestamp": stamp,
+        "provider": "openai",
+        "model": "gpt-4o",
+        "input_tokens": 10,
+        "output_tokens": 5,
+        "total_tokens": 15,
+        "total_cost": 0.1,
+        "currency": "USD",
+        "status_code": 200,
+        "error": None,
+    }
+    return orjson.dumps({**record, **fields}) + b"\n"
+
+
+def totals(path: Path, now: datetime = NOW) -> RollingTotals:
+    stats = RollingTotals(path, "USD", {"CNY": Decimal("0.14")}, clock=lambda: now)
+    stats.load()
+    return stats
+
+
+def test_sums_the_last_24_hours_exactly(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(
+        line(timedelta(hours=25))
+        + line(timedelta(hours=23), total_cost=0.2)
+        + line(timedelta(hours=1), provider="deepseek", model="deepseek-chat", total_cost=0.7)
+        + line(timedelta(minutes=1), status_code=429, total_cost=0.0)
+        + line(timedelta(minutes=1), error="upstream_timeout", total_cost=None)
+    )
+    snapshot = totals(path).snapshot()
+    assert snapshot["requests"] == 4
+    assert snapshot["errors"] == 2
+    assert (snapshot["input_tokens"], snapshot["output_tokens"], snapshot["total_tokens"]) == (40, 20, 60)
+    assert snapshot["total_cost"] == 0.9  # 0.2 + 0.7 + 0.0 exactly; floats would give 0.8999999999999999
+    assert snapshot["provider_costs"] == {"deepseek": 0.7, "openai": 0.2}
+    assert snapshot["model_costs"] == {"deepseek/deepseek-chat": 0.7, "openai/gpt-4o": 0.2}
+
+
+def test_other_currencies_are_converted_or_kept_apart(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(
+        line(timedelta(minutes=5), currency="CNY", total_cost=10.0)
+        + line(timedelta(minutes=5), currency="EUR", total_cost=3.0)
+    )
+    snapshot = totals(path).snapshot()
+    assert snapshot["total_cost"] == 1.4
+    assert snapshot["unconverted"] == {"EUR": 3.0}
+    assert snapshot["requests"] == 2
+
+
+def test_new_lines_from_any_writer_are_folded_in_and_torn_lines_wait(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(line(timedelta(minutes=3)))
+    stats = totals(path)
+    assert stats.snapshot()["requests"] == 1
+    whole = line(timedelta(minutes=2))
+    with open(path, "ab") as file:
+        file.write(whole + whole[:20])
+    assert stats.snapshot()["requests"] == 2
+    with open(path, "ab") as file:
+        file.write(whole[20:] + b"garbage\n")
+    assert stats.snapshot()["requests"] == 3
+
+
+def test_records_leave_the_window_as_time_passes(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(line(timedelta(hours=23, minutes=50)) + line(timedelta(hours=1)))
+    now = [NOW]
+    stats = RollingTotals(path, "USD", {}, clock=lambda: now[0])
+    stats.load()
+    assert stats.snapshot()["requests"] == 2
+    now[0] = NOW + timedelta(minutes=20)
+    assert stats.snapshot()["requests"] == 1
+
+
+def test_start_up_reads_only_the_tail_of_a_large_file(tmp_path: Path) -> None:
+    # Recent records at the head, then 3 MB of old ones: reading the whole file would count the head;
+    # reading back from the end stops in the old block, well before it.
+    path = tmp_path / "r.jsonl"
+    with open(path, "wb") as file:
+        file.write(line(timedelta(hours=1)) * 10)
+        file.write(line(timedelta(days=3)) * 20_000)
+        file.write(line(timedelta(hours=2)) * 3)
+    assert path.stat().st_size > 3 * (1 << 20)
+    assert totals(path).snapshot()["requests"] == 3
+
+
+def test_a_missing_file_gives_zeros_and_appears_later(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    stats = totals(path)
+    assert stats.snapshot()["requests"] == 0
+    path.write_bytes(line(timedelta(minutes=1)))
+    assert stats.snapshot()["requests"] == 1
