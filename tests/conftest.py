@@ -1,0 +1,300 @@
+"""Integration fixtures: the upstream stub, a config.yml writer, and the real proxy as a subprocess."""
+
+from __future__ import annotations
+
+import copy
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import pytest
+from openai import OpenAI
+from upstream_stub import UpstreamStub
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+START_DEADLINE_SECONDS = 30.0
+WAIT_SECONDS = 10.0
+CLIENT_KEY = "sk-test"
+
+# Prices per 1M tokens that tests compute expected costs from.
+GPT_4O = {"input": 2.50, "output": 10.00, "cached_input": 1.25}
+GPT_4O_MINI = {"input": 0.15, "output": 0.60}
+
+MakeConfig = Callable[..., Path]
+
+
+def free_port() -> int:
+    """A loopback port that nothing listens on (bound to port 0, then released)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def merge(base: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
+    """`base` with `overrides` merged in, mapping into mapping; any other value replaces."""
+    merged = copy.deepcopy(base)
+    for key, value in overrides.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = merge(merged[key], value)
+        else:
+            merged[key] = copy.deepcopy(value)
+    return merged
+
+
+def base_config(stub: UpstreamStub) -> dict[str, Any]:
+    """One provider, `openai`, served by the stub, with gpt-4o and gpt-4o-mini priced."""
+    return {
+        "server": {"host": "127.0.0.1", "port": 9002},
+        "currency": "USD",
+        "features": {"cost_tracking": {"enabled": True}},
+        "providers": {
+            "openai": {
+                "base_url": stub.base_url,
+                "models": {"gpt-4o": {"pricing": GPT_4O}, "gpt-4o-mini": {"pricing": GPT_4O_MINI}},
+            }
+        },
+    }
+
+
+@dataclass(frozen=True)
+class RawResponse:
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+
+    def header(self, name: str) -> str | None:
+        wanted = name.lower()
+        return next((value for key, value in self.headers if key.lower() == wanted), None)
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+def read_records(path: Path) -> list[dict[str, Any]]:
+    """Every record in a cost-tracking file; a line that is not one JSON object fails the test."""
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_bytes().splitlines() if line]
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = WAIT_SECONDS) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"gave up after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+class RunningProxy:
+    """The proxy as a subprocess: `python -m proxy serve` on a loopback port."""
+
+    def __init__(
+        self,
+        process: subprocess.Popen[bytes],
+        port: int,
+        records_path: Path,
+        log_path: Path,
+        log_file: IO[bytes],
+    ) -> None:
+        self.process = process
+        self.port = port
+        self.records_path = records_path
+        self.log_path = log_path
+        self._log_file = log_file
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def client(self, api_key: str = CLIENT_KEY, path: str = "/v1") -> OpenAI:
+        """The official SDK pointed at the proxy (close it, or use it as a context manager)."""
+        return OpenAI(base_url=f"{self.url}{path}", api_key=api_key, max_retries=0, timeout=30.0)
+
+    def request(
+        self, method: str, path: str, body: bytes | None = None, headers: Mapping[str, str] | None = None
+    ) -> RawResponse:
+        """One raw HTTP call, its response body read whole (dechunked), bytes exactly as sent."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
+        try:
+            connection.request(method, path, body=body, headers=dict(headers or {}))
+            response = connection.getresponse()
+            return RawResponse(response.status, response.getheaders(), response.read())
+        finally:
+            connection.close()
+
+    def post_json(
+        self,
+        path: str,
+        payload: Mapping[str, Any],
+        headers: Mapping[str, str] | None = None,
+    ) -> RawResponse:
+        all_headers = {"content-type": "application/json", "authorization": f"Bearer {CLIENT_KEY}"}
+        return self.request("POST", path, json.dumps(payload).encode(), {**all_headers, **(headers or {})})
+
+    def health(self) -> dict[str, Any]:
+        response = self.request("GET", "/health")
+        assert response.status == 200, response.body
+        health: dict[str, Any] = response.json()
+        return health
+
+    def records(self) -> list[dict[str, Any]]:
+        return read_records(self.records_path)
+
+    def wait_records(self, count: int, timeout: float = WAIT_SECONDS) -> list[dict[str, Any]]:
+        """The records once at least `count` are in the file."""
+        wait_until(
+            lambda: len(self.records()) >= count, f"{count} records in {self.records_path.name}", timeout
+        )
+        return self.records()
+
+    def log(self) -> str:
+        self._log_file.flush()
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def wait_log(self, text: str, timeout: float = WAIT_SECONDS) -> str:
+        """The server log once `text` appears in it."""
+        wait_until(lambda: text in self.log(), f"{text!r} in the server log", timeout)
+        return self.log()
+
+    def stop(self) -> int:
+        """Stop the server as an operator would (SIGTERM) and return its exit code."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        self._log_file.close()
+        return self.process.returncode
+
+
+def _answers_health(port: int) -> bool:
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+    try:
+        connection.request("GET", "/health")
+        return connection.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        connection.close()
+
+
+class ProxyLauncher:
+    """Starts proxies for one test, all writing records to the same file; stops them at teardown."""
+
+    def __init__(self, tmp_path: Path) -> None:
+        self.tmp_path = tmp_path
+        self.records_path = tmp_path / "records.jsonl"
+        self.started: list[RunningProxy] = []
+
+    def __call__(
+        self,
+        config: Path,
+        *,
+        env: Mapping[str, str] | None = None,
+        workers: int | None = None,
+        port: int | None = None,
+    ) -> RunningProxy:
+        port = port or free_port()
+        command = [
+            sys.executable,
+            "-m",
+            "proxy",
+            "serve",
+            "--config",
+            str(config),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ]
+        if workers is not None:
+            command += ["--workers", str(workers)]
+        log_path = self.tmp_path / f"proxy-{len(self.started) + 1}.log"
+        log_file = log_path.open("wb")
+        process = subprocess.Popen(
+            command,
+            cwd=REPO_ROOT,
+            env=proxy_env(self.records_path, env),
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+        )
+        running = RunningProxy(process, port, self.records_path, log_path, log_file)
+        self.started.append(running)
+        deadline = time.monotonic() + START_DEADLINE_SECONDS
+        while not _answers_health(port):
+            if process.poll() is not None:
+                pytest.fail(f"the proxy exited with {process.returncode} at start-up:\n{running.log()}")
+            if time.monotonic() > deadline:
+                pytest.fail(
+                    f"the proxy did not answer /health within {START_DEADLINE_SECONDS} s:\n{running.log()}"
+                )
+            time.sleep(0.1)
+        return running
+
+    def stop_all(self) -> None:
+        for running in self.started:
+            running.stop()
+
+
+def proxy_env(records_path: Path, extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The test runner's environment, less anything that would steer the proxy, plus the records file."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("METERPROXY_CONFIG", "OPENAI_API_KEY") and not key.lower().endswith("_proxy")
+    }
+    env["COST_TRACKING_FILE"] = str(records_path)
+    env.update(extra or {})
+    return env
+
+
+@pytest.fixture
+def stub() -> Iterator[UpstreamStub]:
+    server = UpstreamStub()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def make_config(tmp_path: Path, stub: UpstreamStub) -> MakeConfig:
+    """Writes a config.yml: the base config (see `base_config`) with keyword overrides merged in."""
+    written: list[Path] = []
+
+    def write(**overrides: Any) -> Path:
+        path = tmp_path / f"config-{len(written) + 1}.yml"
+        # JSON is YAML: the file is exactly the data, with no emitter quirks in between.
+        path.write_text(json.dumps(merge(base_config(stub), overrides), indent=2), encoding="utf-8")
+        written.append(path)
+        return path
+
+    return write
+
+
+@pytest.fixture
+def launch(tmp_path: Path) -> Iterator[ProxyLauncher]:
+    launcher = ProxyLauncher(tmp_path)
+    try:
+        yield launcher
+    finally:
+        launcher.stop_all()
+
+
+@pytest.fixture
+def proxy(launch: ProxyLauncher, make_config: MakeConfig) -> RunningProxy:
+    """The proxy on the base config."""
+    return launch(make_config())

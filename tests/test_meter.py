@@ -1,0 +1,1032 @@
+"""The metered routes, end to end: the real proxy under uvicorn between the openai SDK and a loopback stub."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import aiohttp
+import pytest
+from conftest import CLIENT_KEY, GPT_4O_MINI, MakeConfig, ProxyLauncher, RawResponse, RunningProxy, free_port
+from upstream_stub import SSE_DONE, Hangup, Reply, Stream, UpstreamStub, sse
+
+RECORD_FIELDS = [
+    "timestamp",
+    "request_id",
+    "user_id",
+    "ip_address",
+    "provider",
+    "model",
+    "endpoint",
+    "is_streaming",
+    "input_tokens",
+    "output_tokens",
+    "total_tokens",
+    "input_cost",
+    "output_cost",
+    "total_cost",
+    "finish_reason",
+    "v",
+    "response_model",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "reasoning_tokens",
+    "currency",
+    "priced",
+    "usage_source",
+    "status_code",
+    "error",
+    "duration_ms",
+    "ttfb_ms",
+    "proxy_request_id",
+    "session_id",
+    "task_type",
+]
+CLIENT_USER_ID = "key:" + hashlib.sha256(CLIENT_KEY.encode()).hexdigest()[:12]
+TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+HELLO = [{"role": "user", "content": "Say hello"}]
+
+
+def per_million(*terms: tuple[int, str]) -> float:
+    """Exact cost of (tokens, price per 1M) terms, as the float the record must hold."""
+    return float(sum(Decimal(tokens) * Decimal(price) for tokens, price in terms) / Decimal(1_000_000))
+
+
+def chat_body(
+    usage: dict[str, Any],
+    *,
+    model: str = "gpt-4o-2024-08-06",
+    id: str = "chatcmpl-abc123",
+    finish_reason: str = "stop",
+) -> bytes:
+    """A non-streamed chat completion as an upstream sends it."""
+    return json.dumps(
+        {
+            "id": id,
+            "object": "chat.completion",
+            "created": 1700000000,
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "Hello!"},
+                    "finish_reason": finish_reason,
+                }
+            ],
+            "usage": usage,
+        }
+    ).encode()
+
+
+def chunk(
+    delta: dict[str, Any],
+    *,
+    finish_reason: str | None = None,
+    usage: dict[str, Any] | None = None,
+    id: str = "chatcmpl-s1",
+    model: str = "gpt-4o-mini-2024-07-18",
+) -> bytes:
+    """One chat stream event with a choice; `usage: null` as upstreams send it once usage is asked for."""
+    return sse(
+        {
+            "id": id,
+            "object": "chat.completion.chunk",
+            "created": 1700000000,
+            "model": model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+            "usage": usage,
+        }
+    )
+
+
+def usage_chunk(
+    usage: dict[str, Any], *, id: str = "chatcmpl-s1", model: str = "gpt-4o-mini-2024-07-18"
+) -> bytes:
+    """The usage-only event (no choices) that `stream_options.include_usage` adds at the end."""
+    return sse(
+        {
+            "id": id,
+            "object": "chat.completion.chunk",
+            "created": 1700000000,
+            "model": model,
+            "choices": [],
+            "usage": usage,
+        }
+    )
+
+
+STREAM_USAGE = {"prompt_tokens": 12, "completion_tokens": 34, "total_tokens": 46}
+STREAM_CHUNKS = [
+    chunk({"role": "assistant", "content": ""}),
+    chunk({"content": "Hello"}),
+    chunk({}, finish_reason="stop"),
+    usage_chunk(STREAM_USAGE),
+    SSE_DONE,
+]
+STREAM_WITHOUT_USAGE_CHUNK = b"".join(STREAM_CHUNKS[:3] + STREAM_CHUNKS[4:])
+
+
+def only(records: list[dict[str, Any]]) -> dict[str, Any]:
+    assert len(records) == 1, records
+    return records[0]
+
+
+def assert_openai_error(response: RawResponse, status: int) -> dict[str, Any]:
+    assert response.status == status, response.body
+    body = response.json()
+    assert set(body) == {"error"}, body
+    assert {"message", "type", "code"} <= set(body["error"]), body
+    assert isinstance(body["error"]["message"], str) and body["error"]["message"]
+    error: dict[str, Any] = body["error"]
+    return error
+
+
+def test_non_streamed_chat_is_returned_byte_for_byte_and_recorded_once(
+    proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    usage = {
+        "prompt_tokens": 1000,
+        "completion_tokens": 500,
+        "total_tokens": 1500,
+        "prompt_tokens_details": {"cached_tokens": 200},
+    }
+    body = chat_body(usage)
+    stub.push(Reply(body=body))
+    before = datetime.now(UTC)
+    with proxy.client() as client:
+        raw = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=HELLO)
+    after = datetime.now(UTC)
+
+    assert raw.http_response.status_code == 200
+    assert raw.http_response.content == body
+    assert raw.parse().choices[0].message.content == "Hello!"
+    record = only(proxy.wait_records(1))
+    assert list(record) == RECORD_FIELDS
+    assert TIMESTAMP.fullmatch(record["timestamp"]), record["timestamp"]
+    arrived = datetime.strptime(record["timestamp"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    assert before - timedelta(milliseconds=1) <= arrived <= after
+    assert record["proxy_request_id"] == raw.headers["x-meterproxy-request-id"]
+    assert record["input_cost"] == per_million((800, "2.50"), (200, "1.25")) == 0.00225
+    assert record["output_cost"] == per_million((500, "10.00")) == 0.005
+    assert record["total_cost"] == per_million((800, "2.50"), (200, "1.25"), (500, "10.00")) == 0.00725
+    assert isinstance(record["duration_ms"], float | int) and record["duration_ms"] >= 0
+    assert record["ttfb_ms"] is None or record["ttfb_ms"] >= 0
+    expected = {
+        "request_id": "chatcmpl-abc123",
+        "user_id": CLIENT_USER_ID,
+        "ip_address": "127.0.0.1",
+        "provider": "openai",
+        "model": "gpt-4o",
+        "endpoint": "/v1/chat/completions",
+        "is_streaming": False,
+        "input_tokens": 1000,
+        "output_tokens": 500,
+        "total_tokens": 1500,
+        "finish_reason": "stop",
+        "v": 1,
+        "response_model": "gpt-4o-2024-08-06",
+        "cached_input_tokens": 200,
+        "cache_write_tokens": 0,
+        "reasoning_tokens": 0,
+        "currency": "USD",
+        "priced": True,
+        "usage_source": "provider",
+        "status_code": 200,
+        "error": None,
+        "session_id": None,
+        "task_type": None,
+    }
+    assert {key: record[key] for key in expected} == expected
+    seen = only(stub.requests)
+    assert (seen.method, seen.target) == ("POST", "/v1/chat/completions")
+    assert seen.json() == {"model": "gpt-4o", "messages": HELLO}
+
+
+def test_every_metered_response_has_its_own_request_id(proxy: RunningProxy, stub: UpstreamStub) -> None:
+    stub.always(Reply(body=chat_body({"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2})))
+    ids = [
+        proxy.post_json("/v1/chat/completions", {"model": "gpt-4o", "messages": HELLO}).header(
+            "x-meterproxy-request-id"
+        )
+        for _ in range(3)
+    ]
+    records = proxy.wait_records(3)
+    assert None not in ids and len(set(ids)) == 3
+    assert sorted(record["proxy_request_id"] for record in records) == sorted(ids)
+
+
+def test_provider_route_forwards_to_that_provider(proxy: RunningProxy, stub: UpstreamStub) -> None:
+    body = chat_body({"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}, model="gpt-4o-mini")
+    stub.push(Reply(body=body))
+    with proxy.client(path="/openai/v1") as client:
+        raw = client.chat.completions.with_raw_response.create(model="gpt-4o-mini", messages=HELLO)
+
+    assert raw.http_response.content == body
+    assert only(stub.requests).target == "/v1/chat/completions"
+    record = only(proxy.wait_records(1))
+    assert (record["provider"], record["model"], record["endpoint"]) == (
+        "openai",
+        "gpt-4o-mini",
+        "/openai/v1/chat/completions",
+    )
+    assert record["total_cost"] == per_million((10, "0.15"), (20, "0.60"))
+
+
+def test_provider_prefixed_model_reaches_upstream_as_plain_model(
+    proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    stub.push(Reply(body=chat_body({"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2})))
+    sent = (
+        b'{ "model" :  "openai/gpt-4o",\n  "messages":[{"role":"user","content":"hi"}] ,"temperature":0.50}'
+    )
+    response = proxy.request(
+        "POST",
+        "/v1/chat/completions",
+        sent,
+        {"content-type": "application/json", "authorization": f"Bearer {CLIENT_KEY}"},
+    )
+
+    assert response.status == 200
+    assert only(stub.requests).body == sent.replace(b'"openai/gpt-4o"', b'"gpt-4o"')
+    record = only(proxy.wait_records(1))
+    assert (record["provider"], record["model"]) == ("openai", "gpt-4o")
+
+
+def test_request_body_is_forwarded_byte_for_byte(proxy: RunningProxy, stub: UpstreamStub) -> None:
+    stub.push(Reply(body=chat_body({"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2})))
+    sent = (
+        b'{"messages":[{"content":"h\\u00e9llo  \\n","role":"user"}],\r\n\t"temperature":1.0,'
+        b'  "model":"gpt-4o","metadata":{"z":1,"a":2},"n":1e0}\n'
+    )
+    response = proxy.request(
+        "POST",
+        "/v1/chat/completions",
+        sent,
+        {"content-type": "application/json", "authorization": f"Bearer {CLIENT_KEY}"},
+    )
+
+    assert response.status == 200
+    seen = only(stub.requests)
+    assert seen.body == sent
+    assert seen.header("content-length") == str(len(sent))
+
+
+@pytest.mark.parametrize("stream_options", [None, {"include_usage": False}])
+def test_stream_without_usage_asked_gets_usage_injected_and_its_chunk_removed(
+    proxy: RunningProxy, stub: UpstreamStub, stream_options: dict[str, bool] | None
+) -> None:
+    stub.push(Stream(STREAM_CHUNKS))
+    payload: dict[str, Any] = {"model": "gpt-4o-mini", "messages": HELLO, "stream": True}
+    if stream_options is not None:
+        payload["stream_options"] = stream_options
+    response = proxy.post_json("/v1/chat/completions", payload)
+
+    assert response.status == 200
+    assert (response.header("content-type") or "").startswith("text/event-stream")
+    assert response.body == STREAM_WITHOUT_USAGE_CHUNK
+    forwarded = only(stub.requests).json()
+    assert forwarded == {**payload, "stream_options": {"include_usage": True}}
+    record = only(proxy.wait_records(1))
+    assert record["proxy_request_id"] == response.header("x-meterproxy-request-id")
+    expected = {
+        "request_id": "chatcmpl-s1",
+        "model": "gpt-4o-mini",
+        "response_model": "gpt-4o-mini-2024-07-18",
+        "is_streaming": True,
+        "input_tokens": 12,
+        "output_tokens": 34,
+        "total_tokens": 46,
+        "input_cost": per_million((12, "0.15")),
+        "output_cost": per_million((34, "0.60")),
+        "total_cost": per_million((12, "0.15"), (34, "0.60")),
+        "finish_reason": "stop",
+        "usage_source": "provider",
+        "priced": True,
+        "status_code": 200,
+        "error": None,
+    }
+    assert {key: record[key] for key in expected} == expected
+
+
+def test_stream_through_the_sdk_shows_no_usage_chunk(proxy: RunningProxy, stub: UpstreamStub) -> None:
+    stub.push(Stream(STREAM_CHUNKS))
+    with proxy.client() as client:
+        chunks = list(client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, stream=True))
+
+    assert [c.choices[0].delta.content for c in chunks] == ["", "Hello", None]
+    assert all(c.usage is None for c in chunks)
+    record = only(proxy.wait_records(1))
+    assert (record["input_tokens"], record["output_tokens"]) == (12, 34)
+
+
+def test_stream_with_usage_asked_is_unchanged(proxy: RunningProxy, stub: UpstreamStub) -> None:
+    stub.push(Stream(STREAM_CHUNKS))
+    with proxy.client() as client:
+        chunks = list(
+            client.chat.completions.create(
+                model="gpt-4o-mini", messages=HELLO, stream=True, stream_options={"include_usage": True}
+            )
+        )
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 34
+
+    stub.push(Stream(STREAM_CHUNKS))
+    sent = b'{"model":"gpt-4o-mini","stream":true,"stream_options":{"include_usage":true},"messages":[]}'
+    response = proxy.request(
+        "POST",
+        "/v1/chat/completions",
+        sent,
+        {"content-type": "application/json", "authorization": f"Bearer {CLIENT_KEY}"},
+    )
+
+    assert response.body == b"".join(STREAM_CHUNKS)
+    assert stub.requests[1].body == sent
+    records = proxy.wait_records(2)
+    assert [(r["input_tokens"], r["output_tokens"], r["usage_source"]) for r in records] == [
+        (12, 34, "provider"),
+        (12, 34, "provider"),
+    ]
+
+
+def test_stream_usage_false_injects_nothing(
+    launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub
+) -> None:
+    proxy = launch(make_config(providers={"openai": {"stream_usage": False}}))
+    chunks = [sse({"id": "chatcmpl-n", "choices": [{"index": 0, "delta": {"content": "Hi"}}]}), SSE_DONE]
+    stub.push(Stream(chunks))
+    sent = b'{"model": "gpt-4o-mini", "stream": true, "messages": []}'
+    response = proxy.request(
+        "POST",
+        "/v1/chat/completions",
+        sent,
+        {"content-type": "application/json", "authorization": f"Bearer {CLIENT_KEY}"},
+    )
+
+    assert response.body == b"".join(chunks)
+    assert only(stub.requests).body == sent
+    record = only(proxy.wait_records(1))
+    assert record["usage_source"] != "provider"
+    assert (record["request_id"], record["is_streaming"], record["status_code"]) == ("chatcmpl-n", True, 200)
+
+
+def test_usage_in_several_chunks_counts_the_last_not_the_sum(proxy: RunningProxy, stub: UpstreamStub) -> None:
+    chunks = [
+        chunk(
+            {"role": "assistant", "content": "a"},
+            usage={"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11},
+        ),
+        chunk({"content": "b"}, usage={"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12}),
+        chunk(
+            {},
+            finish_reason="length",
+            usage={"prompt_tokens": 10, "completion_tokens": 3, "total_tokens": 13},
+        ),
+        SSE_DONE,
+    ]
+    stub.push(Stream(chunks))
+    response = proxy.post_json(
+        "/v1/chat/completions",
+        {
+            "model": "gpt-4o-mini",
+            "messages": HELLO,
+            "stream": True,
+            "stream_options": {"include_usage": True},
+        },
+    )
+
+    assert response.body == b"".join(chunks)
+    record = only(proxy.wait_records(1))
+    assert (record["input_tokens"], record["output_tokens"], record["total_tokens"]) == (10, 3, 13)
+    assert record["total_cost"] == per_million((10, "0.15"), (3, "0.60"))
+    assert record["finish_reason"] == "length"
+
+
+@pytest.fixture
+def rich_proxy(launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub) -> RunningProxy:
+    """The base config plus a reasoning model, a model with a cache-write price, and a DeepSeek provider."""
+    return launch(
+        make_config(
+            providers={
+                "openai": {
+                    "models": {
+                        "o3-mini": {"pricing": {"input": 1.10, "output": 4.40, "cached_input": 0.55}},
+                        "claude-ish": {
+                            "pricing": {"input": 3, "output": 15, "cached_input": 0.30, "cache_write": 3.75}
+                        },
+                    }
+                },
+                "deepseek": {
+                    "base_url": f"http://127.0.0.1:{stub.port}/deepseek",
+                    "models": {
+                        "deepseek-chat": {"pricing": {"input": 0.27, "output": 1.10, "cached_input": 0.07}}
+                    },
+                },
+            }
+        )
+    )
+
+
+def test_reasoning_tokens_are_recorded_and_priced_as_output(
+    rich_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    usage = {
+        "prompt_tokens": 100,
+        "completion_tokens": 500,
+        "total_tokens": 600,
+        "completion_tokens_details": {"reasoning_tokens": 300},
+    }
+    stub.push(Reply(body=chat_body(usage, model="o3-mini-2025-01-31")))
+    rich_proxy.post_json("/v1/chat/completions", {"model": "o3-mini", "messages": HELLO})
+
+    record = only(rich_proxy.wait_records(1))
+    assert (record["output_tokens"], record["reasoning_tokens"]) == (500, 300)
+    assert record["output_cost"] == per_million((500, "4.40"))
+    assert record["total_cost"] == per_million((100, "1.10"), (500, "4.40"))
+
+
+def test_cache_write_tokens_are_priced_at_cache_write(rich_proxy: RunningProxy, stub: UpstreamStub) -> None:
+    usage = {
+        "prompt_tokens": 1000,
+        "completion_tokens": 50,
+        "total_tokens": 1050,
+        "prompt_tokens_details": {"cached_tokens": 100, "cache_write_tokens": 200},
+    }
+    stub.push(Reply(body=chat_body(usage, model="claude-ish")))
+    rich_proxy.post_json("/v1/chat/completions", {"model": "claude-ish", "messages": HELLO})
+
+    record = only(rich_proxy.wait_records(1))
+    assert (record["cached_input_tokens"], record["cache_write_tokens"]) == (100, 200)
+    assert record["input_cost"] == per_million((700, "3"), (100, "0.30"), (200, "3.75"))
+    assert record["total_cost"] == per_million((700, "3"), (100, "0.30"), (200, "3.75"), (50, "15"))
+
+
+def test_deepseek_cache_hit_tokens_are_priced_as_cached(rich_proxy: RunningProxy, stub: UpstreamStub) -> None:
+    usage = {
+        "prompt_tokens": 1000,
+        "completion_tokens": 100,
+        "total_tokens": 1100,
+        "prompt_cache_hit_tokens": 600,
+        "prompt_cache_miss_tokens": 400,
+    }
+    stub.push(Reply(body=chat_body(usage, model="deepseek-chat", id="ds-1")))
+    with rich_proxy.client() as client:
+        client.chat.completions.create(model="deepseek-chat", messages=HELLO)
+
+    assert only(stub.requests).target == "/deepseek/chat/completions"
+    record = only(rich_proxy.wait_records(1))
+    assert (record["provider"], record["request_id"], record["cached_input_tokens"]) == (
+        "deepseek",
+        "ds-1",
+        600,
+    )
+    assert record["input_cost"] == per_million((400, "0.27"), (600, "0.07"))
+    assert record["total_cost"] == per_million((400, "0.27"), (600, "0.07"), (100, "1.10"))
+
+
+def test_unknown_requested_model_is_priced_by_the_response_model(
+    proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    body = chat_body(
+        {"prompt_tokens": 200, "completion_tokens": 100, "total_tokens": 300}, model="gpt-4o-mini"
+    )
+    stub.push(Reply(body=body))
+    response = proxy.post_json("/openai/v1/chat/completions", {"model": "latest-small", "messages": HELLO})
+
+    assert (response.status, response.body) == (200, body)
+    assert only(stub.requests).json()["model"] == "latest-small"
+    record = only(proxy.wait_records(1))
+    assert (record["model"], record["response_model"], record["priced"]) == (
+        "latest-small",
+        "gpt-4o-mini",
+        True,
+    )
+    assert record["total_cost"] == per_million((200, "0.15"), (100, "0.60"))
+
+
+def test_dated_model_name_is_priced_without_its_date(proxy: RunningProxy, stub: UpstreamStub) -> None:
+    usage = {"prompt_tokens": 1000, "completion_tokens": 10, "total_tokens": 1010}
+    stub.push(Reply(body=chat_body(usage, model="gpt-4o-2024-08-06")))
+    proxy.post_json("/openai/v1/chat/completions", {"model": "gpt-4o-2024-08-06", "messages": HELLO})
+
+    record = only(proxy.wait_records(1))
+    assert (record["model"], record["priced"]) == ("gpt-4o-2024-08-06", True)
+    assert record["total_cost"] == per_million((1000, "2.50"), (10, "10.00"))
+
+
+def test_unknown_model_is_forwarded_unpriced_with_one_warning(
+    proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    body = chat_body({"prompt_tokens": 7, "completion_tokens": 3, "total_tokens": 10}, model="mystery-model")
+    stub.always(Reply(body=body))
+    responses = [
+        proxy.post_json("/openai/v1/chat/completions", {"model": "mystery-model", "messages": HELLO})
+        for _ in range(2)
+    ]
+
+    assert [(r.status, r.body) for r in responses] == [(200, body), (200, body)]
+    records = proxy.wait_records(2)
+    for record in records:
+        assert (record["input_tokens"], record["output_tokens"], record["priced"]) == (7, 3, False)
+        assert (record["input_cost"], record["output_cost"], record["total_cost"]) == (None, None, None)
+        assert record["usage_source"] == "provider"
+    log = proxy.wait_log("mystery-model")
+    assert len([line for line in log.splitlines() if "mystery-model" in line]) == 1, log
+
+
+def test_completions_route_is_metered(proxy: RunningProxy, stub: UpstreamStub) -> None:
+    body = json.dumps(
+        {
+            "id": "cmpl-1",
+            "object": "text_completion",
+            "created": 1700000000,
+            "model": "gpt-4o-mini",
+            "choices": [{"text": " there", "index": 0, "logprobs": None, "finish_reason": "length"}],
+            "usage": {"prompt_tokens": 5, "completion_tokens": 16, "total_tokens": 21},
+        }
+    ).encode()
+    stub.push(Reply(body=body))
+    with proxy.client() as client:
+        raw = client.completions.with_raw_response.create(model="gpt-4o-mini", prompt="hello", max_tokens=16)
+
+    assert raw.http_response.content == body
+    assert only(stub.requests).target == "/v1/completions"
+    record = only(proxy.wait_records(1))
+    expected = {
+        "endpoint": "/v1/completions",
+        "request_id": "cmpl-1",
+        "finish_reason": "length",
+        "input_tokens": 5,
+        "output_tokens": 16,
+        "total_cost": per_million((5, "0.15"), (16, "0.60")),
+    }
+    assert {key: record[key] for key in expected} == expected
+
+
+def test_streamed_completions_get_usage_injected_and_removed(proxy: RunningProxy, stub: UpstreamStub) -> None:
+    def event(choices: list[dict[str, Any]], usage: dict[str, int] | None) -> bytes:
+        return sse(
+            {
+                "id": "cmpl-s",
+                "object": "text_completion",
+                "created": 1,
+                "model": "gpt-4o-mini",
+                "choices": choices,
+                "usage": usage,
+            }
+        )
+
+    chunks = [
+        event([{"text": "Hi", "index": 0, "logprobs": None, "finish_reason": None}], None),
+        event([{"text": "", "index": 0, "logprobs": None, "finish_reason": "stop"}], None),
+        event([], {"prompt_tokens": 3, "completion_tokens": 2, "total_tokens": 5}),
+        SSE_DONE,
+    ]
+    stub.push(Stream(chunks))
+    response = proxy.post_json(
+        "/openai/v1/completions", {"model": "gpt-4o-mini", "prompt": "x", "stream": True}
+    )
+
+    assert response.body == chunks[0] + chunks[1] + chunks[3]
+    assert only(stub.requests).json()["stream_options"] == {"include_usage": True}
+    record = only(proxy.wait_records(1))
+    assert (record["endpoint"], record["input_tokens"], record["output_tokens"]) == (
+        "/openai/v1/completions",
+        3,
+        2,
+    )
+
+
+def test_other_provider_paths_are_passed_through_and_recorded_without_usage(
+    proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    body = b'{"object": "list", "data": [], "has_more": false}'
+    stub.push(Reply(body=body))
+    response = proxy.request(
+        "GET", "/openai/v1/files?purpose=batch&limit=2", headers={"authorization": f"Bearer {CLIENT_KEY}"}
+    )
+
+    assert (response.status, response.body) == (200, body)
+    seen = only(stub.requests)
+    assert (seen.method, seen.target, seen.body) == ("GET", "/v1/files?purpose=batch&limit=2", b"")
+    record = only(proxy.wait_records(1))
+    assert list(record) == RECORD_FIELDS
+    expected = {
+        "request_id": record["proxy_request_id"],
+        "user_id": CLIENT_USER_ID,
+        "provider": "openai",
+        "model": None,
+        "endpoint": "/openai/v1/files",
+        "is_streaming": False,
+        "input_tokens": 0,
+        "output_tokens": 0,
+        "total_tokens": 0,
+        "input_cost": None,
+        "output_cost": None,
+        "total_cost": None,
+        "priced": False,
+        "usage_source": "none",
+        "status_code": 200,
+        "error": None,
+        "v": 1,
+    }
+    assert {key: record[key] for key in expected} == expected
+
+
+def test_hop_by_hop_request_headers_stop_at_the_proxy(proxy: RunningProxy, stub: UpstreamStub) -> None:
+    stub.push(Reply(body=chat_body({"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2})))
+    hop_by_hop = {
+        "Connection": "close, X-Hop-Secret",
+        "X-Hop-Secret": "named-in-connection",
+        "Keep-Alive": "timeout=5",
+        "TE": "trailers",
+        "Upgrade": "example/1",
+        "Proxy-Authorization": "Basic cHJveHk6c2VjcmV0",
+        "Proxy-Connection": "keep-alive",
+    }
+    proxy.post_json(
+        "/v1/chat/completions", {"model": "gpt-4o", "messages": HELLO}, {**hop_by_hop, "X-Foo": "end-to-end"}
+    )
+
+    seen = only(stub.requests)
+    names = seen.header_names()
+    assert not names & {
+        "x-hop-secret",
+        "keep-alive",
+        "te",
+        "upgrade",
+        "proxy-authorization",
+        "proxy-connection",
+    }
+    assert seen.header("connection") in (None, "keep-alive")
+    assert seen.header("host") == f"127.0.0.1:{stub.port}"
+    assert seen.header("x-foo") == "end-to-end"
+
+
+def test_end_to_end_headers_pass_both_ways(proxy: RunningProxy, stub: UpstreamStub) -> None:
+    stub.push(
+        Reply(
+            body=chat_body({"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}),
+            headers=(
+                ("content-type", "application/json"),
+                ("retry-after", "7"),
+                ("x-request-id", "req-upstream-42"),
+                ("connection", "x-upstream-internal"),
+                ("x-upstream-internal", "hop"),
+            ),
+        )
+    )
+    with proxy.client() as client:
+        raw = client.chat.completions.with_raw_response.create(
+            model="gpt-4o", messages=HELLO, extra_headers={"x-foo": "bar"}
+        )
+
+    assert only(stub.requests).header("x-foo") == "bar"
+    assert (raw.headers.get("retry-after"), raw.headers.get("x-request-id")) == ("7", "req-upstream-42")
+    assert "x-upstream-internal" not in raw.headers
+
+
+@pytest.mark.parametrize(("status", "stream"), [(429, False), (500, False), (500, True)])
+def test_upstream_http_errors_pass_unchanged_and_are_recorded(
+    proxy: RunningProxy, stub: UpstreamStub, status: int, stream: bool
+) -> None:
+    body = (
+        b'{"error": {"message": "Rate limit reached for gpt-4o", "type": "requests", "code": "rate_limit"}}'
+    )
+    stub.push(
+        Reply(status=status, body=body, headers=(("content-type", "application/json"), ("retry-after", "20")))
+    )
+    response = proxy.post_json(
+        "/v1/chat/completions", {"model": "gpt-4o", "messages": HELLO, "stream": stream}
+    )
+
+    assert (response.status, response.body, response.header("retry-after")) == (status, body, "20")
+    record = only(proxy.wait_records(1))
+    assert (record["status_code"], record["error"], record["is_streaming"]) == (status, None, stream)
+    assert record["proxy_request_id"] == response.header("x-meterproxy-request-id")
+
+
+def test_upstream_unreachable_is_502_and_recorded(launch: ProxyLauncher, make_config: MakeConfig) -> None:
+    proxy = launch(make_config(providers={"openai": {"base_url": f"http://127.0.0.1:{free_port()}/v1"}}))
+    response = proxy.post_json("/v1/chat/completions", {"model": "gpt-4o", "messages": HELLO})
+
+    assert_openai_error(response, 502)
+    record = only(proxy.wait_records(1))
+    assert (record["status_code"], record["error"]) == (502, "upstream_unreachable")
+    assert record["proxy_request_id"] == response.header("x-meterproxy-request-id")
+    assert (record["input_tokens"], record["usage_source"]) == (0, "none")
+
+
+def test_upstream_timeout_is_504_and_recorded(
+    launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub
+) -> None:
+    proxy = launch(make_config(providers={"openai": {"timeout": 1}}))
+    stub.push(Reply(stall=60, body=b"{}"))
+    response = proxy.post_json("/v1/chat/completions", {"model": "gpt-4o", "messages": HELLO})
+
+    assert_openai_error(response, 504)
+    seen = only(stub.requests)
+    assert seen.closed.wait(10) and seen.closed_early
+    record = only(proxy.wait_records(1))
+    assert (record["status_code"], record["error"]) == (504, "upstream_timeout")
+
+
+def test_upstream_that_hangs_up_without_answering_is_502(proxy: RunningProxy, stub: UpstreamStub) -> None:
+    stub.push(Hangup())
+    response = proxy.post_json("/v1/chat/completions", {"model": "gpt-4o", "messages": HELLO})
+
+    assert_openai_error(response, 502)
+    assert len(stub.requests) == 1
+    record = only(proxy.wait_records(1))
+    assert record["status_code"] == 502 and record["error"] in ("upstream_unreachable", "upstream_reset")
+
+
+RUNNING_USAGE = [
+    chunk({"role": "assistant", "content": ""}),
+    chunk({"content": "Hel"}, usage={"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11}),
+    chunk({"content": "lo"}, usage={"prompt_tokens": 10, "completion_tokens": 2, "total_tokens": 12}),
+    chunk({}, finish_reason="stop"),
+    SSE_DONE,
+]
+
+
+async def read_until(response: aiohttp.ClientResponse, expected: bytes) -> bytes:
+    """Read the streamed body until it is `expected` long; fail if it differs."""
+    received = b""
+    while len(received) < len(expected):
+        data = await asyncio.wait_for(response.content.readany(), 10)
+        assert data, f"the stream ended after {received!r}"
+        received += data
+    assert received == expected
+    return received
+
+
+def test_upstream_reset_mid_stream_errors_the_client_stream_and_records_usage_so_far(
+    proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    script = Stream(RUNNING_USAGE, hold_after=2, cut_after=2)
+    stub.push(script)
+
+    async def call() -> tuple[bytes, BaseException | None]:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{proxy.url}/v1/chat/completions",
+                json={"model": "gpt-4o-mini", "messages": HELLO, "stream": True},
+                headers={"authorization": f"Bearer {CLIENT_KEY}"},
+            ) as response,
+        ):
+            received = await read_until(response, RUNNING_USAGE[0] + RUNNING_USAGE[1])
+            script.gate.set()
+            try:
+                while data := await asyncio.wait_for(response.content.readany(), 10):
+                    received += data
+            except aiohttp.ClientPayloadError as exc:
+                return received, exc
+            return received, None
+
+    received, error = asyncio.run(call())
+    assert b"[DONE]" not in received
+    assert received == RUNNING_USAGE[0] + RUNNING_USAGE[1]
+    assert error is not None, "the client's stream ended cleanly after an upstream reset"
+    record = only(proxy.wait_records(1))
+    expected = {
+        "error": "upstream_reset",
+        "is_streaming": True,
+        "input_tokens": 10,
+        "output_tokens": 1,
+        "usage_source": "provider",
+        "total_cost": per_million((10, "0.15"), (1, "0.60")),
+    }
+    assert {key: record[key] for key in expected} == expected
+
+
+def test_client_disconnect_mid_stream_closes_upstream_and_records_499(
+    proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    stub.push(Stream(RUNNING_USAGE, hold_after=2))
+
+    async def call() -> None:
+        async with aiohttp.ClientSession() as session:
+            response = await session.post(
+                f"{proxy.url}/v1/chat/completions",
+                json={"model": "gpt-4o-mini", "messages": HELLO, "stream": True},
+                headers={"authorization": f"Bearer {CLIENT_KEY}"},
+            )
+            await read_until(response, RUNNING_USAGE[0] + RUNNING_USAGE[1])
+            response.close()
+
+    asyncio.run(call())
+    seen = only(stub.requests)
+    assert seen.closed.wait(10), "the proxy kept the upstream request open after the client left"
+    assert seen.closed_early
+    record = only(proxy.wait_records(1))
+    expected = {
+        "status_code": 499,
+        "error": "client_disconnected",
+        "is_streaming": True,
+        "input_tokens": 10,
+        "output_tokens": 1,
+        "usage_source": "provider",
+        "request_id": "chatcmpl-s1",
+    }
+    assert {key: record[key] for key in expected} == expected
+
+
+def test_upstream_200_that_is_not_json_passes_as_is_and_is_recorded_bad(
+    proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    body = b"<html><body>502 Bad Gateway (but sent as 200)</body></html>"
+    stub.push(Reply(body=body, headers=(("content-type", "text/html"),)))
+    response = proxy.post_json("/v1/chat/completions", {"model": "gpt-4o", "messages": HELLO})
+
+    assert (response.status, response.body) == (200, body)
+    record = only(proxy.wait_records(1))
+    expected = {
+        "status_code": 200,
+        "error": "upstream_bad_response",
+        "usage_source": "none",
+        "input_tokens": 0,
+        "output_tokens": 0,
+        "total_tokens": 0,
+        "input_cost": None,
+        "output_cost": None,
+        "total_cost": None,
+    }
+    assert {key: record[key] for key in expected} == expected
+
+
+@pytest.fixture
+def two_provider_proxy(launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub) -> RunningProxy:
+    """`shared-model` is configured under both `openai` and `azure`; bodies over 1 MB are refused."""
+    return launch(
+        make_config(
+            server={"max_body_mb": 1},
+            providers={
+                "openai": {"models": {"shared-model": {"pricing": GPT_4O_MINI}}},
+                "azure": {
+                    "base_url": f"http://127.0.0.1:{stub.port}/azure",
+                    "models": {"shared-model": {"pricing": GPT_4O_MINI}},
+                },
+            },
+        )
+    )
+
+
+BAD_REQUESTS = {
+    "body not json": ("/v1/chat/completions", b'{"model": "gpt-4o", ', 400, []),
+    "no model": ("/v1/chat/completions", b'{"messages": []}', 400, []),
+    "model nobody serves": (
+        "/v1/chat/completions",
+        b'{"model": "nonexistent-model-9"}',
+        404,
+        ["nonexistent-model-9"],
+    ),
+    "model under two providers": (
+        "/v1/chat/completions",
+        b'{"model": "shared-model"}',
+        400,
+        ["openai", "azure"],
+    ),
+    "unknown provider path": ("/nope/v1/chat/completions", b'{"model": "gpt-4o"}', 404, []),
+    "unknown provider prefix": ("/v1/chat/completions", b'{"model": "nope/gpt-4o"}', 404, []),
+    "body over max_body_mb": (
+        "/v1/chat/completions",
+        b'{"model": "gpt-4o", "pad": "' + b"x" * (1024 * 1024) + b'"}',
+        413,
+        [],
+    ),
+}
+
+
+@pytest.mark.parametrize("case", BAD_REQUESTS, ids=list(BAD_REQUESTS))
+def test_bad_requests_get_openai_errors_and_no_record(
+    two_provider_proxy: RunningProxy, stub: UpstreamStub, case: str
+) -> None:
+    path, body, status, named = BAD_REQUESTS[case]
+    response = two_provider_proxy.request(
+        "POST", path, body, {"content-type": "application/json", "authorization": f"Bearer {CLIENT_KEY}"}
+    )
+
+    error = assert_openai_error(response, status)
+    for name in named:
+        assert name in error["message"]
+    stub.push(Reply(body=chat_body({"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2})))
+    good = two_provider_proxy.post_json("/v1/chat/completions", {"model": "gpt-4o", "messages": HELLO})
+    assert good.status == 200
+    assert only(stub.requests).body == json.dumps({"model": "gpt-4o", "messages": HELLO}).encode()
+    assert only(two_provider_proxy.wait_records(1))["proxy_request_id"] == good.header(
+        "x-meterproxy-request-id"
+    )
+
+
+TEAM_KEY = "mp-team-a-canary-7f3e"
+UPSTREAM_KEY = "sk-upstream-canary-91c2"
+
+
+def test_auth_keys_gate_calls_and_replace_the_clients_key(
+    launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub
+) -> None:
+    config = make_config(
+        auth={"keys": [{"name": "team-a", "key": "${TEAM_A_KEY}"}]},
+        providers={"openai": {"api_key": "${UPSTREAM_KEY}"}},
+    )
+    proxy = launch(config, env={"TEAM_A_KEY": TEAM_KEY, "UPSTREAM_KEY": UPSTREAM_KEY})
+    payload = {"model": "gpt-4o", "messages": HELLO}
+    json_type = {"content-type": "application/json"}
+
+    assert_openai_error(
+        proxy.request("POST", "/v1/chat/completions", json.dumps(payload).encode(), json_type), 401
+    )
+    assert_openai_error(
+        proxy.post_json("/v1/chat/completions", payload, {"authorization": "Bearer wrong-key-canary"}), 401
+    )
+    assert_openai_error(
+        proxy.post_json("/v1/chat/completions", payload, {"x-api-key": "wrong-key-canary"}), 401
+    )
+    assert stub.requests == []
+
+    stub.always(Reply(body=chat_body({"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2})))
+    with proxy.client(api_key=TEAM_KEY) as client:
+        client.chat.completions.create(model="gpt-4o", messages=HELLO)
+    by_header = proxy.request(
+        "POST", "/v1/chat/completions", json.dumps(payload).encode(), {**json_type, "x-api-key": TEAM_KEY}
+    )
+    assert by_header.status == 200
+
+    for seen in stub.wait_requests(2):
+        assert seen.header("authorization") == f"Bearer {UPSTREAM_KEY}"
+        assert all(TEAM_KEY not in value for _, value in seen.headers)
+    records = proxy.wait_records(2)
+    assert [record["user_id"] for record in records] == ["team-a", "team-a"]
+    for canary in (TEAM_KEY, UPSTREAM_KEY, "wrong-key-canary"):
+        assert canary not in proxy.records_path.read_text()
+        assert canary not in proxy.log()
+
+
+def test_without_auth_keys_the_clients_key_reaches_the_provider(
+    proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    stub.always(Reply(body=chat_body({"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2})))
+    canary = "sk-client-canary-5d1a"
+    with proxy.client(api_key=canary) as client:
+        client.chat.completions.create(model="gpt-4o", messages=HELLO)
+    proxy.request(
+        "POST", "/v1/chat/completions", b'{"model": "gpt-4o"}', {"content-type": "application/json"}
+    )
+
+    seen = stub.wait_requests(2)
+    assert seen[0].header("authorization") == f"Bearer {canary}"
+    assert seen[1].header("authorization") is None
+    records = proxy.wait_records(2)
+    assert [record["user_id"] for record in records] == [
+        "key:" + hashlib.sha256(canary.encode()).hexdigest()[:12],
+        "anonymous",
+    ]
+    assert canary not in proxy.records_path.read_text()
+    assert canary not in proxy.log()
+
+
+def test_provider_api_key_replaces_the_clients_key(
+    launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub
+) -> None:
+    proxy = launch(
+        make_config(providers={"openai": {"api_key": "${UPSTREAM_KEY}"}}), env={"UPSTREAM_KEY": UPSTREAM_KEY}
+    )
+    stub.push(Reply(body=chat_body({"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2})))
+    with proxy.client() as client:
+        client.chat.completions.create(model="gpt-4o", messages=HELLO)
+
+    assert only(stub.requests).header("authorization") == f"Bearer {UPSTREAM_KEY}"
+    assert only(proxy.wait_records(1))["user_id"] == CLIENT_USER_ID
+    assert UPSTREAM_KEY not in proxy.records_path.read_text()
+    assert UPSTREAM_KEY not in proxy.log()
+
+
+def test_cost_tracking_disabled_writes_nothing(
+    launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub
+) -> None:
+    proxy = launch(make_config(features={"cost_tracking": {"enabled": False}}))
+    stub.always(Reply(body=chat_body({"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2})))
+    for _ in range(2):
+        assert proxy.post_json("/v1/chat/completions", {"model": "gpt-4o", "messages": HELLO}).status == 200
+
+    assert len(stub.wait_requests(2)) == 2
+    assert proxy.health()["features"] == {"cost_tracking": False}
+    assert not proxy.records_path.exists() or proxy.records_path.read_bytes() == b""
+
+
+def test_session_and_task_headers_are_recorded(proxy: RunningProxy, stub: UpstreamStub) -> None:
+    stub.push(Reply(body=chat_body({"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2})))
+    with proxy.client() as client:
+        client.chat.completions.create(
+            model="gpt-4o",
+            messages=HELLO,
+            extra_headers={"X-Session-Id": "sess-42", "X-Task-Type": "summarise"},
+        )
+
+    record = only(proxy.wait_records(1))
+    assert (record["session_id"], record["task_type"]) == ("sess-42", "summarise")
