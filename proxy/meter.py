@@ -434,9 +434,9 @@ def _ask_for_usage(body: bytes, request: dict[str, Any]) -> bytes:
 
 def _rename_model(body: bytes, request: dict[str, Any], model: str, upstream_model: str) -> bytes:
     """Send `provider/model` upstream as plain `model`, changing only those bytes where they can be found."""
-    pattern = re.compile(rb'"model"\s*:\s*' + re.escape(orjson.dumps(model)))
+    pattern = re.compile(rb'("model"\s*:\s*)' + re.escape(orjson.dumps(model)))
     if len(pattern.findall(body)) == 1:
-        return pattern.sub(lambda _: b'"model":' + orjson.dumps(upstream_model), body)
+        return pattern.sub(lambda match: match.group(1) + orjson.dumps(upstream_model), body)
     return orjson.dumps({**request, "model": upstream_model})
 
 
