@@ -199,26 +199,13 @@ class ProxyLauncher:
         self.started: list[RunningProxy] = []
 
     def __call__(
-        self,
-        config: Path,
-        *,
-        env: Mapping[str, str] | None = None,
-        workers: int | None = None,
-        port: int | None = None,
+        self, config: Path | None, *, env: Mapping[str, str] | None = None, workers: int | None = None
     ) -> RunningProxy:
-        port = port or free_port()
-        command = [
-            sys.executable,
-            "-m",
-            "proxy",
-            "serve",
-            "--config",
-            str(config),
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ]
+        """Start `proxy serve` and wait for /health; with config None, no --config is passed."""
+        port = free_port()
+        command = [sys.executable, "-m", "proxy", "serve", "--host", "127.0.0.1", "--port", str(port)]
+        if config is not None:
+            command += ["--config", str(config)]
         if workers is not None:
             command += ["--workers", str(workers)]
         log_path = self.tmp_path / f"proxy-{len(self.started) + 1}.log"

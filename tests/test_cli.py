@@ -1,0 +1,140 @@
+"""`meterproxy serve` and `python -m proxy serve`: help, where the config comes from, refusing a bad one."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO_ROOT, MakeConfig, ProxyLauncher, free_port, proxy_env
+
+GOOD = """\
+server:
+  host: 127.0.0.1
+providers:
+  openai:
+    base_url: http://127.0.0.1:9/v1
+    models:
+      gpt-4o:
+        pricing:
+          input: 2.50
+          output: 10.00
+"""
+
+# name: (config text, patterns its one-line error message must contain)
+BAD_CONFIGS = {
+    "bad yaml": (
+        GOOD.replace("base_url: http://127.0.0.1:9/v1", 'base_url: "http://127.0.0.1:9/v1'),
+        [r"line \d+"],
+    ),
+    "unknown key": (
+        GOOD.replace("    models:", "    modles:"),
+        [r"providers\.openai\.modles\b", r"line 6\b"],
+    ),
+    "negative price": (
+        GOOD.replace("input: 2.50", "input: -2.50"),
+        [r"providers\.openai\.models\.gpt-4o\.pricing\.input\b", r"line 9\b"],
+    ),
+    "price not a number": (
+        GOOD.replace("input: 2.50", "input: cheap"),
+        [r"providers\.openai\.models\.gpt-4o\.pricing\.input\b", r"line 9\b"],
+    ),
+    "missing base_url": (
+        GOOD.replace("    base_url: http://127.0.0.1:9/v1\n", ""),
+        [r"providers\.openai\.base_url\b"],
+    ),
+    "unset variable": (
+        GOOD.replace("    models:", "    api_key: ${METERPROXY_TEST_UNSET}\n    models:"),
+        [r"providers\.openai\.api_key\b", r"line 6\b", r"METERPROXY_TEST_UNSET"],
+    ),
+}
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize("case", BAD_CONFIGS, ids=list(BAD_CONFIGS))
+def test_bad_config_stops_start_up_with_one_line_naming_the_key(tmp_path: Path, case: str) -> None:
+    text, patterns = BAD_CONFIGS[case]
+    config = tmp_path / "config.yml"
+    config.write_text(text)
+
+    result = run_cli(
+        "serve",
+        "--config",
+        str(config),
+        "--port",
+        str(free_port()),
+        env=proxy_env(tmp_path / "records.jsonl"),
+    )
+
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for pattern in [r"config\.yml", *patterns]:
+        assert re.search(pattern, lines[0]), (pattern, lines[0])
+
+
+def test_help_describes_serve() -> None:
+    top = run_cli("--help")
+    serve = run_cli("serve", "--help")
+
+    assert (top.returncode, serve.returncode) == (0, 0)
+    assert "serve" in top.stdout
+    for option in ("--config", "--host", "--port", "--workers"):
+        assert option in serve.stdout
+
+
+def test_console_script_runs() -> None:
+    script = Path(sys.executable).parent / "meterproxy"
+    assert script.exists(), "the meterproxy console script is not installed: pip install -e '.[test]'"
+
+    result = subprocess.run([str(script), "serve", "--help"], capture_output=True, text=True, timeout=60)
+
+    assert result.returncode == 0, result.stderr
+    assert "--config" in result.stdout
+
+
+def test_meterproxy_config_names_the_config_file(launch: ProxyLauncher, make_config: MakeConfig) -> None:
+    config = make_config(
+        providers={
+            "named-by-env": {
+                "base_url": "http://127.0.0.1:9/v1",
+                "models": {"env-model": {"pricing": {"input": 1, "output": 2}}},
+            }
+        }
+    )
+    proxy = launch(None, env={"METERPROXY_CONFIG": str(config)})
+
+    models = proxy.request("GET", "/named-by-env/v1/models").json()
+    assert [entry["id"] for entry in models["data"]] == ["env-model"]
+
+
+def test_config_flag_wins_over_meterproxy_config(
+    launch: ProxyLauncher, make_config: MakeConfig, tmp_path: Path
+) -> None:
+    broken = tmp_path / "broken.yml"
+    broken.write_text("providers: [")
+    proxy = launch(make_config(), env={"METERPROXY_CONFIG": str(broken)})
+
+    assert proxy.health()["status"] == "healthy"
+
+
+def test_meterproxy_config_naming_a_bad_file_is_reported(tmp_path: Path) -> None:
+    missing = tmp_path / "nowhere.yml"
+    env = {**proxy_env(tmp_path / "records.jsonl"), "METERPROXY_CONFIG": str(missing)}
+
+    result = run_cli("serve", "--port", str(free_port()), env=env)
+
+    assert result.returncode != 0
+    assert "nowhere.yml" in result.stderr
