@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from proxy import __version__
 from proxy.config import Config, load_config
@@ -31,6 +32,29 @@ class State(TypedDict):
     upstream: Upstream
     writer: RecordWriter
     totals: RollingTotals
+
+
+class MeterProxy(Starlette):
+    """Starlette for /health, /v1/models, errors and lifespan; metered calls go straight to the meter.
+
+    Starlette's middleware and router cost a good share of a proxied call (docs/performance.md), and
+    the meter needs none of them: it answers its own errors in OpenAI's shape.
+    """
+
+    def __init__(self, meter: Meter, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.meter = meter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not _served_by_starlette(scope):
+            await self.meter(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+
+def _served_by_starlette(scope: Scope) -> bool:
+    path: str = scope["path"]
+    return scope["method"] in ("GET", "HEAD") and (path == "/health" or path.endswith("/v1/models"))
 
 
 class JSONResponse(Response):
@@ -100,12 +124,12 @@ def create_app(config: Config, upstream: Upstream | None = None) -> Starlette:
             media_type="application/json",
         )
 
-    return Starlette(
+    return MeterProxy(
+        Meter(config, routes),
         routes=[
             Route("/health", health, methods=["GET"]),
             Route("/v1/models", list_models, methods=["GET"]),
             Route("/{provider}/v1/models", list_models, methods=["GET"]),
-            Route("/{path:path}", Meter(config, routes)),
         ],
         exception_handlers={HTTPException: http_error},
         lifespan=lifespan,

@@ -101,6 +101,7 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         http="httptools",
         lifespan="on",
         access_log=False,
+        proxy_headers=False,
         server_header=False,
         date_header=False,
         log_level=args.log_level,

@@ -8,12 +8,12 @@ closes the upstream connection at once, so the provider stops generating).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import re
 import time
 import zlib
-from datetime import UTC, datetime
 from typing import Any
 
 import orjson
@@ -336,7 +336,7 @@ class Meter:
         }
         now = time.perf_counter()
         return {
-            "timestamp": datetime.fromtimestamp(call.arrived, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+            "timestamp": _iso(call.arrived),
             "request_id": (facts.response_id if facts is not None else None) or call.proxy_id,
             "user_id": user,
             "ip_address": client[0] if client else None,
@@ -447,6 +447,20 @@ def _decoded(body: bytes, encoding: bytes) -> bytes:
         except zlib.error:
             return body
     return body
+
+
+@functools.lru_cache(maxsize=4)
+def _second(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
+def _iso(moment: float) -> str:
+    """UTC ISO-8601 with microseconds and Z; the formatted second is reused across its calls."""
+    seconds = int(moment)
+    micros = round((moment - seconds) * 1_000_000)
+    if micros == 1_000_000:
+        seconds, micros = seconds + 1, 0
+    return f"{_second(seconds)}.{micros:06d}Z"
 
 
 def _text(value: bytes | None) -> str | None:

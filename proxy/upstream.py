@@ -34,15 +34,11 @@ HOP_BY_HOP = frozenset(
 
 def end_to_end(headers: Headers, also_drop: frozenset[bytes] = frozenset()) -> Headers:
     """Headers without hop-by-hop ones (and any the Connection header names) and without also_drop."""
-    named: set[bytes] = set()
+    drop = HOP_BY_HOP | also_drop
     for name, value in headers:
         if name.lower() == b"connection":
-            named.update(token.strip().lower() for token in value.split(b","))
-    return [
-        (name, value)
-        for name, value in headers
-        if (lowered := name.lower()) not in HOP_BY_HOP and lowered not in also_drop and lowered not in named
-    ]
+            drop = drop | {token.strip().lower() for token in value.split(b",")}
+    return [(name, value) for name, value in headers if name.lower() not in drop]
 
 
 class UpstreamError(Exception):
