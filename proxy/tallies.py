@@ -1,0 +1,103 @@
+"""Tally: the requests, tokens, errors and costs of a group of records, and time series of them."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any, Literal
+
+from proxy.money import Exchange, units_to_decimal
+
+TimeUnit = Literal["hour", "day"]
+NONE = "(none)"  # the name shown for a missing model, task type or session
+
+
+@dataclass
+class Tally:
+    """Counts of a group of calls; `cost` holds only priced calls in currencies with a rate."""
+
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    cached_input_tokens: int = 0
+    errors: int = 0
+    unpriced: int = 0
+    cost: Decimal = Decimal(0)
+    costed_requests: int = 0
+    costed_tokens: int = 0
+    unconverted: dict[str, Decimal] = field(default_factory=dict)
+
+    @property
+    def cost_per_request(self) -> Decimal | None:
+        return self.cost / self.costed_requests if self.costed_requests else None
+
+    @property
+    def cost_per_1k_tokens(self) -> Decimal | None:
+        return self.cost * 1000 / self.costed_tokens if self.costed_tokens else None
+
+    def add(self, other: Tally) -> None:
+        self.requests += other.requests
+        self.input_tokens += other.input_tokens
+        self.output_tokens += other.output_tokens
+        self.total_tokens += other.total_tokens
+        self.cached_input_tokens += other.cached_input_tokens
+        self.errors += other.errors
+        self.unpriced += other.unpriced
+        self.cost += other.cost
+        self.costed_requests += other.costed_requests
+        self.costed_tokens += other.costed_tokens
+        for currency, amount in other.unconverted.items():
+            self.unconverted[currency] = self.unconverted.get(currency, Decimal(0)) + amount
+
+
+def add_group(tally: Tally, counts: list[int], currency: str, unpriced: bool, exchange: Exchange) -> None:
+    """Add the scan counts [requests, input, output, total, cached, errors, cost units] of one currency."""
+    requests, input_tokens, output_tokens, total_tokens, cached, errors, units = counts
+    tally.requests += requests
+    tally.input_tokens += input_tokens
+    tally.output_tokens += output_tokens
+    tally.total_tokens += total_tokens
+    tally.cached_input_tokens += cached
+    tally.errors += errors
+    if unpriced:
+        tally.unpriced += requests
+        return
+    amount = units_to_decimal(units)
+    converted = exchange.convert(amount, currency)
+    if converted is None:
+        tally.unconverted[currency] = tally.unconverted.get(currency, Decimal(0)) + amount
+        return
+    tally.cost += converted
+    tally.costed_requests += requests
+    tally.costed_tokens += total_tokens
+
+
+def merge_groups(into: dict[Any, list[int]], counts: dict[Any, list[int]]) -> None:
+    for key, values in counts.items():
+        mine = into.get(key)
+        if mine is None:
+            into[key] = list(values)
+        else:
+            into[key] = [a + b for a, b in zip(mine, values, strict=True)]
+
+
+def timeline(
+    by_hour: dict[str, Tally], unit: TimeUnit, start: datetime, end: datetime
+) -> list[tuple[str, Tally]]:
+    """Tallies per hour ("2026-11-23T10") or day ("2026-11-23") in [start, end), gaps as zeros."""
+    width = 13 if unit == "hour" else 10
+    buckets: dict[str, Tally] = {}
+    for hour, tally in by_hour.items():
+        buckets.setdefault(hour[:width], Tally()).add(tally)
+    step = timedelta(hours=1) if unit == "hour" else timedelta(days=1)
+    moment = start.replace(minute=0, second=0, microsecond=0)
+    if unit == "day":
+        moment = moment.replace(hour=0)
+    series: list[tuple[str, Tally]] = []
+    while moment < end or not series:
+        key = moment.strftime("%Y-%m-%dT%H" if unit == "hour" else "%Y-%m-%d")
+        series.append((key, buckets.get(key, Tally())))
+        moment += step
+    return series
