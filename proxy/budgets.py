@@ -1,0 +1,116 @@
+"""Budget status (spent, remaining, alert level) and month-end projections from a month's summary."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Literal
+
+from proxy.analysis import Summary
+from proxy.config import Budgets
+from proxy.money import Exchange
+from proxy.periods import Period, month_end, today
+
+AlertLevel = Literal["ok", "warning", "critical"]
+BudgetName = Literal["daily", "monthly"]
+_EXIT_CODES: dict[AlertLevel, int] = {"ok": 0, "warning": 1, "critical": 2}
+_DAY = timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class BudgetStatus:
+    """One budget against its spend so far, in the reporting currency."""
+
+    name: BudgetName
+    limit: Decimal
+    spent: Decimal
+    level: AlertLevel
+    start: datetime
+    end: datetime
+
+    @property
+    def remaining(self) -> Decimal:
+        return self.limit - self.spent
+
+    @property
+    def fraction(self) -> Decimal:
+        return self.spent / self.limit
+
+
+@dataclass(frozen=True)
+class Projection:
+    """The period's daily average carried to the end of the month, and when each budget runs out."""
+
+    days: Decimal
+    daily_average: Decimal
+    month_to_date: Decimal
+    days_left_in_month: Decimal
+    projected_month: Decimal
+    runs_out_in_days: dict[BudgetName, Decimal | None]
+
+
+def spent_today(month: Summary, now: datetime) -> Decimal:
+    day = now.strftime("%Y-%m-%d")
+    return sum((tally.cost for hour, tally in month.by_hour.items() if hour.startswith(day)), Decimal(0))
+
+
+def budget_statuses(
+    budgets: Budgets, budget_currency: str, exchange: Exchange, month: Summary, now: datetime
+) -> list[BudgetStatus]:
+    """The daily (this UTC day) and monthly (this UTC month) budgets; `month` summarises this month."""
+    statuses = []
+    day = today(now)
+    windows: list[tuple[BudgetName, Decimal | None, Decimal, Period, datetime]] = [
+        ("daily", budgets.daily, spent_today(month, now), day, (day.start or now) + _DAY),
+        ("monthly", budgets.monthly, month.totals.cost, month.period, month_end(now)),
+    ]
+    for name, amount, spent, window, end in windows:
+        if amount is None:
+            continue
+        limit = exchange.convert(amount, budget_currency)
+        if limit is None:
+            raise ValueError(f"no exchange rate from {budget_currency} to {exchange.currency}")
+        fraction = spent / limit
+        level: AlertLevel = "ok"
+        if fraction >= budgets.critical_at:
+            level = "critical"
+        elif fraction >= budgets.warn_at:
+            level = "warning"
+        statuses.append(BudgetStatus(name, limit, spent, level, window.start or now, end))
+    return statuses
+
+
+def exit_code(statuses: list[BudgetStatus]) -> int:
+    """0 when every budget is ok, 1 when one reached its warning level, 2 when one reached critical."""
+    return max((_EXIT_CODES[status.level] for status in statuses), default=0)
+
+
+def tightest(statuses: list[BudgetStatus]) -> BudgetStatus | None:
+    return max(statuses, key=lambda status: status.fraction, default=None)
+
+
+def project(summary: Summary, month: Summary, statuses: list[BudgetStatus], now: datetime) -> Projection:
+    """Carry the daily average of `summary`'s period to the end of the month that `month` summarises."""
+    start = summary.period.start
+    if start is None and summary.first_timestamp is not None:
+        start = datetime.fromisoformat(summary.first_timestamp)
+    end = summary.period.end or now
+    seconds = Decimal((end - start).total_seconds()) if start is not None else Decimal(0)
+    days = seconds / 86400
+    daily_average = summary.totals.cost / days if days > 0 else Decimal(0)
+    days_left = Decimal((month_end(now) - now).total_seconds()) / 86400
+    runs_out: dict[BudgetName, Decimal | None] = {}
+    for status in statuses:
+        if status.remaining <= 0:
+            runs_out[status.name] = Decimal(0)
+        else:
+            runs_out[status.name] = status.remaining / daily_average if daily_average > 0 else None
+    return Projection(
+        days=days,
+        daily_average=daily_average,
+        month_to_date=month.totals.cost,
+        days_left_in_month=days_left,
+        projected_month=month.totals.cost + daily_average * days_left,
+        runs_out_in_days=runs_out,
+    )

@@ -1,0 +1,337 @@
+"""`meterproxy report` and scripts/analyze_costs.py: argparse -> config -> analysis -> text, CSV or JSON."""
+
+from __future__ import annotations
+
+import argparse
+import heapq
+import os
+import sys
+from collections.abc import Iterator, Mapping
+from dataclasses import replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, NoReturn
+
+from proxy import periods
+from proxy.analysis import Filters, RecordReader, Summary, summarise
+from proxy.budgets import BudgetStatus, budget_statuses, exit_code, project, tightest
+from proxy.config import DEFAULT_RECORD_FILE, Config, ConfigError, load_config
+from proxy.export import budget_json, projection_json, summary_json, write_csv, write_json
+from proxy.money import Exchange, ExchangeError
+from proxy.periods import Period, PeriodError
+from proxy.sources import RecordFileError
+from proxy.tables import (
+    budgets_text,
+    detail_row,
+    detailed_text,
+    notes,
+    projection_text,
+    summary_text,
+    timeline_text,
+)
+
+FORMATS = ("summary", "detailed", "hourly", "daily", "csv", "json")
+NO_DATA = "No usage data found\n"
+DEFAULT_TOP = 10
+
+
+class UsageError(Exception):
+    """A bad option or combination of options; exits 2 with one line on stderr."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        # One line naming the option, where argparse would print the whole usage first.
+        self.exit(2, f"{self.prog}: {message} (see --help)\n")
+
+
+def build_parser(prog: str = "meterproxy report") -> argparse.ArgumentParser:
+    parser = _Parser(prog=prog, allow_abbrev=False, description="Report the costs recorded by meterproxy.")
+    source = parser.add_argument_group("input")
+    source.add_argument(
+        "--config", metavar="PATH", help="config file (default: $METERPROXY_CONFIG, ./config.yml)"
+    )
+    source.add_argument(
+        "--file", nargs="+", metavar="PATH", help="record files or globs; .gz files are read too"
+    )
+    period = parser.add_argument_group("period (one of; default: the last 24 hours)")
+    period.add_argument("--since", type=float, metavar="HOURS", help="the last HOURS hours")
+    for name, text in (
+        ("today", "this UTC day"),
+        ("yesterday", "the previous UTC day"),
+        ("week", "this ISO week (Monday first)"),
+        ("month", "this UTC month"),
+        ("all", "every record"),
+    ):
+        period.add_argument(f"--{name}", action="store_true", help=text)
+    period.add_argument("--start", metavar="DATE", help="from this date or ISO time (UTC)")
+    period.add_argument("--end", metavar="DATE", help="to this ISO time, or through the end of this date")
+    chosen = parser.add_argument_group("filters")
+    chosen.add_argument("--provider", metavar="NAME")
+    chosen.add_argument("--model", metavar="TEXT", help="models whose name contains TEXT")
+    chosen.add_argument("--user", metavar="ID")
+    chosen.add_argument("--task-type", metavar="NAME")
+    chosen.add_argument("--session", metavar="ID")
+    chosen.add_argument("--errors", action="store_true", help="only calls with an error or a status >= 400")
+    output = parser.add_argument_group("output")
+    output.add_argument("--format", choices=FORMATS, default="summary")
+    output.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="only total_tokens<TAB>total_cost<TAB>requests (with --budget: spent, remaining, percent)",
+    )
+    output.add_argument("--output", metavar="FILE", help="write to FILE instead of standard output")
+    output.add_argument(
+        "--limit",
+        type=_positive,
+        metavar="N",
+        help=f"detailed: the last N calls; summary: the top N models and users (default {DEFAULT_TOP})",
+    )
+    output.add_argument(
+        "--currency", metavar="CODE", help="report in this currency (needs its exchange rate)"
+    )
+    output.add_argument(
+        "--budget", action="store_true", help="budget status; exit 0 ok, 1 warning, 2 critical"
+    )
+    output.add_argument(
+        "--project", action="store_true", help="project the period's daily average to month end"
+    )
+    return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a number of at least 1")
+    return value
+
+
+def main(
+    argv: list[str] | None = None, prog: str = "meterproxy report", *, now: datetime | None = None
+) -> int:
+    args = build_parser(prog).parse_args(argv)
+    try:
+        with _destination(args.output) as out:
+            return _report(args, out, now or datetime.now(UTC))
+    except (UsageError, ConfigError, RecordFileError, PeriodError, ExchangeError) as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:
+        # `meterproxy report ... | head`: the reader left; Python would print a traceback at exit otherwise.
+        sys.stderr.close()
+        return 0
+
+
+class _destination:
+    """Standard output, or the --output file (opened only once the options are known to be good)."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+        self.file: IO[str] | None = None
+
+    def __enter__(self) -> IO[str]:
+        if self.path is None:
+            return sys.stdout
+        try:
+            self.file = open(self.path, "w", encoding="utf-8", newline="")  # noqa: SIM115
+        except OSError as exc:
+            raise UsageError(f"--output {self.path}: cannot write it: {exc.strerror or exc}") from exc
+        return self.file
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.file is not None:
+            self.file.close()
+
+
+def _report(args: argparse.Namespace, out: IO[str], now: datetime) -> int:
+    config = _config(args.config, os.environ)
+    files = args.file or [
+        str(config.record_file if config else os.environ.get("COST_TRACKING_FILE") or DEFAULT_RECORD_FILE)
+    ]
+    exchange = Exchange(config.currency, config.exchange_rates) if config else Exchange()
+    if args.currency:
+        exchange = exchange.to(args.currency)
+    filters = Filters(
+        period=_period(args, now),
+        provider=args.provider,
+        model=args.model,
+        user=args.user,
+        task_type=args.task_type,
+        session=args.session,
+        errors_only=args.errors,
+    )
+    if args.budget:
+        return _budgets(args, out, config, files, filters, exchange, now)
+    if args.format in ("csv", "detailed") and not args.quiet:
+        reader = RecordReader(files, filters)
+        if args.format == "csv":
+            write_csv(reader, out)
+        else:
+            rows = _newest_last(reader, args.limit)
+            out.write(detailed_text(rows) if rows else NO_DATA)
+        _note_skipped(reader.skipped)
+        return 0
+    summary = summarise(files, filters, exchange, workers=_cpus())
+    _note_skipped(summary.skipped_lines)
+    extra: dict[str, Any] = {}
+    if args.project:
+        extra = _projection(args, config, files, filters, exchange, summary, now)
+    if args.quiet:
+        totals = summary.totals
+        out.write(f"{totals.total_tokens}\t{totals.cost:.6f}\t{totals.requests}\n")
+        for note in notes(summary):
+            print(note, file=sys.stderr)
+    elif args.format == "json":
+        document = summary_json(summary)
+        document.update({key: value for key, value in extra.items() if key != "text"})
+        write_json(document, out)
+    elif summary.totals.requests == 0:
+        out.write(NO_DATA)
+    elif args.format in ("hourly", "daily"):
+        out.write(timeline_text(summary, "hour" if args.format == "hourly" else "day"))
+    else:
+        out.write(summary_text(summary, args.limit or DEFAULT_TOP))
+    if args.project and not args.quiet and args.format != "json":
+        out.write("\n" + extra["text"])
+    return 0
+
+
+def _config(explicit: str | None, environ: Mapping[str, str]) -> Config | None:
+    path = explicit or environ.get("METERPROXY_CONFIG")
+    if path is None:
+        if not Path("config.yml").is_file():
+            return None
+        path = "config.yml"
+    return load_config(path, _ReportEnviron(environ))
+
+
+class _ReportEnviron(Mapping[str, str]):
+    """The environment, where an unset ${VAR} stays as written: reports never need the provider keys."""
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+
+    def __getitem__(self, name: str) -> str:
+        return self.environ[name] if name in self.environ else f"${{{name}}}"
+
+    def __contains__(self, name: object) -> bool:
+        return True
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.environ)
+
+    def __len__(self) -> int:
+        return len(self.environ)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self.environ.get(name, default)
+
+
+def _period(args: argparse.Namespace, now: datetime) -> Period:
+    named = [f"--{name}" for name in ("today", "yesterday", "week", "month", "all") if getattr(args, name)]
+    if args.since is not None:
+        named.append("--since")
+    if args.start is not None or args.end is not None:
+        named.append("--start/--end")
+    if len(named) > 1:
+        raise UsageError(f"{' and '.join(named)}: choose one period")
+    if args.today:
+        return periods.today(now)
+    if args.yesterday:
+        return periods.yesterday(now)
+    if args.week:
+        return periods.this_week(now)
+    if args.month:
+        return periods.this_month(now)
+    if args.all:
+        return periods.ALL_TIME
+    if args.start is not None or args.end is not None:
+        return periods.between(args.start, args.end)
+    return periods.last_hours(24 if args.since is None else args.since, now)
+
+
+def _budgets(
+    args: argparse.Namespace,
+    out: IO[str],
+    config: Config | None,
+    files: list[str],
+    filters: Filters,
+    exchange: Exchange,
+    now: datetime,
+) -> int:
+    if config is None or config.budgets is None:
+        raise UsageError("--budget: no budgets in the config; add budgets: {daily: 10.0, monthly: 200.0}")
+    month = summarise(files, _in(filters, periods.this_month(now)), exchange, workers=_cpus())
+    _note_skipped(month.skipped_lines)
+    statuses = budget_statuses(config.budgets, config.currency, exchange, month, now)
+    if args.quiet:
+        worst = tightest(statuses)
+        if worst is not None:
+            out.write(f"{worst.spent:.6f}\t{worst.remaining:.6f}\t{worst.fraction * 100:.2f}\n")
+    elif args.format == "json":
+        document: dict[str, Any] = {
+            "currency": exchange.currency,
+            "budgets": [budget_json(s) for s in statuses],
+        }
+        if args.project:
+            summary = summarise(files, filters, exchange, workers=_cpus())
+            document["projection"] = projection_json(project(summary, month, statuses, now))
+        write_json(document, out)
+    else:
+        out.write(budgets_text(statuses, exchange.currency))
+        if args.project:
+            summary = summarise(files, filters, exchange, workers=_cpus())
+            out.write("\n" + projection_text(project(summary, month, statuses, now), exchange.currency, now))
+    return exit_code(statuses)
+
+
+def _projection(
+    args: argparse.Namespace,
+    config: Config | None,
+    files: list[str],
+    filters: Filters,
+    exchange: Exchange,
+    summary: Summary,
+    now: datetime,
+) -> dict[str, Any]:
+    month_period = periods.this_month(now)
+    month = (
+        summary
+        if filters.period == month_period
+        else summarise(files, _in(filters, month_period), exchange, workers=_cpus())
+    )
+    statuses: list[BudgetStatus] = []
+    if config is not None and config.budgets is not None:
+        statuses = budget_statuses(config.budgets, config.currency, exchange, month, now)
+    projection = project(summary, month, statuses, now)
+    return {
+        "projection": projection_json(projection),
+        "budgets": [budget_json(status) for status in statuses],
+        "text": projection_text(projection, exchange.currency, now),
+    }
+
+
+def _in(filters: Filters, period: Period) -> Filters:
+    return replace(filters, period=period)
+
+
+def _newest_last(reader: RecordReader, limit: int | None) -> list[tuple[str, ...]]:
+    keyed = ((record["timestamp"], detail_row(record)) for record in reader)
+    chosen = sorted(keyed) if limit is None else sorted(heapq.nlargest(limit, keyed))
+    return [row for _, row in chosen]
+
+
+def _note_skipped(count: int) -> None:
+    if count:
+        print(
+            f"note: skipped {count:,} line{'s' if count != 1 else ''} that are not whole JSON records",
+            file=sys.stderr,
+        )
+
+
+def _cpus() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -1,0 +1,182 @@
+"""Fixed-width text of reports: the summary, per-call lines, hourly/daily bars, budgets, projections."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from decimal import Decimal
+
+from proxy.analysis import NONE, Summary, Tally, TimeUnit
+from proxy.budgets import BudgetStatus, Projection
+from proxy.money import format_money
+from proxy.records import CostRecord
+
+RULE = "=" * 60
+BAR_WIDTH = 40
+_TIME = "%Y-%m-%dT%H:%M:%S"
+
+
+def summary_text(summary: Summary, top: int) -> str:
+    money, totals = _money(summary.currency), summary.totals
+    bounds = summary.bounds()
+    period = "-" if bounds is None else f"{bounds[0]:{_TIME}} to {bounds[1]:{_TIME}} UTC"
+    lines = [
+        RULE,
+        "LLM PROXY COST ANALYSIS SUMMARY",
+        RULE,
+        f"Time Period: {period}",
+        f"Total Cost: {money(totals.cost)}",
+    ]
+    lines += [
+        f"Total Requests: {totals.requests:,}",
+        f"Total Tokens: {totals.total_tokens:,} (input {totals.input_tokens:,},"
+        f" output {totals.output_tokens:,}, cached {totals.cached_input_tokens:,})",
+        f"Average Cost per Request: {_maybe(money, totals.cost_per_request)}",
+        f"Average Cost per 1K Tokens: {_maybe(money, totals.cost_per_1k_tokens)}",
+        f"Errors: {totals.errors:,}",
+    ]
+    lines += notes(summary)
+    sections = [
+        ("COST BY PROVIDER", summary.by_provider, None),
+        ("TOP MODELS BY COST", summary.by_model, top),
+        ("TOP USERS BY COST", summary.by_user, top),
+        ("COST BY TASK TYPE", summary.by_task_type, None),
+    ]
+    for title, table, limit in sections:
+        lines += ["", f"{title}:", *_table(table, limit, summary.currency)]
+    return "\n".join(lines) + "\n"
+
+
+def notes(summary: Summary) -> list[str]:
+    """What the total leaves out: unpriced calls, amounts without a rate, unreadable lines."""
+    lines = []
+    totals = summary.totals
+    if totals.unpriced:
+        models = ", ".join(f"{name} ({calls:,})" for name, calls in sorted(summary.unpriced_models.items()))
+        count = len(summary.unpriced_models)
+        lines.append(
+            f"Unpriced: {totals.unpriced:,} calls to {count} unpriced model{'s' if count != 1 else ''}"
+            f" (not in the total): {models}"
+        )
+    if totals.unconverted:
+        amounts = ", ".join(format_money(value, code) for code, value in sorted(totals.unconverted.items()))
+        lines.append(f"Not converted (no exchange rate to {summary.currency}, not in the total): {amounts}")
+    if summary.skipped_lines:
+        lines.append(f"Skipped lines: {summary.skipped_lines:,} (not whole JSON records)")
+    return lines
+
+
+def _table(table: dict[str, Tally], limit: int | None, currency: str) -> list[str]:
+    rows = list(table.items())
+    shown = rows if limit is None else rows[:limit]
+    if not shown:
+        return ["(none)"]
+    money = _money(currency)
+    name_width = max(12, *(len(name) for name, _ in shown))
+    cost_width = max(len(money(tally.cost)) for _, tally in shown)
+    lines = []
+    for name, tally in shown:
+        line = (
+            f"{name:<{name_width}} | {money(tally.cost):>{cost_width}} | {tally.requests:>5,} req"
+            f" | {tally.total_tokens:>10,} tokens"
+        )
+        lines.append(line + _extras(tally))
+    if len(rows) > len(shown):
+        lines.append(f"... and {len(rows) - len(shown)} more (--limit N shows more)")
+    return lines
+
+
+def _extras(tally: Tally) -> str:
+    extras = [f"{tally.unpriced:,} unpriced"] if tally.unpriced else []
+    extras += [
+        f"+{format_money(value, code)} unconverted" for code, value in sorted(tally.unconverted.items())
+    ]
+    return "".join(f" | {extra}" for extra in extras)
+
+
+def timeline_text(summary: Summary, unit: TimeUnit) -> str:
+    series = summary.timeline(unit)
+    money = _money(summary.currency)
+    by_cost = any(tally.cost for _, tally in series)
+    largest = max(
+        (tally.cost if by_cost else Decimal(tally.requests) for _, tally in series), default=Decimal(0)
+    )
+    title = "HOURLY" if unit == "hour" else "DAILY"
+    lines = [f"{title} COSTS (UTC{'' if by_cost else ', bars by requests: no priced calls'})"]
+    cost_width = max((len(money(tally.cost)) for _, tally in series), default=0)
+    for key, tally in series:
+        size = tally.cost if by_cost else Decimal(tally.requests)
+        bar = "#" * round(size / largest * BAR_WIDTH) if largest else ""
+        label = f"{key}:00" if unit == "hour" else key
+        lines.append(
+            f"{label:<16} {money(tally.cost):>{cost_width}} {tally.requests:>7,} req"
+            f" {tally.total_tokens:>12,} tokens  {bar}".rstrip()
+        )
+    lines += notes(summary)
+    return "\n".join(lines) + "\n"
+
+
+def detail_row(record: CostRecord) -> tuple[str, ...]:
+    """Time, provider/model, tokens, cost in the record's own currency, user, status of one call."""
+    cost = record["total_cost"]
+    priced = cost is not None and record["priced"] is not False
+    return (
+        record["timestamp"][:19].replace("T", " "),
+        f"{record['provider']}/{record['model'] if record['model'] is not None else NONE}",
+        f"{record['input_tokens']:,} in",
+        f"{record['output_tokens']:,} out",
+        format_money(Decimal(repr(cost)), record["currency"]) if priced else "unpriced",
+        str(record["user_id"]),
+        str(record["status_code"]) + (f" {record['error']}" if record["error"] else ""),
+    )
+
+
+def detailed_text(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(row[index]) for row in rows) for index in range(len(rows[0]))] if rows else []
+    aligns = "<<>>><<"
+    return "".join(
+        "  ".join(
+            f"{cell:{align}{width}}" for cell, align, width in zip(row, aligns, widths, strict=True)
+        ).rstrip()
+        + "\n"
+        for row in rows
+    )
+
+
+def budgets_text(statuses: list[BudgetStatus], currency: str) -> str:
+    money = _money(currency)
+    lines = [f"BUDGETS ({currency}, UTC)"]
+    for status in statuses:
+        lines.append(
+            f"{status.name:<8} {money(status.spent)} of {money(status.limit)} spent,"
+            f" {money(status.remaining)} left ({status.fraction * 100:.1f}%)  {status.level.upper()}"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def projection_text(projection: Projection, currency: str, now: datetime) -> str:
+    money = _money(currency)
+    lines = [
+        "PROJECTION",
+        f"Daily average: {money(projection.daily_average)} (over {projection.days:.2f} days)",
+        f"Month to date ({now:%Y-%m}): {money(projection.month_to_date)}",
+        f"Projected month total: {money(projection.projected_month)}"
+        f" ({projection.days_left_in_month:.2f} days left)",
+    ]
+    for name, days in projection.runs_out_in_days.items():
+        if days is None:
+            when = "never at this rate"
+        elif days == 0:
+            when = "already spent"
+        else:
+            when = f"in {days:.2f} days at this rate"
+        lines.append(f"{name.capitalize()} budget runs out: {when}")
+    return "\n".join(lines) + "\n"
+
+
+def _money(currency: str) -> Callable[[Decimal], str]:
+    return lambda value: format_money(value, currency)
+
+
+def _maybe(money: Callable[[Decimal], str], value: Decimal | None) -> str:
+    return "-" if value is None else money(value)
