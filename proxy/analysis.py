@@ -157,6 +157,8 @@ class RecordReader:
                     if not isinstance(record, dict) or not isinstance(record.get("timestamp"), str):
                         raise TypeError("not a record")
                     complete = _DEFAULTS | {"priced": record.get("total_cost") is not None} | record
+                    if not _well_typed(complete):
+                        raise TypeError("a field of the wrong type")
                     keep = self.filters.matches(complete)
                 except (orjson.JSONDecodeError, TypeError):
                     if line.strip():
@@ -164,6 +166,20 @@ class RecordReader:
                     continue
                 if keep:
                     yield cast(CostRecord, complete)
+
+
+_COUNTED = ("input_tokens", "output_tokens", "total_tokens", "cached_input_tokens")
+
+
+def _well_typed(record: dict[str, Any]) -> bool:
+    """The numbers reports add up are numbers (summarise skips the same records by catching TypeError)."""
+    counts = (record[name] for name in _COUNTED)
+    cost = record["total_cost"]
+    return (
+        all(isinstance(count, int) for count in counts)
+        and isinstance(record["status_code"], int)
+        and (cost is None or isinstance(cost, (int, float)))
+    )
 
 
 @dataclass

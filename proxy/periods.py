@@ -47,30 +47,34 @@ def midnight(day: date) -> datetime:
 def last_hours(hours: float, now: datetime) -> Period:
     if not hours > 0:
         raise PeriodError(f"--since {hours}: give a positive number of hours, e.g. --since 24")
+    now = now.astimezone(UTC)
     return Period(now - timedelta(hours=hours), now)
 
 
 def today(now: datetime) -> Period:
+    now = now.astimezone(UTC)
     return Period(midnight(now.date()), now)
 
 
 def yesterday(now: datetime) -> Period:
-    start = midnight(now.date())
+    start = midnight(now.astimezone(UTC).date())
     return Period(start - timedelta(days=1), start)
 
 
 def this_week(now: datetime) -> Period:
     """The ISO week so far: Monday 00:00 UTC to now."""
+    now = now.astimezone(UTC)
     return Period(midnight(now.date() - timedelta(days=now.weekday())), now)
 
 
 def this_month(now: datetime) -> Period:
+    now = now.astimezone(UTC)
     return Period(midnight(now.date().replace(day=1)), now)
 
 
 def month_end(now: datetime) -> datetime:
     """The first instant of the next UTC month."""
-    first = now.date().replace(day=1)
+    first = now.astimezone(UTC).date().replace(day=1)
     return midnight((first + timedelta(days=32)).replace(day=1))
 
 

@@ -7,19 +7,20 @@ import heapq
 import os
 import sys
 from collections.abc import Iterator, Mapping
-from dataclasses import replace
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any, NoReturn
 
 from proxy import periods
 from proxy.analysis import Filters, RecordReader, Summary, summarise
-from proxy.budgets import BudgetStatus, budget_statuses, exit_code, project, tightest
+from proxy.budgets import BudgetStatus, Projection, budget_statuses, exit_code, project, tightest
 from proxy.config import DEFAULT_RECORD_FILE, Config, ConfigError, load_config
 from proxy.export import budget_json, projection_json, summary_json, write_csv, write_json
 from proxy.money import Exchange, ExchangeError
 from proxy.periods import Period, PeriodError
-from proxy.sources import RecordFileError
+from proxy.sources import RecordFileError, expand
 from proxy.tables import (
     budgets_text,
     detail_row,
@@ -111,50 +112,50 @@ def _positive(text: str) -> int:
 
 
 def main(
-    argv: list[str] | None = None, prog: str = "meterproxy report", *, now: datetime | None = None
+    argv: list[str] | None = None,
+    prog: str = "meterproxy report",
+    *,
+    now: datetime | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> int:
-    args = build_parser(prog).parse_args(argv)
+    """Run a report; returns the exit code (0 ok, 2 user error; with --budget 0/1/2 by alert level)."""
     try:
-        with _destination(args.output) as out:
-            return _report(args, out, now or datetime.now(UTC))
+        args = build_parser(prog).parse_args(argv)
+    except SystemExit as exit:  # --help (0), or a bad option already reported in one line (2)
+        return exit.code if isinstance(exit.code, int) else 2
+    try:
+        job = _job(args, now or datetime.now(UTC), os.environ if environ is None else environ)
+        with _output(args.output) as out:
+            return _run(job, out)
     except (UsageError, ConfigError, RecordFileError, PeriodError, ExchangeError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:
-        # `meterproxy report ... | head`: the reader left; Python would print a traceback at exit otherwise.
-        sys.stderr.close()
+        # `meterproxy report ... | head` closed the pipe: silence stdout so the flush at exit cannot fail too.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
 
 
-class _destination:
-    """Standard output, or the --output file (opened only once the options are known to be good)."""
+@dataclass(frozen=True)
+class _Job:
+    """A report's options, checked: the config, the record files, the currency and the filters."""
 
-    def __init__(self, path: str | None) -> None:
-        self.path = path
-        self.file: IO[str] | None = None
+    args: argparse.Namespace
+    config: Config | None
+    files: list[Path]
+    exchange: Exchange
+    filters: Filters
+    now: datetime
 
-    def __enter__(self) -> IO[str]:
-        if self.path is None:
-            return sys.stdout
-        try:
-            self.file = open(self.path, "w", encoding="utf-8", newline="")  # noqa: SIM115
-        except OSError as exc:
-            raise UsageError(f"--output {self.path}: cannot write it: {exc.strerror or exc}") from exc
-        return self.file
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self.file is not None:
-            self.file.close()
+    def summarise(self, period: Period | None = None) -> Summary:
+        filters = self.filters if period is None else replace(self.filters, period=period)
+        return summarise(self.files, filters, self.exchange, workers=_cpus())
 
 
-def _report(args: argparse.Namespace, out: IO[str], now: datetime) -> int:
-    config = _config(args.config, os.environ)
-    files = args.file or [
-        str(config.record_file if config else os.environ.get("COST_TRACKING_FILE") or DEFAULT_RECORD_FILE)
-    ]
+def _job(args: argparse.Namespace, now: datetime, environ: Mapping[str, str]) -> _Job:
+    config = _config(args.config, environ)
+    default = config.record_file if config else environ.get("COST_TRACKING_FILE") or DEFAULT_RECORD_FILE
     exchange = Exchange(config.currency, config.exchange_rates) if config else Exchange()
-    if args.currency:
-        exchange = exchange.to(args.currency)
     filters = Filters(
         period=_period(args, now),
         provider=args.provider,
@@ -164,10 +165,31 @@ def _report(args: argparse.Namespace, out: IO[str], now: datetime) -> int:
         session=args.session,
         errors_only=args.errors,
     )
+    if args.budget and (config is None or config.budgets is None):
+        raise UsageError("--budget: no budgets in the config; add budgets: {daily: 10.0, monthly: 200.0}")
+    currency = exchange.to(args.currency) if args.currency else exchange
+    return _Job(args, config, expand(args.file or [default]), currency, filters, now)
+
+
+@contextmanager
+def _output(path: str | None) -> Iterator[IO[str]]:
+    if path is None:
+        yield sys.stdout
+        return
+    try:
+        file = open(path, "w", encoding="utf-8", newline="")  # noqa: SIM115
+    except OSError as exc:
+        raise UsageError(f"--output {path}: cannot write it: {exc.strerror or exc}") from exc
+    with file:
+        yield file
+
+
+def _run(job: _Job, out: IO[str]) -> int:
+    args = job.args
     if args.budget:
-        return _budgets(args, out, config, files, filters, exchange, now)
+        return _budgets(job, out)
     if args.format in ("csv", "detailed") and not args.quiet:
-        reader = RecordReader(files, filters)
+        reader = RecordReader(job.files, job.filters)
         if args.format == "csv":
             write_csv(reader, out)
         else:
@@ -175,28 +197,30 @@ def _report(args: argparse.Namespace, out: IO[str], now: datetime) -> int:
             out.write(detailed_text(rows) if rows else NO_DATA)
         _note_skipped(reader.skipped)
         return 0
-    summary = summarise(files, filters, exchange, workers=_cpus())
+    summary = job.summarise()
     _note_skipped(summary.skipped_lines)
-    extra: dict[str, Any] = {}
-    if args.project:
-        extra = _projection(args, config, files, filters, exchange, summary, now)
     if args.quiet:
         totals = summary.totals
         out.write(f"{totals.total_tokens}\t{totals.cost:.6f}\t{totals.requests}\n")
         for note in notes(summary):
             print(note, file=sys.stderr)
-    elif args.format == "json":
+        return 0
+    statuses, projection = _projection(job, summary) if args.project else ([], None)
+    if args.format == "json":
         document = summary_json(summary)
-        document.update({key: value for key, value in extra.items() if key != "text"})
+        if projection is not None:
+            document["projection"] = projection_json(projection)
+            document["budgets"] = [budget_json(status) for status in statuses]
         write_json(document, out)
-    elif summary.totals.requests == 0:
+        return 0
+    if summary.totals.requests == 0:
         out.write(NO_DATA)
     elif args.format in ("hourly", "daily"):
         out.write(timeline_text(summary, "hour" if args.format == "hourly" else "day"))
     else:
         out.write(summary_text(summary, args.limit or DEFAULT_TOP))
-    if args.project and not args.quiet and args.format != "json":
-        out.write("\n" + extra["text"])
+    if projection is not None:
+        out.write("\n" + projection_text(projection, job.exchange.currency, job.now))
     return 0
 
 
@@ -254,69 +278,43 @@ def _period(args: argparse.Namespace, now: datetime) -> Period:
     return periods.last_hours(24 if args.since is None else args.since, now)
 
 
-def _budgets(
-    args: argparse.Namespace,
-    out: IO[str],
-    config: Config | None,
-    files: list[str],
-    filters: Filters,
-    exchange: Exchange,
-    now: datetime,
-) -> int:
-    if config is None or config.budgets is None:
-        raise UsageError("--budget: no budgets in the config; add budgets: {daily: 10.0, monthly: 200.0}")
-    month = summarise(files, _in(filters, periods.this_month(now)), exchange, workers=_cpus())
+def _budgets(job: _Job, out: IO[str]) -> int:
+    month = job.summarise(periods.this_month(job.now))
     _note_skipped(month.skipped_lines)
-    statuses = budget_statuses(config.budgets, config.currency, exchange, month, now)
-    if args.quiet:
+    statuses = _statuses(job, month)
+    if job.args.quiet:
         worst = tightest(statuses)
         if worst is not None:
             out.write(f"{worst.spent:.6f}\t{worst.remaining:.6f}\t{worst.fraction * 100:.2f}\n")
-    elif args.format == "json":
+        return exit_code(statuses)
+    projection = project(job.summarise(), month, statuses, job.now) if job.args.project else None
+    if job.args.format == "json":
         document: dict[str, Any] = {
-            "currency": exchange.currency,
+            "currency": job.exchange.currency,
             "budgets": [budget_json(s) for s in statuses],
         }
-        if args.project:
-            summary = summarise(files, filters, exchange, workers=_cpus())
-            document["projection"] = projection_json(project(summary, month, statuses, now))
+        if projection is not None:
+            document["projection"] = projection_json(projection)
         write_json(document, out)
     else:
-        out.write(budgets_text(statuses, exchange.currency))
-        if args.project:
-            summary = summarise(files, filters, exchange, workers=_cpus())
-            out.write("\n" + projection_text(project(summary, month, statuses, now), exchange.currency, now))
+        out.write(budgets_text(statuses, job.exchange.currency))
+        if projection is not None:
+            out.write("\n" + projection_text(projection, job.exchange.currency, job.now))
     return exit_code(statuses)
 
 
-def _projection(
-    args: argparse.Namespace,
-    config: Config | None,
-    files: list[str],
-    filters: Filters,
-    exchange: Exchange,
-    summary: Summary,
-    now: datetime,
-) -> dict[str, Any]:
-    month_period = periods.this_month(now)
-    month = (
-        summary
-        if filters.period == month_period
-        else summarise(files, _in(filters, month_period), exchange, workers=_cpus())
-    )
-    statuses: list[BudgetStatus] = []
-    if config is not None and config.budgets is not None:
-        statuses = budget_statuses(config.budgets, config.currency, exchange, month, now)
-    projection = project(summary, month, statuses, now)
-    return {
-        "projection": projection_json(projection),
-        "budgets": [budget_json(status) for status in statuses],
-        "text": projection_text(projection, exchange.currency, now),
-    }
+def _statuses(job: _Job, month: Summary) -> list[BudgetStatus]:
+    config = job.config
+    if config is None or config.budgets is None:
+        return []
+    return budget_statuses(config.budgets, config.currency, job.exchange, month, job.now)
 
 
-def _in(filters: Filters, period: Period) -> Filters:
-    return replace(filters, period=period)
+def _projection(job: _Job, summary: Summary) -> tuple[list[BudgetStatus], Projection]:
+    this_month = periods.this_month(job.now)
+    month = summary if job.filters.period == this_month else job.summarise(this_month)
+    statuses = _statuses(job, month)
+    return statuses, project(summary, month, statuses, job.now)
 
 
 def _newest_last(reader: RecordReader, limit: int | None) -> list[tuple[str, ...]]:

@@ -1,0 +1,280 @@
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import orjson
+import pytest
+from cost_records import record, unpriced, write
+
+from proxy import periods
+from proxy.analysis import Filters, RecordFileError, RecordReader, Summary, Tally, summarise
+from proxy.money import Exchange
+
+NOW = datetime(2026, 11, 25, 10, 30, tzinfo=UTC)  # a Wednesday
+RATES = Exchange("USD", {"CNY": Decimal("0.14")})
+
+
+def cost(tally: Tally) -> Decimal:
+    return round(tally.cost, 9)
+
+
+def test_totals_and_breakdowns(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "c.jsonl",
+        [
+            record(total_cost=0.1, user_id="team-a", task_type="chat", cached_input_tokens=20),
+            record(model="gpt-4o-mini", total_cost=0.2, user_id="team-b", input_tokens=10, output_tokens=5,
+                   total_tokens=15),
+            record(provider="anthropic", model="claude-sonnet-4-5", total_cost=0.3, user_id="team-a",
+                   task_type="code"),
+        ],
+    )  # fmt: skip
+    summary = summarise([path])
+    totals = summary.totals
+    assert (totals.requests, totals.input_tokens, totals.output_tokens, totals.total_tokens) == (
+        3,
+        210,
+        105,
+        315,
+    )
+    assert totals.cached_input_tokens == 20
+    assert cost(totals) == Decimal("0.6")
+    assert round(totals.cost_per_request or 0, 9) == Decimal("0.2")
+    assert round(totals.cost_per_1k_tokens or 0, 9) == round(Decimal("0.6") * 1000 / 315, 9)
+    assert {name: cost(tally) for name, tally in summary.by_provider.items()} == {
+        "openai": Decimal("0.3"),
+        "anthropic": Decimal("0.3"),
+    }
+    assert list(summary.by_model) == ["anthropic/claude-sonnet-4-5", "openai/gpt-4o-mini", "openai/gpt-4o"]
+    assert {name: tally.requests for name, tally in summary.by_user.items()} == {"team-a": 2, "team-b": 1}
+    assert list(summary.by_user) == ["team-a", "team-b"]  # by cost: 0.4, then 0.2
+    assert {name: tally.requests for name, tally in summary.by_task_type.items()} == {
+        "code": 1,
+        "(none)": 1,
+        "chat": 1,
+    }
+    assert (summary.first_timestamp, summary.last_timestamp) == ("2026-11-23T10:30:00.000000Z",) * 2
+    assert summary.skipped_lines == 0
+
+
+def test_many_small_costs_sum_exactly(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.jsonl", [record(total_cost=0.1)] * 10_000)
+    assert sum([0.1] * 10_000) != 1000.0
+    assert round(summarise([path]).totals.cost, 9) == Decimal("1000")
+
+
+def test_currencies_convert_with_rates_and_others_stay_apart(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "c.jsonl",
+        [
+            record(total_cost=1.0),
+            record(provider="dashscope", model="qwen-plus", currency="CNY", total_cost=10.0),
+            record(provider="dashscope", model="qwen-plus", currency="CNY", total_cost=5.0),
+            record(provider="sakana", model="x", currency="JPY", total_cost=300.0),
+        ],
+    )
+    summary = summarise([path], exchange=RATES)
+    assert summary.currency == "USD"
+    assert cost(summary.totals) == Decimal("3.1")  # 1 + 15 * 0.14
+    assert summary.totals.unconverted == {"JPY": Decimal("300")}
+    assert summary.totals.costed_requests == 3
+    assert cost(summary.by_provider["dashscope"]) == Decimal("2.1")
+    assert summary.by_provider["sakana"].cost == 0
+    assert summary.by_provider["sakana"].unconverted == {"JPY": Decimal("300")}
+
+    in_cny = summarise([path], exchange=RATES.to("CNY"))
+    assert in_cny.currency == "CNY"
+    assert round(in_cny.totals.cost, 9) == round(Decimal(1) / Decimal("0.14") + 15, 9)
+
+
+def test_unpriced_calls_are_counted_and_named_never_costed(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "c.jsonl",
+        [
+            record(total_cost=0.5),
+            unpriced(provider="openrouter", model="mystery"),
+            unpriced(provider="openrouter", model="mystery"),
+            unpriced(provider="local", model="llama"),
+            record(provider="local", model="other", total_cost=0.0, priced=False),
+        ],
+    )
+    summary = summarise([path])
+    assert summary.totals.requests == 5
+    assert summary.totals.unpriced == 4
+    assert summary.unpriced_models == {"openrouter/mystery": 2, "local/llama": 1, "local/other": 1}
+    assert cost(summary.totals) == Decimal("0.5")
+    assert summary.totals.cost_per_request == Decimal("0.5")
+    assert summary.by_provider["openrouter"].unpriced == 2
+
+
+def test_corrupt_lines_are_skipped_and_counted(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "c.jsonl",
+        [
+            record(total_cost=0.25),
+            b"garbage\n",
+            b"\n",
+            b"[1, 2]\n",
+            b'"just text"\n',
+            orjson.dumps(record(input_tokens="many")) + b"\n",
+            orjson.dumps(record(timestamp=None)) + b"\n",
+            record(total_cost=0.25),
+            b'{"timestamp":"2026-11-23T10:30:00.000000Z","request_id":"torn',
+        ],
+    )
+    summary = summarise([path])
+    assert summary.totals.requests == 2
+    assert cost(summary.totals) == Decimal("0.5")
+    assert summary.skipped_lines == 6
+    reader = RecordReader([path])
+    assert len(list(reader)) == 2
+    assert reader.skipped == 6
+
+
+def test_records_of_older_and_newer_writers(tmp_path: Path) -> None:
+    old = {
+        "timestamp": "2026-11-23T10:30:00.000000Z",
+        "user_id": "team-a",
+        "provider": "openai",
+        "model": "gpt-4o",
+        "input_tokens": 10,
+        "output_tokens": 5,
+        "total_tokens": 15,
+        "total_cost": 0.01,
+    }
+    old_unpriced = old | {"total_cost": None}
+    newer = record(total_cost=0.02, v=2) | {"carbon_grams": 1.5}
+    path = write(tmp_path / "c.jsonl", [old, old_unpriced, newer])
+    summary = summarise([path])
+    assert summary.totals.requests == 3
+    assert summary.totals.unpriced == 1
+    assert cost(summary.totals) == Decimal("0.03")
+    assert summary.totals.errors == 0
+    completed = list(RecordReader([path]))
+    assert completed[0]["currency"] == "USD" and completed[0]["priced"] is True
+    assert completed[0]["status_code"] == 200 and completed[0]["task_type"] is None
+    assert completed[1]["priced"] is False
+    assert completed[2]["v"] == 2 and completed[2]["carbon_grams"] == 1.5  # type: ignore[typeddict-item]
+
+
+@pytest.mark.parametrize(
+    ("filters", "expected"),
+    [
+        (Filters(provider="anthropic"), {"c"}),
+        (Filters(model="mini"), {"b"}),
+        (Filters(model="gpt-4o"), {"a", "b", "e"}),
+        (Filters(user="team-b"), {"b", "d"}),
+        (Filters(task_type="code"), {"c"}),
+        (Filters(session="s-1"), {"a", "d"}),
+        (Filters(errors_only=True), {"d", "e"}),
+        (Filters(provider="openai", errors_only=True), {"d", "e"}),
+        (Filters(provider="nobody"), set()),
+    ],
+)
+def test_filters(tmp_path: Path, filters: Filters, expected: set[str]) -> None:
+    path = write(
+        tmp_path / "c.jsonl",
+        [
+            record(request_id="a", session_id="s-1"),
+            record(request_id="b", model="gpt-4o-mini", user_id="team-b"),
+            record(request_id="c", provider="anthropic", model="claude", task_type="code"),
+            record(request_id="d", model=None, user_id="team-b", session_id="s-1", status_code=499,
+                   error="client_disconnected"),
+            record(request_id="e", status_code=429),
+        ],
+    )  # fmt: skip
+    assert {item["request_id"] for item in RecordReader([path], filters)} == expected
+    assert summarise([path], filters).totals.requests == len(expected)
+
+
+def test_period_edges_at_midnight_week_and_month_start(tmp_path: Path) -> None:
+    stamps = [
+        "2026-10-31T23:59:59.999999Z",
+        "2026-11-01T00:00:00.000000Z",  # month start
+        "2026-11-22T23:59:59.999999Z",  # Sunday
+        "2026-11-23T00:00:00.000000Z",  # Monday: week start
+        "2026-11-24T23:59:59.999999Z",
+        "2026-11-25T00:00:00.000000Z",  # today
+        "2026-11-25T10:29:59.999999Z",
+        "2026-11-25T10:30:00.000000Z",  # now: the end is exclusive
+    ]
+    path = write(tmp_path / "c.jsonl", [record(stamp, request_id=stamp) for stamp in stamps])
+
+    def chosen(period: periods.Period) -> list[str]:
+        ids = [item["request_id"] for item in RecordReader([path], Filters(period))]
+        assert summarise([path], Filters(period)).totals.requests == len(ids)
+        return ids
+
+    assert chosen(periods.today(NOW)) == stamps[5:7]
+    assert chosen(periods.yesterday(NOW)) == stamps[4:5]
+    assert chosen(periods.this_week(NOW)) == stamps[3:7]
+    assert chosen(periods.this_month(NOW)) == stamps[1:7]
+    assert chosen(periods.between("2026-10-31", "2026-11-22")) == stamps[0:3]
+    assert chosen(periods.last_hours(10.5, NOW)) == stamps[5:7]
+
+
+def test_period_applies_to_records_that_do_not_start_with_the_timestamp(tmp_path: Path) -> None:
+    inside = dict(reversed(record("2026-11-25T01:00:00.000000Z").items()))
+    outside = dict(reversed(record("2026-11-20T01:00:00.000000Z").items()))
+    path = write(tmp_path / "c.jsonl", [inside, outside])
+    assert summarise([path], Filters(periods.today(NOW))).totals.requests == 1
+
+
+def test_empty_period(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.jsonl", [record("2026-11-01T00:00:00.000000Z")])
+    summary = summarise([path], Filters(periods.today(NOW)))
+    assert summary.totals == Tally()
+    assert summary.by_provider == {} and summary.first_timestamp is None
+    assert summary.timeline("hour") == []
+
+
+def test_timeline_shows_empty_hours_and_days_as_zero(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "c.jsonl",
+        [
+            record("2026-11-25T07:10:00.000000Z", total_cost=0.5),
+            record("2026-11-25T07:50:00.000000Z", total_cost=0.25),
+            record("2026-11-25T09:59:59.999999Z", total_cost=1.0),
+        ],
+    )
+    summary = summarise([path], Filters(periods.last_hours(4, NOW)))
+    series = [(key, tally.requests, cost(tally)) for key, tally in summary.timeline("hour")]
+    assert series == [
+        ("2026-11-25T06", 0, 0),
+        ("2026-11-25T07", 2, Decimal("0.75")),
+        ("2026-11-25T08", 0, 0),
+        ("2026-11-25T09", 1, Decimal("1")),
+        ("2026-11-25T10", 0, 0),
+    ]
+    days = summarise([path], Filters(periods.between("2026-11-23", "2026-11-25"))).timeline("day")
+    assert [(key, tally.requests) for key, tally in days] == [
+        ("2026-11-23", 0),
+        ("2026-11-24", 0),
+        ("2026-11-25", 3),
+    ]
+    everything = summarise([path]).timeline("hour")
+    assert [key for key, _ in everything] == ["2026-11-25T07", "2026-11-25T08", "2026-11-25T09"]
+
+
+def test_gzip_and_globs_are_read_together(tmp_path: Path) -> None:
+    write(tmp_path / "cost-tracking.jsonl.1.gz", [record(total_cost=1.0)] * 3)
+    write(tmp_path / "cost-tracking.jsonl", [record(total_cost=0.5)])
+    summary = summarise([str(tmp_path / "cost-tracking.jsonl*")])
+    assert (summary.totals.requests, cost(summary.totals)) == (4, Decimal("3.5"))
+    with pytest.raises(RecordFileError):
+        summarise([tmp_path / "missing.jsonl"])
+
+
+def test_parallel_reading_gives_the_same_summary(tmp_path: Path) -> None:
+    items = [
+        record(f"2026-11-25T{hour:02d}:00:00.000000Z", total_cost=0.1 * hour, user_id=f"u{hour % 3}",
+               status_code=500 if hour % 5 == 0 else 200)
+        for hour in range(10)
+        for _ in range(30)
+    ] + [b"torn\n"]  # fmt: skip
+    paths = [write(tmp_path / "a.jsonl", items), write(tmp_path / "b.jsonl.gz", items[:40])]
+    serial = summarise(paths, exchange=RATES)
+    parallel = summarise(paths, exchange=RATES, workers=2, parallel_min_bytes=1)
+    assert parallel == serial
+    assert isinstance(serial, Summary) and serial.totals.requests == 340 and serial.skipped_lines == 1
+    assert serial.totals.errors == 60 + 30  # hours 0 and 5 in a, hour 0 in b

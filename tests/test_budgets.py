@@ -1,0 +1,107 @@
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import pytest
+from cost_records import record, write
+
+from proxy import periods
+from proxy.analysis import Filters, Summary, summarise
+from proxy.budgets import budget_statuses, exit_code, project, spent_today, tightest
+from proxy.config import Budgets
+from proxy.money import Exchange
+
+NOW = datetime(2026, 11, 11, 12, 0, tzinfo=UTC)  # day 11 of a 30-day month, noon
+BUDGETS = Budgets(daily=Decimal(10), monthly=Decimal(200), warn_at=Decimal("0.5"), critical_at=Decimal("0.8"))
+USD = Exchange()
+
+
+def month_of(tmp_path: Path, today_cost: float, earlier_cost: float) -> tuple[Path, Summary]:
+    path = write(
+        tmp_path / "c.jsonl",
+        [
+            record("2026-10-31T23:00:00.000000Z", total_cost=1000.0),  # last month
+            record("2026-11-02T10:00:00.000000Z", total_cost=earlier_cost),
+            record("2026-11-11T00:00:00.000000Z", total_cost=today_cost),
+        ],
+    )
+    return path, summarise([path], Filters(periods.this_month(NOW)))
+
+
+@pytest.mark.parametrize(
+    ("today_cost", "earlier", "levels", "code"),
+    [
+        (4.99, 0.0, ["ok", "ok"], 0),
+        (5.0, 0.0, ["warning", "ok"], 1),  # warn_at is reached at exactly 50%
+        (8.0, 0.0, ["critical", "ok"], 2),
+        (1.0, 99.0, ["ok", "warning"], 1),
+        (1.0, 159.0, ["ok", "critical"], 2),
+        (12.0, 100.0, ["critical", "warning"], 2),
+    ],
+)
+def test_levels_and_exit_codes(
+    tmp_path: Path, today_cost: float, earlier: float, levels: list[str], code: int
+) -> None:
+    _, month = month_of(tmp_path, today_cost, earlier)
+    statuses = budget_statuses(BUDGETS, "USD", USD, month, NOW)
+    assert [status.level for status in statuses] == levels
+    assert exit_code(statuses) == code
+
+
+def test_spend_remaining_and_tightest(tmp_path: Path) -> None:
+    _, month = month_of(tmp_path, 6.0, 40.0)
+    daily, monthly = budget_statuses(BUDGETS, "USD", USD, month, NOW)
+    assert (daily.name, round(daily.spent, 9), round(daily.remaining, 9)) == ("daily", 6, 4)
+    assert round(daily.fraction, 9) == Decimal("0.6")
+    assert (daily.start, daily.end) == (
+        datetime(2026, 11, 11, tzinfo=UTC),
+        datetime(2026, 11, 12, tzinfo=UTC),
+    )
+    assert (round(monthly.spent, 9), round(monthly.remaining, 9)) == (46, 154)
+    assert monthly.end == datetime(2026, 12, 1, tzinfo=UTC)
+    assert tightest([daily, monthly]) is daily
+    assert spent_today(month, NOW) == daily.spent
+
+
+def test_only_configured_budgets_and_budgets_in_another_reporting_currency(tmp_path: Path) -> None:
+    _, month = month_of(tmp_path, 7.0, 0.0)
+    monthly_only = Budgets(
+        daily=None, monthly=Decimal(200), warn_at=Decimal("0.5"), critical_at=Decimal("0.8")
+    )
+    assert [s.name for s in budget_statuses(monthly_only, "USD", USD, month, NOW)] == ["monthly"]
+    in_cny = Exchange("USD", {"CNY": Decimal("0.14")}).to("CNY")
+    path, _ = month_of(tmp_path, 7.0, 0.0)
+    month_cny = summarise([path], Filters(periods.this_month(NOW)), in_cny)
+    daily = budget_statuses(BUDGETS, "USD", in_cny, month_cny, NOW)[0]
+    assert round(daily.limit, 6) == round(Decimal(10) / Decimal("0.14"), 6)
+    assert round(daily.fraction, 9) == Decimal("0.7")
+
+
+def test_projection_to_month_end(tmp_path: Path) -> None:
+    path, month = month_of(tmp_path, 6.0, 40.0)
+    statuses = budget_statuses(BUDGETS, "USD", USD, month, NOW)
+    week = summarise([path], Filters(periods.between("2026-11-05", "2026-11-11")))  # 7 days, $6
+    projection = project(week, month, statuses, NOW)
+    assert projection.days == 7
+    assert round(projection.daily_average, 9) == round(Decimal(6) / 7, 9)
+    assert round(projection.month_to_date, 9) == 46
+    assert projection.days_left_in_month == Decimal("19.5")
+    assert round(projection.projected_month, 6) == round(46 + Decimal(6) / 7 * Decimal("19.5"), 6)
+    assert round(projection.runs_out_in_days["daily"] or 0, 6) == round(Decimal(4) / (Decimal(6) / 7), 6)
+    assert round(projection.runs_out_in_days["monthly"] or 0, 6) == round(Decimal(154) / (Decimal(6) / 7), 6)
+
+
+def test_projection_with_nothing_spent_never_runs_out(tmp_path: Path) -> None:
+    path, month = month_of(tmp_path, 0.0, 0.0)
+    statuses = budget_statuses(BUDGETS, "USD", USD, month, NOW)
+    empty = summarise([path], Filters(periods.last_hours(1, NOW)))
+    projection = project(empty, month, statuses, NOW)
+    assert projection.daily_average == 0
+    assert projection.runs_out_in_days == {"daily": None, "monthly": None}
+
+
+def test_spent_budget_has_run_out_already(tmp_path: Path) -> None:
+    path, month = month_of(tmp_path, 11.0, 0.0)
+    statuses = budget_statuses(BUDGETS, "USD", USD, month, NOW)
+    projection = project(month, month, statuses, NOW)
+    assert projection.runs_out_in_days["daily"] == 0

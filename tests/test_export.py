@@ -1,0 +1,94 @@
+import csv
+import io
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import orjson
+from cost_records import record, unpriced, write
+
+from proxy import periods
+from proxy.analysis import RECORD_FIELDS, Filters, RecordReader, summarise
+from proxy.export import summary_json, write_csv, write_json
+from proxy.money import Exchange
+
+NOW = datetime(2026, 11, 25, 10, 30, tzinfo=UTC)
+GROUP_KEYS = {
+    "cost", "requests", "input_tokens", "output_tokens", "total_tokens", "cached_input_tokens", "errors",
+    "unpriced_requests", "unconverted",
+}  # fmt: skip
+
+
+def test_summary_json_schema(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "c.jsonl",
+        [
+            record("2026-11-25T08:15:00.000000Z", total_cost=0.1, task_type="chat"),
+            record("2026-11-25T09:15:00.000000Z", total_cost=0.2, status_code=500, user_id="team-b"),
+            unpriced("2026-11-25T09:20:00.000000Z", provider="openrouter", model="m"),
+            record("2026-11-25T09:30:00.000000Z", provider="x", currency="JPY", total_cost=30.0),
+        ],
+    )
+    document = summary_json(summarise([path], Filters(periods.last_hours(3, NOW)), Exchange()))
+    assert set(document) == {"schema", "currency", "period", "totals", "unpriced_models", "skipped_lines"} | {
+        "by_provider", "by_model", "by_user", "by_task_type", "by_hour",
+    }  # fmt: skip
+    assert document["schema"] == 1 and document["currency"] == "USD"
+    assert document["period"] == {
+        "start": "2026-11-25T07:30:00.000000Z",
+        "end": "2026-11-25T10:30:00.000000Z",
+        "first_record": "2026-11-25T08:15:00.000000Z",
+        "last_record": "2026-11-25T09:30:00.000000Z",
+    }
+    totals = document["totals"]
+    assert set(totals) == GROUP_KEYS | {"average_cost_per_request", "average_cost_per_1k_tokens"}
+    assert totals["cost"] == 0.3  # exact sum, rounded to 10 places: not 0.30000000000000004
+    assert (totals["requests"], totals["errors"], totals["unpriced_requests"]) == (4, 1, 1)
+    assert totals["unconverted"] == {"JPY": 30.0}
+    assert totals["average_cost_per_request"] == 0.15
+    assert totals["average_cost_per_1k_tokens"] == 1.0  # $0.3 over 300 priced tokens
+    assert document["unpriced_models"] == {"openrouter/m": 1}
+    assert list(document["by_model"]) == ["openai/gpt-4o", "openrouter/m", "x/gpt-4o"]
+    assert document["by_model"]["openai/gpt-4o"] == {
+        "cost": 0.3, "requests": 2, "input_tokens": 200, "output_tokens": 100, "total_tokens": 300,
+        "cached_input_tokens": 0, "errors": 1, "unpriced_requests": 0, "unconverted": {},
+    }  # fmt: skip
+    assert set(document["by_task_type"]) == {"chat", "(none)"}
+    assert set(document["by_user"]) == {"team-a", "team-b"}
+    by_hour = document["by_hour"]
+    assert list(by_hour) == ["2026-11-25T07", "2026-11-25T08", "2026-11-25T09", "2026-11-25T10"]
+    assert [by_hour[hour]["requests"] for hour in by_hour] == [0, 1, 3, 0]
+    assert all(set(group) == GROUP_KEYS for group in by_hour.values())
+
+
+def test_long_periods_are_by_day(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.jsonl", [record("2026-11-20T08:00:00.000000Z"), record()])
+    document = summary_json(summarise([path], Filters(periods.this_month(NOW))))
+    assert "by_hour" not in document
+    assert len(document["by_day"]) == 25
+    assert document["by_day"]["2026-11-20"]["requests"] == 1
+    assert document["by_day"]["2026-11-23"]["requests"] == 1
+
+
+def test_write_json_is_valid_json(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.jsonl", [record(total_cost=0.125)])
+    stream = io.StringIO()
+    write_json(summary_json(summarise([path])), stream)
+    assert orjson.loads(stream.getvalue())["totals"]["cost"] == 0.125
+
+
+def test_csv_has_a_header_and_one_row_per_record(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "c.jsonl",
+        [record(total_cost=0.1, task_type="chat, with a comma"), unpriced(), b"torn"],
+    )
+    stream = io.StringIO()
+    assert write_csv(RecordReader([path]), stream) == 2
+    rows = list(csv.reader(io.StringIO(stream.getvalue())))
+    assert rows[0] == list(RECORD_FIELDS)
+    first = dict(zip(rows[0], rows[1], strict=True))
+    assert first["total_cost"] == "0.1" and first["priced"] == "true" and first["session_id"] == ""
+    assert first["task_type"] == "chat, with a comma"
+    second = dict(zip(rows[0], rows[2], strict=True))
+    assert second["total_cost"] == "" and second["priced"] == "false"
+    assert Decimal(first["total_cost"]) + Decimal(first["input_tokens"]) == Decimal("100.1")

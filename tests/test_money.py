@@ -1,0 +1,42 @@
+from decimal import Decimal
+
+import pytest
+
+from proxy.money import UNIT_SCALE, Exchange, ExchangeError, format_money, units_to_decimal
+
+
+def test_units_sum_binary_floats_exactly() -> None:
+    costs = [0.1] * 10_000
+    assert sum(costs) != 1000.0  # the naive float sum drifts
+    total = units_to_decimal(sum(int(cost * UNIT_SCALE) for cost in costs))
+    assert round(total, 9) == Decimal("1000.000000000")
+    assert units_to_decimal(int(0.5 * UNIT_SCALE)) == Decimal("0.5")
+
+
+def test_exchange_converts_with_rates_and_leaves_unknown_currencies() -> None:
+    exchange = Exchange("USD", {"CNY": Decimal("0.14")})
+    assert exchange.convert(Decimal("10"), "CNY") == Decimal("1.40")
+    assert exchange.convert(Decimal("10"), "USD") == Decimal("10")
+    assert exchange.convert(Decimal("10"), "JPY") is None
+
+
+def test_exchange_rebased_to_another_currency() -> None:
+    in_cny = Exchange("USD", {"CNY": Decimal("0.14"), "EUR": Decimal("1.1")}).to("cny")
+    assert in_cny.currency == "CNY"
+    assert in_cny.convert(Decimal("1.4"), "USD") == Decimal("10")
+    assert in_cny.convert(Decimal("7"), "CNY") == Decimal("7")
+    assert round(in_cny.convert(Decimal("1.4"), "EUR") or 0, 20) == Decimal("11")
+
+
+def test_exchange_without_a_rate_names_the_currency_and_the_fix() -> None:
+    with pytest.raises(
+        ExchangeError, match=r"--currency JPY: no exchange rate .* CNY, USD .* exchange_rates.JPY"
+    ):
+        Exchange("USD", {"CNY": Decimal("0.14")}).to("JPY")
+
+
+def test_format_money() -> None:
+    assert format_money(Decimal("12.3456784"), "USD") == "$12.345678"
+    assert format_money(Decimal("1234.5"), "EUR") == "€1,234.500000"
+    assert format_money(Decimal("-2"), "USD") == "-$2.000000"
+    assert format_money(Decimal("7.1"), "CNY") == "7.100000 CNY"

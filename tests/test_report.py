@@ -1,0 +1,345 @@
+import csv
+import subprocess
+import sys
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import orjson
+import pytest
+from cost_records import record, unpriced, write
+
+from proxy.report import main
+
+NOW = datetime(2026, 11, 25, 10, 30, tzinfo=UTC)  # a Wednesday
+ROOT = Path(__file__).resolve().parent.parent
+CONFIG = """\
+currency: USD
+exchange_rates: {CNY: 0.14}
+features:
+  cost_tracking: {file: records/cost.jsonl}
+budgets: {daily: 10.0, monthly: 200.0, warn_at: 0.5, critical_at: 0.8}
+providers:
+  openai:
+    base_url: https://api.openai.com/v1
+    api_key: ${UNSET_KEY_FOR_REPORT_TESTS}
+    models:
+      gpt-4o: {pricing: {input: 2.5, output: 10}}
+"""
+RECORDS = [
+    record("2026-11-25T08:10:00.000000Z", total_cost=1.5, input_tokens=1000, output_tokens=200,
+           total_tokens=1200, cached_input_tokens=100, task_type="chat"),
+    record("2026-11-25T08:40:00.000000Z", model="gpt-4o-mini", total_cost=0.25, user_id="team-b"),
+    record("2026-11-25T09:05:00.000000Z", provider="dashscope", model="qwen-plus", currency="CNY",
+           total_cost=10.0, user_id="team-b", task_type="code"),
+    unpriced("2026-11-25T09:50:00.000000Z", provider="openrouter", model="mystery", status_code=429),
+    b"torn line\n",
+]  # fmt: skip
+
+
+@pytest.fixture
+def records(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.chdir(tmp_path)  # no ./config.yml of the checkout
+    (tmp_path / "config.yml").write_text(CONFIG)
+    return write(tmp_path / "records" / "cost.jsonl", RECORDS)
+
+
+def run(
+    args: list[str], capsys: pytest.CaptureFixture[str], environ: dict[str, str] | None = None
+) -> tuple[int, str, str]:
+    code = main(args, now=NOW, environ=environ or {})
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_summary(records: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run([], capsys)
+    assert code == 0
+    assert err == "note: skipped 1 line that are not whole JSON records\n"
+    # $1.5 + $0.25 + 10 CNY at 0.14 = $3.15 over the three priced calls and their 1,500 tokens.
+    expected = """\
+============================================================
+LLM PROXY COST ANALYSIS SUMMARY
+============================================================
+Time Period: 2026-11-24T10:30:00 to 2026-11-25T10:30:00 UTC
+Total Cost: $3.150000
+Total Requests: 4
+Total Tokens: 1,650 (input 1,300, output 350, cached 100)
+Average Cost per Request: $1.050000
+Average Cost per 1K Tokens: $2.100000
+Errors: 1
+Unpriced: 1 calls to 1 unpriced model (not in the total): openrouter/mystery (1)
+Skipped lines: 1 (not whole JSON records)
+
+COST BY PROVIDER:
+openai       | $1.750000 |     2 req |      1,350 tokens
+dashscope    | $1.400000 |     1 req |        150 tokens
+openrouter   | $0.000000 |     1 req |        150 tokens | 1 unpriced
+
+TOP MODELS BY COST:
+openai/gpt-4o       | $1.500000 |     1 req |      1,200 tokens
+dashscope/qwen-plus | $1.400000 |     1 req |        150 tokens
+openai/gpt-4o-mini  | $0.250000 |     1 req |        150 tokens
+openrouter/mystery  | $0.000000 |     1 req |        150 tokens | 1 unpriced
+
+TOP USERS BY COST:
+team-b       | $1.650000 |     2 req |        300 tokens
+team-a       | $1.500000 |     2 req |      1,350 tokens | 1 unpriced
+
+COST BY TASK TYPE:
+chat         | $1.500000 |     1 req |      1,200 tokens
+code         | $1.400000 |     1 req |        150 tokens
+(none)       | $0.250000 |     2 req |        300 tokens | 1 unpriced
+"""
+    assert out == expected
+
+
+def test_summary_top_n_and_amounts_without_a_rate(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(
+        tmp_path / "c.jsonl", [record(total_cost=1.0), record(provider="x", currency="JPY", total_cost=300.0)]
+    )
+    code, out, _ = run(["--file", str(path), "--all", "--limit", "1"], capsys)
+    assert code == 0
+    assert "Total Cost: $1.000000\n" in out
+    assert "Not converted (no exchange rate to USD, not in the total): 300.000000 JPY\n" in out
+    assert "x            | $0.000000 |     1 req |        150 tokens | +300.000000 JPY unconverted\n" in out
+    top = (
+        "TOP MODELS BY COST:\nopenai/gpt-4o | $1.000000 |     1 req |        150 tokens\n"
+        "... and 1 more (--limit N shows more)\n"
+    )
+    assert top in out
+
+
+def test_quiet_prints_tokens_cost_requests(records: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(["-q"], capsys)
+    assert (code, out) == (0, "1650\t3.150000\t4\n")
+    assert "Unpriced: 1 calls" in err
+
+
+def test_json_matches_an_independent_sum_of_the_file(
+    records: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(["--format", "json", "--all"], capsys)
+    assert code == 0
+    document = orjson.loads(out)
+    parsed = [orjson.loads(line) for line in records.read_bytes().splitlines() if line.startswith(b"{")]
+    rates = {"USD": Decimal(1), "CNY": Decimal("0.14")}
+    independent = sum(Decimal(repr(r["total_cost"])) * rates[r["currency"]] for r in parsed if r["priced"])
+    assert Decimal(repr(document["totals"]["cost"])) == independent == Decimal("3.15")
+    assert document["totals"]["requests"] == len(parsed) == 4
+    assert document["totals"]["total_tokens"] == sum(r["total_tokens"] for r in parsed)
+    assert document["by_model"]["dashscope/qwen-plus"]["cost"] == 1.4
+    assert document["by_provider"]["openai"]["requests"] == 2
+    assert [hour["requests"] for hour in document["by_hour"].values()] == [2, 2]  # 08:00 and 09:00
+    assert document["skipped_lines"] == 1
+
+
+def test_no_usage_data(records: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    for fmt in ("summary", "hourly", "daily", "detailed"):
+        assert run(["--yesterday", "--format", fmt], capsys)[:2] == (0, "No usage data found\n")
+    assert run(["--yesterday", "-q"], capsys)[:2] == (0, "0\t0.000000\t0\n")
+    code, out, _ = run(["--yesterday", "--format", "json"], capsys)
+    assert orjson.loads(out)["totals"]["requests"] == 0
+
+
+def test_detailed_newest_last_with_limit(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(
+        tmp_path / "c.jsonl",
+        [
+            record("2026-11-25T09:00:00.000000Z", total_cost=0.5, input_tokens=1234),
+            record("2026-11-25T07:00:00.000000Z", total_cost=0.25),  # written late: a long stream
+            unpriced("2026-11-25T08:00:00.000000Z", provider="openrouter", model="m", status_code=499,
+                     error="client_disconnected", user_id="team-b"),
+            record("2026-11-25T10:00:00.000000Z", provider="dashscope", model="qwen", currency="CNY",
+                   total_cost=2.0),
+        ],
+    )  # fmt: skip
+    code, out, _ = run(["--file", str(path), "--format", "detailed", "--limit", "3"], capsys)
+    assert code == 0
+    assert out == (
+        "2026-11-25 08:00:00  openrouter/m      100 in  50 out      unpriced  team-b"
+        "  499 client_disconnected\n"
+        "2026-11-25 09:00:00  openai/gpt-4o   1,234 in  50 out     $0.500000  team-a  200\n"
+        "2026-11-25 10:00:00  dashscope/qwen    100 in  50 out  2.000000 CNY  team-a  200\n"
+    )
+    everything = run(["--file", str(path), "--format", "detailed"], capsys)[1]
+    assert everything.splitlines()[0].startswith("2026-11-25 07:00:00  openai/gpt-4o")
+
+
+def test_hourly_and_daily_show_empty_buckets_with_bars(
+    records: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, _ = run(["--since", "4", "--format", "hourly"], capsys)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[0] == "HOURLY COSTS (UTC)"
+    assert lines[1:6] == [
+        "2026-11-25T06:00 $0.000000       0 req            0 tokens",
+        "2026-11-25T07:00 $0.000000       0 req            0 tokens",
+        "2026-11-25T08:00 $1.750000       2 req        1,350 tokens  " + "#" * 40,
+        "2026-11-25T09:00 $1.400000       2 req          300 tokens  " + "#" * 32,
+        "2026-11-25T10:00 $0.000000       0 req            0 tokens",
+    ]
+    code, out, _ = run(["--week", "--format", "daily"], capsys)
+    assert out.splitlines()[1:4] == [
+        "2026-11-23       $0.000000       0 req            0 tokens",
+        "2026-11-24       $0.000000       0 req            0 tokens",
+        "2026-11-25       $3.150000       4 req        1,650 tokens  " + "#" * 40,
+    ]
+
+
+def test_csv_to_an_output_file(records: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(
+        ["--all", "--format", "csv", "--output", "report.csv", "--provider", "openai"], capsys
+    )
+    assert (code, out) == (0, "")
+    assert "skipped 1 line" in err
+    with open("report.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [row["model"] for row in rows] == ["gpt-4o", "gpt-4o-mini"]
+    assert sum(Decimal(row["total_cost"]) for row in rows) == Decimal("1.75")
+
+
+@pytest.mark.parametrize(
+    ("args", "requests"),
+    [
+        (["--provider", "openai"], 2),
+        (["--model", "4o"], 2),
+        (["--user", "team-b"], 2),
+        (["--task-type", "code"], 1),
+        (["--session", "nobody"], 0),
+        (["--errors"], 1),
+        (["--start", "2026-11-25T09:00:00Z", "--end", "2026-11-25"], 2),
+        (["--start", "2026-11-24", "--end", "2026-11-24"], 0),
+        (["--today"], 4),
+        (["--month"], 4),
+        (["--since", "1"], 1),
+    ],
+)
+def test_filters_and_periods(
+    records: Path, capsys: pytest.CaptureFixture[str], args: list[str], requests: int
+) -> None:
+    code, out, _ = run([*args, "-q"], capsys)
+    assert code == 0 and out.split("\t")[2] == f"{requests}\n"
+
+
+def test_report_in_another_currency(records: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(["--currency", "CNY", "-q"], capsys)[1] == "1650\t22.500000\t4\n"  # 3.15 / 0.14
+    code, _, err = run(["--currency", "JPY"], capsys)
+    assert code == 2
+    assert err == (
+        "meterproxy report: --currency JPY: no exchange rate for it in the config; use one of CNY, USD"
+        " or add exchange_rates.JPY\n"
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra_cost", "code", "quiet"),
+    [
+        (0.0, 0, "3.150000\t6.850000\t31.50\n"),
+        (2.0, 1, "5.150000\t4.850000\t51.50\n"),
+        (5.0, 2, "8.150000\t1.850000\t81.50\n"),
+    ],
+)
+def test_budget_exit_codes(
+    records: Path, capsys: pytest.CaptureFixture[str], extra_cost: float, code: int, quiet: str
+) -> None:
+    write(records, [*RECORDS, record("2026-11-25T10:00:00.000000Z", total_cost=extra_cost)])
+    assert run(["--budget", "-q"], capsys)[:2] == (code, quiet)
+    status, out, _ = run(["--budget"], capsys)
+    assert status == code
+    level = ["OK", "WARNING", "CRITICAL"][code]
+    assert out.splitlines()[1].startswith(f"daily    ${3.15 + extra_cost:.6f} of $10.000000 spent")
+    assert out.splitlines()[1].endswith(level)
+    assert out.splitlines()[2].endswith("OK")  # monthly: under $10 of $200
+    status, out, _ = run(["--budget", "--format", "json"], capsys)
+    assert status == code
+    budgets = orjson.loads(out)["budgets"]
+    assert [(b["name"], b["level"]) for b in budgets] == [("daily", level.lower()), ("monthly", "ok")]
+
+
+def test_budget_without_budgets_in_the_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    path = write(tmp_path / "c.jsonl", [record()])
+    code, out, err = run(["--budget", "--file", str(path)], capsys)
+    assert (code, out) == (2, "")
+    assert err.startswith("meterproxy report: --budget: no budgets in the config; add budgets:")
+
+
+def test_projection(records: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["--project"], capsys)
+    assert code == 0
+    projection = out.split("\n\n")[-1]
+    # $3.15 a day over the last 24 hours; 5.5625 days left of November; $6.85 left of today's $10.
+    assert projection == (
+        "PROJECTION\n"
+        "Daily average: $3.150000 (over 1.00 days)\n"
+        "Month to date (2026-11): $3.150000\n"
+        "Projected month total: $20.671875 (5.56 days left)\n"
+        "Daily budget runs out: in 2.17 days at this rate\n"
+        "Monthly budget runs out: in 62.49 days at this rate\n"
+    )
+    document = orjson.loads(run(["--project", "--format", "json"], capsys)[1])
+    assert document["projection"]["projected_month"] == 20.671875
+    assert [budget["name"] for budget in document["budgets"]] == ["daily", "monthly"]
+
+
+def test_record_file_from_the_environment_and_missing_files(
+    records: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    other = write(tmp_path / "other.jsonl", [record()] * 3)
+    (tmp_path / "config.yml").unlink()
+    assert run(["--all", "-q"], capsys, {"COST_TRACKING_FILE": str(other)})[1] == "450\t0.300000\t3\n"
+    code, out, err = run(["--all"], capsys)
+    assert (code, out) == (2, "")
+    assert err.startswith("meterproxy report: logs/cost-tracking.jsonl: no such record file; pass --file")
+
+
+def test_config_from_option_and_environment(
+    records: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    moved = tmp_path / "elsewhere.yml"
+    (tmp_path / "config.yml").rename(moved)
+    assert run(["--config", str(moved), "-q"], capsys)[1] == "1650\t3.150000\t4\n"
+    assert run(["-q"], capsys, {"METERPROXY_CONFIG": str(moved)})[1] == "1650\t3.150000\t4\n"
+    code, _, err = run(["--config", "missing.yml"], capsys)
+    assert code == 2 and err.startswith("meterproxy report: missing.yml: config file not found")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--today", "--week"], "--today and --week: choose one period"),
+        (["--since", "2", "--start", "2026-01-01"], "--since and --start/--end: choose one period"),
+        (["--since", "soon"], "argument --since: invalid float value: 'soon' (see --help)"),
+        (["--format", "xml"], "argument --format: invalid choice: 'xml'"),
+        (["--limit", "0"], "argument --limit: '0': give a number of at least 1 (see --help)"),
+        (["--start", "yesterday"], "--start 'yesterday': not a date or time"),
+        (["--output", "no/such/folder/out.txt"], "--output no/such/folder/out.txt: cannot write it"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line(
+    records: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    code, out, err = run(args, capsys)
+    assert (code, out) == (2, "")
+    assert message in err and err.count("\n") == 1
+
+
+def test_help_exits_0(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["--help"], capsys)
+    assert code == 0 and "--task-type NAME" in out and "--budget" in out
+
+
+def test_script_exit_codes_from_a_shell(tmp_path: Path) -> None:
+    now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    path = write(tmp_path / "c.jsonl", [record(now, total_cost=6.0)])
+    config = tmp_path / "budgets.yml"
+    # Both budgets at 60%: a warning even if the day (not the month) turns while the test runs.
+    config.write_text(CONFIG.replace("daily: 10.0, monthly: 200.0", "daily: 10.0, monthly: 10.0"))
+    script = (
+        f'"{sys.executable}" scripts/analyze_costs.py --config "{config}" --file "{path}" --budget -q;'
+        ' echo "exit $?"'
+    )
+    result = subprocess.run(["sh", "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout == "6.000000\t4.000000\t60.00\nexit 1\n"
+    assert result.stderr == ""
