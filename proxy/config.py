@@ -17,7 +17,7 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _PROVIDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _RESERVED_PROVIDER_NAMES = frozenset({"v1", "health"})
 
-ProviderKind = Literal["openai", "anthropic"]
+ProviderKind = Literal["openai", "anthropic", "gemini"]
 
 
 class ConfigError(Exception):
@@ -47,6 +47,8 @@ class Price:
     output: Decimal
     cached_input: Decimal
     cache_write: Decimal
+    above_input_tokens: int | None = None  # set on a tier: it prices calls with more input tokens
+    tiers: tuple[Price, ...] = ()  # by above_input_tokens, ascending
 
 
 @dataclass(frozen=True)
@@ -83,6 +85,7 @@ class Config:
     currency: str
     exchange_rates: Mapping[str, Decimal]
     cost_tracking: bool
+    cost_in_response: bool
     record_file: Path
     providers: Mapping[str, Provider]
     auth_keys: tuple[AuthKey, ...]
@@ -93,7 +96,9 @@ class Config:
 _TOP_KEYS = {"server", "currency", "exchange_rates", "features", "providers", "auth", "budgets"}
 _SERVER_KEYS = {"host", "port", "max_body_mb"}
 _PROVIDER_KEYS = {"base_url", "api_key", "timeout", "currency", "stream_usage", "kind", "models"}
-_PRICE_KEYS = {"input", "output", "cached_input", "cache_write"}
+_PRICE_KEYS = {"input", "output", "cached_input", "cache_write", "tiers"}
+_TIER_KEYS = {"above_input_tokens", "input", "output", "cached_input", "cache_write"}
+_KINDS: dict[str, ProviderKind] = {"openai": "openai", "anthropic": "anthropic", "gemini": "gemini"}
 _BUDGET_KEYS = {"daily", "monthly", "warn_at", "critical_at"}
 
 
@@ -234,7 +239,9 @@ def parse_config(text: str, environ: Mapping[str, str], source: str = "config.ym
         for code, rate in r.mapping(top.get("exchange_rates"), ("exchange_rates",)).items()
     }
 
-    features = r.mapping(top.get("features"), ("features",), {"cost_tracking"})
+    features = r.mapping(top.get("features"), ("features",), {"cost_tracking", "cost_in_response"})
+    returning = r.mapping(features.get("cost_in_response"), ("features", "cost_in_response"), {"enabled"})
+    cost_in_response = r.boolean(returning.get("enabled", True), ("features", "cost_in_response", "enabled"))
     tracking_path = ("features", "cost_tracking")
     tracking = r.mapping(features.get("cost_tracking"), tracking_path, {"enabled", "file"})
     enabled = r.boolean(tracking.get("enabled", True), (*tracking_path, "enabled"))
@@ -254,6 +261,7 @@ def parse_config(text: str, environ: Mapping[str, str], source: str = "config.ym
         currency=currency,
         exchange_rates=rates,
         cost_tracking=enabled,
+        cost_in_response=cost_in_response,
         record_file=Path(record_file),
         providers=providers,
         auth_keys=_auth_keys(r, top.get("auth")),
@@ -280,8 +288,8 @@ def _provider(r: _Reader, name: str, value: Any) -> Provider:
         key = r.text(raw["api_key"], (*path, "api_key"))
         api_key = Secret(key) if key else None
     kind = r.text(raw.get("kind", "openai"), (*path, "kind"))
-    if kind not in ("openai", "anthropic"):
-        raise r.fail((*path, "kind"), f"must be openai or anthropic, got {kind!r}")
+    if kind not in _KINDS:
+        raise r.fail((*path, "kind"), f"must be one of {', '.join(_KINDS)}, got {kind!r}")
     models_path = (*path, "models")
     models = {
         str(model): _price(r, (*models_path, str(model)), spec)
@@ -294,7 +302,7 @@ def _provider(r: _Reader, name: str, value: Any) -> Provider:
         timeout=float(r.number(raw.get("timeout", 600), (*path, "timeout"), positive=True)),
         currency=r.currency(raw.get("currency", "USD"), (*path, "currency")),
         stream_usage=r.boolean(raw.get("stream_usage", True), (*path, "stream_usage")),
-        kind="anthropic" if kind == "anthropic" else "openai",
+        kind=_KINDS[kind],
         models=models,
     )
 
@@ -305,15 +313,39 @@ def _price(r: _Reader, path: tuple[str, ...], spec: Any) -> Price:
     if model.get("pricing") is None:
         raise r.fail(pricing_path, "missing; give at least input and output prices per 1M tokens")
     pricing = r.mapping(model["pricing"], pricing_path, _PRICE_KEYS)
-    for needed in ("input", "output"):
+    tiers = pricing.get("tiers")
+    if tiers is not None and (not isinstance(tiers, list) or not tiers):
+        raise r.fail((*pricing_path, "tiers"), "must be a list of {above_input_tokens, input, output}")
+    levels = tuple(
+        _rates(r, (*pricing_path, "tiers", str(index)), tier, tier=True)
+        for index, tier in enumerate(tiers or [])
+    )
+    thresholds = [level.above_input_tokens or 0 for level in levels]
+    if any(later <= earlier for earlier, later in zip(thresholds, thresholds[1:], strict=False)):
+        raise r.fail((*pricing_path, "tiers"), "list the tiers by above_input_tokens, ascending, each once")
+    base = _rates(r, pricing_path, {k: v for k, v in pricing.items() if k != "tiers"}, tier=False)
+    return Price(base.input, base.output, base.cached_input, base.cache_write, tiers=levels)
+
+
+def _rates(r: _Reader, path: tuple[str, ...], spec: Any, *, tier: bool) -> Price:
+    pricing = r.mapping(spec, path, _TIER_KEYS if tier else _PRICE_KEYS)
+    for needed in ("above_input_tokens", "input", "output") if tier else ("input", "output"):
         if needed not in pricing:
-            raise r.fail((*pricing_path, needed), "missing; prices are per 1M tokens")
-    prices = {key: r.number(value, (*pricing_path, key)) for key, value in pricing.items()}
+            raise r.fail((*path, needed), "missing; prices are per 1M tokens")
+    above = None
+    if tier:
+        above = pricing.pop("above_input_tokens")
+        if isinstance(above, bool) or not isinstance(above, int) or above < 0:
+            raise r.fail(
+                (*path, "above_input_tokens"), f"must be a whole number of tokens, got {_show(above)}"
+            )
+    prices = {key: r.number(value, (*path, key)) for key, value in pricing.items()}
     return Price(
         input=prices["input"],
         output=prices["output"],
         cached_input=prices.get("cached_input", prices["input"]),
         cache_write=prices.get("cache_write", prices["input"]),
+        above_input_tokens=above,
     )
 
 

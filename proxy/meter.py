@@ -8,26 +8,24 @@ closes the upstream connection at once, so the provider stops generating).
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
 import re
 import time
-import zlib
 from typing import Any
 
 import orjson
 from starlette.types import Message, Receive, Scope, Send
 
 from proxy.auth import Gate, client_token, key_id
+from proxy.calls import Bill, Call, decimal_text
 from proxy.config import Config, Provider
 from proxy.errors import error_body
-from proxy.pricing import find_price, price_call
-from proxy.records import CallError, CostRecord, RecordWriter, UsageSource
+from proxy.records import RecordWriter
 from proxy.routing import RouteError, Routes
 from proxy.sse import SSEScanner
 from proxy.upstream import Headers, Upstream, UpstreamError, UpstreamResponse, end_to_end
-from proxy.usage import ResponseFacts, StreamFacts, Usage, estimate_usage, facts_from_body
+from proxy.usage import StreamFacts
 
 log = logging.getLogger("meterproxy")
 
@@ -39,6 +37,7 @@ _NOT_FORWARDED = frozenset(
         b"content-length",
         b"authorization",
         b"x-api-key",
+        b"x-goog-api-key",
         b"accept-encoding",
         b"expect",
         b"forwarded",
@@ -48,10 +47,12 @@ _NOT_FORWARDED = frozenset(
         b"x-real-ip",
     }
 )
+_CLIENT_KEYS = frozenset({b"authorization", b"x-api-key", b"x-goog-api-key"})
 _NO_LENGTH = frozenset({b"content-length"})
 _KEEP = frozenset[bytes]()
 _MAX_PARSED_BODY = 64 << 20
 _IDENTITY = (b"accept-encoding", b"identity")
+_KEY_HEADER = {"openai": b"authorization", "anthropic": b"x-api-key", "gemini": b"x-goog-api-key"}
 
 
 class _ClientGone(Exception):
@@ -70,7 +71,7 @@ class Meter:
         started = time.perf_counter()
         proxy_id = os.urandom(12).hex()
         headers: Headers = scope["headers"]
-        header = {name: value for name, value in headers}
+        header = dict(headers)
         raw_path = scope.get("raw_path")
         path = raw_path.decode("latin-1") if raw_path else scope["path"]
         try:
@@ -79,21 +80,22 @@ class Meter:
             user = self.gate.caller(token) if self.gate.closed else key_id(token)
             if user is None:
                 raise RouteError(
-                    401, "invalid_api_key", "a valid proxy key is required (Authorization: Bearer ...)"
+                    401, "invalid_api_key", "a valid proxy key is required (Authorization: Bearer)"
                 )
             body = await self._read_body(receive, header.get(b"content-length"))
-            request: dict[str, Any] = {}
-            if target.metered or target.provider is None or body[:1] == b"{":
-                request = self._parse_request(body, target.metered or target.provider is None)
+            by_model = target.provider is None
+            request = self._parse_request(body, required=target.api is not None or by_model)
             model = request.get("model") if isinstance(request.get("model"), str) else None
-            provider = target.provider
-            upstream_model = model
+            provider, base, upstream_model = target.provider, target.base, target.path_model or model
             if provider is None:
                 if model is None:
                     raise RouteError(400, "missing_model", "the body has no 'model'; name the model to call")
                 provider, upstream_model = self.routes.for_model(model)
+                base = provider.base_url
                 if upstream_model != model:
                     body = _rename_model(body, request, model, upstream_model)
+            elif target.api is not None and target.api != "gemini" and model is None:
+                raise RouteError(400, "missing_model", "the body has no 'model'; name the model to call")
         except RouteError as exc:
             log.warning("refused %s %s: %d %s", scope["method"], scope["path"], exc.status, exc)
             await _send_error(send, exc.status, exc.code, str(exc), proxy_id)
@@ -102,23 +104,28 @@ class Meter:
             log.info("client left before sending its whole request: %s %s", scope["method"], scope["path"])
             return
 
-        stream = request.get("stream") is True
+        stream = request.get("stream") is True or target.rest.endswith(":streamGenerateContent")
         strip = False
-        if target.metered and stream and provider.stream_usage:
+        if target.api == "chat" and stream and provider.stream_usage:
             options = request.get("stream_options")
             if not (isinstance(options, dict) and options.get("include_usage") is True):
                 body = _ask_for_usage(body, request)
                 strip = True
 
-        call = _Call(proxy_id, arrived, started)
+        call = Call(proxy_id, arrived, started, provider, upstream_model, target.api, stream, user, request)
+        call.endpoint = scope["path"]
+        client = scope.get("client")
+        call.ip = client[0] if client else None
+        call.session_id = _text(header.get(b"x-session-id"))
+        call.task_type = _text(header.get(b"x-task-type"))
         query = scope.get("query_string")
-        url = f"{provider.base_url}/{target.rest}" + (f"?{query.decode('latin-1')}" if query else "")
+        url = f"{base}/{target.rest}" + (f"?{query.decode('latin-1')}" if query else "")
         watcher = asyncio.ensure_future(receive())
         task = asyncio.current_task()
-        watcher.add_done_callback(lambda _: call.client_left(task))
+        watcher.add_done_callback(lambda _: _client_left(call, task))
         try:
             await self._forward(
-                scope, send, call, provider, url, self._upstream_headers(headers, provider), body, strip
+                scope, send, call, url, self._upstream_headers(headers, provider), body, strip
             )
         except asyncio.CancelledError:
             if not call.gone or task is None:
@@ -129,18 +136,36 @@ class Meter:
             watcher.cancel()
             if call.response is not None:
                 call.response.close()
-            if self.config.cost_tracking:
-                writer: RecordWriter = scope["state"]["writer"]
-                writer.append(
-                    self._record(scope, call, provider, upstream_model, stream, user, target.metered, request)
-                )
+            self._account(scope, call)
+
+    def _account(self, scope: Scope, call: Call) -> None:
+        bill = call.settle()
+        if isinstance(bill.facts, StreamFacts) and bill.facts.malformed:
+            log.warning("%d malformed data lines in the stream of %s", bill.facts.malformed, call.proxy_id)
+        model = call.model
+        if (
+            bill.price is None
+            and model
+            and call.api
+            and (call.provider.name, model) not in self._warned_unpriced
+        ):
+            self._warned_unpriced.add((call.provider.name, model))
+            log.warning(
+                "no price for model %r of provider %r: its calls are recorded unpriced "
+                "(add providers.%s.models.%s.pricing to the config)",
+                *(model, call.provider.name, call.provider.name, model),
+            )
+        if self.config.cost_tracking:
+            writer: RecordWriter = scope["state"]["writer"]
+            writer.append(call.record(bill))
 
     async def _read_body(self, receive: Receive, length: bytes | None) -> bytes:
         limit = self.config.max_body_bytes
+        too_large = RouteError(
+            413, "request_too_large", f"the body is over server.max_body_mb ({limit >> 20} MB)"
+        )
         if length is not None and length.isdigit() and int(length) > limit:
-            raise RouteError(
-                413, "request_too_large", f"the body is over server.max_body_mb ({limit >> 20} MB)"
-            )
+            raise too_large
         parts: list[bytes] = []
         size = 0
         while True:
@@ -150,15 +175,15 @@ class Meter:
             part: bytes = message.get("body", b"")
             size += len(part)
             if size > limit:
-                raise RouteError(
-                    413, "request_too_large", f"the body is over server.max_body_mb ({limit >> 20} MB)"
-                )
+                raise too_large
             parts.append(part)
             if not message.get("more_body", False):
                 return parts[0] if len(parts) == 1 else b"".join(parts)
 
     @staticmethod
     def _parse_request(body: bytes, required: bool) -> dict[str, Any]:
+        if not required and body[:1] != b"{":
+            return {}
         try:
             request = orjson.loads(body)
         except orjson.JSONDecodeError:
@@ -175,41 +200,28 @@ class Meter:
         forwarded = end_to_end(headers, _NOT_FORWARDED)
         if provider.api_key is not None:
             key = provider.api_key.reveal().encode("latin-1")
-            if provider.kind == "anthropic":
-                forwarded.append((b"x-api-key", key))
-            else:
-                forwarded.append((b"authorization", b"Bearer " + key))
+            name = _KEY_HEADER[provider.kind]
+            forwarded.append((name, b"Bearer " + key if name == b"authorization" else key))
         elif not self.gate.closed:
-            forwarded.extend(
-                (name, value) for name, value in headers if name in (b"authorization", b"x-api-key")
-            )
+            forwarded.extend((name, value) for name, value in headers if name in _CLIENT_KEYS)
         forwarded.append(_IDENTITY)
         return forwarded
 
     async def _forward(
-        self,
-        scope: Scope,
-        send: Send,
-        call: _Call,
-        provider: Provider,
-        url: str,
-        headers: Headers,
-        body: bytes,
-        strip: bool,
+        self, scope: Scope, send: Send, call: Call, url: str, headers: Headers, body: bytes, strip: bool
     ) -> None:
         upstream: Upstream = scope["state"]["upstream"]
         try:
             response = call.response = await upstream.send(
-                scope["method"], url, headers, body, provider.timeout
+                scope["method"], url, headers, body, call.provider.timeout
             )
         except UpstreamError as exc:
-            log.warning("%s %s -> %s: %s", scope["method"], scope["path"], provider.name, exc)
+            log.warning("%s %s -> %s: %s", scope["method"], scope["path"], call.provider.name, exc)
             call.error, call.status = exc.error, exc.status
+            call.finished = True
             await _send_error(send, exc.status, exc.error, str(exc), call.proxy_id)
             return
         call.status = response.status
-        sent_headers = end_to_end(response.headers, _NO_LENGTH if strip else _KEEP)
-        sent_headers.append((b"x-meterproxy-request-id", call.proxy_id.encode()))
         content_type = b""
         length: int | None = None
         for name, value in response.headers:
@@ -219,192 +231,141 @@ class Meter:
             elif lowered == b"content-length" and value.isdigit():
                 length = int(value)
             elif lowered == b"content-encoding":
-                call.response_encoding = value.lower()
-        await send({"type": "http.response.start", "status": response.status, "headers": sent_headers})
+                call.encoding = value.lower()
+        sse = content_type.startswith(b"text/event-stream")
+        # A streamed body may change length (a chunk removed, the cost added): let the server chunk it.
+        sent_headers = end_to_end(response.headers, _NO_LENGTH if sse and call.api else _KEEP)
+        sent_headers.append((b"x-meterproxy-request-id", call.proxy_id.encode()))
         try:
-            if content_type.startswith(b"text/event-stream"):
+            if sse and call.api is not None:
+                await send(
+                    {"type": "http.response.start", "status": response.status, "headers": sent_headers}
+                )
                 await self._relay_stream(send, call, response, strip)
+            elif call.api is not None:
+                await self._relay_metered_body(send, call, response, sent_headers, length)
             else:
-                await self._relay_body(send, call, response, length)
+                await send(
+                    {"type": "http.response.start", "status": response.status, "headers": sent_headers}
+                )
+                await _relay_body(send, call, response, length, b"")
         except UpstreamError as exc:
             # The response stays incomplete: the client sees its stream cut, never a fake end.
-            log.warning("%s %s -> %s: %s", scope["method"], scope["path"], provider.name, exc)
+            log.warning("%s %s -> %s: %s", scope["method"], scope["path"], call.provider.name, exc)
             call.error = exc.error
 
-    async def _relay_stream(self, send: Send, call: _Call, response: UpstreamResponse, strip: bool) -> None:
+    async def _relay_stream(self, send: Send, call: Call, response: UpstreamResponse, strip: bool) -> None:
+        """Forward an SSE stream event by event, scanning it; drop the usage chunk we asked for, and
+        put the cost comment before [DONE] (or at the end)."""
         scanner = SSEScanner()
-        facts = call.facts = StreamFacts()
-        held = b""  # with strip: bytes of an event not yet whole, kept until we know whether to drop it
+        facts = call.facts = StreamFacts(call.api or "chat")
+        held = b""  # bytes of an event not yet whole: kept until we know what to do with it
         held_at = 0  # the stream offset of held[0]
+        cost_noted = not self.config.cost_in_response
+        line_ended = True  # the bytes sent so far end a line: a comment may follow directly
         while True:
             chunk = await response.read()
             if call.ttfb is None:
                 call.ttfb = time.perf_counter()
             events = scanner.feed(chunk) if chunk else scanner.finish()
-            if strip:
-                held += chunk
-                release = scanner.boundary if chunk else held_at + len(held)
-                out = held[: release - held_at]
-                dropped = [event for event in events if facts.observe(event.data)]
-                for event in reversed(dropped):  # the usage-only chunk the client did not ask for
-                    out = out[: event.start - held_at] + out[event.end - held_at :]
-                held = held[release - held_at :]
-                held_at = release
-            else:
-                for event in events:
-                    facts.observe(event.data)
-                out = chunk
+            held += chunk
+            release = scanner.boundary if chunk else held_at + len(held)
+            edits: list[tuple[int, int, bytes]] = []
+            for event in events:
+                if facts.observe(event.data) and strip:
+                    edits.append(
+                        (event.start, event.end, b"")
+                    )  # the usage-only chunk the client did not ask for
+                elif event.data == b"[DONE]" and not cost_noted:
+                    edits.append((event.start, event.start, self._cost_comment(call)))
+                    cost_noted = True
+            out = held[: release - held_at]
+            for start, end, insert in reversed(edits):
+                out = out[: start - held_at] + insert + out[end - held_at :]
+            held = held[release - held_at :]
+            held_at = release
+            if out:
+                line_ended = out[-1:] in (b"\n", b"\r")
             if not chunk:
+                if not cost_noted:
+                    out += (b"" if line_ended else b"\n") + self._cost_comment(call)
                 call.finished = True
                 await send({"type": "http.response.body", "body": out, "more_body": False})
                 return
             if out:
                 await send({"type": "http.response.body", "body": out, "more_body": True})
 
-    async def _relay_body(
-        self, send: Send, call: _Call, response: UpstreamResponse, length: int | None
+    async def _relay_metered_body(
+        self, send: Send, call: Call, response: UpstreamResponse, headers: Headers, length: int | None
     ) -> None:
+        """Read a metered non-streamed body whole, so its cost can go back in the headers."""
         parts: list[bytes] = []
         size = 0
-        while True:
+        while size != length:
             chunk = await response.read()
             if call.ttfb is None:
                 call.ttfb = time.perf_counter()
+            if not chunk:
+                break
+            parts.append(chunk)
             size += len(chunk)
-            if size <= _MAX_PARSED_BODY:
-                parts.append(chunk)
-            last = not chunk or size == length
-            if last:
-                call.body = parts if size <= _MAX_PARSED_BODY else None
-                call.finished = True
-                if chunk:  # the whole body is in: hand the connection back without another read
-                    response.release()
-                    call.response = None
-            await send({"type": "http.response.body", "body": chunk, "more_body": not last})
-            if last:
+            if size > _MAX_PARSED_BODY:  # too large to read for usage: pass it through as it comes
+                await send({"type": "http.response.start", "status": response.status, "headers": headers})
+                await _relay_body(send, call, response, length, b"".join(parts))
                 return
+        body = parts[0] if len(parts) == 1 else b"".join(parts)
+        if size == length:
+            response.release()  # the whole body is in: hand the connection back without another read
+            call.response = None
+        call.body = body
+        if self.config.cost_in_response:
+            bill = call.settle()
+            if bill.cost is not None:
+                headers.append((b"x-meterproxy-cost", decimal_text(bill.cost.total_cost).encode()))
+                headers.append((b"x-meterproxy-currency", call.provider.currency.encode()))
+        call.finished = True
+        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        await send({"type": "http.response.body", "body": body, "more_body": False})
 
-    def _record(
-        self,
-        scope: Scope,
-        call: _Call,
-        provider: Provider,
-        model: str | None,
-        stream: bool,
-        user: str,
-        metered: bool,
-        request: dict[str, Any],
-    ) -> CostRecord:
-        error: CallError | None = "client_disconnected" if call.gone else call.error
-        status = 499 if call.gone else call.status
-        facts = call.facts
-        if facts is None and call.body is not None and metered and 200 <= status < 300:
-            facts = facts_from_body(_decoded(b"".join(call.body), call.response_encoding))
-            if facts is None and error is None:
-                error = "upstream_bad_response"
-        usage: Usage | None = facts.usage if facts is not None else None
-        source: UsageSource = "provider" if usage is not None else "none"
-        if isinstance(facts, StreamFacts):
-            if facts.events == 0 and metered and 200 <= call.status < 300 and error is None:
-                error = "upstream_bad_response"
-            elif usage is None and error is not None and facts.events:
-                usage, source = estimate_usage(request, facts.events), "estimated"
-            if facts.malformed:
-                log.warning("%d malformed data lines in the stream of %s", facts.malformed, call.proxy_id)
-        response_model = facts.model if facts is not None else None
-        price = find_price(provider, model, response_model) if model else None
-        if price is None and model and metered and (provider.name, model) not in self._warned_unpriced:
-            self._warned_unpriced.add((provider.name, model))
-            log.warning(
-                "no price for model %r of provider %r: its calls are recorded unpriced "
-                "(add providers.%s.models.%s.pricing to the config)",
-                model,
-                provider.name,
-                provider.name,
-                model,
-            )
-        input_cost = output_cost = total_cost = None
-        if price is not None and usage is not None:
-            cost = price_call(usage, price)
-            input_cost, output_cost, total_cost = cost.input_cost, cost.output_cost, cost.total_cost
-        elif price is not None and call.status >= 400 and call.error is None and not call.gone:
-            input_cost = output_cost = total_cost = 0.0  # the provider refused the call: nothing is billed
-        usage = usage or Usage(0, 0, 0)
-        client = scope.get("client")
-        header = {
-            name: value for name, value in scope["headers"] if name in (b"x-session-id", b"x-task-type")
+    @staticmethod
+    def _cost_comment(call: Call) -> bytes:
+        bill: Bill = call.settle()
+        summary = {
+            "total_cost": bill.cost.total_cost if bill.cost is not None else None,
+            "currency": call.provider.currency,
+            "input_tokens": bill.usage.input_tokens,
+            "output_tokens": bill.usage.output_tokens,
         }
-        now = time.perf_counter()
-        return {
-            "timestamp": _iso(call.arrived),
-            "request_id": (facts.response_id if facts is not None else None) or call.proxy_id,
-            "user_id": user,
-            "ip_address": client[0] if client else None,
-            "provider": provider.name,
-            "model": model,
-            "endpoint": scope["path"],
-            "is_streaming": stream,
-            "input_tokens": usage.input_tokens,
-            "output_tokens": usage.output_tokens,
-            "total_tokens": usage.total_tokens,
-            "input_cost": input_cost,
-            "output_cost": output_cost,
-            "total_cost": total_cost,
-            "finish_reason": facts.finish_reason if facts is not None else None,
-            "v": 1,
-            "response_model": response_model,
-            "cached_input_tokens": usage.cached_tokens,
-            "cache_write_tokens": usage.cache_write_tokens,
-            "reasoning_tokens": usage.reasoning_tokens,
-            "currency": provider.currency,
-            "priced": price is not None,
-            "usage_source": source,
-            "status_code": status,
-            "error": error,
-            "duration_ms": round((now - call.started) * 1000, 3),
-            "ttfb_ms": round((call.ttfb - call.started) * 1000, 3) if call.ttfb is not None else None,
-            "proxy_request_id": call.proxy_id,
-            "session_id": _text(header.get(b"x-session-id")),
-            "task_type": _text(header.get(b"x-task-type")),
-        }
+        return b": meterproxy-cost " + orjson.dumps(summary) + b"\n\n"
 
 
-class _Call:
-    """What one call has seen so far; the record is built from it in `finally`."""
+async def _relay_body(
+    send: Send, call: Call, response: UpstreamResponse, length: int | None, first: bytes
+) -> None:
+    """Pass a body through as it arrives (not metered, or too large to read)."""
+    size = len(first)
+    if first:
+        await send({"type": "http.response.body", "body": first, "more_body": True})
+    while True:
+        chunk = await response.read()
+        if call.ttfb is None:
+            call.ttfb = time.perf_counter()
+        size += len(chunk)
+        last = not chunk or size == length
+        if last:
+            call.finished = True
+            if chunk:  # the whole body is in: hand the connection back without another read
+                response.release()
+                call.response = None
+        await send({"type": "http.response.body", "body": chunk, "more_body": not last})
+        if last:
+            return
 
-    __slots__ = (
-        "proxy_id",
-        "arrived",
-        "started",
-        "status",
-        "error",
-        "ttfb",
-        "facts",
-        "body",
-        "response",
-        "response_encoding",
-        "gone",
-        "finished",
-    )
 
-    def __init__(self, proxy_id: str, arrived: float, started: float) -> None:
-        self.proxy_id = proxy_id
-        self.arrived = arrived
-        self.started = started
-        self.status = 0
-        self.error: CallError | None = None
-        self.ttfb: float | None = None
-        self.facts: ResponseFacts | None = None
-        self.body: list[bytes] | None = None
-        self.response: UpstreamResponse | None = None
-        self.response_encoding = b""
-        self.gone = False
-        self.finished = False
-
-    def client_left(self, task: asyncio.Task[Any] | None) -> None:
-        if not self.finished and task is not None:
-            self.gone = True
-            task.cancel()
+def _client_left(call: Call, task: asyncio.Task[Any] | None) -> None:
+    if not call.finished and task is not None:
+        call.gone = True
+        task.cancel()
 
 
 async def _send_error(send: Send, status: int, code: str, message: str, proxy_id: str) -> None:
@@ -438,29 +399,6 @@ def _rename_model(body: bytes, request: dict[str, Any], model: str, upstream_mod
     if len(pattern.findall(body)) == 1:
         return pattern.sub(lambda match: match.group(1) + orjson.dumps(upstream_model), body)
     return orjson.dumps({**request, "model": upstream_model})
-
-
-def _decoded(body: bytes, encoding: bytes) -> bytes:
-    if encoding in (b"gzip", b"deflate"):
-        try:
-            return zlib.decompress(body, wbits=47)  # 47: gzip or zlib header, detected
-        except zlib.error:
-            return body
-    return body
-
-
-@functools.lru_cache(maxsize=4)
-def _second(seconds: int) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-
-
-def _iso(moment: float) -> str:
-    """UTC ISO-8601 with microseconds and Z; the formatted second is reused across its calls."""
-    seconds = int(moment)
-    micros = round((moment - seconds) * 1_000_000)
-    if micros == 1_000_000:
-        seconds, micros = seconds + 1, 0
-    return f"{_second(seconds)}.{micros:06d}Z"
 
 
 def _text(value: bytes | None) -> str | None:

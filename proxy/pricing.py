@@ -19,18 +19,26 @@ class Cost:
     input_cost: float
     output_cost: float
     total_cost: float
+    applied: Price  # the prices used: the base price, or the tier the call's input fell in
 
 
 def price_call(usage: Usage, price: Price) -> Cost:
-    """Cost of one call, computed exactly in decimal and rounded to float only once, at the end."""
+    """Cost of one call, computed exactly in decimal and rounded to float only once, at the end.
+
+    A price with tiers prices the whole call at the highest tier its input tokens are above.
+    """
+    applied = price
+    for tier in price.tiers:
+        if usage.input_tokens > (tier.above_input_tokens or 0):
+            applied = tier
     cached = usage.cached_tokens
     written = usage.cache_write_tokens
     uncached = max(usage.input_tokens - cached - written, 0)
     input_cost = (
-        uncached * price.input + cached * price.cached_input + written * price.cache_write
+        uncached * applied.input + cached * applied.cached_input + written * applied.cache_write
     ) / _PER_TOKENS
-    output_cost = usage.output_tokens * price.output / _PER_TOKENS
-    return Cost(float(input_cost), float(output_cost), float(input_cost + output_cost))
+    output_cost = usage.output_tokens * applied.output / _PER_TOKENS
+    return Cost(float(input_cost), float(output_cost), float(input_cost + output_cost), applied)
 
 
 def find_price(provider: Provider, requested: str | None, response_model: str | None) -> Price | None:

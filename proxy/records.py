@@ -21,6 +21,16 @@ CallError = Literal[
 ]
 
 
+class PriceApplied(TypedDict):
+    """The per-1M prices a call was priced at, so a later price change never makes it unexplainable."""
+
+    input: float
+    output: float
+    cached_input: float
+    cache_write: float
+    tier: int | None  # the tier's above_input_tokens, or None for the base price
+
+
 class CostRecord(TypedDict):
     """One metered call. The format only grows: fields are added, never renamed or re-meant."""
 
@@ -54,6 +64,8 @@ class CostRecord(TypedDict):
     proxy_request_id: str
     session_id: str | None
     task_type: str | None
+    provider_reported_cost: float | None
+    price: PriceApplied | None
 
 
 class RecordWriter:

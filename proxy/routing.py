@@ -7,9 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from proxy.config import Provider
+from proxy.usage import Api
 
-# Paths whose responses carry token usage; every other path is forwarded and recorded without it.
-METERED_PATHS = frozenset({"chat/completions", "completions"})
 # Encoded dots, slashes, backslashes and percent signs could smuggle a "../" past the check below.
 _SUSPICIOUS = re.compile(r"%(?:2e|2f|5c|25)|\\", re.IGNORECASE)
 
@@ -26,20 +25,53 @@ class RouteError(Exception):
 @dataclass(frozen=True, slots=True)
 class PathTarget:
     provider: Provider | None  # None: choose it from the body's model
-    rest: str  # the path after /v1/, as the client encoded it
-    metered: bool
+    base: str  # the upstream URL that "/" + rest is appended to ("" until the provider is known)
+    rest: str  # the path after the version segment, as the client encoded it
+    api: Api | None  # the API shape whose usage the response carries; None: not metered
+    path_model: str | None  # the model named in the path (Gemini's models/{model}:generateContent)
+
+
+def api_of(rest: str) -> tuple[Api | None, str | None]:
+    """The metered API a path calls, and the model it names (Gemini puts it in the path)."""
+    if rest == "messages":
+        return "anthropic", None
+    for suffix, api in _ENDPOINTS:
+        if rest == suffix or rest.endswith("/" + suffix):
+            return api, None
+    head, _, model_call = rest.rpartition("models/")
+    model, _, method = model_call.partition(":")
+    if model and method in ("generateContent", "streamGenerateContent") and (not head or head.endswith("/")):
+        return "gemini", model
+    return None, None
+
+
+_ENDPOINTS: tuple[tuple[str, Api], ...] = (
+    ("chat/completions", "chat"),
+    ("completions", "chat"),
+    ("responses", "responses"),
+    ("embeddings", "embeddings"),
+)
 
 
 class Routes:
     def __init__(self, providers: Mapping[str, Provider]) -> None:
         self.providers = providers
         self._serving: dict[str, list[Provider]] = {}
+        self._bases: dict[tuple[str, str], str] = {}
         for provider in providers.values():
             for model in provider.models:
                 self._serving.setdefault(model, []).append(provider)
+            # /{provider}/{version}/... goes to base_url cut after its segment named version; v1 is base_url.
+            origin, _, path = provider.base_url.partition("://")
+            host, _, base_path = path.partition("/")
+            prefix = f"{origin}://{host}"
+            for segment in base_path.split("/"):
+                prefix += "/" + segment
+                self._bases[(provider.name, segment)] = prefix
+            self._bases[(provider.name, "v1")] = provider.base_url
 
     def for_path(self, raw_path: str) -> PathTarget:
-        """Resolve /v1/{rest} or /{provider}/v1/{rest}; refuse paths that could leave base_url."""
+        """Resolve /v1/{rest} or /{provider}/{version}/{rest}; refuse paths that could leave base_url."""
         if _SUSPICIOUS.search(raw_path):
             raise RouteError(
                 400, "invalid_path", f"path {raw_path!r} has encoded dots, slashes or backslashes"
@@ -49,16 +81,23 @@ class Routes:
             raise RouteError(400, "invalid_path", f"path {raw_path!r} has empty, '.' or '..' segments")
         if len(segments) >= 3 and segments[1] == "v1":
             rest = "/".join(segments[2:])
-            return PathTarget(None, rest, rest in METERED_PATHS)
-        if len(segments) >= 4 and segments[2] == "v1":
+            return PathTarget(None, "", rest, *api_of(rest))
+        if len(segments) >= 4:
             provider = self.providers.get(segments[1])
             if provider is None:
                 known = ", ".join(self.providers)
                 raise RouteError(
                     404, "unknown_provider", f"no provider {segments[1]!r} is configured; known: {known}"
                 )
+            base = self._bases.get((provider.name, segments[2]))
+            if base is None:
+                raise RouteError(
+                    404,
+                    "unknown_version",
+                    f"{segments[2]!r} is not in providers.{provider.name}.base_url; call /v1/",
+                )
             rest = "/".join(segments[3:])
-            return PathTarget(provider, rest, rest in METERED_PATHS)
+            return PathTarget(provider, base, rest, *api_of(rest))
         raise RouteError(404, "not_found", f"no route for {raw_path!r}; call /v1/... or /{{provider}}/v1/...")
 
     def for_model(self, model: str) -> tuple[Provider, str]:

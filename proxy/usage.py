@@ -1,16 +1,31 @@
-"""Token usage read from provider responses: a JSON body, or a stream's events one by one. No I/O."""
+"""Token usage read from provider responses, per API shape: a JSON body, or a stream's events one by
+one. No I/O.
+
+One convention holds across providers: `input_tokens` counts every prompt token, cached and
+cache-written ones included (OpenAI's way); `cached_tokens` and `cache_write_tokens` are its parts.
+Reasoning tokens are part of `output_tokens`.
+"""
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import orjson
 
-# An event is worth parsing only if it can change what we record: usage or a finish reason that is
-# not null. Most chunks of a stream carry neither, and skipping their JSON parse keeps the scan cheap.
-_INTERESTING = re.compile(rb'"(?:usage|finish_reason)"\s*:\s*(?!null)')
+Api = Literal["chat", "responses", "embeddings", "anthropic", "gemini"]
+
+# An event is worth parsing only if it can change what we record. Most chunks of a stream carry
+# nothing of the kind, and skipping their JSON parse keeps the scan cheap. Gemini's every chunk
+# carries running usage, so all of them are read.
+_WORTH_READING: dict[Api, re.Pattern[bytes]] = {
+    "chat": re.compile(rb'"(?:usage|finish_reason)"\s*:\s*(?!null)'),
+    "responses": re.compile(rb'"type"\s*:\s*"response\.(?:created|completed|incomplete|failed)"'),
+    "anthropic": re.compile(rb'"type"\s*:\s*"message_(?:start|delta)"'),
+    "embeddings": re.compile(rb'"usage"'),
+    "gemini": re.compile(rb""),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,32 +36,80 @@ class Usage:
     cached_tokens: int = 0
     cache_write_tokens: int = 0
     reasoning_tokens: int = 0
+    provider_cost: float | None = None  # what the provider says the call cost (OpenRouter's usage.cost)
 
 
 def _count(value: Any) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
 
 
+def _part(parent: dict[str, Any], key: str) -> dict[str, Any]:
+    value = parent.get(key)
+    return value if isinstance(value, dict) else {}
+
+
 def usage_from_openai(usage: Any) -> Usage | None:
-    """Usage from an OpenAI-shaped `usage` object (chat and completions; DeepSeek's cache fields)."""
+    """Chat, completions and embeddings usage; DeepSeek's and Moonshot's cache fields; OpenRouter's cost."""
     if not isinstance(usage, dict):
         return None
     prompt = _count(usage.get("prompt_tokens"))
     completion = _count(usage.get("completion_tokens"))
-    prompt_details = usage.get("prompt_tokens_details")
-    if not isinstance(prompt_details, dict):
-        prompt_details = {}
-    completion_details = usage.get("completion_tokens_details")
-    if not isinstance(completion_details, dict):
-        completion_details = {}
-    cached = _count(prompt_details.get("cached_tokens")) or _count(usage.get("prompt_cache_hit_tokens"))
+    details = _part(usage, "prompt_tokens_details")
+    cached = (
+        _count(details.get("cached_tokens"))
+        or _count(usage.get("prompt_cache_hit_tokens"))
+        or _count(usage.get("cached_tokens"))
+    )
+    cost = usage.get("cost")
     return Usage(
         input_tokens=prompt,
         output_tokens=completion,
         total_tokens=_count(usage.get("total_tokens")) or prompt + completion,
         cached_tokens=cached,
-        cache_write_tokens=_count(prompt_details.get("cache_write_tokens")),
-        reasoning_tokens=_count(completion_details.get("reasoning_tokens")),
+        cache_write_tokens=_count(details.get("cache_write_tokens")),
+        reasoning_tokens=_count(_part(usage, "completion_tokens_details").get("reasoning_tokens")),
+        provider_cost=float(cost) if isinstance(cost, (int, float)) and not isinstance(cost, bool) else None,
+    )
+
+
+def usage_from_responses(usage: Any) -> Usage | None:
+    """OpenAI Responses API usage."""
+    if not isinstance(usage, dict):
+        return None
+    prompt = _count(usage.get("input_tokens"))
+    output = _count(usage.get("output_tokens"))
+    return Usage(
+        input_tokens=prompt,
+        output_tokens=output,
+        total_tokens=_count(usage.get("total_tokens")) or prompt + output,
+        cached_tokens=_count(_part(usage, "input_tokens_details").get("cached_tokens")),
+        reasoning_tokens=_count(_part(usage, "output_tokens_details").get("reasoning_tokens")),
+    )
+
+
+def usage_from_anthropic(counts: dict[str, Any]) -> Usage:
+    """Anthropic counts cache reads and writes apart from input_tokens; ours includes them."""
+    fresh = _count(counts.get("input_tokens"))
+    read = _count(counts.get("cache_read_input_tokens"))
+    written = _count(counts.get("cache_creation_input_tokens"))
+    output = _count(counts.get("output_tokens"))
+    prompt = fresh + read + written
+    return Usage(prompt, output, prompt + output, cached_tokens=read, cache_write_tokens=written)
+
+
+def usage_from_gemini(meta: Any) -> Usage | None:
+    """Gemini usageMetadata: thinking tokens are billed as output."""
+    if not isinstance(meta, dict):
+        return None
+    prompt = _count(meta.get("promptTokenCount"))
+    thoughts = _count(meta.get("thoughtsTokenCount"))
+    output = _count(meta.get("candidatesTokenCount")) + thoughts
+    return Usage(
+        input_tokens=prompt,
+        output_tokens=output,
+        total_tokens=_count(meta.get("totalTokenCount")) or prompt + output,
+        cached_tokens=_count(meta.get("cachedContentTokenCount")),
+        reasoning_tokens=thoughts,
     )
 
 
@@ -54,6 +117,7 @@ def usage_from_openai(usage: Any) -> Usage | None:
 class ResponseFacts:
     """What a response told us: its id, model, finish reason and usage (the last one seen counts)."""
 
+    api: Api
     response_id: str | None = None
     model: str | None = None
     finish_reason: str | None = None
@@ -61,45 +125,87 @@ class ResponseFacts:
     events: int = 0
     malformed: int = 0
     done: bool = False
+    _anthropic: dict[str, Any] = field(default_factory=dict)
 
     def absorb(self, message: dict[str, Any]) -> None:
-        if self.response_id is None and isinstance(message.get("id"), str):
-            self.response_id = message["id"]
-        if self.model is None and isinstance(message.get("model"), str):
-            self.model = message["model"]
-        choices = message.get("choices")
-        if isinstance(choices, list):
-            for choice in choices:
+        if self.api == "anthropic":
+            self._absorb_anthropic(message)
+        elif self.api == "responses":
+            self._absorb_responses(message.get("response") if "response" in message else message)
+        elif self.api == "gemini":
+            self._note(message.get("responseId"), message.get("modelVersion"))
+            for candidate in _list(message.get("candidates")):
+                if isinstance(candidate, dict) and isinstance(candidate.get("finishReason"), str):
+                    self.finish_reason = candidate["finishReason"]
+            self.usage = usage_from_gemini(message.get("usageMetadata")) or self.usage
+        else:
+            self._note(message.get("id"), message.get("model"))
+            for choice in _list(message.get("choices")):
                 if isinstance(choice, dict) and isinstance(choice.get("finish_reason"), str):
                     self.finish_reason = choice["finish_reason"]
-        usage = usage_from_openai(message.get("usage"))
-        if usage is not None:
-            self.usage = usage
+            self.usage = usage_from_openai(message.get("usage")) or self.usage
+
+    def _note(self, response_id: Any, model: Any) -> None:
+        if self.response_id is None and isinstance(response_id, str):
+            self.response_id = response_id
+        if self.model is None and isinstance(model, str):
+            self.model = model
+
+    def _absorb_responses(self, response: Any) -> None:
+        if not isinstance(response, dict):
+            return
+        self._note(response.get("id"), response.get("model"))
+        status = response.get("status")
+        reason = _part(response, "incomplete_details").get("reason")
+        if isinstance(reason, str) or isinstance(status, str):
+            self.finish_reason = reason if isinstance(reason, str) else status
+        self.usage = usage_from_responses(response.get("usage")) or self.usage
+
+    def _absorb_anthropic(self, message: dict[str, Any]) -> None:
+        # A stream's message_start carries the message (input and cache counts); message_delta the
+        # final output count, and sometimes input and cache counts too: the later ones win.
+        body = message.get("message") if message.get("type") == "message_start" else message
+        if not isinstance(body, dict):
+            return
+        self._note(body.get("id"), body.get("model"))
+        delta = _part(body, "delta")
+        reason = delta.get("stop_reason", body.get("stop_reason"))
+        if isinstance(reason, str):
+            self.finish_reason = reason
+        counts = body.get("usage")
+        if isinstance(counts, dict):
+            self._anthropic.update({key: value for key, value in counts.items() if value is not None})
+            self.usage = usage_from_anthropic(self._anthropic)
 
 
-def facts_from_body(body: bytes) -> ResponseFacts | None:
-    """Facts from a non-streamed JSON body; None when the body is not a JSON object."""
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
+def facts_from_body(body: bytes, api: Api) -> ResponseFacts | None:
+    """Facts from a non-streamed JSON body (or a JSON array of chunks); None when it is not JSON."""
     try:
         message = orjson.loads(body)
     except orjson.JSONDecodeError:
         return None
-    if not isinstance(message, dict):
-        return None
-    facts = ResponseFacts()
-    facts.absorb(message)
+    facts = ResponseFacts(api)
+    for part in message if isinstance(message, list) else [message]:
+        if not isinstance(part, dict):
+            return None
+        facts.absorb(part)
     return facts
 
 
 class StreamFacts(ResponseFacts):
-    """Facts gathered from an OpenAI-shaped SSE stream, one event's data at a time."""
+    """Facts gathered from an SSE stream, one event's data at a time."""
 
     def observe(self, data: bytes) -> bool:
-        """Take one event's data; return True when it is a usage-only chunk (no choices, only usage)."""
+        """Take one event's data; return True when it is a usage-only chat chunk (no choices)."""
         if data == b"[DONE]":
             self.done = True
             return False
         self.events += 1
-        if self.events > 1 and _INTERESTING.search(data) is None:
+        if self.events > 1 and _WORTH_READING[self.api].search(data) is None:
             return False
         try:
             message = orjson.loads(data)
@@ -110,12 +216,12 @@ class StreamFacts(ResponseFacts):
             self.malformed += 1
             return False
         self.absorb(message)
-        return message.get("choices") == [] and isinstance(message.get("usage"), dict)
+        return self.api == "chat" and message.get("choices") == [] and isinstance(message.get("usage"), dict)
 
 
 def estimate_usage(request: dict[str, Any], content_events: int) -> Usage:
     """A rough usage for a call cut before the provider reported one: ~4 bytes a prompt token,
     one token per streamed chunk (how OpenAI-style servers stream)."""
-    prompt = request.get("messages", request.get("prompt", ""))
+    prompt = request.get("messages", request.get("input", request.get("contents", request.get("prompt", ""))))
     input_tokens = (len(orjson.dumps(prompt)) + 3) // 4
     return Usage(input_tokens, content_events, input_tokens + content_events)

@@ -203,7 +203,7 @@ def test_an_unknown_provider_key_is_named_with_its_line() -> None:
 def test_an_unknown_pricing_key_is_named_with_its_line() -> None:
     assert error_of(priced("{input: 2.50, output: 10.00, cache_read: 1.25}")) == message(
         "providers.openai.models.gpt-4o.pricing.cache_read (line 5)",
-        "unknown key; known keys here: cache_write, cached_input, input, output",
+        "unknown key; known keys here: cache_write, cached_input, input, output, tiers",
     )
 
 
@@ -211,7 +211,7 @@ def test_an_unknown_feature_is_named_with_its_line() -> None:
     text = "features:\n  cost_tracking: {enabled: true}\n  dashboard: {enabled: true}\n" + MINIMAL
 
     assert error_of(text) == message(
-        "features.dashboard (line 3)", "unknown key; known keys here: cost_tracking"
+        "features.dashboard (line 3)", "unknown key; known keys here: cost_in_response, cost_tracking"
     )
 
 
@@ -321,14 +321,6 @@ def test_a_trailing_slash_is_taken_off_the_base_url() -> None:
     config = parse_config(provider_with("base_url: http://127.0.0.1:8080/v1/\n"), {})
 
     assert config.providers["openai"].base_url == "http://127.0.0.1:8080/v1"
-
-
-def test_an_unknown_kind_is_an_error() -> None:
-    text = provider_with("base_url: https://api.openai.com/v1\nkind: gemini\n")
-
-    assert error_of(text) == message(
-        "providers.openai.kind (line 4)", "must be openai or anthropic, got 'gemini'"
-    )
 
 
 @pytest.mark.parametrize("name", ["v1", "health", "my provider"])
@@ -607,3 +599,52 @@ def test_the_source_names_the_file_in_every_message() -> None:
         parse_config("server: {port: 0}\n" + MINIMAL, {}, source="deploy/prod.yml")
 
     assert str(caught.value).startswith("deploy/prod.yml: server.port (line 1): ")
+
+
+# Tiers, provider kinds, and the cost returned to clients
+
+
+def test_tiers_are_read_in_order_with_their_defaults() -> None:
+    config = parse_config(
+        priced("{input: 1.25, output: 10, cached_input: 0.3125, tiers: [{above_input_tokens: 200000, "
+               "input: 2.5, output: 15, cached_input: 0.625}, "
+               "{above_input_tokens: 1000000, input: 5, output: 20}]}"),
+        {},
+    )  # fmt: skip
+    price = config.providers["openai"].models["gpt-4o"]
+    assert (price.input, price.above_input_tokens) == (Decimal("1.25"), None)
+    first, second = price.tiers
+    assert (first.above_input_tokens, first.input, first.output, first.cached_input, first.cache_write) == (
+        200000, Decimal("2.5"), Decimal("15"), Decimal("0.625"), Decimal("2.5"),
+    )  # fmt: skip
+    assert (second.above_input_tokens, second.cached_input) == (1000000, Decimal("5"))
+
+
+def test_tiers_out_of_order_or_without_a_threshold_are_errors() -> None:
+    assert error_of(
+        priced("{input: 1, output: 2, tiers: [{above_input_tokens: 9, input: 1, output: 2}, "
+               "{above_input_tokens: 5, input: 1, output: 2}]}")
+    ) == message(
+        "providers.openai.models.gpt-4o.pricing.tiers (line 5)",
+        "list the tiers by above_input_tokens, ascending, each once",
+    )  # fmt: skip
+    assert error_of(priced("{input: 1, output: 2, tiers: [{input: 1, output: 2}]}")) == message(
+        "providers.openai.models.gpt-4o.pricing.tiers.0.above_input_tokens",
+        "missing; prices are per 1M tokens",
+    )
+
+
+def test_provider_kinds() -> None:
+    config = parse_config(
+        provider_with("base_url: https://generativelanguage.googleapis.com/v1beta\nkind: gemini\n"), {}
+    )
+    assert config.providers["openai"].kind == "gemini"
+    assert error_of(provider_with("base_url: https://x.example/v1\nkind: bedrock\n")) == message(
+        "providers.openai.kind (line 4)", "must be one of openai, anthropic, gemini, got 'bedrock'"
+    )
+
+
+def test_cost_in_response_is_on_unless_switched_off() -> None:
+    assert parse_config(MINIMAL, {}).cost_in_response is True
+    off = parse_config("features: {cost_in_response: {enabled: false}}\n" + MINIMAL, {})
+    assert off.cost_in_response is False

@@ -46,6 +46,8 @@ RECORD_FIELDS = [
     "proxy_request_id",
     "session_id",
     "task_type",
+    "provider_reported_cost",
+    "price",
 ]
 CLIENT_USER_ID = "key:" + hashlib.sha256(CLIENT_KEY.encode()).hexdigest()[:12]
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")

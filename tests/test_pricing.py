@@ -52,3 +52,16 @@ def test_date_suffix_forms() -> None:
     assert find_price(p, "claude-3-5-sonnet-20241022", None) is CLAUDE
     assert find_price(p, "gpt-4-0613", None) is GPT_4O
     assert find_price(p, "gpt-4-turbo", None) is None
+
+
+def test_a_call_above_a_tier_threshold_is_priced_wholly_at_that_tier() -> None:
+    tier = Price(
+        Decimal("2.50"), Decimal("15"), Decimal("0.625"), Decimal("2.50"), above_input_tokens=200_000
+    )
+    price = Price(Decimal("1.25"), Decimal("10"), Decimal("0.3125"), Decimal("1.25"), tiers=(tier,))
+    below = price_call(Usage(200_000, 1000, 201_000), price)
+    # 200000 * 1.25 + 1000 * 10 per 1M
+    assert (below.total_cost, below.applied) == (0.26, price)
+    above = price_call(Usage(200_001, 1000, 201_001, cached_tokens=100_000), price)
+    # 100001 * 2.50 + 100000 * 0.625 + 1000 * 15 per 1M = 250002.5 + 62500 + 15000
+    assert (above.total_cost, above.applied) == (0.3275025, tier)

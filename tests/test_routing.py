@@ -3,7 +3,7 @@ from decimal import Decimal
 import pytest
 
 from proxy.config import Price, Provider
-from proxy.routing import RouteError, Routes
+from proxy.routing import RouteError, Routes, api_of
 
 PRICE = Price(Decimal(1), Decimal(2), Decimal(1), Decimal(1))
 
@@ -26,15 +26,19 @@ ROUTES = Routes(
 def test_provider_routes() -> None:
     target = ROUTES.for_path("/deepseek/v1/chat/completions")
     assert target.provider is not None and target.provider.name == "deepseek"
-    assert (target.rest, target.metered) == ("chat/completions", True)
-    assert ROUTES.for_path("/openai/v1/completions").metered
+    assert (target.base, target.rest, target.api) == (
+        "https://deepseek.example/v1",
+        "chat/completions",
+        "chat",
+    )
+    assert ROUTES.for_path("/openai/v1/completions").api == "chat"
     files = ROUTES.for_path("/openai/v1/files/file-abc/content")
-    assert (files.rest, files.metered) == ("files/file-abc/content", False)
+    assert (files.rest, files.api) == ("files/file-abc/content", None)
 
 
 def test_model_routes() -> None:
     target = ROUTES.for_path("/v1/chat/completions")
-    assert target.provider is None and target.metered
+    assert target.provider is None and target.api == "chat"
     assert ROUTES.for_model("gpt-4o")[0].name == "openai"
     assert ROUTES.for_model("deepseek/shared") == (ROUTES.providers["deepseek"], "shared")
     assert ROUTES.for_model("openrouter/openai/gpt-4o-mini") == (
@@ -83,3 +87,33 @@ def test_paths_that_could_leave_base_url_are_refused(path: str, status: int) -> 
 def test_models_listing_prefixes_shared_names() -> None:
     assert ROUTES.models(ROUTES.providers["openai"], shared_prefix=True) == ["gpt-4o", "openai/shared"]
     assert ROUTES.models(ROUTES.providers["openai"], shared_prefix=False) == ["gpt-4o", "shared"]
+
+
+def test_endpoints_name_the_api_whose_usage_they_carry() -> None:
+    assert api_of("chat/completions") == ("chat", None)
+    assert api_of("openai/chat/completions") == ("chat", None)
+    assert api_of("responses") == ("responses", None)
+    assert api_of("responses/resp_123") == (None, None)
+    assert api_of("embeddings") == ("embeddings", None)
+    assert api_of("messages") == ("anthropic", None)
+    assert api_of("threads/t1/messages") == (None, None)
+    assert api_of("models/gemini-2.5-flash:generateContent") == ("gemini", "gemini-2.5-flash")
+    assert api_of("models/gemini-2.5-pro:streamGenerateContent") == ("gemini", "gemini-2.5-pro")
+    assert api_of("models/gemini-2.5-pro:countTokens") == (None, None)
+    assert api_of("files") == (None, None)
+
+
+def test_a_version_segment_cuts_base_url_after_it() -> None:
+    gemini = Provider("gemini", "https://g.example/v1beta/openai", None, 600, "USD", True, "gemini", {})
+    routes = Routes({"gemini": gemini})
+    native = routes.for_path("/gemini/v1beta/models/gemini-2.5-flash:generateContent")
+    assert (native.base, native.api, native.path_model) == (
+        "https://g.example/v1beta",
+        "gemini",
+        "gemini-2.5-flash",
+    )
+    compatible = routes.for_path("/gemini/v1/chat/completions")
+    assert (compatible.base, compatible.rest) == ("https://g.example/v1beta/openai", "chat/completions")
+    with pytest.raises(RouteError) as raised:
+        routes.for_path("/gemini/v2/models")
+    assert raised.value.status == 404

@@ -7,7 +7,7 @@ FIXTURES = Path(__file__).parent / "fixtures"
 
 
 def test_openai_body() -> None:
-    facts = facts_from_body((FIXTURES / "openai_chat.json").read_bytes())
+    facts = facts_from_body((FIXTURES / "openai_chat.json").read_bytes(), "chat")
     assert facts is not None
     assert facts.response_id == "chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG"
     assert facts.model == "gpt-4o-2024-08-06"
@@ -16,7 +16,7 @@ def test_openai_body() -> None:
 
 
 def test_deepseek_cache_hit_tokens_count_as_cached() -> None:
-    facts = facts_from_body((FIXTURES / "deepseek_chat.json").read_bytes())
+    facts = facts_from_body((FIXTURES / "deepseek_chat.json").read_bytes(), "chat")
     assert facts is not None and facts.usage == Usage(1200, 300, 1500, cached_tokens=1024)
 
 
@@ -28,9 +28,9 @@ def test_cache_write_tokens() -> None:
 
 
 def test_not_json_or_not_an_object_gives_none() -> None:
-    assert facts_from_body(b"<html>502 Bad Gateway</html>") is None
-    assert facts_from_body(b'{"truncated": ') is None
-    assert facts_from_body(b"[1, 2]") is None
+    assert facts_from_body(b"<html>502 Bad Gateway</html>", "chat") is None
+    assert facts_from_body(b'{"truncated": ', "chat") is None
+    assert facts_from_body(b"[1, 2]", "chat") is None
 
 
 def test_bad_counts_are_read_as_zero() -> None:
@@ -41,7 +41,7 @@ def test_bad_counts_are_read_as_zero() -> None:
 
 
 def test_stream_usage_chunk_is_found_and_flagged() -> None:
-    facts = StreamFacts()
+    facts = StreamFacts("chat")
     scanner = SSEScanner()
     stream = (FIXTURES / "openai_chat_stream.sse").read_bytes()
     flagged = [event.data for event in scanner.feed(stream) if facts.observe(event.data)]
@@ -56,7 +56,7 @@ def test_stream_usage_chunk_is_found_and_flagged() -> None:
 
 
 def test_running_totals_in_every_chunk_the_last_one_counts() -> None:
-    facts = StreamFacts()
+    facts = StreamFacts("chat")
     for done in (1, 2, 3):
         chunk = (
             b'{"choices":[{"delta":{"content":"x"}}],"usage":{"prompt_tokens":9,"completion_tokens":%d}}'
@@ -67,7 +67,7 @@ def test_running_totals_in_every_chunk_the_last_one_counts() -> None:
 
 
 def test_malformed_data_is_counted_and_skipped() -> None:
-    facts = StreamFacts()
+    facts = StreamFacts("chat")
     facts.observe(b'{"id":"a","choices":[]}')
     facts.observe(b'{"usage": {"prompt_tokens": 1')
     facts.observe(b'{"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":2}}')
@@ -79,3 +79,65 @@ def test_estimate_is_rough_but_never_zero_for_a_started_stream() -> None:
     usage = estimate_usage({"messages": [{"role": "user", "content": "hello there"}]}, 7)
     # '[{"role":"user","content":"hello there"}]' is 41 bytes: ceil(41 / 4) = 11 prompt tokens
     assert usage == Usage(11, 7, 18)
+
+
+def test_anthropic_stream_counts_cache_parts_inside_input_and_takes_late_counts() -> None:
+    facts = StreamFacts("anthropic")
+    start = (
+        b'{"type":"message_start","message":{"id":"msg_1","model":"claude-sonnet-4-5","usage":{"input_tokens":25,'
+        b'"cache_creation_input_tokens":3000,"cache_read_input_tokens":6000,"output_tokens":1}}}'
+    )
+    for data in (
+        start,
+        b'{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}',
+        b'{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":812,"input_tokens":30}}',
+        b'{"type":"message_stop"}',
+    ):
+        assert facts.observe(data) is False
+    assert facts.usage == Usage(9030, 812, 9842, cached_tokens=6000, cache_write_tokens=3000)
+    assert (facts.response_id, facts.model, facts.finish_reason) == ("msg_1", "claude-sonnet-4-5", "end_turn")
+
+
+def test_anthropic_body() -> None:
+    body = (
+        b'{"id":"msg_2","type":"message","model":"claude-haiku-4-5","stop_reason":"max_tokens",'
+        b'"usage":{"input_tokens":100,"cache_read_input_tokens":0,"output_tokens":50}}'
+    )
+    facts = facts_from_body(body, "anthropic")
+    assert facts is not None and facts.usage == Usage(100, 50, 150)
+    assert facts.finish_reason == "max_tokens"
+
+
+def test_responses_stream_reads_the_completed_event() -> None:
+    facts = StreamFacts("responses")
+    facts.observe(
+        b'{"type":"response.created","response":{"id":"resp_1","model":"o3","status":"in_progress"}}'
+    )
+    facts.observe(b'{"type":"response.output_text.delta","delta":"Hi"}')
+    facts.observe(
+        b'{"type":"response.completed","response":{"id":"resp_1","model":"o3","status":"completed","usage":'
+        b'{"input_tokens":900,"input_tokens_details":{"cached_tokens":512},"output_tokens":300,'
+        b'"output_tokens_details":{"reasoning_tokens":256},"total_tokens":1200}}}'
+    )
+    assert facts.usage == Usage(900, 300, 1200, cached_tokens=512, reasoning_tokens=256)
+    assert (facts.response_id, facts.model, facts.finish_reason) == ("resp_1", "o3", "completed")
+
+
+def test_gemini_thoughts_are_output_and_a_json_array_of_chunks_is_read() -> None:
+    body = (
+        b'[{"candidates":[{"content":{}}],"usageMetadata":{"promptTokenCount":10},"modelVersion":"gemini-2.5-pro"},'
+        b'{"candidates":[{"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":4000,'
+        b'"cachedContentTokenCount":1000,"candidatesTokenCount":200,"thoughtsTokenCount":300,'
+        b'"totalTokenCount":4500},"responseId":"r-9"}]'
+    )
+    facts = facts_from_body(body, "gemini")
+    assert facts is not None
+    assert facts.usage == Usage(4000, 500, 4500, cached_tokens=1000, reasoning_tokens=300)
+    assert (facts.response_id, facts.model, facts.finish_reason) == ("r-9", "gemini-2.5-pro", "STOP")
+
+
+def test_openrouter_cost_and_moonshot_cached_tokens() -> None:
+    usage = usage_from_openai(
+        {"prompt_tokens": 10, "completion_tokens": 2, "cost": 0.00042, "cached_tokens": 4}
+    )
+    assert usage == Usage(10, 2, 12, cached_tokens=4, provider_cost=0.00042)

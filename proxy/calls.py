@@ -1,0 +1,167 @@
+"""One call as the meter sees it, and its bill: usage -> price -> cost -> the record. No I/O."""
+
+from __future__ import annotations
+
+import functools
+import time
+import zlib
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from proxy.config import Price, Provider
+from proxy.pricing import Cost, find_price, price_call
+from proxy.records import CallError, CostRecord, PriceApplied, UsageSource
+from proxy.upstream import UpstreamResponse
+from proxy.usage import Api, ResponseFacts, StreamFacts, Usage, estimate_usage, facts_from_body
+
+_NO_USAGE = Usage(0, 0, 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Bill:
+    usage: Usage
+    source: UsageSource
+    price: Price | None  # the model's price as configured; None: unpriced
+    cost: Cost | None  # None: unpriced, or usage unknown
+    error: CallError | None
+    facts: ResponseFacts | None
+
+
+class Call:
+    """What one call has seen so far; its bill and record are worked out from it."""
+
+    __slots__ = (
+        "proxy_id", "arrived", "started", "provider", "model", "api", "stream", "user", "request",
+        "endpoint", "ip", "session_id", "task_type", "status", "error", "ttfb", "facts", "body",
+        "encoding", "response", "gone", "finished",
+    )  # fmt: skip
+
+    def __init__(
+        self, proxy_id: str, arrived: float, started: float, provider: Provider, model: str | None,
+        api: Api | None, stream: bool, user: str, request: dict[str, Any],
+    ) -> None:  # fmt: skip
+        self.proxy_id = proxy_id
+        self.arrived = arrived
+        self.started = started
+        self.provider = provider
+        self.model = model
+        self.api = api
+        self.stream = stream
+        self.user = user
+        self.request = request
+        self.endpoint = ""
+        self.ip: str | None = None
+        self.session_id: str | None = None
+        self.task_type: str | None = None
+        self.status = 0
+        self.error: CallError | None = None
+        self.ttfb: float | None = None
+        self.facts: ResponseFacts | None = None
+        self.body: bytes | None = None  # a non-streamed metered body, kept to read its usage
+        self.encoding = b""
+        self.response: UpstreamResponse | None = None
+        self.gone = False
+        self.finished = False
+
+    def settle(self) -> Bill:
+        """Usage, price and cost from what the call has seen (cheap: the body is parsed once)."""
+        error: CallError | None = "client_disconnected" if self.gone else self.error
+        ok = 200 <= self.status < 300
+        if self.facts is None and self.body is not None and self.api is not None and ok:
+            self.facts = facts_from_body(_decoded(self.body, self.encoding), self.api)
+            self.body = None
+            if self.facts is None and error is None:
+                self.error = error = "upstream_bad_response"
+        facts = self.facts
+        usage = facts.usage if facts is not None else None
+        source: UsageSource = "provider" if usage is not None else "none"
+        if isinstance(facts, StreamFacts):
+            if facts.events == 0 and ok and error is None:
+                error = "upstream_bad_response"
+            elif usage is None and error is not None and facts.events:
+                usage, source = estimate_usage(self.request, facts.events), "estimated"
+        response_model = facts.model if facts is not None else None
+        price = find_price(self.provider, self.model, response_model) if self.model else None
+        cost = None
+        if price is not None and usage is not None:
+            cost = price_call(usage, price)
+        elif price is not None and self.status >= 400 and self.error is None and not self.gone:
+            cost = price_call(_NO_USAGE, price)  # the provider refused the call: nothing is billed
+        return Bill(usage or _NO_USAGE, source, price, cost, error, facts)
+
+    def record(self, bill: Bill) -> CostRecord:
+        usage, facts, cost = bill.usage, bill.facts, bill.cost
+        now = time.perf_counter()
+        return {
+            "timestamp": iso_time(self.arrived),
+            "request_id": (facts.response_id if facts is not None else None) or self.proxy_id,
+            "user_id": self.user,
+            "ip_address": self.ip,
+            "provider": self.provider.name,
+            "model": self.model,
+            "endpoint": self.endpoint,
+            "is_streaming": self.stream,
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+            "total_tokens": usage.total_tokens,
+            "input_cost": cost.input_cost if cost is not None else None,
+            "output_cost": cost.output_cost if cost is not None else None,
+            "total_cost": cost.total_cost if cost is not None else None,
+            "finish_reason": facts.finish_reason if facts is not None else None,
+            "v": 1,
+            "response_model": facts.model if facts is not None else None,
+            "cached_input_tokens": usage.cached_tokens,
+            "cache_write_tokens": usage.cache_write_tokens,
+            "reasoning_tokens": usage.reasoning_tokens,
+            "currency": self.provider.currency,
+            "priced": bill.price is not None,
+            "usage_source": bill.source,
+            "status_code": 499 if self.gone else self.status,
+            "error": bill.error,
+            "duration_ms": round((now - self.started) * 1000, 3),
+            "ttfb_ms": round((self.ttfb - self.started) * 1000, 3) if self.ttfb is not None else None,
+            "proxy_request_id": self.proxy_id,
+            "session_id": self.session_id,
+            "task_type": self.task_type,
+            "provider_reported_cost": usage.provider_cost,
+            "price": price_applied(cost.applied) if cost is not None else None,
+        }
+
+
+def price_applied(price: Price) -> PriceApplied:
+    return {
+        "input": float(price.input),
+        "output": float(price.output),
+        "cached_input": float(price.cached_input),
+        "cache_write": float(price.cache_write),
+        "tier": price.above_input_tokens,
+    }
+
+
+def decimal_text(amount: float) -> str:
+    """A cost as a plain decimal string, never in exponent form: 4.75e-05 -> "0.0000475"."""
+    return format(Decimal(repr(amount)), "f")
+
+
+@functools.lru_cache(maxsize=4)
+def _second(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+
+
+def iso_time(moment: float) -> str:
+    """UTC ISO-8601 with microseconds and Z; the formatted second is reused across its calls."""
+    seconds = int(moment)
+    micros = round((moment - seconds) * 1_000_000)
+    if micros == 1_000_000:
+        seconds, micros = seconds + 1, 0
+    return f"{_second(seconds)}.{micros:06d}Z"
+
+
+def _decoded(body: bytes, encoding: bytes) -> bytes:
+    if encoding in (b"gzip", b"deflate"):
+        try:
+            return zlib.decompress(body, wbits=47)  # 47: gzip or zlib header, detected
+        except zlib.error:
+            return body
+    return body
