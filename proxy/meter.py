@@ -329,14 +329,18 @@ class Meter:
 
     @staticmethod
     def _cost_comment(call: Call) -> bytes:
+        """`: meterproxy-cost {...}`: SSE clients skip comment lines, so no client breaks on it."""
         bill: Bill = call.settle()
-        summary = {
-            "total_cost": bill.cost.total_cost if bill.cost is not None else None,
-            "currency": call.provider.currency,
-            "input_tokens": bill.usage.input_tokens,
-            "output_tokens": bill.usage.output_tokens,
-        }
-        return b": meterproxy-cost " + orjson.dumps(summary) + b"\n\n"
+        total = decimal_text(bill.cost.total_cost) if bill.cost is not None else "null"
+        return (
+            b': meterproxy-cost {"total_cost":%s,"currency":%s,"input_tokens":%d,"output_tokens":%d}\n\n'
+            % (
+                total.encode(),
+                orjson.dumps(call.provider.currency),
+                bill.usage.input_tokens,
+                bill.usage.output_tokens,
+            )
+        )
 
 
 async def _relay_body(

@@ -133,6 +133,17 @@ STREAM_CHUNKS = [
 STREAM_WITHOUT_USAGE_CHUNK = b"".join(STREAM_CHUNKS[:3] + STREAM_CHUNKS[4:])
 
 
+def costed(stream: bytes, record: dict[str, Any]) -> bytes:
+    """A stream as the client gets it: the cost comment, from the record's own numbers, before [DONE]."""
+    total = "null" if record["total_cost"] is None else format(Decimal(repr(record["total_cost"])), "f")
+    comment = (
+        f': meterproxy-cost {{"total_cost":{total},"currency":"{record["currency"]}",'
+        f'"input_tokens":{record["input_tokens"]},"output_tokens":{record["output_tokens"]}}}\n\n'
+    ).encode()
+    head, done, tail = stream.rpartition(SSE_DONE)
+    return head + comment + done + tail if done else stream + comment
+
+
 def only(records: list[dict[str, Any]]) -> dict[str, Any]:
     assert len(records) == 1, records
     return records[0]
@@ -290,10 +301,10 @@ def test_stream_without_usage_asked_gets_usage_injected_and_its_chunk_removed(
 
     assert response.status == 200
     assert (response.header("content-type") or "").startswith("text/event-stream")
-    assert response.body == STREAM_WITHOUT_USAGE_CHUNK
+    record = only(proxy.wait_records(1))
+    assert response.body == costed(STREAM_WITHOUT_USAGE_CHUNK, record)
     forwarded = only(stub.requests).json()
     assert forwarded == {**payload, "stream_options": {"include_usage": True}}
-    record = only(proxy.wait_records(1))
     assert record["proxy_request_id"] == response.header("x-meterproxy-request-id")
     expected = {
         "request_id": "chatcmpl-s1",
@@ -345,9 +356,9 @@ def test_stream_with_usage_asked_is_unchanged(proxy: RunningProxy, stub: Upstrea
         {"content-type": "application/json", "authorization": f"Bearer {CLIENT_KEY}"},
     )
 
-    assert response.body == b"".join(STREAM_CHUNKS)
-    assert stub.requests[1].body == sent
     records = proxy.wait_records(2)
+    assert response.body == costed(b"".join(STREAM_CHUNKS), records[1])
+    assert stub.requests[1].body == sent
     assert [(r["input_tokens"], r["output_tokens"], r["usage_source"]) for r in records] == [
         (12, 34, "provider"),
         (12, 34, "provider"),
@@ -368,9 +379,9 @@ def test_stream_usage_false_injects_nothing(
         {"content-type": "application/json", "authorization": f"Bearer {CLIENT_KEY}"},
     )
 
-    assert response.body == b"".join(chunks)
-    assert only(stub.requests).body == sent
     record = only(proxy.wait_records(1))
+    assert response.body == costed(b"".join(chunks), record)
+    assert only(stub.requests).body == sent
     assert record["usage_source"] != "provider"
     assert (record["request_id"], record["is_streaming"], record["status_code"]) == ("chatcmpl-n", True, 200)
 
@@ -400,8 +411,8 @@ def test_usage_in_several_chunks_counts_the_last_not_the_sum(proxy: RunningProxy
         },
     )
 
-    assert response.body == b"".join(chunks)
     record = only(proxy.wait_records(1))
+    assert response.body == costed(b"".join(chunks), record)
     assert (record["input_tokens"], record["output_tokens"], record["total_tokens"]) == (10, 3, 13)
     assert record["total_cost"] == per_million((10, "0.15"), (3, "0.60"))
     assert record["finish_reason"] == "length"
@@ -592,9 +603,9 @@ def test_streamed_completions_get_usage_injected_and_removed(proxy: RunningProxy
         "/openai/v1/completions", {"model": "gpt-4o-mini", "prompt": "x", "stream": True}
     )
 
-    assert response.body == chunks[0] + chunks[1] + chunks[3]
-    assert only(stub.requests).json()["stream_options"] == {"include_usage": True}
     record = only(proxy.wait_records(1))
+    assert response.body == costed(chunks[0] + chunks[1] + chunks[3], record)
+    assert only(stub.requests).json()["stream_options"] == {"include_usage": True}
     assert (record["endpoint"], record["input_tokens"], record["output_tokens"]) == (
         "/openai/v1/completions",
         3,
