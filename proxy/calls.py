@@ -83,12 +83,8 @@ class Call:
                 usage, source = estimate_usage(self.request, facts.events), "estimated"
         response_model = facts.model if facts is not None else None
         price = find_price(self.provider, self.model, response_model) if self.model else None
-        cost = None
-        if price is not None and usage is not None:
-            cost = price_call(usage, price)
-        elif price is not None and self.status >= 400 and self.error is None and not self.gone:
-            cost = price_call(_NO_USAGE, price)  # the provider refused the call: nothing is billed
-        return Bill(usage or _NO_USAGE, source, price, cost, error, facts)
+        refused = self.status >= 400 and self.error is None and not self.gone
+        return Bill(usage or _NO_USAGE, source, price, cost_of(price, usage, refused), error, facts)
 
     def record(self, bill: Bill) -> CostRecord:
         usage, facts, cost = bill.usage, bill.facts, bill.cost
@@ -127,6 +123,15 @@ class Call:
             "provider_reported_cost": usage.provider_cost,
             "price": price_applied(cost.applied) if cost is not None else None,
         }
+
+
+def cost_of(price: Price | None, usage: Usage | None, refused: bool) -> Cost | None:
+    """The cost of a call: None when unpriced or its usage is unknown; 0 when the provider refused it."""
+    if price is None:
+        return None
+    if usage is not None:
+        return price_call(usage, price)
+    return price_call(_NO_USAGE, price) if refused else None
 
 
 def price_applied(price: Price) -> PriceApplied:

@@ -32,6 +32,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     commands.add_parser(
+        "reprice", help="write a copy of a record file priced with another config", add_help=False
+    )
+    commands.add_parser(
         "report", help="cost reports over the record file (see: meterproxy report --help)", add_help=False
     )
     return parser
@@ -116,5 +119,9 @@ def main(argv: list[str] | None = None) -> int:
         from proxy.report import main as report
 
         return report(argv[1:])
+    if argv[:1] == ["reprice"]:
+        from proxy.reprice import main as reprice
+
+        return reprice(argv[1:])
     args = build_parser().parse_args(argv)
     return serve(args, os.environ)

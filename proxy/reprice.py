@@ -1,0 +1,97 @@
+"""meterproxy reprice: a copy of a record file priced with another config; the original is untouched."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from proxy.calls import cost_of, price_applied
+from proxy.config import Config, ConfigError, load_config
+from proxy.pricing import find_price
+from proxy.usage import Usage
+
+
+def reprice(record: dict[str, Any], config: Config) -> bool:
+    """Re-price one record in place from its provider, model and tokens; True when a price was found."""
+    provider = config.providers.get(str(record.get("provider")))
+    model = record.get("model")
+    response_model = record.get("response_model")
+    price = None
+    if provider is not None and isinstance(model, str):
+        price = find_price(provider, model, response_model if isinstance(response_model, str) else None)
+    usage = None
+    if record.get("usage_source") in ("provider", "estimated"):
+        usage = Usage(
+            input_tokens=_tokens(record, "input_tokens"),
+            output_tokens=_tokens(record, "output_tokens"),
+            total_tokens=_tokens(record, "total_tokens"),
+            cached_tokens=_tokens(record, "cached_input_tokens"),
+            cache_write_tokens=_tokens(record, "cache_write_tokens"),
+            reasoning_tokens=_tokens(record, "reasoning_tokens"),
+        )
+    status = record.get("status_code")
+    refused = isinstance(status, int) and 400 <= status != 499 and record.get("error") is None
+    cost = cost_of(price, usage, refused)
+    record["input_cost"] = cost.input_cost if cost is not None else None
+    record["output_cost"] = cost.output_cost if cost is not None else None
+    record["total_cost"] = cost.total_cost if cost is not None else None
+    record["priced"] = price is not None
+    record["price"] = price_applied(cost.applied) if cost is not None else None
+    if provider is not None:
+        record["currency"] = provider.currency
+    return price is not None
+
+
+def _tokens(record: dict[str, Any], key: str) -> int:
+    value = record.get(key)
+    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def default_output(path: Path) -> Path:
+    return path.with_name(f"{path.stem}.repriced{path.suffix}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="meterproxy reprice", description=__doc__)
+    parser.add_argument("--file", required=True, type=Path, help="the record file to re-price")
+    parser.add_argument("--config", required=True, type=Path, help="the config with the prices to apply")
+    parser.add_argument("--output", type=Path, help="where to write the copy (default: FILE.repriced.jsonl)")
+    args = parser.parse_args(argv)
+    try:
+        config = load_config(args.config, os.environ)
+    except ConfigError as exc:
+        print(f"meterproxy reprice: config error: {exc}", file=sys.stderr)
+        return 2
+    output: Path = args.output or default_output(args.file)
+    if output.resolve() == args.file.resolve():
+        print(
+            "meterproxy reprice: --output must differ from --file; the original stays untouched",
+            file=sys.stderr,
+        )
+        return 2
+    priced = unpriced = 0
+    try:
+        with open(args.file, "rb") as source, open(output, "wb") as target:
+            for line in source:
+                try:
+                    record = orjson.loads(line)
+                except orjson.JSONDecodeError:
+                    record = None
+                if not isinstance(record, dict) or "timestamp" not in record:
+                    target.write(line)  # not a record: copied as it is
+                    continue
+                if reprice(record, config):
+                    priced += 1
+                else:
+                    unpriced += 1
+                target.write(orjson.dumps(record) + b"\n")
+    except FileNotFoundError as exc:
+        print(f"meterproxy reprice: no such file: {exc.filename}", file=sys.stderr)
+        return 2
+    print(f"{priced} records repriced, {unpriced} unpriced, written to {output}")
+    return 0
