@@ -1,0 +1,286 @@
+"""Anthropic's Messages API through the proxy, with the `anthropic` package as the client.
+
+Anthropic counts cache reads and cache writes apart from `input_tokens`; the record's `input_tokens` is the
+sum of the three, with `cached_input_tokens` and `cache_write_tokens` as its parts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+from anthropic import Anthropic
+from conftest import MakeConfig, ProxyLauncher, RunningProxy
+from test_providers import (
+    all_providers,
+    assert_cost_headers,
+    costs,
+    events_of,
+    fixture,
+    only,
+    pick,
+    split_cost_comment,
+)
+from upstream_stub import Reply, Stream, UpstreamStub
+
+CLIENT_ANTHROPIC_KEY = "sk-ant-test"
+PROVIDER_KEY = "sk-ant-api03-provider-canary-4e1f"
+MESSAGE = fixture("anthropic_messages.json")
+MESSAGE_STREAM = fixture("anthropic_messages_stream.sse")
+LATE_USAGE_STREAM = fixture("anthropic_messages_stream_late_usage.sse")
+ASK = [{"role": "user", "content": "What does the liability clause cap?"}]
+ANTHROPIC_JSON = (("content-type", "application/json"), ("request-id", "req_011CSHoEeqs5C35K2UUqR7Fy"))
+ANTHROPIC_SSE = (("content-type", "text/event-stream; charset=utf-8"),)
+
+
+@pytest.fixture
+def providers_proxy(launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub) -> RunningProxy:
+    return launch(make_config(providers=all_providers(stub)))
+
+
+@pytest.fixture
+def keyed_proxy(launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub) -> RunningProxy:
+    """All providers, the anthropic one with its own api_key."""
+    providers = all_providers(stub)
+    providers["anthropic"]["api_key"] = "${ANTHROPIC_UPSTREAM_KEY}"
+    return launch(make_config(providers=providers), env={"ANTHROPIC_UPSTREAM_KEY": PROVIDER_KEY})
+
+
+def anthropic_client(proxy: RunningProxy, path: str = "/anthropic") -> Anthropic:
+    return Anthropic(base_url=f"{proxy.url}{path}", api_key=CLIENT_ANTHROPIC_KEY, max_retries=0, timeout=30.0)
+
+
+def test_message_through_the_sdk_is_priced_with_cache_reads_and_writes(
+    keyed_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    stub.push(Reply(body=MESSAGE, headers=ANTHROPIC_JSON))
+    with anthropic_client(keyed_proxy) as client:
+        raw = client.messages.with_raw_response.create(
+            model="claude-sonnet-4-6", max_tokens=1024, messages=ASK
+        )
+
+    assert raw.http_response.content == MESSAGE
+    message = raw.parse()
+    assert (message.usage.cache_read_input_tokens, message.stop_reason) == (6000, "end_turn")
+    record = only(keyed_proxy.wait_records(1))
+    # (10000 - 6000 - 3000) * 3.00 + 6000 * 0.30 + 3000 * 3.75 + 742 * 15.00 per 1M
+    expected = {
+        **costs([(1000, "3.00"), (6000, "0.30"), (3000, "3.75")], [(742, "15.00")]),
+        "request_id": "msg_01XFDUDYJgAACzvnptvVoYEL",
+        "user_id": "key:" + hashlib.sha256(CLIENT_ANTHROPIC_KEY.encode()).hexdigest()[:12],
+        "provider": "anthropic",
+        "model": "claude-sonnet-4-6",
+        "response_model": "claude-sonnet-4-6",
+        "endpoint": "/anthropic/v1/messages",
+        "is_streaming": False,
+        "input_tokens": 10000,
+        "cached_input_tokens": 6000,
+        "cache_write_tokens": 3000,
+        "output_tokens": 742,
+        "total_tokens": 10742,
+        "finish_reason": "end_turn",
+        "priced": True,
+        "currency": "USD",
+        "price": {"input": 3.0, "output": 15.0, "cached_input": 0.3, "cache_write": 3.75, "tier": None},
+        "usage_source": "provider",
+        "status_code": 200,
+        "error": None,
+    }
+    assert pick(record, expected) == expected
+    assert expected["total_cost"] == 0.02718
+    assert raw.headers.get("x-meterproxy-cost") == "0.02718"
+    assert raw.headers.get("x-meterproxy-currency") == "USD"
+    assert raw.headers.get("request-id") == "req_011CSHoEeqs5C35K2UUqR7Fy"
+
+
+def test_provider_key_replaces_the_clients_x_api_key(keyed_proxy: RunningProxy, stub: UpstreamStub) -> None:
+    stub.push(Reply(body=MESSAGE, headers=ANTHROPIC_JSON))
+    with anthropic_client(keyed_proxy) as client:
+        client.messages.create(model="claude-sonnet-4-6", max_tokens=1024, messages=ASK)
+
+    seen = only(stub.requests)
+    assert seen.target == "/anthropic/v1/messages"
+    assert [value for name, value in seen.headers if name.lower() == "x-api-key"] == [PROVIDER_KEY]
+    assert seen.header("authorization") is None
+    assert all(CLIENT_ANTHROPIC_KEY not in value for _, value in seen.headers)
+    keyed_proxy.wait_records(1)
+    for secret in (PROVIDER_KEY, CLIENT_ANTHROPIC_KEY):
+        assert secret not in keyed_proxy.records_path.read_text()
+        assert secret not in keyed_proxy.log()
+
+
+def test_without_a_provider_key_the_clients_key_is_forwarded(
+    providers_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    stub.always(Reply(body=MESSAGE, headers=ANTHROPIC_JSON))
+    with anthropic_client(providers_proxy) as client:
+        client.messages.create(model="claude-sonnet-4-6", max_tokens=1024, messages=ASK)
+    canary = "sk-ant-api03-client-canary-77d0"
+    providers_proxy.request(
+        "POST",
+        "/anthropic/v1/messages",
+        json.dumps({"model": "claude-sonnet-4-6", "max_tokens": 1024, "messages": ASK}).encode(),
+        {"content-type": "application/json", "x-api-key": canary, "anthropic-version": "2023-06-01"},
+    )
+
+    by_sdk, by_header = stub.wait_requests(2)
+    # The SDK's own key header, whichever it uses, reaches the provider as the client sent it.
+    assert any(value.endswith(CLIENT_ANTHROPIC_KEY) for _, value in by_sdk.headers)
+    assert [value for name, value in by_header.headers if name.lower() == "x-api-key"] == [canary]
+    assert by_header.header("anthropic-version") == "2023-06-01"
+    records = providers_proxy.wait_records(2)
+    assert records[1]["user_id"] == "key:" + hashlib.sha256(canary.encode()).hexdigest()[:12]
+    for secret in (CLIENT_ANTHROPIC_KEY, canary):
+        assert secret not in providers_proxy.records_path.read_text()
+
+
+def test_streamed_message_through_the_sdk(providers_proxy: RunningProxy, stub: UpstreamStub) -> None:
+    stub.push(Stream(events_of(MESSAGE_STREAM), headers=ANTHROPIC_SSE))
+    with (
+        anthropic_client(providers_proxy) as client,
+        client.messages.stream(model="claude-sonnet-4-6", max_tokens=1024, messages=ASK) as stream,
+    ):
+        text = "".join(stream.text_stream)
+        final = stream.get_final_message()
+
+    assert text == "Indemnity survives termination for three years."
+    assert (final.usage.cache_read_input_tokens, final.usage.output_tokens) == (18432, 389)
+    sent = only(stub.requests).json()
+    # Usage injection is for chat/completions and completions only.
+    assert "stream_options" not in sent and sent["stream"] is True
+    record = only(providers_proxy.wait_records(1))
+    # (19993 - 18432 - 1536) * 3.00 + 18432 * 0.30 + 1536 * 3.75 + 389 * 15.00 per 1M
+    expected = {
+        **costs([(25, "3.00"), (18432, "0.30"), (1536, "3.75")], [(389, "15.00")]),
+        "request_id": "msg_014p7gG3wDgGV9EUtLvnow3U",
+        "response_model": "claude-sonnet-4-6",
+        "is_streaming": True,
+        "input_tokens": 19993,
+        "cached_input_tokens": 18432,
+        "cache_write_tokens": 1536,
+        "output_tokens": 389,
+        "finish_reason": "end_turn",
+        "usage_source": "provider",
+        "status_code": 200,
+        "error": None,
+    }
+    assert pick(record, expected) == expected
+
+
+def test_streamed_message_bytes_are_the_upstreams_then_the_cost_comment(
+    providers_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    stub.push(Stream(events_of(MESSAGE_STREAM), headers=ANTHROPIC_SSE))
+    sent = b'{"model": "claude-sonnet-4-6", "max_tokens": 1024, "stream": true, "messages": []}'
+    response = providers_proxy.request(
+        "POST",
+        "/anthropic/v1/messages",
+        sent,
+        {
+            "content-type": "application/json",
+            "x-api-key": CLIENT_ANTHROPIC_KEY,
+            "anthropic-version": "2023-06-01",
+        },
+    )
+
+    assert only(stub.requests).body == sent
+    # Anthropic streams have no [DONE]: the comment comes after message_stop.
+    before, comment, after = split_cost_comment(response.body)
+    assert (before, after) == (MESSAGE_STREAM, b"")
+    # 25 * 3.00 + 18432 * 0.30 + 1536 * 3.75 + 389 * 15.00 per 1M = 0.0171996
+    assert comment == {
+        "total_cost": 0.0171996,
+        "currency": "USD",
+        "input_tokens": 19993,
+        "output_tokens": 389,
+    }
+    assert only(providers_proxy.wait_records(1))["total_cost"] == 0.0171996
+
+
+def test_input_and_cache_counts_in_message_delta_override_message_start(
+    providers_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    # message_start says 25 input and no cache; message_delta brings the cache read and write (and thinking).
+    stub.push(Stream(events_of(LATE_USAGE_STREAM), headers=ANTHROPIC_SSE))
+    with anthropic_client(providers_proxy) as client:
+        events = list(
+            client.messages.create(model="claude-sonnet-4-6", max_tokens=4096, messages=ASK, stream=True)
+        )
+
+    assert [event.type for event in events][-1] == "message_stop"
+    record = only(providers_proxy.wait_records(1))
+    # 25 * 3.00 + 18432 * 0.30 + 1536 * 3.75 + 1207 * 15.00 per 1M
+    expected = {
+        **costs([(25, "3.00"), (18432, "0.30"), (1536, "3.75")], [(1207, "15.00")]),
+        "request_id": "msg_01Aq9w938a90dw8q8jRCd8Xy",
+        "input_tokens": 19993,
+        "cached_input_tokens": 18432,
+        "cache_write_tokens": 1536,
+        "output_tokens": 1207,
+        "finish_reason": "end_turn",
+    }
+    assert pick(record, expected) == expected
+
+
+def test_the_last_message_delta_gives_the_output_count(
+    providers_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    events = events_of(MESSAGE_STREAM)
+    last_delta = next(
+        index for index, event in enumerate(events) if event.startswith(b"event: message_delta")
+    )
+    earlier = events[last_delta].replace(b'"usage":{"output_tokens":389}', b'"usage":{"output_tokens":120}')
+    assert earlier != events[last_delta]
+    stream = [*events[:last_delta], earlier, *events[last_delta:]]
+    stub.push(Stream(stream, headers=ANTHROPIC_SSE))
+    response = providers_proxy.post_json(
+        "/anthropic/v1/messages",
+        {"model": "claude-sonnet-4-6", "max_tokens": 1024, "messages": ASK, "stream": True},
+    )
+
+    before, comment, _ = split_cost_comment(response.body)
+    assert before == b"".join(stream)
+    record = only(providers_proxy.wait_records(1))
+    # 25 * 3.00 + 18432 * 0.30 + 1536 * 3.75 + 389 * 15.00 per 1M
+    expected = {
+        **costs([(25, "3.00"), (18432, "0.30"), (1536, "3.75")], [(389, "15.00")]),
+        "output_tokens": 389,
+    }
+    assert pick(record, expected) == expected
+    assert comment["output_tokens"] == 389
+
+
+def test_plain_v1_messages_route_serves_the_sdk_by_model(
+    providers_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    stub.push(Reply(body=MESSAGE, headers=ANTHROPIC_JSON))
+    with anthropic_client(providers_proxy, path="") as client:
+        message = client.messages.create(model="claude-sonnet-4-6", max_tokens=1024, messages=ASK)
+
+    assert message.id == "msg_01XFDUDYJgAACzvnptvVoYEL"
+    assert only(stub.requests).target == "/anthropic/v1/messages"
+    record = only(providers_proxy.wait_records(1))
+    assert (record["provider"], record["endpoint"], record["input_tokens"]) == (
+        "anthropic",
+        "/v1/messages",
+        10000,
+    )
+    assert record["total_cost"] == 0.02718
+
+
+def test_raw_message_gets_the_cost_headers(providers_proxy: RunningProxy, stub: UpstreamStub) -> None:
+    stub.push(Reply(body=MESSAGE, headers=ANTHROPIC_JSON))
+    response = providers_proxy.request(
+        "POST",
+        "/anthropic/v1/messages",
+        json.dumps({"model": "claude-sonnet-4-6", "max_tokens": 1024, "messages": ASK}).encode(),
+        {
+            "content-type": "application/json",
+            "x-api-key": CLIENT_ANTHROPIC_KEY,
+            "anthropic-version": "2023-06-01",
+        },
+    )
+
+    assert (response.status, response.body) == (200, MESSAGE)
+    assert_cost_headers(response, only(providers_proxy.wait_records(1)), "0.02718", "USD")

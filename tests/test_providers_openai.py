@@ -1,0 +1,251 @@
+"""OpenAI's Responses API and embeddings through the proxy, with the `openai` package and raw HTTP."""
+
+from __future__ import annotations
+
+import base64
+import json
+import struct
+
+import pytest
+from conftest import MakeConfig, ProxyLauncher, RunningProxy
+from test_providers import (
+    PLAIN_DECIMAL,
+    all_providers,
+    assert_cost_headers,
+    costs,
+    events_of,
+    fixture,
+    only,
+    pick,
+    split_cost_comment,
+)
+from upstream_stub import Reply, Stream, UpstreamStub
+
+RESPONSE = fixture("responses_create.json")
+RESPONSE_STREAM = fixture("responses_stream.sse")
+EMBEDDINGS = fixture("embeddings_create.json")
+
+
+@pytest.fixture
+def providers_proxy(launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub) -> RunningProxy:
+    return launch(make_config(providers=all_providers(stub)))
+
+
+def test_responses_call_through_the_sdk_is_returned_as_is_and_priced(
+    providers_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    stub.push(Reply(body=RESPONSE))
+    with providers_proxy.client() as client:
+        raw = client.responses.with_raw_response.create(model="gpt-5", input="Tell me about Paris.")
+
+    assert raw.http_response.content == RESPONSE
+    assert raw.parse().output_text.startswith("Bonjour !")
+    seen = only(stub.requests)
+    assert (seen.target, seen.json()) == (
+        "/v1/responses",
+        {"model": "gpt-5", "input": "Tell me about Paris."},
+    )
+    record = only(providers_proxy.wait_records(1))
+    # (12033 - 11904) * 1.25 + 11904 * 0.125 + 844 * 10.00 per 1M
+    expected = {
+        **costs([(129, "1.25"), (11904, "0.125")], [(844, "10.00")]),
+        "request_id": "resp_68af4030592c81938ec0a5fbab4a3e9f05438e46b5f69a3b",
+        "provider": "openai",
+        "model": "gpt-5",
+        "response_model": "gpt-5-2025-08-07",
+        "endpoint": "/v1/responses",
+        "is_streaming": False,
+        "input_tokens": 12033,
+        "cached_input_tokens": 11904,
+        "cache_write_tokens": 0,
+        "output_tokens": 844,
+        "reasoning_tokens": 768,
+        "total_tokens": 12877,
+        "usage_source": "provider",
+        "priced": True,
+        "currency": "USD",
+        "price": {"input": 1.25, "output": 10.0, "cached_input": 0.125, "cache_write": 1.25, "tier": None},
+        "status_code": 200,
+        "error": None,
+    }
+    assert pick(record, expected) == expected
+    assert expected["total_cost"] == 0.01008925
+    assert raw.headers.get("x-meterproxy-cost") == "0.01008925"
+    assert raw.headers.get("x-meterproxy-currency") == "USD"
+    assert raw.headers.get("x-meterproxy-request-id") == record["proxy_request_id"]
+
+
+def test_streamed_responses_call_through_the_sdk(providers_proxy: RunningProxy, stub: UpstreamStub) -> None:
+    stub.push(Stream(events_of(RESPONSE_STREAM)))
+    with providers_proxy.client(path="/openai/v1") as client:
+        events = list(
+            client.responses.create(model="gpt-5", input="What is the capital of France?", stream=True)
+        )
+
+    assert [event.type for event in events][-1] == "response.completed"
+    deltas = "".join(event.delta for event in events if event.type == "response.output_text.delta")
+    assert deltas == "The capital of France is Paris."
+    seen = only(stub.requests)
+    # Usage injection is for chat/completions and completions only: the body goes as the client sent it.
+    assert (seen.target, seen.json()) == (
+        "/v1/responses",
+        {"model": "gpt-5", "input": "What is the capital of France?", "stream": True},
+    )
+    record = only(providers_proxy.wait_records(1))
+    # (2310 - 1792) * 1.25 + 1792 * 0.125 + 1337 * 10.00 per 1M
+    expected = {
+        **costs([(518, "1.25"), (1792, "0.125")], [(1337, "10.00")]),
+        "request_id": "resp_68b1c2d4e5f08193a1b2c3d4e5f6a7b80c1d2e3f4a5b6c7d",
+        "endpoint": "/openai/v1/responses",
+        "response_model": "gpt-5-2025-08-07",
+        "is_streaming": True,
+        "input_tokens": 2310,
+        "cached_input_tokens": 1792,
+        "output_tokens": 1337,
+        "reasoning_tokens": 1024,
+        "total_tokens": 3647,
+        "usage_source": "provider",
+        "error": None,
+    }
+    assert pick(record, expected) == expected
+
+
+def test_streamed_responses_bytes_are_the_upstreams_then_the_cost_comment(
+    providers_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    stub.push(Stream(events_of(RESPONSE_STREAM)))
+    sent = (
+        b'{"model":"gpt-5","stream":true,"input":"What is the capital of France?","max_output_tokens":4096}'
+    )
+    response = providers_proxy.request(
+        "POST", "/v1/responses", sent, {"content-type": "application/json", "authorization": "Bearer sk-test"}
+    )
+
+    assert only(stub.requests).body == sent
+    # No [DONE] in a Responses stream: the comment comes after the last event.
+    before, comment, after = split_cost_comment(response.body)
+    assert (before, after) == (RESPONSE_STREAM, b"")
+    record = only(providers_proxy.wait_records(1))
+    # (2310 - 1792) * 1.25 + 1792 * 0.125 + 1337 * 10.00 per 1M = 0.0142415
+    assert comment == {
+        "total_cost": 0.0142415,
+        "currency": "USD",
+        "input_tokens": 2310,
+        "output_tokens": 1337,
+    }
+    assert record["total_cost"] == 0.0142415
+
+
+@pytest.mark.parametrize(
+    ("name", "inputs", "outputs", "tokens"),
+    [
+        # Cut by max_output_tokens while reasoning: (2310 - 1792) * 1.25 + 1792 * 0.125 + 256 * 10.00 per 1M
+        (
+            "responses_stream_incomplete.sse",
+            [(518, "1.25"), (1792, "0.125")],
+            [(256, "10.00")],
+            (2310, 256, 256),
+        ),
+        # Failed after two words: (2310 - 1792) * 1.25 + 1792 * 0.125 + 1090 * 10.00 per 1M
+        (
+            "responses_stream_failed.sse",
+            [(518, "1.25"), (1792, "0.125")],
+            [(1090, "10.00")],
+            (2310, 1090, 1088),
+        ),
+    ],
+    ids=["response.incomplete", "response.failed"],
+)
+def test_streamed_responses_that_end_incomplete_or_failed_are_priced_from_their_last_event(
+    providers_proxy: RunningProxy,
+    stub: UpstreamStub,
+    name: str,
+    inputs: list[tuple[int, str]],
+    outputs: list[tuple[int, str]],
+    tokens: tuple[int, int, int],
+) -> None:
+    stream = fixture(name)
+    stub.push(Stream(events_of(stream)))
+    response = providers_proxy.post_json(
+        "/openai/v1/responses", {"model": "gpt-5", "input": "Summarise the contract.", "stream": True}
+    )
+
+    before, comment, after = split_cost_comment(response.body)
+    assert (before, after) == (stream, b"")
+    record = only(providers_proxy.wait_records(1))
+    expected = {
+        **costs(inputs, outputs),
+        "input_tokens": tokens[0],
+        "cached_input_tokens": 1792,
+        "output_tokens": tokens[1],
+        "reasoning_tokens": tokens[2],
+        "usage_source": "provider",
+        "status_code": 200,
+    }
+    assert pick(record, expected) == expected
+    assert (comment["total_cost"], comment["input_tokens"], comment["output_tokens"]) == (
+        expected["total_cost"],
+        tokens[0],
+        tokens[1],
+    )
+
+
+def test_embeddings_through_the_sdk_price_prompt_tokens_as_input(
+    providers_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    stub.push(Reply(body=EMBEDDINGS))
+    with providers_proxy.client() as client:
+        raw = client.embeddings.with_raw_response.create(
+            model="text-embedding-3-small", input=["the notice clause", "the renewal clause"], dimensions=8
+        )
+
+    assert raw.http_response.content == EMBEDDINGS
+    vectors = [item.embedding for item in raw.parse().data]
+    encoded = [item["embedding"] for item in json.loads(EMBEDDINGS)["data"]]
+    assert vectors == [list(struct.unpack("<8f", base64.b64decode(text))) for text in encoded]
+    seen = only(stub.requests)
+    assert (seen.target, seen.json()["encoding_format"]) == ("/v1/embeddings", "base64")
+    record = only(providers_proxy.wait_records(1))
+    # 1537 * 0.02 per 1M; nothing is output.
+    expected = {
+        **costs([(1537, "0.02")], []),
+        "provider": "openai",
+        "model": "text-embedding-3-small",
+        "response_model": "text-embedding-3-small",
+        "endpoint": "/v1/embeddings",
+        "input_tokens": 1537,
+        "output_tokens": 0,
+        "total_tokens": 1537,
+        "usage_source": "provider",
+        "priced": True,
+    }
+    assert pick(record, expected) == expected
+    # An embeddings response has no id: the record's request_id is ours.
+    assert record["request_id"] == record["proxy_request_id"]
+    assert raw.headers.get("x-meterproxy-cost") == "0.00003074"
+    assert PLAIN_DECIMAL.fullmatch(raw.headers.get("x-meterproxy-cost", ""))
+
+
+def test_embeddings_on_the_provider_route_with_a_plain_client(
+    providers_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    stub.push(Reply(body=EMBEDDINGS))
+    response = providers_proxy.post_json(
+        "/openai/v1/embeddings",
+        {
+            "model": "text-embedding-3-small",
+            "input": ["a", "b"],
+            "encoding_format": "base64",
+            "dimensions": 8,
+        },
+    )
+
+    assert (response.status, response.body) == (200, EMBEDDINGS)
+    assert only(stub.requests).target == "/v1/embeddings"
+    record = only(providers_proxy.wait_records(1))
+    assert (record["endpoint"], record["input_tokens"], record["output_cost"]) == (
+        "/openai/v1/embeddings",
+        1537,
+        0.0,
+    )
+    assert_cost_headers(response, record, "0.00003074", "USD")
