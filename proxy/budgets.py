@@ -40,7 +40,10 @@ class BudgetStatus:
 
 @dataclass(frozen=True)
 class Projection:
-    """The period's daily average carried to the end of the month, and when each budget runs out."""
+    """The period's daily average carried to the end of the month, and when each budget runs out.
+
+    runs_out_in_days: 0 when already spent, None when the budget lasts until it resets at this rate.
+    """
 
     days: Decimal
     daily_average: Decimal
@@ -96,16 +99,17 @@ def project(summary: Summary, month: Summary, statuses: list[BudgetStatus], now:
     if start is None and summary.first_timestamp is not None:
         start = datetime.fromisoformat(summary.first_timestamp)
     end = summary.period.end or now
-    seconds = Decimal((end - start).total_seconds()) if start is not None else Decimal(0)
-    days = seconds / 86400
+    days = _days(end - start) if start is not None else Decimal(0)
     daily_average = summary.totals.cost / days if days > 0 else Decimal(0)
-    days_left = Decimal((month_end(now) - now).total_seconds()) / 86400
+    days_left = _days(month_end(now) - now)
     runs_out: dict[BudgetName, Decimal | None] = {}
     for status in statuses:
+        # A budget resets at the end of its day or month: it runs out only if the rate spends it before.
+        lasts = status.remaining / daily_average if daily_average > 0 else None
         if status.remaining <= 0:
             runs_out[status.name] = Decimal(0)
         else:
-            runs_out[status.name] = status.remaining / daily_average if daily_average > 0 else None
+            runs_out[status.name] = lasts if lasts is not None and lasts < _days(status.end - now) else None
     return Projection(
         days=days,
         daily_average=daily_average,
@@ -114,3 +118,7 @@ def project(summary: Summary, month: Summary, statuses: list[BudgetStatus], now:
         projected_month=month.totals.cost + daily_average * days_left,
         runs_out_in_days=runs_out,
     )
+
+
+def _days(span: timedelta) -> Decimal:
+    return Decimal(span.total_seconds()) / 86400

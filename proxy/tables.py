@@ -165,12 +165,12 @@ def projection_text(projection: Projection, currency: str, now: datetime) -> str
     ]
     for name, days in projection.runs_out_in_days.items():
         if days is None:
-            when = "never at this rate"
+            when = f"lasts to the end of the {'day' if name == 'daily' else 'month'} at this rate"
         elif days == 0:
             when = "already spent"
         else:
-            when = f"in {days:.2f} days at this rate"
-        lines.append(f"{name.capitalize()} budget runs out: {when}")
+            when = f"runs out in {days:.2f} days at this rate"
+        lines.append(f"{name.capitalize()} budget: {when}")
     return "\n".join(lines) + "\n"
 
 

@@ -87,8 +87,22 @@ def test_projection_to_month_end(tmp_path: Path) -> None:
     assert round(projection.month_to_date, 9) == 46
     assert projection.days_left_in_month == Decimal("19.5")
     assert round(projection.projected_month, 6) == round(46 + Decimal(6) / 7 * Decimal("19.5"), 6)
-    assert round(projection.runs_out_in_days["daily"] or 0, 6) == round(Decimal(4) / (Decimal(6) / 7), 6)
-    assert round(projection.runs_out_in_days["monthly"] or 0, 6) == round(Decimal(154) / (Decimal(6) / 7), 6)
+    # $4 left today lasts 4.7 days and $154 left this month 180 days: both last until they reset.
+    assert projection.runs_out_in_days == {"daily": None, "monthly": None}
+
+
+def test_projection_at_a_rate_that_spends_the_budgets(tmp_path: Path) -> None:
+    _, month = month_of(tmp_path, 6.0, 40.0)
+    statuses = budget_statuses(BUDGETS, "USD", USD, month, NOW)
+    fast = write(tmp_path / "fast.jsonl", [record("2026-11-06T00:00:00.000000Z", total_cost=70.0)])
+    week = summarise([fast], Filters(periods.between("2026-11-05", "2026-11-11")))  # $10 a day
+    projection = project(week, month, statuses, NOW)
+    assert round(projection.projected_month, 9) == 46 + 195
+    # $4 left of today at $10 a day: 0.4 days, before midnight (0.5 days away); $154 in 15.4 days.
+    assert {name: round(days or 0, 9) for name, days in projection.runs_out_in_days.items()} == {
+        "daily": Decimal("0.4"),
+        "monthly": Decimal("15.4"),
+    }
 
 
 def test_projection_with_nothing_spent_never_runs_out(tmp_path: Path) -> None:

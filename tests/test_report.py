@@ -269,14 +269,14 @@ def test_projection(records: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(["--project"], capsys)
     assert code == 0
     projection = out.split("\n\n")[-1]
-    # $3.15 a day over the last 24 hours; 5.5625 days left of November; $6.85 left of today's $10.
+    # $3.15 a day over the last 24 hours; 5.5625 days left of November; $6.85 of today's $10 lasts 2.2 days.
     assert projection == (
         "PROJECTION\n"
         "Daily average: $3.150000 (over 1.00 days)\n"
         "Month to date (2026-11): $3.150000\n"
         "Projected month total: $20.671875 (5.56 days left)\n"
-        "Daily budget runs out: in 2.17 days at this rate\n"
-        "Monthly budget runs out: in 62.49 days at this rate\n"
+        "Daily budget: lasts to the end of the day at this rate\n"
+        "Monthly budget: lasts to the end of the month at this rate\n"
     )
     document = orjson.loads(run(["--project", "--format", "json"], capsys)[1])
     assert document["projection"]["projected_month"] == 20.671875
