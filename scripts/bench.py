@@ -1,0 +1,389 @@
+"""Side-by-side benchmark: the mock directly, nginx (the ceiling), meterproxy and, with --peers, LiteLLM.
+
+Run from the checkout: `python scripts/bench.py [--peers] [--quick] [--duration SECONDS]`.
+See docs/performance.md for what it measures and how to read the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import aiohttp
+import bench_nginx
+import bench_results
+from bench_load import (
+    Endpoint,
+    TreeSampler,
+    busy_share,
+    core_busy_seconds,
+    count_successes,
+    run_wrk,
+    time_streams,
+)
+from bench_results import Kind, Row, TargetResult
+from bench_targets import (
+    MODEL,
+    Server,
+    ensure_litellm,
+    ensure_tools,
+    free_port,
+    package_version,
+    start_litellm,
+    start_meterproxy,
+    start_nginx,
+)
+
+REPO = Path(__file__).resolve().parent.parent
+MODES = ("json", "stream")
+CONNECTIONS = (1, 32, 128)
+_CALL = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
+BODY = json.dumps(_CALL, separators=(",", ":"))
+STREAM_BODY = json.dumps({**_CALL, "stream": True}, separators=(",", ":"))
+
+
+@dataclass(frozen=True)
+class Cpus:
+    target: str  # the core each single-worker target is pinned to
+    load: str  # the core shared by the mock and wrk
+    all: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    """One target to measure: its row label, what it is and how it runs."""
+
+    name: str
+    kind: Kind
+    workers: int | None
+    cpus: str
+    metering: bool | None = None
+
+
+@dataclass(frozen=True)
+class Load:
+    """How hard and how long each target is driven."""
+
+    duration: float
+    connections: tuple[int, ...]
+    slow_calls: int  # sequential calls of the slow stream, for TTFB
+    exact_calls: int  # calls per mode of the fixed-count records check
+
+
+@dataclass(frozen=True)
+class Bench:
+    """What every target is started with."""
+
+    workdir: Path
+    mock: bench_nginx.MockPorts
+    cpus: Cpus
+    litellm: Path | None
+
+
+@dataclass(frozen=True)
+class Launched:
+    server: Server | None  # None: the mock itself is the target
+    calls: dict[str, Endpoint]  # mode -> endpoint
+    slow: Endpoint
+    record_file: Path | None = None  # set when the target writes records
+
+
+class RecordFile:
+    """Counts the lines of a record file as it grows, reading only what is new."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self.lines = 0
+
+    def settle(self, quiet_s: float = 0.5, limit_s: float = 15.0) -> int:
+        """Wait until no record has arrived for `quiet_s` (calls in flight finish), then return the count."""
+        deadline = time.monotonic() + limit_s
+        last = -1
+        while self._read() != last and time.monotonic() < deadline:
+            last = self.lines
+            time.sleep(quiet_s)
+        return self.lines
+
+    def records_from(self, offset: int) -> list[dict[str, object]]:
+        with self.path.open("rb") as f:
+            f.seek(offset)
+            return [json.loads(line) for line in f.read(self.offset - offset).splitlines()]
+
+    def _read(self) -> int:
+        if self.path.exists():
+            with self.path.open("rb") as f:
+                f.seek(self.offset)
+                data = f.read()
+            end = data.rfind(b"\n") + 1
+            self.offset += end
+            self.lines += data.count(b"\n", 0, end)
+        return self.lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per wrk run (default 10)")
+    parser.add_argument("--quick", action="store_true", help="smoke run: 2 s per run, 32 connections only")
+    parser.add_argument(
+        "--peers", action="store_true", help="also measure LiteLLM's proxy (installs it once)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=os.cpu_count() or 1, help="multi-worker rows (default: cores)"
+    )
+    parser.add_argument(
+        "--results", type=Path, default=REPO / "bench" / "results", help="folder for the JSON"
+    )
+    parser.add_argument("--litellm-venv", type=Path, default=REPO / "bench" / "work" / "litellm-venv")
+    args = parser.parse_args(argv)
+    if args.quick:
+        load = Load(duration=2.0, connections=(32,), slow_calls=3, exact_calls=100)
+    else:
+        load = Load(duration=args.duration, connections=CONNECTIONS, slow_calls=10, exact_calls=1000)
+
+    ensure_tools()
+    cores = os.cpu_count() or 1
+    cpus = Cpus("0", "1", f"0-{cores - 1}") if cores >= 2 else Cpus("0", "0", "0")
+    # The orchestrator (and so wrk, the mock and the probes) stays off the target's core.
+    os.sched_setaffinity(0, {int(cpus.load)})
+    litellm = ensure_litellm(args.litellm_venv) if args.peers else None
+    idle_busy = busy_share(list(range(cores)), 2.0)
+    if idle_busy > 0.05:
+        print(
+            f"warning: the machine is {idle_busy:.0%} busy before the benchmark starts; expect noisy figures"
+        )
+
+    results: list[TargetResult] = []
+    skipped: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="meterproxy-bench-") as tmp:
+        workdir = Path(tmp)
+        mock = bench_nginx.MockPorts(free_port(), free_port(), free_port())
+        mock_server = start_nginx("mock", bench_nginx.mock_config(workdir, mock), workdir, cpus.load)
+        try:
+            mock_server.wait_ready(f"http://127.0.0.1:{mock.json}/v1/chat/completions", timeout_s=10)
+            bench = Bench(workdir, mock, cpus, litellm)
+            for plan in _plans(args.workers, cpus, litellm is not None):
+                print(f"measuring {plan.name} ...", flush=True)
+                result = TargetResult(plan.name, plan.kind, plan.workers, plan.cpus, plan.metering)
+                try:
+                    with _launch(plan, bench) as launched:
+                        _measure(result, launched, bench, load)
+                except RuntimeError as exc:  # a target that will not start: report it, measure the rest
+                    print(f"  skipped: {exc}", flush=True)
+                    skipped[plan.name] = str(exc).splitlines()[0]
+                    continue
+                results.append(result)
+        finally:
+            mock_server.stop()
+
+    machine = describe_machine(args.litellm_venv if args.peers else None)
+    settings = {
+        "duration_s": load.duration,
+        "connections": list(load.connections),
+        "workers": args.workers,
+        "quick": args.quick,
+        "cpus": asdict(cpus),
+        "stream_events": bench_nginx.STREAM_EVENTS,
+        "skipped": skipped,
+        "busy_before_start": round(idle_busy, 3),
+    }
+    report = bench_results.build(results, machine, settings)
+    print(bench_results.render(report))
+    out = args.results / f"{datetime.date.today()}-{machine['slug']}{'-quick' if args.quick else ''}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"\nresults written to {out.relative_to(REPO) if out.is_relative_to(REPO) else out}")
+    return 0
+
+
+def _plans(many: int, cpus: Cpus, peers: bool) -> list[Plan]:
+    """The targets, in the order they are measured."""
+    plans = [
+        Plan("direct (mock)", "direct", None, cpus.load),
+        Plan("nginx proxy_pass", "nginx", 1, cpus.target),
+        Plan("meterproxy 1w", "meterproxy", 1, cpus.target, metering=True),
+        Plan("meterproxy 1w, no metering", "meterproxy", 1, cpus.target, metering=False),
+    ]
+    if many > 1:
+        plans.append(Plan(f"meterproxy {many}w", "meterproxy", many, cpus.all, metering=True))
+    if peers:
+        plans.append(Plan("litellm 1w", "litellm", 1, cpus.target))
+        if many > 1:
+            plans.append(Plan(f"litellm {many}w", "litellm", many, cpus.all))
+    return plans
+
+
+@contextlib.contextmanager
+def _launch(plan: Plan, bench: Bench) -> Iterator[Launched]:
+    """Start the plan's server (none for the mock itself), yield its endpoints, stop it."""
+    mock, workdir, workers = bench.mock, bench.workdir, plan.workers or 1
+    slug = plan.name.replace(" ", "").replace(",", "-")
+    if plan.kind == "direct":
+        calls = {"json": _endpoint(mock.json, "", BODY), "stream": _endpoint(mock.stream, "", STREAM_BODY)}
+        yield Launched(None, calls, _endpoint(mock.slow, "", STREAM_BODY))
+        return
+    records = None
+    if plan.kind == "litellm":
+        assert bench.litellm is not None
+        server, port = start_litellm(slug, bench.litellm, workdir, mock, workers, plan.cpus)
+        # LiteLLM routes by model name only: each mock upstream is its own alias of the model.
+        calls = {
+            "json": _endpoint(port, "", BODY),
+            "stream": _endpoint(port, "", _alias(STREAM_BODY, "stream")),
+        }
+        slow = _endpoint(port, "", _alias(STREAM_BODY, "slow"))
+    else:
+        if plan.kind == "nginx":
+            port = free_port()
+            server = start_nginx(slug, bench_nginx.ceiling_config(workdir, port, mock), workdir, plan.cpus)
+            server.wait_ready(f"http://127.0.0.1:{port}/mock/v1/chat/completions", timeout_s=10)
+        else:
+            metering = bool(plan.metering)
+            server, port, record_file = start_meterproxy(
+                slug, REPO, workdir, mock, workers, plan.cpus, metering
+            )
+            records = record_file if metering else None
+        calls = {
+            "json": _endpoint(port, "/mock", BODY),
+            "stream": _endpoint(port, "/mockstream", STREAM_BODY),
+        }
+        slow = _endpoint(port, "/mockslow", STREAM_BODY)
+    try:
+        yield Launched(server, calls, slow, records)
+    finally:
+        server.stop()
+
+
+def _endpoint(port: int, prefix: str, body: str) -> Endpoint:
+    return Endpoint(f"http://127.0.0.1:{port}{prefix}/v1/chat/completions", body)
+
+
+def _alias(body: str, suffix: str) -> str:
+    return body.replace(f'"model":"{MODEL}"', f'"model":"{MODEL}-{suffix}"')
+
+
+def _measure(result: TargetResult, launched: Launched, bench: Bench, load: Load) -> None:
+    records = RecordFile(launched.record_file) if launched.record_file else None
+    sampler = TreeSampler(launched.server.pid) if launched.server else None
+    # On the target's own core, busy time outside its processes is network softirq plus anything else running.
+    core = int(result.cpus) if result.cpus.isdigit() else None
+    served = 0
+    with sampler or contextlib.nullcontext():
+        for mode in MODES:
+            endpoint = launched.calls[mode]
+            run_wrk(endpoint, 32, 1.0, bench.workdir, bench.cpus.load)  # warm-up: connection pools, caches
+            for conns in load.connections:
+                # Calls wrk abandoned at its deadline are still being served: let them finish first.
+                before = records.settle() if records else 0
+                if sampler:
+                    sampler.wait_idle()
+                cpu = sampler.cpu_seconds() if sampler else 0.0
+                busy = core_busy_seconds(core) if core is not None else 0.0
+                start = time.monotonic()
+                wrk = run_wrk(endpoint, conns, load.duration, bench.workdir, bench.cpus.load)
+                wall = time.monotonic() - start
+                row = Row(mode, conns, wrk, None)
+                if sampler:
+                    row.cpu_pct = round(100 * (sampler.cpu_seconds() - cpu) / wall, 1)
+                    if core is not None:
+                        row.other_pct = round(100 * (core_busy_seconds(core) - busy) / wall - row.cpu_pct, 1)
+                if records:
+                    row.records = records.settle() - before
+                served += wrk.requests
+                if sampler:
+                    result.rss_checkpoints.append((served, round(sampler.sample() / 1024, 1)))
+                result.rows.append(row)
+        if sampler:
+            sampler.wait_idle()
+        _probe(result, launched, records, bench, load)
+    if sampler:
+        result.peak_rss_mb = round(sampler.peak_tree_kb / 1024, 1)
+        result.peak_process_rss_mb = round(sampler.peak_process_kb / 1024, 1)
+
+
+def _probe(
+    result: TargetResult, launched: Launched, records: RecordFile | None, bench: Bench, load: Load
+) -> None:
+    """TTFB of the slow stream, paired with the upstream's; for a metered target, the fixed-count records
+    check. Failures are noted, not raised: the other targets still get measured."""
+    direct = _endpoint(bench.mock.slow, "", STREAM_BODY)
+    try:
+        if launched.server is None:
+            (timings,) = asyncio.run(time_streams([launched.slow], load.slow_calls))
+        else:
+            timings, upstream = asyncio.run(time_streams([launched.slow, direct], load.slow_calls))
+            result.ttfb["direct_ttfb_ms"] = _median(t.ttfb_ms for t in upstream)
+            result.ttfb["added_ttfb_ms"] = _median(
+                a.ttfb_ms - b.ttfb_ms for a, b in zip(timings, upstream, strict=True)
+            )
+        result.ttfb["ttfb_ms"] = _median(t.ttfb_ms for t in timings)
+        result.ttfb["total_ms"] = _median(t.total_ms for t in timings)
+        if records:
+            result.exact_count = _exact_count(launched, records, load.exact_calls)
+    except (aiohttp.ClientError, OSError) as exc:
+        result.problems.append(f"probe failed: {exc!r}")
+
+
+def _median(values: Iterable[float]) -> float:
+    return round(statistics.median(values), 3)
+
+
+def _exact_count(launched: Launched, records: RecordFile, calls_each: int) -> dict[str, int]:
+    """A fixed number of calls (no run cut off mid-call): records must equal successes exactly."""
+    before, offset = records.settle(), records.offset
+    endpoints = [launched.calls[mode] for mode in MODES]
+    ok = asyncio.run(count_successes(endpoints, calls_each, concurrency=16))
+    after = records.settle()
+    new = records.records_from(offset)
+    metered = sum(1 for r in new if r.get("status_code") == 200 and r.get("total_tokens") == 36)
+    return {"calls": calls_each * len(endpoints), "ok": ok, "records": after - before, "metered_ok": metered}
+
+
+def describe_machine(litellm_venv: Path | None) -> dict[str, object]:
+    """CPU, cores, memory, kernel, versions: what a reader needs to compare a result with theirs."""
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "")
+    meminfo = Path("/proc/meminfo").read_text().splitlines()
+    mem_kb = next((int(line.split()[1]) for line in meminfo if line.startswith("MemTotal:")), 0)
+    cores = os.cpu_count() or 1
+    ours = ("aiohttp", "uvicorn", "uvloop", "httptools", "starlette", "orjson")
+    packages = {name: package_version(sys.executable, name) for name in ours}
+    packages["nginx"] = _run(["nginx", "-v"]).rsplit("/", 1)[-1] or None
+    packages["wrk"] = " ".join(_run(["wrk", "-v"]).split()[1:2]) or None
+    if litellm_venv is not None:
+        packages["litellm"] = package_version(litellm_venv / "bin" / "python", "litellm")
+    slug = re.sub(r"[^a-z0-9]+", "-", cpu.lower()).strip("-") or platform.machine()
+    return {
+        "cpu": cpu,
+        "cores": cores,
+        "memory_mb": mem_kb // 1024,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "packages": packages,
+        "meterproxy_commit": _run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]) or None,
+        "slug": f"{slug}-{cores}c",
+    }
+
+
+def _run(cmd: list[str]) -> str:
+    """A command's output (stdout, else stderr: nginx -v writes there), stripped; empty if it fails."""
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    return (done.stdout or done.stderr).strip()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
