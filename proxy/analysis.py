@@ -1,30 +1,27 @@
 """Cost records read lazily from files, filtered, and summarised into typed totals (no other I/O).
 
-from proxy.analysis import Filters, summarise
-from proxy.periods import this_month
-from datetime import UTC, datetime
-summary = summarise(["logs/cost-tracking.jsonl"], Filters(this_month(datetime.now(UTC)), provider="openai"))
-print(summary.totals.cost, {name: tally.cost for name, tally in summary.by_model.items()})
+The Python API of the reports (docs/reports.md): `summarise` for totals and breakdowns, `RecordReader`
+for the records themselves, `Filters` for which ones count.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from multiprocessing import get_context
-from operator import itemgetter
 from pathlib import Path
-from typing import Any, cast
 
 import orjson
 
-from proxy.money import UNIT_SCALE, Exchange
-from proxy.periods import ALL_TIME, Period, from_stamp
+from proxy.counts import Counts, Groups, count, merge_groups
+from proxy.filters import EVERY_RECORD, NONE, RECORD_FIELDS, Filters, complete
+from proxy.money import Exchange
+from proxy.periods import Period, from_stamp
 from proxy.records import CostRecord
 from proxy.sources import Piece, RecordFileError, expand, read_lines, split
-from proxy.tallies import NONE, Tally, TimeUnit, add_group, merge_groups, timeline
+from proxy.tallies import Tally, TimeUnit, add_group, timeline
 
 __all__ = [
     "NONE",
@@ -40,111 +37,15 @@ __all__ = [
     "summarise",
 ]
 
-RECORD_FIELDS: tuple[str, ...] = tuple(CostRecord.__annotations__)
-# What a record lacks when an older or other writer left a field out (the format only grows).
-_DEFAULTS: dict[str, Any] = dict.fromkeys(RECORD_FIELDS) | {
-    "request_id": "",
-    "user_id": "anonymous",
-    "provider": NONE,
-    "endpoint": "",
-    "is_streaming": False,
-    "input_tokens": 0,
-    "output_tokens": 0,
-    "total_tokens": 0,
-    "v": 1,
-    "cached_input_tokens": 0,
-    "cache_write_tokens": 0,
-    "reasoning_tokens": 0,
-    "currency": "USD",
-    "priced": True,
-    "usage_source": "provider",
-    "status_code": 200,
-    "duration_ms": 0.0,
-    "proxy_request_id": "",
-}
-_SCANNED = itemgetter(
-    "timestamp",
-    "provider",
-    "model",
-    "user_id",
-    "task_type",
-    "currency",
-    "total_cost",
-    "priced",
-    "input_tokens",
-    "output_tokens",
-    "total_tokens",
-    "cached_input_tokens",
-    "status_code",
-    "error",
-    "session_id",
-)
-_TIMESTAMP_PREFIX = b'{"timestamp":"'
-_STAMP_SLICE = slice(len(_TIMESTAMP_PREFIX), len(_TIMESTAMP_PREFIX) + len("2026-11-23T10:30:00.123456Z"))
 # Plain files this big are read by several processes at once (the Speed section of the reports issue).
 PARALLEL_MIN_BYTES = 32 << 20
 REPORTING_USD = Exchange()
-
-GroupKey = tuple[str, str | None, str, str | None, str, bool]
-Groups = dict[Any, list[int]]
-_FieldTest = Callable[[str, str | None, str, str | None, str | None, int, str | None], bool]
-
-
-@dataclass(frozen=True)
-class Filters:
-    """Which records count: a period, then exact names (model: a substring), or only failed calls."""
-
-    period: Period = ALL_TIME
-    provider: str | None = None
-    model: str | None = None
-    user: str | None = None
-    task_type: str | None = None
-    session: str | None = None
-    errors_only: bool = False
-
-    def field_test(self) -> _FieldTest | None:
-        """A test of (provider, model, user, task_type, session, status, error), or None if all pass."""
-        if not (
-            self.provider or self.model or self.user or self.task_type or self.session or self.errors_only
-        ):
-            return None
-
-        def test(
-            provider: str,
-            model: str | None,
-            user: str,
-            task: str | None,
-            session: str | None,
-            status: int,
-            error: str | None,
-        ) -> bool:
-            return (
-                (self.provider is None or provider == self.provider)
-                and (self.model is None or (model is not None and self.model in model))
-                and (self.user is None or user == self.user)
-                and (self.task_type is None or task == self.task_type)
-                and (self.session is None or session == self.session)
-                and (not self.errors_only or error is not None or status >= 400)
-            )
-
-        return test
-
-    def matches(self, record: Mapping[str, Any]) -> bool:
-        stamp = record["timestamp"]
-        low, high = self.period.start_stamp, self.period.end_stamp
-        if (low is not None and stamp < low) or (high is not None and stamp >= high):
-            return False
-        test = self.field_test()
-        return test is None or test(*(record[name] for name in _TEST_FIELDS))
-
-
-_TEST_FIELDS = ("provider", "model", "user_id", "task_type", "session_id", "status_code", "error")
 
 
 class RecordReader:
     """The matching records of some files, read lazily in file order; `skipped` counts bad lines."""
 
-    def __init__(self, paths: Iterable[str | Path], filters: Filters = Filters()) -> None:
+    def __init__(self, paths: Iterable[str | Path], filters: Filters = EVERY_RECORD) -> None:
         self.paths = expand(paths)
         self.filters = filters
         self.skipped = 0
@@ -153,33 +54,15 @@ class RecordReader:
         for path in self.paths:
             for line in read_lines(Piece(path)):
                 try:
-                    record = orjson.loads(line)
-                    if not isinstance(record, dict) or not isinstance(record.get("timestamp"), str):
-                        raise TypeError("not a record")
-                    complete = _DEFAULTS | {"priced": record.get("total_cost") is not None} | record
-                    if not _well_typed(complete):
-                        raise TypeError("a field of the wrong type")
-                    keep = self.filters.matches(complete)
-                except (orjson.JSONDecodeError, TypeError):
+                    parsed = orjson.loads(line)
+                    record = complete(parsed) if isinstance(parsed, dict) else None
+                except orjson.JSONDecodeError:
+                    record = None
+                if record is None:
                     if line.strip():
                         self.skipped += 1
-                    continue
-                if keep:
-                    yield cast(CostRecord, complete)
-
-
-_COUNTED = ("input_tokens", "output_tokens", "total_tokens", "cached_input_tokens")
-
-
-def _well_typed(record: dict[str, Any]) -> bool:
-    """The numbers reports add up are numbers (summarise skips the same records by catching TypeError)."""
-    counts = (record[name] for name in _COUNTED)
-    cost = record["total_cost"]
-    return (
-        all(isinstance(count, int) for count in counts)
-        and isinstance(record["status_code"], int)
-        and (cost is None or isinstance(cost, (int, float)))
-    )
+                elif self.filters.matches(record):
+                    yield record
 
 
 @dataclass
@@ -215,7 +98,7 @@ class Summary:
 
 def summarise(
     paths: Iterable[str | Path],
-    filters: Filters = Filters(),
+    filters: Filters = EVERY_RECORD,
     exchange: Exchange = REPORTING_USD,
     *,
     workers: int = 1,
@@ -226,9 +109,9 @@ def summarise(
     if workers > 1 and len(pieces) > 1:
         # fork: the workers need nothing re-imported, and a process pool of 2 starts in milliseconds.
         with ProcessPoolExecutor(min(workers, len(pieces)), mp_context=get_context("fork")) as pool:
-            scans = list(pool.map(_scan, pieces, [filters] * len(pieces)))
+            scans = list(pool.map(count, pieces, [filters] * len(pieces)))
     else:
-        scans = [_scan(piece, filters) for piece in pieces]
+        scans = [count(piece, filters) for piece in pieces]
     groups: Groups = {}
     hours: Groups = {}
     for scan in scans:
@@ -237,100 +120,8 @@ def summarise(
     return _summary(filters.period, exchange, groups, hours, scans)
 
 
-@dataclass
-class _Scan:
-    """Counts [requests, input, output, total, cached, errors, cost units] by group and by hour."""
-
-    groups: Groups = field(default_factory=dict)
-    hours: Groups = field(default_factory=dict)
-    skipped: int = 0
-    first: str | None = None
-    last: str | None = None
-
-
-def _scan(piece: Piece, filters: Filters) -> _Scan:
-    """One pass over a piece, counting each matching record into its group and its hour."""
-    loads, decode_error, scanned, scale = orjson.loads, orjson.JSONDecodeError, _SCANNED, UNIT_SCALE
-    low, high = filters.period.start_stamp, filters.period.end_stamp
-    low_bytes = b"" if low is None else low.encode()
-    high_bytes = b"\xff" if high is None else high.encode()
-    bounded = low is not None or high is not None
-    test = filters.field_test()
-    groups: Groups = {}
-    hours: Groups = {}
-    skipped = 0
-    first, last = "\U0010ffff", ""
-    for line in read_lines(piece):
-        # Skip lines outside the period unparsed: writers put the fixed-width timestamp first.
-        if bounded and line.startswith(_TIMESTAMP_PREFIX):
-            stamp_bytes = line[_STAMP_SLICE]
-            if stamp_bytes < low_bytes or stamp_bytes >= high_bytes:
-                continue
-        try:
-            record = loads(line)
-            try:
-                values = scanned(record)
-            except KeyError:
-                values = scanned(_DEFAULTS | record)
-            (
-                stamp,
-                provider,
-                model,
-                user,
-                task,
-                currency,
-                cost,
-                priced,
-                input_tokens,
-                output_tokens,
-                total_tokens,
-                cached,
-                status,
-                error,
-                session,
-            ) = values
-            if (low is not None and stamp < low) or (high is not None and stamp >= high):
-                continue
-            if test is not None and not test(provider, model, user, task, session, status, error):
-                continue
-            unpriced = cost is None or priced is False
-            units = 0 if unpriced else int(cost * scale)
-            failed = 1 if error is not None or status >= 400 else 0
-            # Typed before anything is counted, so a record with a field of the wrong type is skipped whole.
-            input_tokens + output_tokens + total_tokens + cached + 0  # noqa: B018
-            group = groups.get((provider, model, user, task, currency, unpriced))
-            hour = hours.get((stamp[:13], currency, unpriced))
-        except (decode_error, TypeError, ValueError, OverflowError):
-            if line.strip():
-                skipped += 1
-            continue
-        if group is None:
-            group = groups[(provider, model, user, task, currency, unpriced)] = [0, 0, 0, 0, 0, 0, 0]
-        if hour is None:
-            hour = hours[(stamp[:13], currency, unpriced)] = [0, 0, 0, 0, 0, 0, 0]
-        group[0] += 1
-        group[1] += input_tokens
-        group[2] += output_tokens
-        group[3] += total_tokens
-        group[4] += cached
-        group[5] += failed
-        group[6] += units
-        hour[0] += 1
-        hour[1] += input_tokens
-        hour[2] += output_tokens
-        hour[3] += total_tokens
-        hour[4] += cached
-        hour[5] += failed
-        hour[6] += units
-        if stamp < first:
-            first = stamp
-        if stamp > last:
-            last = stamp
-    return _Scan(groups, hours, skipped, first if last else None, last or None)
-
-
 def _summary(
-    period: Period, exchange: Exchange, groups: Groups, hours: Groups, scans: list[_Scan]
+    period: Period, exchange: Exchange, groups: Groups, hours: Groups, scans: list[Counts]
 ) -> Summary:
     firsts = [scan.first for scan in scans if scan.first is not None]
     lasts = [scan.last for scan in scans if scan.last is not None]

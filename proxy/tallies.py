@@ -5,12 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
-from typing import Any, Literal
+from typing import Literal
 
 from proxy.money import Exchange, units_to_decimal
 
 TimeUnit = Literal["hour", "day"]
-NONE = "(none)"  # the name shown for a missing model, task type or session
 
 
 @dataclass
@@ -72,15 +71,6 @@ def add_group(tally: Tally, counts: list[int], currency: str, unpriced: bool, ex
     tally.cost += converted
     tally.costed_requests += requests
     tally.costed_tokens += total_tokens
-
-
-def merge_groups(into: dict[Any, list[int]], counts: dict[Any, list[int]]) -> None:
-    for key, values in counts.items():
-        mine = into.get(key)
-        if mine is None:
-            into[key] = list(values)
-        else:
-            into[key] = [a + b for a, b in zip(mine, values, strict=True)]
 
 
 def timeline(

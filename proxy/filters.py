@@ -1,0 +1,111 @@
+"""Which records a report counts: a period and filters; records of other writers completed with defaults."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, cast
+
+from proxy.periods import ALL_TIME, Period
+from proxy.records import CostRecord
+
+NONE = "(none)"  # the name shown for a missing model, task type or session
+RECORD_FIELDS: tuple[str, ...] = tuple(CostRecord.__annotations__)
+# What a record lacks when an older or other writer left a field out (the format only grows).
+DEFAULTS: dict[str, Any] = dict.fromkeys(RECORD_FIELDS) | {
+    "request_id": "",
+    "user_id": "anonymous",
+    "provider": NONE,
+    "endpoint": "",
+    "is_streaming": False,
+    "input_tokens": 0,
+    "output_tokens": 0,
+    "total_tokens": 0,
+    "v": 1,
+    "cached_input_tokens": 0,
+    "cache_write_tokens": 0,
+    "reasoning_tokens": 0,
+    "currency": "USD",
+    "priced": True,
+    "usage_source": "provider",
+    "status_code": 200,
+    "duration_ms": 0.0,
+    "proxy_request_id": "",
+}
+_FieldTest = Callable[[str, str | None, str, str | None, str | None, int, str | None], bool]
+
+
+@dataclass(frozen=True)
+class Filters:
+    """Which records count: a period, then exact names (model: a substring), or only failed calls."""
+
+    period: Period = ALL_TIME
+    provider: str | None = None
+    model: str | None = None
+    user: str | None = None
+    task_type: str | None = None
+    session: str | None = None
+    errors_only: bool = False
+
+    def field_test(self) -> _FieldTest | None:
+        """A test of (provider, model, user, task_type, session, status, error), or None if all pass."""
+        if not (
+            self.provider or self.model or self.user or self.task_type or self.session or self.errors_only
+        ):
+            return None
+
+        def test(
+            provider: str,
+            model: str | None,
+            user: str,
+            task: str | None,
+            session: str | None,
+            status: int,
+            error: str | None,
+        ) -> bool:
+            return (
+                (self.provider is None or provider == self.provider)
+                and (self.model is None or (model is not None and self.model in model))
+                and (self.user is None or user == self.user)
+                and (self.task_type is None or task == self.task_type)
+                and (self.session is None or session == self.session)
+                and (not self.errors_only or error is not None or status >= 400)
+            )
+
+        return test
+
+    def matches(self, record: Mapping[str, Any]) -> bool:
+        stamp = record["timestamp"]
+        low, high = self.period.start_stamp, self.period.end_stamp
+        if (low is not None and stamp < low) or (high is not None and stamp >= high):
+            return False
+        test = self.field_test()
+        return test is None or test(*(record[name] for name in _TEST_FIELDS))
+
+
+_TEST_FIELDS = ("provider", "model", "user_id", "task_type", "session_id", "status_code", "error")
+
+
+EVERY_RECORD = Filters()
+
+
+def complete(record: dict[str, Any]) -> CostRecord | None:
+    """The record with the fields an older writer left out filled in, or None if it is not a record."""
+    if not isinstance(record.get("timestamp"), str):
+        return None
+    full = DEFAULTS | {"priced": record.get("total_cost") is not None} | record
+    return cast(CostRecord, full) if _well_typed(full) else None
+
+
+_COUNTED = ("input_tokens", "output_tokens", "total_tokens", "cached_input_tokens")
+
+
+def _well_typed(record: dict[str, Any]) -> bool:
+    """The numbers reports add up are numbers (summarise skips the same records by catching TypeError)."""
+    counts = (record[name] for name in _COUNTED)
+    cost = record["total_cost"]
+    return (
+        all(isinstance(count, int) for count in counts)
+        and isinstance(record["status_code"], int)
+        and (cost is None or isinstance(cost, (int, float)))
+    )
