@@ -330,6 +330,18 @@ def test_stream_gets_the_cost_comment_just_before_done(proxy: RunningProxy, stub
     assert response.header("x-meterproxy-request-id") == record["proxy_request_id"]
 
 
+def test_chat_stream_without_done_gets_the_comment_at_its_end(
+    proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    stub.push(Stream([CHAT_EVENTS, CHAT_USAGE_CHUNK]))
+    response = proxy.post_json("/v1/chat/completions", {"model": "gpt-4o", "messages": HELLO, "stream": True})
+
+    before, comment, after = split_cost_comment(response.body)
+    assert (before, after) == (CHAT_EVENTS, b"")
+    # (1000 - 200) * 2.50 + 200 * 1.25 + 500 * 10.00 per 1M
+    assert comment == {"total_cost": 0.00725, "currency": "USD", "input_tokens": 1000, "output_tokens": 500}
+
+
 def test_stream_that_asked_for_usage_keeps_it_and_gets_the_comment(
     proxy: RunningProxy, stub: UpstreamStub
 ) -> None:

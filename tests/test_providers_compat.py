@@ -1,0 +1,246 @@
+"""OpenAI-compatible providers and their usage quirks: DeepSeek's cache hit counts in a stream, OpenRouter's
+own cost, Moonshot's top-level cached_tokens, DashScope (USD and CNY) and Tencent Hunyuan (CNY)."""
+
+from __future__ import annotations
+
+import pytest
+from conftest import MakeConfig, ProxyLauncher, RunningProxy
+from test_providers import (
+    all_providers,
+    assert_cost_headers,
+    costs,
+    events_of,
+    fixture,
+    only,
+    pick,
+    split_cost_comment,
+)
+from upstream_stub import SSE_DONE, Reply, Stream, UpstreamStub
+
+ASK = [{"role": "user", "content": "What notice does clause 9 require?"}]
+
+
+@pytest.fixture
+def providers_proxy(launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub) -> RunningProxy:
+    return launch(make_config(providers=all_providers(stub)))
+
+
+def test_deepseek_stream_prices_cache_hits_once_and_reasoning_as_output(
+    providers_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    stream = fixture("deepseek_stream_reasoner.sse")
+    stub.push(Stream(events_of(stream)))
+    response = providers_proxy.post_json(
+        "/deepseek/v1/chat/completions", {"model": "deepseek-reasoner", "messages": ASK, "stream": True}
+    )
+
+    seen = only(stub.requests)
+    assert seen.target == "/deepseek/v1/chat/completions"
+    assert seen.json()["stream_options"] == {"include_usage": True}
+    # DeepSeek's usage rides on the finish chunk, which has a choice: the client gets every byte of it.
+    before, comment, after = split_cost_comment(response.body)
+    assert (before, after) == (stream[: -len(SSE_DONE)], SSE_DONE)
+    record = only(providers_proxy.wait_records(1))
+    # Both cached_tokens and prompt_cache_hit_tokens say 2944: (3100 - 2944) * 0.55 + 2944 * 0.14 +
+    # 1480 * 2.19 per 1M.
+    expected = {
+        **costs([(156, "0.55"), (2944, "0.14")], [(1480, "2.19")]),
+        "provider": "deepseek",
+        "request_id": "0a1d5e3c-7b9f-4e2a-8c61-3f5b9d2e7a14",
+        "response_model": "deepseek-reasoner",
+        "input_tokens": 3100,
+        "cached_input_tokens": 2944,
+        "output_tokens": 1480,
+        "reasoning_tokens": 1230,
+        "total_tokens": 4580,
+        "finish_reason": "stop",
+        "is_streaming": True,
+        "usage_source": "provider",
+    }
+    assert pick(record, expected) == expected
+    assert expected["total_cost"] == 0.00373916
+    assert comment == {
+        "total_cost": 0.00373916,
+        "currency": "USD",
+        "input_tokens": 3100,
+        "output_tokens": 1480,
+    }
+
+
+def test_openrouter_cost_is_kept_beside_ours(providers_proxy: RunningProxy, stub: UpstreamStub) -> None:
+    body = fixture("openrouter_chat.json")
+    stub.push(Reply(body=body))
+    with providers_proxy.client() as client:
+        raw = client.chat.completions.with_raw_response.create(
+            model="openrouter/openai/gpt-4o-mini", messages=ASK
+        )
+
+    assert raw.http_response.content == body
+    seen = only(stub.requests)
+    assert (seen.target, seen.json()["model"]) == (
+        "/openrouter/api/v1/chat/completions",
+        "openai/gpt-4o-mini",
+    )
+    record = only(providers_proxy.wait_records(1))
+    # (2400 - 1200) * 0.15 + 1200 * 0.075 + 350 * 0.60 per 1M; OpenRouter's own figure is 0.000495.
+    expected = {
+        **costs([(1200, "0.15"), (1200, "0.075")], [(350, "0.60")]),
+        "provider_reported_cost": 0.000495,
+        "provider": "openrouter",
+        "model": "openai/gpt-4o-mini",
+        "request_id": "gen-1756481120-Xq3nPZ8wLk2Vt9RbYc4H",
+        "input_tokens": 2400,
+        "cached_input_tokens": 1200,
+        "output_tokens": 350,
+    }
+    assert pick(record, expected) == expected
+    assert raw.headers.get("x-meterproxy-cost") == "0.00048"
+
+
+def test_openrouter_stream_keeps_its_comments_and_usage_chunk_and_its_cost(
+    providers_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    stream = fixture("openrouter_chat_stream.sse")
+    stub.push(Stream(events_of(stream)))
+    response = providers_proxy.post_json(
+        "/openrouter/v1/chat/completions",
+        {"model": "anthropic/claude-sonnet-4.6", "messages": ASK, "stream": True},
+    )
+
+    # OpenRouter always sends usage, on a chunk that has a choice: nothing of the stream is removed.
+    before, comment, after = split_cost_comment(response.body)
+    assert (before, after) == (stream[: -len(SSE_DONE)], SSE_DONE)
+    record = only(providers_proxy.wait_records(1))
+    # (21400 - 16384 - 4096) * 3.00 + 16384 * 0.30 + 4096 * 3.75 + 612 * 15.00 per 1M
+    expected = {
+        **costs([(920, "3.00"), (16384, "0.30"), (4096, "3.75")], [(612, "15.00")]),
+        "provider_reported_cost": 0.0324315,
+        "input_tokens": 21400,
+        "cached_input_tokens": 16384,
+        "cache_write_tokens": 4096,
+        "output_tokens": 612,
+        "finish_reason": "stop",
+    }
+    assert pick(record, expected) == expected
+    assert comment["total_cost"] == expected["total_cost"] == 0.0322152
+
+
+def test_a_provider_that_reports_no_cost_records_null(
+    providers_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    stub.push(Reply(body=fixture("dashscope_chat.json")))
+    providers_proxy.post_json("/dashscope/v1/chat/completions", {"model": "qwen-plus", "messages": ASK})
+
+    record = only(providers_proxy.wait_records(1))
+    assert (record.get("provider_reported_cost", "<missing>"), record["priced"]) == (None, True)
+
+
+def test_moonshot_top_level_cached_tokens_are_cached_input(
+    providers_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    body = fixture("moonshot_chat.json")
+    stub.push(Reply(body=body))
+    response = providers_proxy.post_json(
+        "/moonshot/v1/chat/completions", {"model": "kimi-k2.5", "messages": ASK}
+    )
+
+    assert (response.status, response.body) == (200, body)
+    assert only(stub.requests).target == "/moonshot/v1/chat/completions"
+    record = only(providers_proxy.wait_records(1))
+    # (5120 - 4096) * 0.60 + 4096 * 0.10 + 260 * 3.00 per 1M
+    expected = {
+        **costs([(1024, "0.60"), (4096, "0.10")], [(260, "3.00")]),
+        "provider": "moonshot",
+        "input_tokens": 5120,
+        "cached_input_tokens": 4096,
+        "output_tokens": 260,
+    }
+    assert pick(record, expected) == expected
+    assert_cost_headers(response, record, "0.001804", "USD")
+
+
+def test_dashscope_international_prices_cached_tokens_in_usd(
+    providers_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    body = fixture("dashscope_chat.json")
+    stub.push(Reply(body=body))
+    with providers_proxy.client(path="/dashscope/v1") as client:
+        raw = client.chat.completions.with_raw_response.create(model="qwen-plus", messages=ASK)
+
+    assert raw.http_response.content == body
+    assert only(stub.requests).target == "/dashscope-intl/compatible-mode/v1/chat/completions"
+    record = only(providers_proxy.wait_records(1))
+    # (3019 - 2048) * 0.40 + 2048 * 0.08 + 104 * 1.20 per 1M
+    expected = {
+        **costs([(971, "0.40"), (2048, "0.08")], [(104, "1.20")]),
+        "provider": "dashscope",
+        "request_id": "chatcmpl-6ada9ed2-7f33-9de2-8bb0-78bd4035025a",
+        "cached_input_tokens": 2048,
+        "currency": "USD",
+    }
+    assert pick(record, expected) == expected
+    assert (raw.headers.get("x-meterproxy-cost"), raw.headers.get("x-meterproxy-currency")) == (
+        "0.00067704",
+        "USD",
+    )
+
+
+def test_dashscope_mainland_stream_is_priced_in_cny(
+    providers_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    stream = fixture("dashscope_chat_stream.sse")
+    events = events_of(stream)
+    usage_chunk = events[-2]
+    assert b'"choices":[]' in usage_chunk
+    stub.push(Stream(events))
+    response = providers_proxy.post_json(
+        "/v1/chat/completions", {"model": "dashscope-cn/qwen3-max", "messages": ASK, "stream": True}
+    )
+
+    seen = only(stub.requests)
+    assert (seen.target, seen.json()["model"]) == (
+        "/dashscope-cn/compatible-mode/v1/chat/completions",
+        "qwen3-max",
+    )
+    # The usage-only chunk the proxy asked for is removed; the comment takes its place before [DONE].
+    before, comment, after = split_cost_comment(response.body)
+    assert (before, after) == (b"".join(events[:-2]), SSE_DONE)
+    record = only(providers_proxy.wait_records(1))
+    # (8421 - 6144) * 2.50 + 6144 * 0.50 + 733 * 10.00 per 1M, in CNY
+    expected = {
+        **costs([(2277, "2.50"), (6144, "0.50")], [(733, "10.00")]),
+        "provider": "dashscope-cn",
+        "model": "qwen3-max",
+        "currency": "CNY",
+        "input_tokens": 8421,
+        "cached_input_tokens": 6144,
+        "output_tokens": 733,
+    }
+    assert pick(record, expected) == expected
+    assert comment == {"total_cost": 0.0160945, "currency": "CNY", "input_tokens": 8421, "output_tokens": 733}
+
+
+def test_hunyuan_is_priced_in_cny_and_its_bytes_pass_unchanged(
+    providers_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    body = fixture("hunyuan_chat.json")
+    stub.push(Reply(body=body))
+    response = providers_proxy.post_json(
+        "/hunyuan/v1/chat/completions", {"model": "hunyuan-turbos-latest", "messages": ASK}
+    )
+
+    assert (response.status, response.body) == (200, body)
+    assert only(stub.requests).target == "/hunyuan/v1/chat/completions"
+    record = only(providers_proxy.wait_records(1))
+    # 1862 * 0.80 + 415 * 2.00 per 1M, in CNY
+    expected = {
+        **costs([(1862, "0.80")], [(415, "2.00")]),
+        "provider": "hunyuan",
+        "request_id": "c1f1b1e3-2b0f-4c1a-9d6e-7f4d1c2b3a59",
+        "currency": "CNY",
+        "input_tokens": 1862,
+        "output_tokens": 415,
+        "total_tokens": 2277,
+    }
+    assert pick(record, expected) == expected
+    assert_cost_headers(response, record, "0.0023196", "CNY")

@@ -1,0 +1,166 @@
+"""Gemini natively (generateContent, streamGenerateContent?alt=sse) and through its OpenAI-compatible path.
+
+The model comes from the path; output is candidates plus thoughts, and cached content is part of the prompt.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import MakeConfig, ProxyLauncher, RunningProxy
+from test_providers import (
+    all_providers,
+    assert_cost_headers,
+    costs,
+    events_of,
+    fixture,
+    only,
+    pick,
+    split_cost_comment,
+)
+from upstream_stub import Reply, Stream, UpstreamStub
+
+PROVIDER_KEY = "AIzaSyProviderCanary-5b2e"
+GENERATE = fixture("gemini_generate_content.json")
+STREAM = fixture("gemini_stream_generate_content.sse")
+ASK = {"contents": [{"role": "user", "parts": [{"text": "When does the contract renew?"}]}]}
+JSON_TYPE = {"content-type": "application/json"}
+
+
+@pytest.fixture
+def providers_proxy(launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub) -> RunningProxy:
+    return launch(make_config(providers=all_providers(stub)))
+
+
+@pytest.fixture
+def keyed_proxy(launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub) -> RunningProxy:
+    """All providers, the gemini one with its own api_key."""
+    providers = all_providers(stub)
+    providers["gemini"]["api_key"] = "${GEMINI_UPSTREAM_KEY}"
+    return launch(make_config(providers=providers), env={"GEMINI_UPSTREAM_KEY": PROVIDER_KEY})
+
+
+def test_generate_content_is_priced_with_thoughts_as_output_and_cached_content(
+    keyed_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    stub.push(Reply(body=GENERATE))
+    response = keyed_proxy.request(
+        "POST",
+        "/gemini/v1beta/models/gemini-2.5-flash:generateContent",
+        json.dumps(ASK).encode(),
+        {**JSON_TYPE, "x-goog-api-key": "AIzaSyClientCanary-0c9d"},
+    )
+
+    assert (response.status, response.body) == (200, GENERATE)
+    seen = only(stub.requests)
+    assert (seen.target, seen.json()) == ("/v1beta/models/gemini-2.5-flash:generateContent", ASK)
+    assert [value for name, value in seen.headers if name.lower() == "x-goog-api-key"] == [PROVIDER_KEY]
+    assert seen.header("authorization") is None
+    record = only(keyed_proxy.wait_records(1))
+    # (12800 - 8192) * 0.30 + 8192 * 0.03 + (640 + 1210) * 2.50 per 1M
+    expected = {
+        **costs([(4608, "0.30"), (8192, "0.03")], [(1850, "2.50")]),
+        "provider": "gemini",
+        "model": "gemini-2.5-flash",
+        "endpoint": "/gemini/v1beta/models/gemini-2.5-flash:generateContent",
+        "is_streaming": False,
+        "input_tokens": 12800,
+        "cached_input_tokens": 8192,
+        "cache_write_tokens": 0,
+        "output_tokens": 1850,
+        "reasoning_tokens": 1210,
+        "total_tokens": 14650,
+        "priced": True,
+        "currency": "USD",
+        "price": {"input": 0.3, "output": 2.5, "cached_input": 0.03, "cache_write": 0.3, "tier": None},
+        "usage_source": "provider",
+        "status_code": 200,
+        "error": None,
+    }
+    assert pick(record, expected) == expected
+    assert_cost_headers(response, record, "0.00625316", "USD")
+    for secret in (PROVIDER_KEY, "AIzaSyClientCanary-0c9d"):
+        assert secret not in keyed_proxy.records_path.read_text()
+
+
+def test_generate_content_records_gemini_response_id_model_version_and_finish_reason(
+    providers_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    stub.push(Reply(body=GENERATE))
+    providers_proxy.post_json("/gemini/v1beta/models/gemini-2.5-flash:generateContent", ASK)
+
+    record = only(providers_proxy.wait_records(1))
+    expected = {
+        "request_id": "mKdGaOqQHo2Lz7IP7d3BsQ0",
+        "response_model": "gemini-2.5-flash",
+        "finish_reason": "STOP",
+    }
+    assert pick(record, expected) == expected
+
+
+def test_stream_generate_content_counts_the_last_usage_metadata(
+    providers_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    # Gemini frames its events with CRLF, and every chunk carries the usage so far.
+    stub.push(Stream(events_of(STREAM, b"\r\n\r\n")))
+    response = providers_proxy.post_json(
+        "/gemini/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse", ASK
+    )
+
+    seen = only(stub.requests)
+    assert (seen.target, seen.json()) == (
+        "/v1beta/models/gemini-2.5-flash:streamGenerateContent?alt=sse",
+        ASK,
+    )
+    # No [DONE] in a Gemini stream: the comment comes after the last event.
+    before, comment, after = split_cost_comment(response.body)
+    assert (before, after) == (STREAM, b"")
+    record = only(providers_proxy.wait_records(1))
+    # (12800 - 8192) * 0.30 + 8192 * 0.03 + (412 + 986) * 2.50 per 1M
+    expected = {
+        **costs([(4608, "0.30"), (8192, "0.03")], [(1398, "2.50")]),
+        "model": "gemini-2.5-flash",
+        "endpoint": "/gemini/v1beta/models/gemini-2.5-flash:streamGenerateContent",
+        "is_streaming": True,
+        "input_tokens": 12800,
+        "cached_input_tokens": 8192,
+        "output_tokens": 1398,
+        "reasoning_tokens": 986,
+        "usage_source": "provider",
+        "status_code": 200,
+        "error": None,
+    }
+    assert pick(record, expected) == expected
+    assert expected["total_cost"] == 0.00512316
+    assert comment == {
+        "total_cost": 0.00512316,
+        "currency": "USD",
+        "input_tokens": 12800,
+        "output_tokens": 1398,
+    }
+
+
+def test_openai_compatible_gemini_path_is_priced_as_chat(
+    providers_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    body = fixture("gemini_openai_chat.json")
+    stub.push(Reply(body=body))
+    with providers_proxy.client(path="/gemini/v1") as client:
+        raw = client.chat.completions.with_raw_response.create(
+            model="gemini-2.5-flash", messages=[{"role": "user", "content": "When does it renew?"}]
+        )
+
+    assert raw.http_response.content == body
+    assert only(stub.requests).target == "/v1beta/openai/chat/completions"
+    record = only(providers_proxy.wait_records(1))
+    # 3120 * 0.30 + 1402 * 2.50 per 1M (the reasoning tokens are inside completion_tokens)
+    expected = {
+        **costs([(3120, "0.30")], [(1402, "2.50")]),
+        "endpoint": "/gemini/v1/chat/completions",
+        "input_tokens": 3120,
+        "output_tokens": 1402,
+        "reasoning_tokens": 1390,
+    }
+    assert pick(record, expected) == expected
+    assert raw.headers.get("x-meterproxy-cost") == "0.004441"

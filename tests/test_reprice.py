@@ -1,0 +1,399 @@
+"""`meterproxy reprice --file F --config C [--output OUT]`: a copy of a record file priced with config C.
+
+Every record is re-priced from its own provider, model, response_model and token fields; costs, priced,
+price and currency are replaced and nothing else changes; lines that are not records are copied as they are;
+F is left untouched.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from conftest import MakeConfig, ProxyLauncher, proxy_env, read_records
+from test_providers import all_providers, costs, fixture, only
+from upstream_stub import Reply, Stream, UpstreamStub
+
+REPRICED_FIELDS = ("input_cost", "output_cost", "total_cost", "priced", "price", "currency")
+TORN_LINE = b'{"timestamp": "2026-11-23T09:14:07.118204Z", "request_id": "chatcmpl-to'
+NOT_JSON = b"meterproxy restarted here"
+
+CONFIG = {
+    "currency": "USD",
+    "providers": {
+        "openai": {
+            "base_url": "https://api.openai.com/v1",
+            "models": {
+                "gpt-4o": {"pricing": {"input": 2.50, "output": 10.00, "cached_input": 1.25}},
+                "gpt-4o-mini": {"pricing": {"input": 0.15, "output": 0.60}},
+            },
+        },
+        "anthropic": {
+            "kind": "anthropic",
+            "base_url": "https://api.anthropic.com/v1",
+            "models": {
+                "claude-sonnet-4-6": {
+                    "pricing": {"input": 3.00, "output": 15.00, "cached_input": 0.30, "cache_write": 3.75}
+                }
+            },
+        },
+        "gemini": {
+            "kind": "gemini",
+            "base_url": "https://generativelanguage.googleapis.com/v1beta/openai",
+            "models": {
+                "gemini-2.5-pro": {
+                    "pricing": {
+                        "input": 1.25,
+                        "output": 10.0,
+                        "cached_input": 0.3125,
+                        "tiers": [
+                            {
+                                "above_input_tokens": 200000,
+                                "input": 2.50,
+                                "output": 15.0,
+                                "cached_input": 0.625,
+                            }
+                        ],
+                    }
+                }
+            },
+        },
+        "dashscope": {
+            "base_url": "https://dashscope-intl.aliyuncs.com/compatible-mode/v1",
+            "models": {"qwen-plus": {"pricing": {"input": 0.40, "output": 1.20, "cached_input": 0.08}}},
+        },
+        "dashscope-cn": {
+            "base_url": "https://dashscope.aliyuncs.com/compatible-mode/v1",
+            "currency": "CNY",
+            "models": {"qwen-plus": {"pricing": {"input": 0.80, "output": 2.00, "cached_input": 0.16}}},
+        },
+    },
+}
+
+
+def record(**fields: Any) -> dict[str, Any]:
+    """A record as the proxy writes it; `fields` replace the defaults (a priced gpt-4o call)."""
+    base: dict[str, Any] = {
+        "timestamp": "2026-11-23T09:14:07.118204Z",
+        "request_id": "chatcmpl-B9MHDbslfkBeAs8l4bebGdFOJ6PeG",
+        "user_id": "key:1b4f0e9851971998",
+        "ip_address": "127.0.0.1",
+        "provider": "openai",
+        "model": "gpt-4o",
+        "endpoint": "/v1/chat/completions",
+        "is_streaming": False,
+        "input_tokens": 1000,
+        "output_tokens": 500,
+        "total_tokens": 1500,
+        "input_cost": 0.0045,
+        "output_cost": 0.0075,
+        "total_cost": 0.012,
+        "finish_reason": "stop",
+        "v": 1,
+        "response_model": "gpt-4o-2024-08-06",
+        "cached_input_tokens": 200,
+        "cache_write_tokens": 0,
+        "reasoning_tokens": 64,
+        "currency": "USD",
+        "priced": True,
+        "usage_source": "provider",
+        "status_code": 200,
+        "error": None,
+        "duration_ms": 812.417,
+        "ttfb_ms": 640.022,
+        "proxy_request_id": "5f0c1e2d3b4a596877a6b5c4",
+        "session_id": "sess-42",
+        "task_type": "summarise",
+        "provider_reported_cost": None,
+        "price": {"input": 4.5, "output": 15.0, "cached_input": 4.5, "cache_write": 4.5, "tier": None},
+    }
+    return {**base, **fields}
+
+
+def legacy(line: dict[str, Any]) -> dict[str, Any]:
+    """The same record as written before price provenance: no `price`, no `provider_reported_cost`."""
+    return {key: value for key, value in line.items() if key not in ("price", "provider_reported_cost")}
+
+
+# Each record and what config C makes of it: (costs, price, currency), or None when it stays unpriced.
+CASES: list[tuple[dict[str, Any], tuple[dict[str, float], dict[str, Any], str] | None]] = [
+    (
+        # Priced before at wrong prices: (1000 - 200) * 2.50 + 200 * 1.25 + 500 * 10.00 per 1M.
+        record(),
+        (
+            costs([(800, "2.50"), (200, "1.25")], [(500, "10.00")]),
+            {"input": 2.5, "output": 10.0, "cached_input": 1.25, "cache_write": 2.5, "tier": None},
+            "USD",
+        ),
+    ),
+    (
+        # A line written before this issue, with Anthropic's cache parts inside input_tokens:
+        # (10000 - 6000 - 3000) * 3.00 + 6000 * 0.30 + 3000 * 3.75 + 742 * 15.00 per 1M.
+        legacy(
+            record(
+                request_id="msg_01XFDUDYJgAACzvnptvVoYEL",
+                provider="anthropic",
+                model="claude-sonnet-4-6",
+                endpoint="/anthropic/v1/messages",
+                response_model="claude-sonnet-4-6",
+                input_tokens=10000,
+                output_tokens=742,
+                total_tokens=10742,
+                cached_input_tokens=6000,
+                cache_write_tokens=3000,
+                reasoning_tokens=0,
+                finish_reason="end_turn",
+            )
+        ),
+        (
+            costs([(1000, "3.00"), (6000, "0.30"), (3000, "3.75")], [(742, "15.00")]),
+            {"input": 3.0, "output": 15.0, "cached_input": 0.3, "cache_write": 3.75, "tier": None},
+            "USD",
+        ),
+    ),
+    (
+        # Unpriced before; now priced by its response model without the date: 200 * 0.15 + 100 * 0.60 per 1M.
+        record(
+            model="latest-small",
+            response_model="gpt-4o-mini-2024-07-18",
+            input_tokens=200,
+            output_tokens=100,
+            total_tokens=300,
+            cached_input_tokens=0,
+            reasoning_tokens=0,
+            input_cost=None,
+            output_cost=None,
+            total_cost=None,
+            priced=False,
+            price=None,
+        ),
+        (
+            costs([(200, "0.15")], [(100, "0.60")]),
+            {"input": 0.15, "output": 0.6, "cached_input": 0.15, "cache_write": 0.15, "tier": None},
+            "USD",
+        ),
+    ),
+    (
+        # Over 200K input, the whole call at the tier: (250000 - 50000) * 2.50 + 50000 * 0.625 + 1000 * 15.0.
+        record(
+            provider="gemini",
+            model="gemini-2.5-pro",
+            endpoint="/gemini/v1beta/models/gemini-2.5-pro:generateContent",
+            response_model="gemini-2.5-pro",
+            input_tokens=250000,
+            output_tokens=1000,
+            total_tokens=251000,
+            cached_input_tokens=50000,
+            reasoning_tokens=700,
+        ),
+        (
+            costs([(200000, "2.50"), (50000, "0.625")], [(1000, "15.0")]),
+            {"input": 2.5, "output": 15.0, "cached_input": 0.625, "cache_write": 2.5, "tier": 200000},
+            "USD",
+        ),
+    ),
+    (
+        # The same model name under two providers: each record at its own provider's price.
+        # (3019 - 2048) * 0.40 + 2048 * 0.08 + 104 * 1.20 per 1M, in USD.
+        record(
+            provider="dashscope",
+            model="qwen-plus",
+            response_model="qwen-plus",
+            input_tokens=3019,
+            output_tokens=104,
+            total_tokens=3123,
+            cached_input_tokens=2048,
+            reasoning_tokens=0,
+        ),
+        (
+            costs([(971, "0.40"), (2048, "0.08")], [(104, "1.20")]),
+            {"input": 0.4, "output": 1.2, "cached_input": 0.08, "cache_write": 0.4, "tier": None},
+            "USD",
+        ),
+    ),
+    (
+        # (3019 - 2048) * 0.80 + 2048 * 0.16 + 104 * 2.00 per 1M, in CNY (recorded as USD before).
+        record(
+            provider="dashscope-cn",
+            model="qwen-plus",
+            response_model="qwen-plus",
+            input_tokens=3019,
+            output_tokens=104,
+            total_tokens=3123,
+            cached_input_tokens=2048,
+            reasoning_tokens=0,
+        ),
+        (
+            costs([(971, "0.80"), (2048, "0.16")], [(104, "2.00")]),
+            {"input": 0.8, "output": 2.0, "cached_input": 0.16, "cache_write": 0.8, "tier": None},
+            "CNY",
+        ),
+    ),
+    (
+        # Refused by the provider: no tokens, so nothing is billed at the new prices either.
+        record(
+            request_id="5f0c1e2d3b4a596877a6b5c5",
+            proxy_request_id="5f0c1e2d3b4a596877a6b5c5",
+            response_model=None,
+            input_tokens=0,
+            output_tokens=0,
+            total_tokens=0,
+            cached_input_tokens=0,
+            reasoning_tokens=0,
+            input_cost=0.0,
+            output_cost=0.0,
+            total_cost=0.0,
+            finish_reason=None,
+            usage_source="none",
+            status_code=429,
+        ),
+        (
+            {"input_cost": 0.0, "output_cost": 0.0, "total_cost": 0.0},
+            {"input": 2.5, "output": 10.0, "cached_input": 1.25, "cache_write": 2.5, "tier": None},
+            "USD",
+        ),
+    ),
+    # A model config C does not price, and a provider config C does not have: both stay unpriced.
+    (record(model="mystery-model", response_model="mystery-model"), None),
+    (record(provider="hunyuan", model="hunyuan-turbos-latest", response_model="hunyuan-turbos-latest"), None),
+]
+REPRICED_COUNT = sum(1 for _, outcome in CASES if outcome is not None)
+UNPRICED_COUNT = len(CASES) - REPRICED_COUNT
+
+
+def write_lines(path: Path, lines: list[bytes]) -> bytes:
+    data = b"".join(line + b"\n" for line in lines)
+    path.write_bytes(data)
+    return data
+
+
+def write_config(path: Path, config: dict[str, Any]) -> Path:
+    path.write_text(json.dumps(config, indent=2), encoding="utf-8")  # JSON is YAML
+    return path
+
+
+def reprice(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "proxy", "reprice", *args],
+        cwd=tmp_path,
+        env=proxy_env(tmp_path / "not-used.jsonl"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def numbers_in(text: str, *paths: Path) -> list[int]:
+    """The whole numbers a message states, once the file paths in it are taken out."""
+    for path in paths:
+        text = text.replace(str(path), "")
+    return [int(number) for number in re.findall(r"(?<![\w.])\d+(?![\w.])", text)]
+
+
+def test_reprice_writes_a_repriced_copy_and_leaves_the_file_untouched(tmp_path: Path) -> None:
+    records_path = tmp_path / "cost.jsonl"
+    lines = [json.dumps(line).encode() for line, _ in CASES]
+    original = write_lines(records_path, [lines[0], TORN_LINE, *lines[1:4], NOT_JSON, *lines[4:]])
+    config = write_config(tmp_path / "corrected.yml", CONFIG)
+
+    result = reprice(tmp_path, "--file", str(records_path), "--config", str(config))
+
+    assert result.returncode == 0, result.stderr
+    assert records_path.read_bytes() == original
+    output = tmp_path / "cost.repriced.jsonl"
+    written = output.read_bytes().split(b"\n")
+    assert written[-1] == b""
+    # Lines that are not records are copied as they are, in their places.
+    assert (written[1], written[5]) == (TORN_LINE, NOT_JSON)
+    repriced = [json.loads(line) for index, line in enumerate(written[:-1]) if index not in (1, 5)]
+    assert len(repriced) == len(CASES)
+    for (before, outcome), after in zip(CASES, repriced, strict=True):
+        unchanged = {key: value for key, value in before.items() if key not in REPRICED_FIELDS}
+        assert {key: value for key, value in after.items() if key not in REPRICED_FIELDS} == unchanged
+        if outcome is None:
+            expected = {
+                "input_cost": None,
+                "output_cost": None,
+                "total_cost": None,
+                "priced": False,
+                "price": None,
+            }
+        else:
+            cost, price, currency = outcome
+            expected = {**cost, "priced": True, "price": price, "currency": currency}
+        assert {key: after.get(key, "<missing>") for key in expected} == expected, before["provider"]
+    assert sorted(numbers_in(result.stdout, records_path, output, config)) == sorted(
+        [REPRICED_COUNT, UNPRICED_COUNT]
+    ), result.stdout
+
+
+def test_reprice_output_option_names_the_copy(tmp_path: Path) -> None:
+    records_path = tmp_path / "cost.jsonl"
+    write_lines(records_path, [json.dumps(record()).encode()])
+    config = write_config(tmp_path / "corrected.yml", CONFIG)
+    output = tmp_path / "out" / "fixed.jsonl"
+    output.parent.mkdir()
+
+    result = reprice(tmp_path, "--file", str(records_path), "--config", str(config), "--output", str(output))
+
+    assert result.returncode == 0, result.stderr
+    assert not (tmp_path / "cost.repriced.jsonl").exists()
+    # (1000 - 200) * 2.50 + 200 * 1.25 + 500 * 10.00 per 1M
+    assert only(read_records(output))["total_cost"] == 0.00725
+
+
+def test_reprice_of_a_missing_file_exits_2_with_one_line(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "corrected.yml", CONFIG)
+    missing = tmp_path / "nope.jsonl"
+
+    result = reprice(tmp_path, "--file", str(missing), "--config", str(config))
+
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "nope.jsonl" in result.stderr
+    assert list(tmp_path.iterdir()) == [config]
+
+
+def test_reprice_with_the_proxys_own_config_changes_no_record_it_wrote(
+    launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub, tmp_path: Path
+) -> None:
+    providers = all_providers(stub)
+    config = make_config(providers=providers)
+    proxy = launch(config)
+    stub.push(
+        Reply(body=fixture("anthropic_messages.json")),
+        Stream([fixture("responses_stream.sse")]),
+        Reply(body=fixture("gemini_generate_content.json")),
+        Reply(body=fixture("hunyuan_chat.json")),
+    )
+    proxy.post_json(
+        "/anthropic/v1/messages", {"model": "claude-sonnet-4-6", "max_tokens": 64, "messages": []}
+    )
+    proxy.post_json("/v1/responses", {"model": "gpt-5", "input": "hi", "stream": True})
+    proxy.post_json("/gemini/v1beta/models/gemini-2.5-flash:generateContent", {"contents": []})
+    proxy.post_json("/hunyuan/v1/chat/completions", {"model": "hunyuan-turbos-latest", "messages": []})
+    written = proxy.wait_records(4)
+    proxy.stop()
+
+    result = reprice(tmp_path, "--file", str(proxy.records_path), "--config", str(config))
+
+    assert result.returncode == 0, result.stderr
+    assert read_records(tmp_path / "records.repriced.jsonl") == written
+    # Then with Anthropic's price corrected: only that record changes, by the hand-computed amount.
+    providers["anthropic"]["models"]["claude-sonnet-4-6"]["pricing"]["cached_input"] = 0.15
+    corrected = make_config(providers=providers)
+    result = reprice(
+        tmp_path, "--file", str(proxy.records_path), "--config", str(corrected), "--output", "b.jsonl"
+    )
+
+    assert result.returncode == 0, result.stderr
+    anthropic, *others = read_records(tmp_path / "b.jsonl")
+    assert others == written[1:]
+    # (10000 - 6000 - 3000) * 3.00 + 6000 * 0.15 + 3000 * 3.75 + 742 * 15.00 per 1M
+    expected = costs([(1000, "3.00"), (6000, "0.15"), (3000, "3.75")], [(742, "15.00")])
+    assert {key: anthropic[key] for key in expected} == expected
+    assert anthropic["price"]["cached_input"] == 0.15
