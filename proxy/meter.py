@@ -333,7 +333,8 @@ class Meter:
         bill: Bill = call.settle()
         total = decimal_text(bill.cost.total_cost) if bill.cost is not None else "null"
         return (
-            b': meterproxy-cost {"total_cost":%s,"currency":%s,"input_tokens":%d,"output_tokens":%d}\n\n'
+            b': meterproxy-cost {"total_cost": %s, "currency": %s, '
+            b'"input_tokens": %d, "output_tokens": %d}\n\n'
             % (
                 total.encode(),
                 orjson.dumps(call.provider.currency),

@@ -137,8 +137,8 @@ def costed(stream: bytes, record: dict[str, Any]) -> bytes:
     """A stream as the client gets it: the cost comment, from the record's own numbers, before [DONE]."""
     total = "null" if record["total_cost"] is None else format(Decimal(repr(record["total_cost"])), "f")
     comment = (
-        f': meterproxy-cost {{"total_cost":{total},"currency":"{record["currency"]}",'
-        f'"input_tokens":{record["input_tokens"]},"output_tokens":{record["output_tokens"]}}}\n\n'
+        f': meterproxy-cost {{"total_cost": {total}, "currency": "{record["currency"]}", '
+        f'"input_tokens": {record["input_tokens"]}, "output_tokens": {record["output_tokens"]}}}\n\n'
     ).encode()
     head, done, tail = stream.rpartition(SSE_DONE)
     return head + comment + done + tail if done else stream + comment
