@@ -6,6 +6,7 @@ for the records themselves, `Filters` for which ones count.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -107,8 +108,10 @@ def summarise(
     """Read the files once and total the matching records; workers > 1 reads big plain files in parallel."""
     pieces = split(expand(paths), workers, parallel_min_bytes)
     if workers > 1 and len(pieces) > 1:
-        # fork: the workers need nothing re-imported, and a process pool of 2 starts in milliseconds.
-        with ProcessPoolExecutor(min(workers, len(pieces)), mp_context=get_context("fork")) as pool:
+        # A forked worker re-imports nothing and starts in milliseconds; but a process with other threads
+        # must not fork (a lock held by one of them stays locked in the child), so it gets a fork server.
+        method = "fork" if threading.active_count() == 1 else "forkserver"
+        with ProcessPoolExecutor(min(workers, len(pieces)), mp_context=get_context(method)) as pool:
             scans = list(pool.map(count, pieces, [filters] * len(pieces)))
     else:
         scans = [count(piece, filters) for piece in pieces]

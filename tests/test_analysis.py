@@ -1,3 +1,4 @@
+import threading
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -278,3 +279,19 @@ def test_parallel_reading_gives_the_same_summary(tmp_path: Path) -> None:
     assert parallel == serial
     assert isinstance(serial, Summary) and serial.totals.requests == 340 and serial.skipped_lines == 1
     assert serial.totals.errors == 60 + 30  # hours 0 and 5 in a, hour 0 in b
+
+
+def test_parallel_reading_while_other_threads_run(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "a.jsonl", [record(total_cost=0.5, user_id=f"u{index % 4}") for index in range(200)]
+    )
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        parallel = summarise([path], workers=2, parallel_min_bytes=1)  # a fork server, not fork
+    finally:
+        stop.set()
+        other.join()
+    assert parallel == summarise([path])
+    assert (parallel.totals.requests, cost(parallel.totals)) == (200, Decimal(100))
