@@ -497,3 +497,38 @@ def test_tier_without_cached_input_prices_cached_tokens_at_the_tiers_input(
         "price": {"input": 1.2, "output": 3.6, "cached_input": 1.2, "cache_write": 1.2, "tier": 128000},
     }
     assert pick(record, expected) == expected
+
+
+def test_of_several_tiers_the_highest_one_the_input_is_above_prices_the_call(
+    launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub
+) -> None:
+    tiered = {
+        "input": 1.20,
+        "output": 6.00,
+        "cached_input": 0.24,
+        "tiers": [
+            {"above_input_tokens": 32000, "input": 2.40, "output": 12.00, "cached_input": 0.48},
+            {"above_input_tokens": 128000, "input": 3.00, "output": 15.00, "cached_input": 0.60},
+        ],
+    }
+    proxy = launch(make_config(providers={"openai": {"models": {"qwen3-max": {"pricing": tiered}}}}))
+    usages = [(30000, 1000), (100000, 20000), (150000, 40000)]
+    for prompt, cached in usages:
+        usage = {
+            "prompt_tokens": prompt,
+            "completion_tokens": 500,
+            "total_tokens": prompt + 500,
+            "prompt_tokens_details": {"cached_tokens": cached},
+        }
+        stub.push(Reply(body=chat_completion(usage, model="qwen3-max")))
+        proxy.post_json("/v1/chat/completions", {"model": "qwen3-max", "messages": HELLO})
+
+    records = proxy.wait_records(3)
+    assert [(record["total_cost"], record["price"]["tier"]) for record in records] == [
+        # (30000 - 1000) * 1.20 + 1000 * 0.24 + 500 * 6.00 per 1M
+        (per_million((29000, "1.20"), (1000, "0.24"), (500, "6.00")), None),
+        # (100000 - 20000) * 2.40 + 20000 * 0.48 + 500 * 12.00 per 1M
+        (per_million((80000, "2.40"), (20000, "0.48"), (500, "12.00")), 32000),
+        # (150000 - 40000) * 3.00 + 40000 * 0.60 + 500 * 15.00 per 1M
+        (per_million((110000, "3.00"), (40000, "0.60"), (500, "15.00")), 128000),
+    ]

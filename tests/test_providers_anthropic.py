@@ -7,6 +7,7 @@ sum of the three, with `cached_input_tokens` and `cache_write_tokens` as its par
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 
 import pytest
@@ -249,6 +250,39 @@ def test_the_last_message_delta_gives_the_output_count(
     }
     assert pick(record, expected) == expected
     assert comment["output_tokens"] == 389
+
+
+def test_stream_cut_before_message_delta_still_bills_the_input_and_cache_it_reported(
+    providers_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    events = events_of(MESSAGE_STREAM)
+    cut = next(index for index, event in enumerate(events) if event.startswith(b"event: message_delta"))
+    stub.push(Stream(events, headers=ANTHROPIC_SSE, cut_after=cut))
+    body = {"model": "claude-sonnet-4-6", "max_tokens": 1024, "messages": ASK, "stream": True}
+    connection = http.client.HTTPConnection("127.0.0.1", providers_proxy.port, timeout=30)
+    try:
+        connection.request(
+            "POST", "/anthropic/v1/messages", json.dumps(body).encode(), {"x-api-key": CLIENT_ANTHROPIC_KEY}
+        )
+        response = connection.getresponse()
+        # The client's stream is cut where the provider's was: no cost comment, no clean end.
+        with pytest.raises(http.client.IncompleteRead) as received:
+            response.read()
+    finally:
+        connection.close()
+
+    assert received.value.partial == b"".join(events[:cut])
+    record = only(providers_proxy.wait_records(1))
+    # message_start reported 25 input, 18432 cache reads, 1536 cache writes: 25 * 3.00 + 18432 * 0.30 +
+    # 1536 * 3.75 per 1M is owed whatever the output was.
+    expected = {
+        "error": "upstream_reset",
+        "input_tokens": 19993,
+        "cached_input_tokens": 18432,
+        "cache_write_tokens": 1536,
+        "input_cost": costs([(25, "3.00"), (18432, "0.30"), (1536, "3.75")], [])["input_cost"],
+    }
+    assert pick(record, expected) == expected
 
 
 def test_plain_v1_messages_route_serves_the_sdk_by_model(

@@ -99,6 +99,23 @@ def test_generate_content_records_gemini_response_id_model_version_and_finish_re
     assert pick(record, expected) == expected
 
 
+def test_a_key_in_the_query_string_reaches_gemini_but_never_the_record_or_log(
+    providers_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    canary = "AIzaSyQueryCanary-8f31"
+    stub.push(Reply(body=GENERATE))
+    response = providers_proxy.post_json(
+        f"/gemini/v1beta/models/gemini-2.5-flash:generateContent?key={canary}", ASK
+    )
+
+    assert response.status == 200
+    assert only(stub.requests).target == f"/v1beta/models/gemini-2.5-flash:generateContent?key={canary}"
+    record = only(providers_proxy.wait_records(1))
+    assert record["endpoint"] == "/gemini/v1beta/models/gemini-2.5-flash:generateContent"
+    assert canary not in providers_proxy.records_path.read_text()
+    assert canary not in providers_proxy.log()
+
+
 def test_stream_generate_content_counts_the_last_usage_metadata(
     providers_proxy: RunningProxy, stub: UpstreamStub
 ) -> None:
