@@ -12,10 +12,7 @@ import contextlib
 import datetime
 import json
 import os
-import platform
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -34,6 +31,7 @@ from bench_load import (
     count_successes,
     run_wrk,
     time_streams,
+    wait_quiet,
 )
 from bench_results import Kind, Row, TargetResult
 from bench_targets import (
@@ -42,7 +40,6 @@ from bench_targets import (
     ensure_litellm,
     ensure_tools,
     free_port,
-    package_version,
     start_litellm,
     start_meterproxy,
     start_nginx,
@@ -54,6 +51,8 @@ CONNECTIONS = (1, 32, 128)
 _CALL = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
 BODY = json.dumps(_CALL, separators=(",", ":"))
 STREAM_BODY = json.dumps({**_CALL, "stream": True}, separators=(",", ":"))
+SOAK_LIMIT_S = 600.0
+QUIET = 0.10  # a machine this busy (share of all cores) with nothing of ours running is quiet enough
 
 
 @dataclass(frozen=True)
@@ -82,6 +81,8 @@ class Load:
     connections: tuple[int, ...]
     slow_calls: int  # sequential calls of the slow stream, for TTFB
     exact_calls: int  # calls per mode of the fixed-count records check
+    quiet_wait: float  # seconds to wait, before each run, for other work on the machine to stop
+    soak_calls: int  # calls one meterproxy worker serves in all, for the RSS growth figure
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ class Bench:
     mock: bench_nginx.MockPorts
     cpus: Cpus
     litellm: Path | None
+    cores: list[int]
 
 
 @dataclass(frozen=True)
@@ -148,12 +150,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--results", type=Path, default=REPO / "bench" / "results", help="folder for the JSON"
     )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=60.0,
+        help="before each run, wait up to this many seconds for other work on the machine to stop",
+    )
     parser.add_argument("--litellm-venv", type=Path, default=REPO / "bench" / "work" / "litellm-venv")
     args = parser.parse_args(argv)
     if args.quick:
-        load = Load(duration=2.0, connections=(32,), slow_calls=3, exact_calls=100)
+        load = Load(2.0, (32,), slow_calls=3, exact_calls=100, quiet_wait=args.quiet_wait, soak_calls=0)
     else:
-        load = Load(duration=args.duration, connections=CONNECTIONS, slow_calls=10, exact_calls=1000)
+        load = Load(args.duration, CONNECTIONS, 20, 1000, quiet_wait=args.quiet_wait, soak_calls=100_000)
 
     ensure_tools()
     cores = os.cpu_count() or 1
@@ -175,13 +183,14 @@ def main(argv: list[str] | None = None) -> int:
         mock_server = start_nginx("mock", bench_nginx.mock_config(workdir, mock), workdir, cpus.load)
         try:
             mock_server.wait_ready(f"http://127.0.0.1:{mock.json}/v1/chat/completions", timeout_s=10)
-            bench = Bench(workdir, mock, cpus, litellm)
+            bench = Bench(workdir, mock, cpus, litellm, list(range(cores)))
             for plan in _plans(args.workers, cpus, litellm is not None):
                 print(f"measuring {plan.name} ...", flush=True)
                 result = TargetResult(plan.name, plan.kind, plan.workers, plan.cpus, plan.metering)
                 try:
                     with _launch(plan, bench) as launched:
-                        _measure(result, launched, bench, load)
+                        soak = plan.kind == "meterproxy" and plan.workers == 1 and bool(plan.metering)
+                        _measure(result, launched, bench, load, soak)
                 except RuntimeError as exc:  # a target that will not start: report it, measure the rest
                     print(f"  skipped: {exc}", flush=True)
                     skipped[plan.name] = str(exc).splitlines()[0]
@@ -190,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             mock_server.stop()
 
-    machine = describe_machine(args.litellm_venv if args.peers else None)
+    machine = bench_results.describe_machine(REPO, args.litellm_venv if args.peers else None)
     settings = {
         "duration_s": load.duration,
         "connections": list(load.connections),
@@ -276,43 +285,70 @@ def _alias(body: str, suffix: str) -> str:
     return body.replace(f'"model":"{MODEL}"', f'"model":"{MODEL}-{suffix}"')
 
 
-def _measure(result: TargetResult, launched: Launched, bench: Bench, load: Load) -> None:
+def _measure(result: TargetResult, launched: Launched, bench: Bench, load: Load, soak: bool) -> None:
     records = RecordFile(launched.record_file) if launched.record_file else None
     sampler = TreeSampler(launched.server.pid) if launched.server else None
-    # On the target's own core, busy time outside its processes is network softirq plus anything else running.
-    core = int(result.cpus) if result.cpus.isdigit() else None
     served = 0
     with sampler or contextlib.nullcontext():
         for mode in MODES:
             endpoint = launched.calls[mode]
             run_wrk(endpoint, 32, 1.0, bench.workdir, bench.cpus.load)  # warm-up: connection pools, caches
             for conns in load.connections:
-                # Calls wrk abandoned at its deadline are still being served: let them finish first.
-                before = records.settle() if records else 0
-                if sampler:
-                    sampler.wait_idle()
-                cpu = sampler.cpu_seconds() if sampler else 0.0
-                busy = core_busy_seconds(core) if core is not None else 0.0
-                start = time.monotonic()
-                wrk = run_wrk(endpoint, conns, load.duration, bench.workdir, bench.cpus.load)
-                wall = time.monotonic() - start
-                row = Row(mode, conns, wrk, None)
-                if sampler:
-                    row.cpu_pct = round(100 * (sampler.cpu_seconds() - cpu) / wall, 1)
-                    if core is not None:
-                        row.other_pct = round(100 * (core_busy_seconds(core) - busy) / wall - row.cpu_pct, 1)
-                if records:
-                    row.records = records.settle() - before
-                served += wrk.requests
+                row = _measure_run(result, endpoint, mode, conns, bench, load, sampler, records)
+                result.rows.append(row)
+                served += row.wrk.requests
                 if sampler:
                     result.rss_checkpoints.append((served, round(sampler.sample() / 1024, 1)))
-                result.rows.append(row)
+        if soak and sampler:
+            # A leak shows as growth between the 50,000th and the 100,000th call (issue 4's RSS target).
+            deadline = time.monotonic() + SOAK_LIMIT_S
+            while served < load.soak_calls and time.monotonic() < deadline:
+                for mode in MODES:
+                    wrk = run_wrk(launched.calls[mode], 32, 10.0, bench.workdir, bench.cpus.load)
+                    served += wrk.requests
+                    result.rss_checkpoints.append((served, round(sampler.sample() / 1024, 1)))
         if sampler:
             sampler.wait_idle()
+        wait_quiet(bench.cores, QUIET, load.quiet_wait)
         _probe(result, launched, records, bench, load)
     if sampler:
         result.peak_rss_mb = round(sampler.peak_tree_kb / 1024, 1)
         result.peak_process_rss_mb = round(sampler.peak_process_kb / 1024, 1)
+
+
+def _measure_run(
+    result: TargetResult,
+    endpoint: Endpoint,
+    mode: str,
+    connections: int,
+    bench: Bench,
+    load: Load,
+    sampler: TreeSampler | None,
+    records: RecordFile | None,
+) -> Row:
+    """One measured wrk run, started once the target and the machine are quiet."""
+    # Calls wrk abandoned at the previous run's deadline may still be in flight: let them finish.
+    before = records.settle() if records else 0
+    if sampler:
+        sampler.wait_idle()
+    wait_quiet(bench.cores, QUIET, load.quiet_wait)
+    # On the target's own core, busy time outside its processes is network softirq plus other work.
+    core = int(result.cpus) if result.cpus.isdigit() else None
+    cpu = sampler.cpu_seconds() if sampler else 0.0
+    busy = core_busy_seconds(core) if core is not None else 0.0
+    start = time.monotonic()
+    wrk = run_wrk(endpoint, connections, load.duration, bench.workdir, bench.cpus.load)
+    wall = time.monotonic() - start
+    row = Row(mode, connections, wrk)
+    if sampler:
+        cpu = sampler.cpu_seconds() - cpu
+        row.cpu_pct = round(100 * cpu / wall, 1)
+        row.cpu_us_per_call = round(1e6 * cpu / wrk.requests, 1) if wrk.requests else None
+        if core is not None:
+            row.other_pct = round(100 * (core_busy_seconds(core) - busy) / wall - row.cpu_pct, 1)
+    if records:
+        row.records = records.settle() - before
+    return row
 
 
 def _probe(
@@ -351,38 +387,6 @@ def _exact_count(launched: Launched, records: RecordFile, calls_each: int) -> di
     new = records.records_from(offset)
     metered = sum(1 for r in new if r.get("status_code") == 200 and r.get("total_tokens") == 36)
     return {"calls": calls_each * len(endpoints), "ok": ok, "records": after - before, "metered_ok": metered}
-
-
-def describe_machine(litellm_venv: Path | None) -> dict[str, object]:
-    """CPU, cores, memory, kernel, versions: what a reader needs to compare a result with theirs."""
-    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
-    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "")
-    meminfo = Path("/proc/meminfo").read_text().splitlines()
-    mem_kb = next((int(line.split()[1]) for line in meminfo if line.startswith("MemTotal:")), 0)
-    cores = os.cpu_count() or 1
-    ours = ("aiohttp", "uvicorn", "uvloop", "httptools", "starlette", "orjson")
-    packages = {name: package_version(sys.executable, name) for name in ours}
-    packages["nginx"] = _run(["nginx", "-v"]).rsplit("/", 1)[-1] or None
-    packages["wrk"] = " ".join(_run(["wrk", "-v"]).split()[1:2]) or None
-    if litellm_venv is not None:
-        packages["litellm"] = package_version(litellm_venv / "bin" / "python", "litellm")
-    slug = re.sub(r"[^a-z0-9]+", "-", cpu.lower()).strip("-") or platform.machine()
-    return {
-        "cpu": cpu,
-        "cores": cores,
-        "memory_mb": mem_kb // 1024,
-        "kernel": platform.release(),
-        "python": platform.python_version(),
-        "packages": packages,
-        "meterproxy_commit": _run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"]) or None,
-        "slug": f"{slug}-{cores}c",
-    }
-
-
-def _run(cmd: list[str]) -> str:
-    """A command's output (stdout, else stderr: nginx -v writes there), stripped; empty if it fails."""
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    return (done.stdout or done.stderr).strip()
 
 
 if __name__ == "__main__":

@@ -137,6 +137,18 @@ def busy_share(cores: list[int], seconds: float) -> float:
     return (sum(core_busy_seconds(c) for c in cores) - before) / (seconds * len(cores))
 
 
+def wait_quiet(cores: list[int], share: float, limit_s: float) -> float:
+    """Wait (up to `limit_s`) until the cores are less than `share` busy; return the last share seen.
+
+    On a shared machine other work comes and goes; starting each run in a quiet moment keeps it out
+    of most runs, and the run's other% column shows what still got in."""
+    deadline = time.monotonic() + limit_s
+    seen = busy_share(cores, 0.5)
+    while seen >= share and time.monotonic() < deadline:
+        seen = busy_share(cores, 0.5)
+    return seen
+
+
 def _tree(root: int) -> list[int]:
     children: dict[int, list[int]] = {}
     for entry in os.scandir("/proc"):

@@ -18,7 +18,7 @@ _USAGE = {
     "completion_tokens": COMPLETION_TOKENS,
     "total_tokens": PROMPT_TOKENS + COMPLETION_TOKENS,
 }
-_HEAD = {"id": "chatcmpl-bench", "created": 1700000000, "model": "gpt-4o-mini-2024-07-18"}
+_MODEL = "gpt-4o-mini-2024-07-18"
 _ECHO_MODULE_GLOBS = ("/usr/lib/nginx/modules/ngx_http_echo_module.so", "/usr/*/nginx/modules/*echo*.so")
 
 
@@ -33,12 +33,12 @@ def completion_body() -> str:
     """The fixed non-streamed chat completion the mock returns."""
     message = {"role": "assistant", "content": "Hello from the mock upstream."}
     choice = {"index": 0, "message": message, "finish_reason": "stop", "logprobs": None}
-    return _compact({**_HEAD, "object": "chat.completion", "choices": [choice], "usage": _USAGE})
+    return _compact({**_head("chat.completion"), "choices": [choice], "usage": _USAGE})
 
 
 def stream_events(count: int) -> list[str]:
     """`count` SSE data events: a role delta, content deltas, a finish, the usage-only chunk; then [DONE]."""
-    chunk = {**_HEAD, "object": "chat.completion.chunk"}
+    chunk = _head("chat.completion.chunk")
 
     def choice(delta: dict[str, str], finish: str | None) -> dict[str, object]:
         return {**chunk, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
@@ -153,6 +153,11 @@ def _echo_lines(events: list[str], pause: float | None) -> str:
 def _quote(text: str) -> str:
     """An nginx single-quoted string; nginx turns the backslash escapes back into bytes."""
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'").replace("\n", "\\n") + "'"
+
+
+def _head(kind: str) -> dict[str, object]:
+    """The fields every completion or chunk starts with, in OpenAI's order."""
+    return {"id": "chatcmpl-bench", "object": kind, "created": 1700000000, "model": _MODEL}
 
 
 def _compact(value: object) -> str:

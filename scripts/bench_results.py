@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import os
+import platform
+import re
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from bench_load import WrkResult
+from bench_targets import package_version
 
 Kind = Literal["direct", "nginx", "meterproxy", "litellm"]
 MOCK_BOUND = 0.85  # a proxied run at this share of the direct run's req/s was limited by the mock's core
@@ -21,6 +28,7 @@ class Row:
     records: int | None = None  # records written during the run, for a target that writes them
     cpu_pct: float | None = None  # CPU time of the target's processes per second of the run
     other_pct: float | None = None  # the rest of its core's busy time: network softirq, other processes
+    cpu_us_per_call: float | None = None  # the target's CPU time per completed call
 
 
 @dataclass
@@ -65,6 +73,7 @@ def build(results: list[TargetResult], machine: dict[str, Any], settings: dict[s
                     "records": row.records,
                     "cpu_pct": row.cpu_pct,
                     "other_pct": row.other_pct,
+                    "cpu_us_per_call": row.cpu_us_per_call,
                     "mock_bound": proxied and row.wrk.rps >= MOCK_BOUND * ref.rps,
                 }
             )
@@ -217,6 +226,7 @@ _COLUMNS: list[tuple[str, Callable[[dict[str, Any], dict[str, Any]], str]]] = [
     ("errors", lambda t, r: str(r["non_2xx"] + r["socket_errors"])),
     ("cpu%", lambda t, r: _num(r["cpu_pct"], ".0f")),
     ("other%", lambda t, r: _num(r["other_pct"], ".0f")),
+    ("cpu us/call", lambda t, r: _num(r["cpu_us_per_call"], ",.0f")),
     ("RSS MB", lambda t, r: _num(t["peak_rss_mb"], ".0f")),
     (
         "records",
@@ -263,3 +273,35 @@ def render(report: dict[str, Any]) -> str:
 
 def _num(value: float | None, spec: str) -> str:
     return "" if value is None else format(value, spec)
+
+
+def describe_machine(repo: Path, litellm_venv: Path | None) -> dict[str, object]:
+    """CPU, cores, memory, kernel, versions: what a reader needs to compare a result with theirs."""
+    cpuinfo = Path("/proc/cpuinfo").read_text().splitlines()
+    cpu = next((line.split(":", 1)[1].strip() for line in cpuinfo if line.startswith("model name")), "")
+    meminfo = Path("/proc/meminfo").read_text().splitlines()
+    mem_kb = next((int(line.split()[1]) for line in meminfo if line.startswith("MemTotal:")), 0)
+    cores = os.cpu_count() or 1
+    ours = ("aiohttp", "uvicorn", "uvloop", "httptools", "starlette", "orjson")
+    packages = {name: package_version(sys.executable, name) for name in ours}
+    packages["nginx"] = _output(["nginx", "-v"]).rsplit("/", 1)[-1] or None
+    packages["wrk"] = " ".join(_output(["wrk", "-v"]).split()[1:2]) or None
+    if litellm_venv is not None:
+        packages["litellm"] = package_version(litellm_venv / "bin" / "python", "litellm")
+    slug = re.sub(r"[^a-z0-9]+", "-", cpu.lower()).strip("-") or platform.machine()
+    return {
+        "cpu": cpu,
+        "cores": cores,
+        "memory_mb": mem_kb // 1024,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "packages": packages,
+        "meterproxy_commit": _output(["git", "-C", str(repo), "rev-parse", "--short", "HEAD"]) or None,
+        "slug": f"{slug}-{cores}c",
+    }
+
+
+def _output(cmd: list[str]) -> str:
+    """A command's output (stdout, else stderr: nginx -v writes there), stripped; empty if it fails."""
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    return (done.stdout or done.stderr).strip()
