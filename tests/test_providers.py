@@ -106,7 +106,6 @@ def all_providers(stub: UpstreamStub) -> dict[str, Any]:
             "models": {
                 "gpt-5": {"pricing": GPT_5},
                 "text-embedding-3-small": {"pricing": TEXT_EMBEDDING_3_SMALL},
-                "gemini-2.5-pro": {"pricing": TIERED},
             }
         },
         "anthropic": {
@@ -117,7 +116,10 @@ def all_providers(stub: UpstreamStub) -> dict[str, Any]:
         "gemini": {
             "kind": "gemini",
             "base_url": stub_url(stub, "/v1beta/openai"),
-            "models": {"gemini-2.5-flash": {"pricing": GEMINI_2_5_FLASH}},
+            "models": {
+                "gemini-2.5-flash": {"pricing": GEMINI_2_5_FLASH},
+                "gemini-2.5-pro": {"pricing": TIERED},
+            },
         },
         "deepseek": {
             "base_url": stub_url(stub, "/deepseek/v1"),
@@ -330,6 +332,40 @@ def test_stream_gets_the_cost_comment_just_before_done(proxy: RunningProxy, stub
     assert response.header("x-meterproxy-request-id") == record["proxy_request_id"]
 
 
+def test_cost_comment_lands_before_done_however_the_stream_is_cut_into_writes(
+    proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    whole = CHAT_EVENTS + CHAT_USAGE_CHUNK + SSE_DONE
+    crlf = whole.replace(b"\n", b"\r\n")
+    writes = {
+        "one write": [whole],
+        "[DONE] split": [whole[:-9], whole[-9:-5], whole[-5:]],
+        "usage chunk split": [
+            CHAT_EVENTS + CHAT_USAGE_CHUNK[:40],
+            CHAT_USAGE_CHUNK[40:] + SSE_DONE[:3],
+            SSE_DONE[3:],
+        ],
+        "crlf": [crlf[:1000], crlf[1000:]],
+    }
+    for chunks in writes.values():
+        stub.push(Stream(chunks))
+    bodies = [
+        proxy.post_json("/v1/chat/completions", {"model": "gpt-4o", "messages": HELLO, "stream": True}).body
+        for _ in writes
+    ]
+
+    parts = [split_cost_comment(body) for body in bodies]
+    crlf_events = CHAT_EVENTS.replace(b"\n", b"\r\n")
+    assert [(before, after) for before, _, after in parts] == [
+        (CHAT_EVENTS, SSE_DONE),
+        (CHAT_EVENTS, SSE_DONE),
+        (CHAT_EVENTS, SSE_DONE),
+        (crlf_events, b"data: [DONE]\r\n\r\n"),
+    ]
+    # (1000 - 200) * 2.50 + 200 * 1.25 + 500 * 10.00 per 1M
+    assert [comment["total_cost"] for _, comment, _ in parts] == [0.00725] * 4
+
+
 def test_chat_stream_without_done_gets_the_comment_at_its_end(
     proxy: RunningProxy, stub: UpstreamStub
 ) -> None:
@@ -462,7 +498,7 @@ def test_tiered_price_applies_to_the_whole_call_above_the_threshold(
     }
     stub.push(Reply(body=chat_completion(usage, model="gemini-2.5-pro")))
     response = providers_proxy.post_json(
-        "/openai/v1/chat/completions", {"model": "gemini-2.5-pro", "messages": HELLO}
+        "/gemini/v1/chat/completions", {"model": "gemini-2.5-pro", "messages": HELLO}
     )
 
     record = only(providers_proxy.wait_records(1))
