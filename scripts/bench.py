@@ -12,6 +12,7 @@ import contextlib
 import datetime
 import json
 import os
+import signal
 import statistics
 import sys
 import tempfile
@@ -163,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         load = Load(args.duration, CONNECTIONS, 20, 1000, quiet_wait=args.quiet_wait, soak_calls=100_000)
 
+    # Servers run in their own sessions: on SIGTERM unwind (and stop them) as on Ctrl-C.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     ensure_tools()
     cores = os.cpu_count() or 1
     cpus = Cpus("0", "1", f"0-{cores - 1}") if cores >= 2 else Cpus("0", "0", "0")
@@ -217,6 +220,10 @@ def main(argv: list[str] | None = None) -> int:
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nresults written to {out.relative_to(REPO) if out.is_relative_to(REPO) else out}")
     return 0
+
+
+def _exit_on_signal(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _plans(many: int, cpus: Cpus, peers: bool) -> list[Plan]:
