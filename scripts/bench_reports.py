@@ -57,6 +57,13 @@ JQ_PROGRAM = (
     'reduce inputs as $r ({}; ($r.provider + "/" + ($r.model // "(none)")) as $k'
     " | .[$k].requests += 1 | .[$k].tokens += $r.total_tokens | .[$k].cost += ($r.total_cost // 0))"
 )
+DUCKDB_QUERY = """
+import duckdb, json
+connection = duckdb.connect()
+connection.execute("SET enable_progress_bar = false")
+print(json.dumps(connection.sql({sql!r}).fetchall()))
+"""
+ONE_PROCESS = "from proxy.analysis import summarise; summarise([{path!r}], workers=1)"
 ORJSON_LOOP = """
 import sys, orjson
 groups = {}
@@ -225,10 +232,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--records", type=int, default=1_000_000)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--keep", action="store_true", help="keep the temporary folder (file and venv)")
+    parser.add_argument("--file", type=Path, help="time this record file instead of generating one")
     args = parser.parse_args(argv)
     folder = Path(tempfile.mkdtemp(prefix="meterproxy-bench-reports-"))
     try:
-        return run(folder, args.records, args.repeat)
+        return run(folder, args.records, args.repeat, args.file)
     finally:
         if args.keep:
             print(f"kept {folder}")
@@ -236,10 +244,13 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(folder, ignore_errors=True)
 
 
-def run(folder: Path, count: int, repeat: int) -> int:
-    path = folder / "cost-tracking.jsonl"
+def run(folder: Path, count: int, repeat: int, existing: Path | None) -> int:
+    path = existing.resolve() if existing else folder / "cost-tracking.jsonl"
     started = time.perf_counter()
-    generate(path, count, datetime.now(UTC))
+    if existing is None:
+        generate(path, count, datetime.now(UTC))
+    else:
+        count = sum(1 for _ in open(path, "rb"))
     size_mb = path.stat().st_size / 1e6
     print(f"generated {count:,} records, {size_mb:,.0f} MB, in {time.perf_counter() - started:.0f} s")
     duckdb = ensure_duckdb(folder)
@@ -249,23 +260,23 @@ def run(folder: Path, count: int, repeat: int) -> int:
     duck = Timing("DuckDB")
     jq_timing = Timing("jq")
     script = str(ROOT / "scripts" / "analyze_costs.py")
-    query = (
-        f"import duckdb, json; print(json.dumps(duckdb.sql({GROUP_BY_SQL.format(path=path)!r}).fetchall()))"
-    )
+    one_process = Timing("summarise(), 1 process")
+    query = DUCKDB_QUERY.format(sql=GROUP_BY_SQL.format(path=str(path)))
+    library = f"import sys; sys.path.insert(0, {str(ROOT)!r}); " + ONE_PROCESS.format(path=str(path))
     for _ in range(repeat):
         measure(report, [sys.executable, script, "--file", str(path), "--all", "--format", "json"], folder)
+        measure(one_process, [sys.executable, "-c", library], folder)
         measure(loop, [sys.executable, "-c", ORJSON_LOOP, str(path)], folder)
         measure(duck, [str(duckdb), "-c", query], folder)
     if jq is not None:
         measure(jq_timing, [jq, "-cn", JQ_PROGRAM, str(path)], folder)  # once: it takes many seconds
-    check(report.output, duck.output)
     cpus = len(os.sched_getaffinity(0))
     print(f"\n{count:,} records ({size_mb:,.0f} MB), {cpus} CPUs, load average {os.getloadavg()[0]:.2f}")
     print(
         f"{'':24} {'best s':>8} {'median s':>9} {'peak MB tree':>13} {'largest proc':>13} {'vs report':>10}"
     )
     best = min(report.seconds)
-    for timing in (report, loop, duck, jq_timing):
+    for timing in (report, one_process, loop, duck, jq_timing):
         if not timing.seconds:
             print(f"{timing.name:24} not run (jq could not be installed)")
             continue
@@ -277,6 +288,7 @@ def run(folder: Path, count: int, repeat: int) -> int:
     if count == 1_000_000:
         target = best <= 2.5 and report.peak_tree_mb <= 150
         print(f"\ntarget (<= 2.5 s, <= 150 MB): {'met' if target else 'NOT met'}")
+    check(report.output, duck.output)
     return 0
 
 
