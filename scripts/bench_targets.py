@@ -45,12 +45,14 @@ def free_port() -> int:
 class Server:
     """A server started as a child in its own process group, its output in a log file; stopped by its id."""
 
-    def __init__(self, name: str, cmd: list[str], log: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, name: str, cmd: list[str], log: Path, env: dict[str, str] | None = None, cwd: Path | None = None
+    ) -> None:
         self.name = name
         self.log = log
         with log.open("wb") as out:
             self.process = subprocess.Popen(
-                cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd, start_new_session=True
             )
 
     @property
@@ -134,7 +136,8 @@ def start_meterproxy(
         str(workers),
     ]
     env = {**os.environ, "COST_TRACKING_FILE": str(record_file), "PYTHONPATH": str(repo)}
-    server = Server(name, cmd, workdir / f"{name}.log", env)
+    # From the checkout's root, `python -m proxy` runs this checkout's package, not an installed one.
+    server = Server(name, cmd, workdir / f"{name}.log", env, cwd=repo)
     server.wait_ready(f"http://127.0.0.1:{port}/health", timeout_s=60)
     return server, port, record_file
 
