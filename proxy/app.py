@@ -19,6 +19,7 @@ from starlette.types import Receive, Scope, Send
 from proxy import __version__
 from proxy.config import Config, load_config
 from proxy.errors import error_body
+from proxy.http1 import HTTP1Upstream
 from proxy.meter import Meter
 from proxy.records import RecordWriter
 from proxy.routing import Routes
@@ -69,7 +70,7 @@ def create_app(config: Config, upstream: Upstream | None = None) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
-        client = upstream if upstream is not None else AiohttpUpstream()
+        client = upstream if upstream is not None else _upstream_client(config)
         writer = RecordWriter(config.record_file)
         totals = RollingTotals(config.record_file, config.currency, config.exchange_rates)
         if config.cost_tracking:
@@ -134,6 +135,12 @@ def create_app(config: Config, upstream: Upstream | None = None) -> Starlette:
         exception_handlers={HTTPException: http_error},
         lifespan=lifespan,
     )
+
+
+def _upstream_client(config: Config) -> Upstream:
+    if config.upstream_client == "aiohttp":
+        return AiohttpUpstream()
+    return HTTP1Upstream()
 
 
 def create_app_from_environ() -> Starlette:

@@ -82,6 +82,7 @@ class Config:
     host: str
     port: int
     max_body_bytes: int
+    upstream_client: UpstreamClient
     currency: str
     exchange_rates: Mapping[str, Decimal]
     cost_tracking: bool
@@ -94,10 +95,12 @@ class Config:
 
 
 _TOP_KEYS = {"server", "currency", "exchange_rates", "features", "providers", "auth", "budgets"}
-_SERVER_KEYS = {"host", "port", "max_body_mb"}
+_SERVER_KEYS = {"host", "port", "max_body_mb", "upstream_client"}
 _PROVIDER_KEYS = {"base_url", "api_key", "timeout", "currency", "stream_usage", "kind", "models"}
 _PRICE_KEYS = {"input", "output", "cached_input", "cache_write", "tiers"}
 _TIER_KEYS = {"above_input_tokens", "input", "output", "cached_input", "cache_write"}
+UpstreamClient = Literal["http1", "aiohttp"]
+_CLIENTS: dict[str, UpstreamClient] = {"http1": "http1", "aiohttp": "aiohttp"}
 _KINDS: dict[str, ProviderKind] = {"openai": "openai", "anthropic": "anthropic", "gemini": "gemini"}
 _BUDGET_KEYS = {"daily", "monthly", "warn_at", "critical_at"}
 
@@ -230,6 +233,9 @@ def parse_config(text: str, environ: Mapping[str, str], source: str = "config.ym
     if isinstance(port_value, bool) or not isinstance(port_value, int) or not 0 < port_value < 65536:
         raise r.fail(("server", "port"), f"must be a port number from 1 to 65535, got {_show(port_value)}")
     max_body_mb = r.number(server.get("max_body_mb", 32), ("server", "max_body_mb"), positive=True)
+    client = r.text(server.get("upstream_client", "http1"), ("server", "upstream_client"))
+    if client not in _CLIENTS:
+        raise r.fail(("server", "upstream_client"), f"must be http1 (the default) or aiohttp, got {client!r}")
 
     currency = r.currency(top.get("currency", "USD"), ("currency",))
     rates = {
@@ -258,6 +264,7 @@ def parse_config(text: str, environ: Mapping[str, str], source: str = "config.ym
         host=host,
         port=port_value,
         max_body_bytes=int(max_body_mb * 1024 * 1024),
+        upstream_client=_CLIENTS[client],
         currency=currency,
         exchange_rates=rates,
         cost_tracking=enabled,
