@@ -1,0 +1,163 @@
+"""The lean HTTP/1.1 upstream client against the scripted stub on loopback."""
+
+import asyncio
+import socket
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import pytest
+from upstream_stub import Hangup, Reply, Stream, UpstreamStub
+
+from proxy.http1 import HTTP1Upstream
+from proxy.upstream import UpstreamError, UpstreamResponse
+
+T = TypeVar("T")
+HEADERS = [(b"content-type", b"application/json"), (b"x-trace", b"abc")]
+
+
+def run(work: Callable[[HTTP1Upstream], Awaitable[T]]) -> T:
+    async def main() -> T:
+        client = HTTP1Upstream()
+        try:
+            return await work(client)
+        finally:
+            await client.close()
+
+    return asyncio.run(main())
+
+
+async def read_all(response: UpstreamResponse) -> bytes:
+    parts = []
+    while chunk := await response.read():
+        parts.append(chunk)
+    return b"".join(parts)
+
+
+def test_request_bytes_and_response_reach_each_side_whole(stub: UpstreamStub) -> None:
+    stub.push(
+        Reply(status=201, body=b'{"ok": true}', headers=(("content-type", "application/json"), ("x-b", "2")))
+    )
+
+    async def work(client: HTTP1Upstream) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        response = await client.send("POST", f"{stub.base_url}/chat/completions?x=1", HEADERS, b'{"a":1}', 5)
+        return response.status, response.headers, await read_all(response)
+
+    status, headers, body = run(work)
+    assert (status, body) == (201, b'{"ok": true}')
+    assert (b"x-b", b"2") in headers
+    seen = stub.requests[0]
+    assert (seen.method, seen.target.endswith("/chat/completions?x=1"), seen.body) == (
+        "POST",
+        True,
+        b'{"a":1}',
+    )
+    assert (seen.header("x-trace"), seen.header("content-length")) == ("abc", "7")
+    assert seen.header("host") == stub.base_url.split("//")[1].split("/")[0]
+
+
+def test_keep_alive_connections_are_reused(stub: UpstreamStub) -> None:
+    stub.always(Reply(body=b"{}"))
+
+    async def work(client: HTTP1Upstream) -> int:
+        for _ in range(5):
+            assert await read_all(await client.send("POST", f"{stub.base_url}/x", HEADERS, b"{}", 5)) == b"{}"
+        return stub.open_connections
+
+    assert run(work) == 1
+    assert len(stub.requests) == 5
+
+
+def test_chunked_stream_arrives_chunk_by_chunk_and_ends(stub: UpstreamStub) -> None:
+    stub.push(Stream([b"data: 1\n\n", b"data: 2\n\n", b"data: [DONE]\n\n"], delay=0.05))
+
+    async def work(client: HTTP1Upstream) -> list[bytes]:
+        response = await client.send("POST", f"{stub.base_url}/x", HEADERS, b"{}", 5)
+        return [chunk async for chunk in _chunks(response)]
+
+    chunks = run(work)
+    assert b"".join(chunks) == b"data: 1\n\ndata: 2\n\ndata: [DONE]\n\n"
+    assert len(chunks) == 3
+
+
+async def _chunks(response: UpstreamResponse):  # type: ignore[no-untyped-def]
+    while chunk := await response.read():
+        yield chunk
+
+
+def test_a_cut_stream_raises_upstream_reset(stub: UpstreamStub) -> None:
+    stub.push(Stream([b"data: 1\n\n", b"data: 2\n\n", b"data: 3\n\n"], cut_after=1))
+
+    async def work(client: HTTP1Upstream) -> tuple[bytes, str]:
+        response = await client.send("POST", f"{stub.base_url}/x", HEADERS, b"{}", 5)
+        first = await response.read()
+        with pytest.raises(UpstreamError) as raised:
+            while await response.read():
+                pass
+        return first, raised.value.error
+
+    assert run(work) == (b"data: 1\n\n", "upstream_reset")
+
+
+def test_a_stall_before_the_head_times_out(stub: UpstreamStub) -> None:
+    stub.push(Reply(body=b"{}", stall=3))
+
+    async def work(client: HTTP1Upstream) -> tuple[str, int]:
+        with pytest.raises(UpstreamError) as raised:
+            await client.send("POST", f"{stub.base_url}/x", HEADERS, b"{}", 0.3)
+        return raised.value.error, raised.value.status
+
+    assert run(work) == ("upstream_timeout", 504)
+
+
+def test_a_closed_port_is_unreachable() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    async def work(client: HTTP1Upstream) -> tuple[str, int]:
+        with pytest.raises(UpstreamError) as raised:
+            await client.send("POST", f"http://127.0.0.1:{port}/v1/x", HEADERS, b"{}", 5)
+        return raised.value.error, raised.value.status
+
+    assert run(work) == ("upstream_unreachable", 502)
+
+
+def test_hangup_without_an_answer_is_a_reset(stub: UpstreamStub) -> None:
+    stub.push(Hangup())
+
+    async def work(client: HTTP1Upstream) -> str:
+        with pytest.raises(UpstreamError) as raised:
+            await client.send("POST", f"{stub.base_url}/x", HEADERS, b"{}", 5)
+        return raised.value.error
+
+    assert run(work) == "upstream_reset"
+
+
+def test_closing_mid_body_drops_the_connection_and_the_next_call_gets_a_fresh_one(stub: UpstreamStub) -> None:
+    gate_stream = Stream([b"data: 1\n\n", b"data: 2\n\n"], hold_after=1)
+    stub.push(gate_stream, Reply(body=b"{}"))
+
+    async def work(client: HTTP1Upstream) -> bytes:
+        response = await client.send("POST", f"{stub.base_url}/x", HEADERS, b"{}", 5)
+        assert await response.read() == b"data: 1\n\n"
+        response.close()
+        return await read_all(await client.send("POST", f"{stub.base_url}/x", HEADERS, b"{}", 5))
+
+    assert run(work) == b"{}"
+    assert stub.requests[0].closed_early
+
+
+def test_a_large_body_is_read_whole_with_flow_control(stub: UpstreamStub) -> None:
+    body = bytes(range(256)) * 8192  # 2 MiB, past the high-water mark
+    stub.push(Reply(body=body, headers=(("content-type", "application/octet-stream"),)))
+
+    async def work(client: HTTP1Upstream) -> bytes:
+        response = await client.send("GET", f"{stub.base_url}/files/f/content", [], b"", 5)
+        parts = []
+        while chunk := await response.read():
+            parts.append(chunk)
+            await asyncio.sleep(0)
+        return b"".join(parts)
+
+    assert run(work) == body
+    assert stub.requests[0].header("content-length") is None
