@@ -59,6 +59,11 @@ class _ClientGone(Exception):
     """The client went away before the call reached the upstream."""
 
 
+class _BodyTooLarge(RouteError):
+    """Refused before the body was read whole: the answer closes the connection, so the rest of the body
+    is never read (uvicorn would otherwise read and discard all of it to keep the connection alive)."""
+
+
 class Meter:
     def __init__(self, config: Config, routes: Routes) -> None:
         self.config = config
@@ -98,7 +103,7 @@ class Meter:
                 raise RouteError(400, "missing_model", "the body has no 'model'; name the model to call")
         except RouteError as exc:
             log.warning("refused %s %s: %d %s", scope["method"], scope["path"], exc.status, exc)
-            await _send_error(send, exc.status, exc.code, str(exc), proxy_id)
+            await _send_error(send, exc.status, exc.code, str(exc), proxy_id, isinstance(exc, _BodyTooLarge))
             return
         except _ClientGone:
             log.info("client left before sending its whole request: %s %s", scope["method"], scope["path"])
@@ -161,7 +166,7 @@ class Meter:
 
     async def _read_body(self, receive: Receive, length: bytes | None) -> bytes:
         limit = self.config.max_body_bytes
-        too_large = RouteError(
+        too_large = _BodyTooLarge(
             413, "request_too_large", f"the body is over server.max_body_mb ({limit >> 20} MB)"
         )
         if length is not None and length.isdigit() and int(length) > limit:
@@ -373,17 +378,18 @@ def _client_left(call: Call, task: asyncio.Task[Any] | None) -> None:
         task.cancel()
 
 
-async def _send_error(send: Send, status: int, code: str, message: str, proxy_id: str) -> None:
+async def _send_error(
+    send: Send, status: int, code: str, message: str, proxy_id: str, close: bool = False
+) -> None:
     body = error_body(status, code, message)
-    start: Message = {
-        "type": "http.response.start",
-        "status": status,
-        "headers": [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"x-meterproxy-request-id", proxy_id.encode()),
-        ],
-    }
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"x-meterproxy-request-id", proxy_id.encode()),
+    ]
+    if close:
+        headers.append((b"connection", b"close"))
+    start: Message = {"type": "http.response.start", "status": status, "headers": headers}
     await send(start)
     await send({"type": "http.response.body", "body": body, "more_body": False})
 
