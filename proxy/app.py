@@ -93,14 +93,14 @@ def create_app(config: Config, upstream: Upstream | None = None) -> Starlette:
             "cost_stats_24h": totals.snapshot() if config.cost_tracking else None,
         }
         if config.cost_tracking:
-            if writer.problem is not None:
-                writer.open()  # the file may be writable again
-            if writer.problem is None and not os.access(writer.path, os.W_OK):
-                writer.problem = f"cannot write cost-tracking file {writer.path}: permission denied"
+            writer.open()  # after a failure to open: the file may be writable again
+            problem = writer.problem
+            if problem is None and not os.access(writer.path, os.W_OK):
+                problem = f"cannot write cost-tracking file {writer.path}: permission denied"
             body["dropped_records"] = writer.dropped
-            if writer.problem is not None:
+            if problem is not None:
                 body["status"] = "degraded"
-                body["problems"] = [writer.problem]
+                body["problems"] = [problem]
         return JSONResponse(body)
 
     async def list_models(request: Request) -> Response:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Literal, TypedDict
 
@@ -81,15 +82,22 @@ class RecordWriter:
         self.dropped = 0
         self.problem: str | None = None
         self._fd: int | None = None
+        self._write_failed_at: float | None = None
 
     def open(self) -> None:
+        """Open the file unless it is open. A failure to open is cleared here; a failed write is cleared
+        only by a record written."""
+        if self._fd is not None:
+            return
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             self._close_torn_line()
-            self.problem = None
         except OSError as exc:
             self._fail(exc)
+            return
+        if self._write_failed_at is None:
+            self.problem = None
 
     def _close_torn_line(self) -> None:
         # A crash mid-write can leave a last line without its newline; start ours on a fresh line.
@@ -108,16 +116,24 @@ class RecordWriter:
             self.open()
         if self._fd is not None:
             try:
-                os.write(self._fd, line)
-                return
+                written = os.write(self._fd, line)
             except OSError as exc:
-                self._fail(exc)
+                self._fail(exc, writing=True)
+            else:
+                if written == len(line):
+                    if self._write_failed_at is not None:
+                        self._write_failed_at = self.problem = None
+                    return
+                # The disk filled up inside this line: the torn part stays, the next open closes it off.
+                self._fail(OSError(f"disk full, wrote {written} of {len(line)} bytes"), writing=True)
         self.dropped += 1
         sys.stderr.buffer.write(b'{"dropped_record": ' + line[:-1] + b"}\n")
         sys.stderr.flush()
 
-    def _fail(self, exc: OSError) -> None:
+    def _fail(self, exc: OSError, writing: bool = False) -> None:
         self.problem = f"cannot write cost-tracking file {self.path}: {exc.strerror or exc}"
+        if writing:
+            self._write_failed_at = time.monotonic()
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
