@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 
 from proxy.config import AuthKey
 
 
+@functools.lru_cache(maxsize=1024)
 def key_id(token: str | None) -> str:
     """The user_id of a pass-through caller: "key:" + 12 hex of the key's SHA-256, or "anonymous"."""
     if not token:

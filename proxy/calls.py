@@ -34,7 +34,7 @@ class Call:
     __slots__ = (
         "proxy_id", "arrived", "started", "provider", "model", "api", "stream", "user", "request",
         "endpoint", "ip", "session_id", "task_type", "status", "error", "ttfb", "facts", "body",
-        "encoding", "response", "gone", "finished",
+        "encoding", "response", "gone", "finished", "_bill", "_bill_key",
     )  # fmt: skip
 
     def __init__(
@@ -63,9 +63,22 @@ class Call:
         self.response: UpstreamResponse | None = None
         self.gone = False
         self.finished = False
+        self._bill: Bill | None = None
+        self._bill_key: tuple[Any, ...] = ()
 
     def settle(self) -> Bill:
-        """Usage, price and cost from what the call has seen (cheap: the body is parsed once)."""
+        """Usage, price and cost from what the call has seen; worked out again only when that changed."""
+        if self._bill is None or self._state() != self._bill_key:
+            self._bill = self._settle()
+            self._bill_key = self._state()
+        return self._bill
+
+    def _state(self) -> tuple[Any, ...]:
+        facts = self.facts
+        usage, events = (facts.usage, facts.events) if facts is not None else (None, 0)
+        return self.status, self.error, self.gone, self.body is None, usage, events
+
+    def _settle(self) -> Bill:
         error: CallError | None = "client_disconnected" if self.gone else self.error
         ok = 200 <= self.status < 300
         if self.facts is None and self.body is not None and self.api is not None and ok:
