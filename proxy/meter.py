@@ -48,6 +48,7 @@ _NOT_FORWARDED = frozenset(
     }
 )
 _CLIENT_KEYS = frozenset({b"authorization", b"x-api-key", b"x-goog-api-key"})
+_NOT_FORWARDED_PASSING_KEYS = _NOT_FORWARDED - _CLIENT_KEYS
 _NO_LENGTH = frozenset({b"content-length"})
 _KEEP = frozenset[bytes]()
 _MAX_PARSED_BODY = 64 << 20
@@ -202,13 +203,16 @@ class Meter:
         return request
 
     def _upstream_headers(self, headers: Headers, provider: Provider) -> Headers:
-        forwarded = end_to_end(headers, _NOT_FORWARDED)
+        if provider.api_key is None and not self.gate.closed:
+            # Pass-through: the client's key goes on like its other end-to-end headers, so not when
+            # the client's Connection header names it hop-by-hop (RFC 9110 section 7.6.1).
+            forwarded = end_to_end(headers, _NOT_FORWARDED_PASSING_KEYS)
+        else:
+            forwarded = end_to_end(headers, _NOT_FORWARDED)
         if provider.api_key is not None:
             key = provider.api_key.reveal().encode("latin-1")
             name = _KEY_HEADER[provider.kind]
             forwarded.append((name, b"Bearer " + key if name == b"authorization" else key))
-        elif not self.gate.closed:
-            forwarded.extend((name, value) for name, value in headers if name in _CLIENT_KEYS)
         forwarded.append(_IDENTITY)
         return forwarded
 
