@@ -246,6 +246,11 @@ class HTTP1Upstream:
             raise
         return _Exchange(connection)
 
+    @property
+    def idle_connections(self) -> int:
+        """Open connections waiting in the pool for the next call."""
+        return sum(len(idle) for idle in self._idle.values())
+
     def _take(self, origin: tuple[str, str, int]) -> _Connection | None:
         idle = self._idle.get(origin)
         while idle:

@@ -61,7 +61,7 @@ def test_keep_alive_connections_are_reused(stub: UpstreamStub) -> None:
     async def work(client: HTTP1Upstream) -> int:
         for _ in range(5):
             assert await read_all(await client.send("POST", f"{stub.base_url}/x", HEADERS, b"{}", 5)) == b"{}"
-        return stub.open_connections
+        return client.idle_connections
 
     assert run(work) == 1
     assert len(stub.requests) == 5
