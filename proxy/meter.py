@@ -277,7 +277,7 @@ class Meter:
             if call.ttfb is None:
                 call.ttfb = time.perf_counter()
             events = scanner.feed(chunk) if chunk else scanner.finish()
-            held += chunk
+            held = held + chunk if held else chunk
             release = scanner.boundary if chunk else held_at + len(held)
             edits: list[tuple[int, int, bytes]] = []
             for event in events:
@@ -288,10 +288,12 @@ class Meter:
                 elif event.data == b"[DONE]" and not cost_noted:
                     edits.append((event.start, event.start, self._cost_comment(call)))
                     cost_noted = True
-            out = held[: release - held_at]
+            if release - held_at == len(held):  # the usual case: every byte so far belongs to a whole event
+                out, held = held, b""
+            else:
+                out, held = held[: release - held_at], held[release - held_at :]
             for start, end, insert in reversed(edits):
                 out = out[: start - held_at] + insert + out[end - held_at :]
-            held = held[release - held_at :]
             held_at = release
             if out:
                 line_ended = out[-1:] in (b"\n", b"\r")

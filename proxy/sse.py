@@ -43,6 +43,10 @@ class SSEScanner:
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         events: list[SSEEvent] = []
+        if not (self._buf or self._data or self._skip_line or self._event is not None) and b"\r" not in chunk:
+            chunk = self._whole_events(chunk, events)  # the common case, without a regex per line
+            if not chunk:
+                return events
         buf = self._buf + chunk if self._buf else chunk
         base = self._offset
         pos = 0
@@ -69,6 +73,36 @@ class SSEScanner:
             self._buf = buf[pos:]
             self._offset = base + pos
         return events
+
+    def _whole_events(self, chunk: bytes, events: list[SSEEvent]) -> bytes:
+        """Take the LF-framed events a chunk holds whole, when no line is pending; return the rest."""
+        base = self._offset
+        start = self._start  # where the block now beginning started (earlier, after an id: line)
+        pos = 0
+        while True:
+            while chunk.startswith(b"\n", pos):  # blank lines: blocks with nothing to dispatch
+                pos += 1
+                start = base + pos
+            cut = chunk.find(b"\n\n", pos)
+            if cut < 0:
+                break
+            data: list[bytes] = []
+            event: bytes | None = None
+            for line in chunk[pos:cut].split(b"\n"):
+                name, _, value = line.partition(b":")
+                if value[:1] == b" ":
+                    value = value[1:]
+                if name == b"data":
+                    data.append(value)
+                elif name == b"event":
+                    event = value
+            pos = cut + 2
+            if data:
+                events.append(SSEEvent(event, b"\n".join(data), start, base + pos))
+            start = base + pos
+        if pos:
+            self._offset = self._start = self.boundary = base + pos
+        return chunk[pos:]
 
     def finish(self) -> list[SSEEvent]:
         """Dispatch what is left when the stream ends without a final blank line."""

@@ -110,3 +110,13 @@ def test_any_chunking_gives_the_same_events(cuts: list[int]) -> None:
     points = sorted(cuts)
     pieces = [STREAM[a:b] for a, b in zip([0, *points], [*points, len(STREAM)], strict=True)]
     assert scan(pieces) == scan([STREAM])
+
+
+LINES = [b'data: {"a":1}', b"data:x", b"data", b"event: error", b"id: 7", b": keep-alive", b"", b"retry: 10"]
+
+
+@given(st.lists(st.sampled_from(LINES), max_size=30), st.sampled_from([b"\n", b"\r\n"]))
+def test_whole_chunks_and_single_bytes_agree(lines: list[bytes], newline: bytes) -> None:
+    # A whole chunk takes the fast path for LF-framed events; single bytes take the line-by-line path.
+    stream = b"".join(line + newline for line in lines)
+    assert scan([stream]) == scan([stream[i : i + 1] for i in range(len(stream))])
