@@ -53,6 +53,8 @@ _NO_LENGTH = frozenset({b"content-length"})
 _KEEP = frozenset[bytes]()
 _MAX_PARSED_BODY = 64 << 20
 _IDENTITY = (b"accept-encoding", b"identity")
+_WATCH_AFTER = 0.05  # seconds a call runs before its client is watched for a disconnect
+_PLAIN = (b"", b"identity")
 _KEY_HEADER = {"openai": b"authorization", "anthropic": b"x-api-key", "gemini": b"x-goog-api-key"}
 
 
@@ -126,20 +128,18 @@ class Meter:
         call.task_type = _text(header.get(b"x-task-type"))
         query = scope.get("query_string")
         url = f"{base}/{target.rest}" + (f"?{query.decode('latin-1')}" if query else "")
-        watcher = asyncio.ensure_future(receive())
-        task = asyncio.current_task()
-        watcher.add_done_callback(lambda _: _client_left(call, task))
+        watch = _DisconnectWatch(call, receive, asyncio.current_task())
         try:
             await self._forward(
                 scope, send, call, url, self._upstream_headers(headers, provider), body, strip
             )
         except asyncio.CancelledError:
-            if not call.gone or task is None:
+            if not call.gone or watch.task is None:
                 raise
-            task.uncancel()
+            watch.task.uncancel()
         finally:
             call.finished = True
-            watcher.cancel()
+            watch.stop()
             if call.response is not None:
                 call.response.close()
             self._account(scope, call)
@@ -242,16 +242,19 @@ class Meter:
             elif lowered == b"content-encoding":
                 call.encoding = value.lower()
         sse = content_type.startswith(b"text/event-stream")
-        # A streamed body may change length (a chunk removed, the cost added): let the server chunk it.
-        sent_headers = end_to_end(response.headers, _NO_LENGTH if sse and call.api else _KEEP)
+        # Only a plain-text stream is scanned (and edited) as it passes: a compressed one, sent although
+        # we asked for identity, goes on as it came, so its Content-Encoding stays true of its bytes.
+        scanned = sse and call.api is not None and call.encoding in _PLAIN
+        # A scanned body may change length (a chunk removed, the cost added): let the server chunk it.
+        sent_headers = end_to_end(response.headers, _NO_LENGTH if scanned else _KEEP)
         sent_headers.append((b"x-meterproxy-request-id", call.proxy_id.encode()))
         try:
-            if sse and call.api is not None:
+            if scanned:
                 await send(
                     {"type": "http.response.start", "status": response.status, "headers": sent_headers}
                 )
                 await self._relay_stream(send, call, response, strip)
-            elif call.api is not None:
+            elif call.api is not None and not sse:
                 await self._relay_metered_body(send, call, response, sent_headers, length)
             else:
                 await send(
@@ -378,10 +381,37 @@ async def _relay_body(
             return
 
 
-def _client_left(call: Call, task: asyncio.Task[Any] | None) -> None:
-    if not call.finished and task is not None:
-        call.gone = True
-        task.cancel()
+class _DisconnectWatch:
+    """Cancels a call whose client went away, so the upstream connection is closed at once.
+
+    ASGI tells of a disconnect only through receive(), which needs a task of its own to wait on. That
+    task cost a third of the proxy's own CPU per call (docs/performance.md), so it starts only once a
+    call has lasted _WATCH_AFTER: a quick call never needs it, and a slow one, where a client may give
+    up, is watched from then on.
+    """
+
+    __slots__ = ("call", "receive", "task", "_timer", "_watcher")
+
+    def __init__(self, call: Call, receive: Receive, task: asyncio.Task[Any] | None) -> None:
+        self.call = call
+        self.receive = receive
+        self.task = task
+        self._watcher: asyncio.Future[Message] | None = None
+        self._timer = asyncio.get_running_loop().call_later(_WATCH_AFTER, self._start)
+
+    def _start(self) -> None:
+        self._watcher = asyncio.ensure_future(self.receive())
+        self._watcher.add_done_callback(self._left)
+
+    def _left(self, _: asyncio.Future[Message]) -> None:
+        if not self.call.finished and self.task is not None:
+            self.call.gone = True
+            self.task.cancel()
+
+    def stop(self) -> None:
+        self._timer.cancel()
+        if self._watcher is not None:
+            self._watcher.cancel()
 
 
 async def _send_error(
