@@ -54,6 +54,7 @@ _KEEP = frozenset[bytes]()
 _MAX_PARSED_BODY = 64 << 20
 _IDENTITY = (b"accept-encoding", b"identity")
 _WATCH_AFTER = 0.05  # seconds a call runs before its client is watched for a disconnect
+_PLAIN = (b"", b"identity")
 _KEY_HEADER = {"openai": b"authorization", "anthropic": b"x-api-key", "gemini": b"x-goog-api-key"}
 
 
@@ -241,16 +242,19 @@ class Meter:
             elif lowered == b"content-encoding":
                 call.encoding = value.lower()
         sse = content_type.startswith(b"text/event-stream")
-        # A streamed body may change length (a chunk removed, the cost added): let the server chunk it.
-        sent_headers = end_to_end(response.headers, _NO_LENGTH if sse and call.api else _KEEP)
+        # Only a plain-text stream is scanned (and edited) as it passes: a compressed one, sent although
+        # we asked for identity, goes on as it came, so its Content-Encoding stays true of its bytes.
+        scanned = sse and call.api is not None and call.encoding in _PLAIN
+        # A scanned body may change length (a chunk removed, the cost added): let the server chunk it.
+        sent_headers = end_to_end(response.headers, _NO_LENGTH if scanned else _KEEP)
         sent_headers.append((b"x-meterproxy-request-id", call.proxy_id.encode()))
         try:
-            if sse and call.api is not None:
+            if scanned:
                 await send(
                     {"type": "http.response.start", "status": response.status, "headers": sent_headers}
                 )
                 await self._relay_stream(send, call, response, strip)
-            elif call.api is not None:
+            elif call.api is not None and not sse:
                 await self._relay_metered_body(send, call, response, sent_headers, length)
             else:
                 await send(
