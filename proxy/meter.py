@@ -55,6 +55,7 @@ _MAX_PARSED_BODY = 64 << 20
 _IDENTITY = (b"accept-encoding", b"identity")
 _WATCH_AFTER = 0.05  # seconds a call runs before its client is watched for a disconnect
 _PLAIN = (b"", b"identity")
+_REDACTED = b"[REDACTED]"
 _KEY_HEADER = {"openai": b"authorization", "anthropic": b"x-api-key", "gemini": b"x-goog-api-key"}
 
 
@@ -242,6 +243,8 @@ class Meter:
             elif lowered == b"content-encoding":
                 call.encoding = value.lower()
         sse = content_type.startswith(b"text/event-stream")
+        # An error may quote the provider key it was sent: it is read whole to take the key out.
+        quoting = response.status >= 400 and call.provider.api_key is not None
         # Only a plain-text stream is scanned (and edited) as it passes: a compressed one, sent although
         # we asked for identity, goes on as it came, so its Content-Encoding stays true of its bytes.
         scanned = sse and call.api is not None and call.encoding in _PLAIN
@@ -254,8 +257,8 @@ class Meter:
                     {"type": "http.response.start", "status": response.status, "headers": sent_headers}
                 )
                 await self._relay_stream(send, call, response, strip)
-            elif call.api is not None and not sse:
-                await self._relay_metered_body(send, call, response, sent_headers, length)
+            elif not sse and (call.api is not None or quoting):
+                await self._relay_whole_body(send, call, response, sent_headers, length)
             else:
                 await send(
                     {"type": "http.response.start", "status": response.status, "headers": sent_headers}
@@ -309,10 +312,11 @@ class Meter:
             if out:
                 await send({"type": "http.response.body", "body": out, "more_body": True})
 
-    async def _relay_metered_body(
+    async def _relay_whole_body(
         self, send: Send, call: Call, response: UpstreamResponse, headers: Headers, length: int | None
     ) -> None:
-        """Read a metered non-streamed body whole, so its cost can go back in the headers."""
+        """Read a non-streamed body whole: a metered one, so its cost can go back in the headers; an
+        error, so that the provider key it may quote can be taken out."""
         parts: list[bytes] = []
         size = 0
         while size != length:
@@ -332,7 +336,11 @@ class Meter:
             response.release()  # the whole body is in: hand the connection back without another read
             call.response = None
         call.body = body
-        if self.config.cost_in_response:
+        if response.status >= 400 and call.provider.api_key is not None:
+            # Some providers quote the key they were sent in their errors; a client must never learn
+            # the provider's key (issue 6, case 13).
+            body = _redact(body, headers, call.provider.api_key.reveal().encode("latin-1"))
+        if self.config.cost_in_response and call.api is not None:
             bill = call.settle()
             if bill.cost is not None:
                 headers.append((b"x-meterproxy-cost", decimal_text(bill.cost.total_cost).encode()))
@@ -379,6 +387,17 @@ async def _relay_body(
         await send({"type": "http.response.body", "body": chunk, "more_body": not last})
         if last:
             return
+
+
+def _redact(body: bytes, headers: Headers, secret: bytes) -> bytes:
+    """`body` with every copy of `secret` replaced, its Content-Length in `headers` set to match."""
+    if secret not in body:
+        return body
+    body = body.replace(secret, _REDACTED)
+    for index, (name, _) in enumerate(headers):
+        if name.lower() == b"content-length":
+            headers[index] = (name, str(len(body)).encode())
+    return body
 
 
 class _DisconnectWatch:
