@@ -140,10 +140,14 @@ class ResponseFacts:
             self.usage = usage_from_gemini(message.get("usageMetadata")) or self.usage
         else:
             self._note(message.get("id"), message.get("model"))
+            usage = message.get("usage")
             for choice in _list(message.get("choices")):
-                if isinstance(choice, dict) and isinstance(choice.get("finish_reason"), str):
-                    self.finish_reason = choice["finish_reason"]
-            self.usage = usage_from_openai(message.get("usage")) or self.usage
+                if isinstance(choice, dict):
+                    if isinstance(choice.get("finish_reason"), str):
+                        self.finish_reason = choice["finish_reason"]
+                    if usage is None:  # Moonshot's streams put the usage in the last choice
+                        usage = choice.get("usage")
+            self.usage = usage_from_openai(usage) or self.usage
 
     def _note(self, response_id: Any, model: Any) -> None:
         if self.response_id is None and isinstance(response_id, str):

@@ -141,3 +141,14 @@ def test_openrouter_cost_and_moonshot_cached_tokens() -> None:
         {"prompt_tokens": 10, "completion_tokens": 2, "cost": 0.00042, "cached_tokens": 4}
     )
     assert usage == Usage(10, 2, 12, cached_tokens=4, provider_cost=0.00042)
+
+
+def test_moonshot_stream_usage_inside_the_last_choice() -> None:
+    facts = StreamFacts("chat")
+    facts.observe(b'{"id":"c1","model":"kimi-k2","choices":[{"index":0,"delta":{"content":"Hi"}}]}')
+    facts.observe(
+        b'{"id":"c1","choices":[{"index":0,"delta":{},"finish_reason":"stop","usage":{"prompt_tokens":19,'
+        b'"completion_tokens":13,"total_tokens":32,"cached_tokens":8}}]}'
+    )
+    assert facts.usage == Usage(19, 13, 32, cached_tokens=8)
+    assert facts.finish_reason == "stop"
