@@ -92,6 +92,7 @@ class Config:
     auth_keys: tuple[AuthKey, ...]
     budgets: Budgets | None
     source: str
+    fail_closed: bool = False  # answer 503 rather than serve a call whose record cannot be written
 
 
 _TOP_KEYS = {"server", "currency", "exchange_rates", "features", "providers", "auth", "budgets"}
@@ -249,8 +250,9 @@ def parse_config(text: str, environ: Mapping[str, str], source: str = "config.ym
     returning = r.mapping(features.get("cost_in_response"), ("features", "cost_in_response"), {"enabled"})
     cost_in_response = r.boolean(returning.get("enabled", True), ("features", "cost_in_response", "enabled"))
     tracking_path = ("features", "cost_tracking")
-    tracking = r.mapping(features.get("cost_tracking"), tracking_path, {"enabled", "file"})
+    tracking = r.mapping(features.get("cost_tracking"), tracking_path, {"enabled", "file", "fail_closed"})
     enabled = r.boolean(tracking.get("enabled", True), (*tracking_path, "enabled"))
+    fail_closed = r.boolean(tracking.get("fail_closed", False), (*tracking_path, "fail_closed"))
     record_file = environ.get("COST_TRACKING_FILE") or r.text(
         tracking.get("file", DEFAULT_RECORD_FILE), (*tracking_path, "file")
     )
@@ -274,6 +276,7 @@ def parse_config(text: str, environ: Mapping[str, str], source: str = "config.ym
         auth_keys=_auth_keys(r, top.get("auth")),
         budgets=_budgets(r, top.get("budgets")),
         source=source,
+        fail_closed=enabled and fail_closed,
     )
 
 

@@ -105,6 +105,12 @@ class Meter:
                     body = _rename_model(body, request, model, upstream_model)
             elif target.api is not None and target.api != "gemini" and model is None:
                 raise RouteError(400, "missing_model", "the body has no 'model'; name the model to call")
+            if self.config.fail_closed and not scope["state"]["writer"].accepting():
+                raise RouteError(
+                    503,
+                    "cost_tracking_unavailable",
+                    "records cannot be written and features.cost_tracking.fail_closed is set",
+                )
         except RouteError as exc:
             log.warning("refused %s %s: %d %s", scope["method"], scope["path"], exc.status, exc)
             await _send_error(send, exc.status, exc.code, str(exc), proxy_id, isinstance(exc, _BodyTooLarge))

@@ -77,6 +77,10 @@ class RecordWriter:
     A failed write never stops the proxy: the record goes to stderr as JSON and is counted.
     """
 
+    # Only a write tells whether the file takes records again (a full disk, a quota): after a failed
+    # write, `accepting()` lets one call through per this many seconds, and its record finds out.
+    RETRY_SECONDS = 1.0
+
     def __init__(self, path: Path) -> None:
         self.path = path
         self.dropped = 0
@@ -98,6 +102,18 @@ class RecordWriter:
             return
         if self._write_failed_at is None:
             self.problem = None
+
+    def accepting(self) -> bool:
+        """Whether to serve a call under fail_closed: the file is open and took the last record, or the
+        last failed write is RETRY_SECONDS old (this call's record finds out)."""
+        self.open()
+        if self.problem is None:
+            return True
+        now = time.monotonic()
+        if self._write_failed_at is not None and now - self._write_failed_at >= self.RETRY_SECONDS:
+            self._write_failed_at = now
+            return True
+        return False
 
     def _close_torn_line(self) -> None:
         # A crash mid-write can leave a last line without its newline; start ours on a fresh line.
