@@ -34,7 +34,7 @@ class Call:
     __slots__ = (
         "proxy_id", "arrived", "started", "provider", "model", "api", "stream", "user", "request",
         "endpoint", "ip", "session_id", "task_type", "status", "error", "ttfb", "facts", "body",
-        "encoding", "response", "gone", "finished", "_bill", "_bill_key",
+        "encoding", "response", "head_sent", "gone", "finished", "_bill", "_bill_key",
     )  # fmt: skip
 
     def __init__(
@@ -61,6 +61,7 @@ class Call:
         self.body: bytes | None = None  # a non-streamed metered body, kept to read its usage
         self.encoding = b""
         self.response: UpstreamResponse | None = None
+        self.head_sent = False  # the client has the response's status and headers
         self.gone = False
         self.finished = False
         self._bill: Bill | None = None

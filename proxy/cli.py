@@ -103,6 +103,8 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         loop="uvloop",
         http="httptools",
         lifespan="on",
+        # On SIGTERM: stop accepting, let calls in flight finish for this long, then cut them.
+        timeout_graceful_shutdown=config.drain_seconds,
         access_log=False,
         proxy_headers=False,
         server_header=False,

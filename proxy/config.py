@@ -93,10 +93,11 @@ class Config:
     budgets: Budgets | None
     source: str
     fail_closed: bool = False  # answer 503 rather than serve a call whose record cannot be written
+    drain_seconds: int = 30  # on SIGTERM, how long calls in flight may take before they are cut
 
 
 _TOP_KEYS = {"server", "currency", "exchange_rates", "features", "providers", "auth", "budgets"}
-_SERVER_KEYS = {"host", "port", "max_body_mb", "upstream_client"}
+_SERVER_KEYS = {"host", "port", "max_body_mb", "upstream_client", "drain_seconds"}
 _PROVIDER_KEYS = {"base_url", "api_key", "timeout", "currency", "stream_usage", "kind", "models"}
 _PRICE_KEYS = {"input", "output", "cached_input", "cache_write", "tiers"}
 _TIER_KEYS = {"above_input_tokens", "input", "output", "cached_input", "cache_write"}
@@ -234,6 +235,11 @@ def parse_config(text: str, environ: Mapping[str, str], source: str = "config.ym
     if isinstance(port_value, bool) or not isinstance(port_value, int) or not 0 < port_value < 65536:
         raise r.fail(("server", "port"), f"must be a port number from 1 to 65535, got {_show(port_value)}")
     max_body_mb = r.number(server.get("max_body_mb", 32), ("server", "max_body_mb"), positive=True)
+    drain_seconds = server.get("drain_seconds", 30)
+    if isinstance(drain_seconds, bool) or not isinstance(drain_seconds, int) or drain_seconds < 0:
+        raise r.fail(
+            ("server", "drain_seconds"), f"must be a whole number of seconds, got {_show(drain_seconds)}"
+        )
     client = r.text(server.get("upstream_client", "http1"), ("server", "upstream_client"))
     if client not in _CLIENTS:
         raise r.fail(("server", "upstream_client"), f"must be http1 (the default) or aiohttp, got {client!r}")
@@ -277,6 +283,7 @@ def parse_config(text: str, environ: Mapping[str, str], source: str = "config.ym
         budgets=_budgets(r, top.get("budgets")),
         source=source,
         fail_closed=enabled and fail_closed,
+        drain_seconds=drain_seconds,
     )
 
 

@@ -141,9 +141,16 @@ class Meter:
                 scope, send, call, url, self._upstream_headers(headers, provider), body, strip
             )
         except asyncio.CancelledError:
-            if not call.gone or watch.task is None:
+            if watch.task is None:
                 raise
             watch.task.uncancel()
+            if not call.gone:
+                # The server is stopping and server.drain_seconds is over: uvicorn cancels what still
+                # runs. The call is recorded as cut; one not answered yet gets a 503 to retry elsewhere.
+                call.error = "shutdown"
+                if not call.head_sent:
+                    call.status = 503
+                    await _send_error(send, 503, "shutdown", "the proxy is shutting down", call.proxy_id)
         finally:
             call.finished = True
             watch.stop()
@@ -259,16 +266,12 @@ class Meter:
         sent_headers.append((b"x-meterproxy-request-id", call.proxy_id.encode()))
         try:
             if scanned:
-                await send(
-                    {"type": "http.response.start", "status": response.status, "headers": sent_headers}
-                )
+                await send(_head(call, response.status, sent_headers))
                 await self._relay_stream(send, call, response, strip)
             elif not sse and (call.api is not None or quoting):
                 await self._relay_whole_body(send, call, response, sent_headers, length)
             else:
-                await send(
-                    {"type": "http.response.start", "status": response.status, "headers": sent_headers}
-                )
+                await send(_head(call, response.status, sent_headers))
                 await _relay_body(send, call, response, length, b"")
         except UpstreamError as exc:
             # The response stays incomplete: the client sees its stream cut, never a fake end.
@@ -334,7 +337,7 @@ class Meter:
             parts.append(chunk)
             size += len(chunk)
             if size > _MAX_PARSED_BODY:  # too large to read for usage: pass it through as it comes
-                await send({"type": "http.response.start", "status": response.status, "headers": headers})
+                await send(_head(call, response.status, headers))
                 await _relay_body(send, call, response, length, b"".join(parts))
                 return
         body = parts[0] if len(parts) == 1 else b"".join(parts)
@@ -352,7 +355,7 @@ class Meter:
                 headers.append((b"x-meterproxy-cost", decimal_text(bill.cost.total_cost).encode()))
                 headers.append((b"x-meterproxy-currency", call.provider.currency.encode()))
         call.finished = True
-        await send({"type": "http.response.start", "status": response.status, "headers": headers})
+        await send(_head(call, response.status, headers))
         await send({"type": "http.response.body", "body": body, "more_body": False})
 
     @staticmethod
@@ -393,6 +396,11 @@ async def _relay_body(
         await send({"type": "http.response.body", "body": chunk, "more_body": not last})
         if last:
             return
+
+
+def _head(call: Call, status: int, headers: Headers) -> Message:
+    call.head_sent = True
+    return {"type": "http.response.start", "status": status, "headers": headers}
 
 
 def _redact(body: bytes, headers: Headers, secret: bytes) -> bytes:

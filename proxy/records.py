@@ -19,6 +19,7 @@ CallError = Literal[
     "upstream_reset",
     "upstream_bad_response",
     "client_disconnected",
+    "shutdown",
 ]
 
 

@@ -182,7 +182,8 @@ def test_an_unknown_server_key_is_named_with_its_line() -> None:
     text = "server:\n  host: 127.0.0.1\n  prot: 9002\n" + MINIMAL
 
     assert error_of(text) == message(
-        "server.prot (line 3)", "unknown key; known keys here: host, max_body_mb, port, upstream_client"
+        "server.prot (line 3)",
+        "unknown key; known keys here: drain_seconds, host, max_body_mb, port, upstream_client",
     )
 
 
