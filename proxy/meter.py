@@ -113,7 +113,8 @@ class Meter:
                 )
         except RouteError as exc:
             log.warning("refused %s %s: %d %s", scope["method"], scope["path"], exc.status, exc)
-            await _send_error(send, exc.status, exc.code, str(exc), proxy_id, isinstance(exc, _BodyTooLarge))
+            for message in _error(exc.status, exc.code, str(exc), proxy_id, isinstance(exc, _BodyTooLarge)):
+                await send(message)
             return
         except _ClientGone:
             log.info("client left before sending its whole request: %s %s", scope["method"], scope["path"])
@@ -136,8 +137,9 @@ class Meter:
         query = scope.get("query_string")
         url = f"{base}/{target.rest}" + (f"?{query.decode('latin-1')}" if query else "")
         watch = _DisconnectWatch(call, receive, asyncio.current_task())
+        last: list[Message] = []
         try:
-            await self._forward(
+            last = await self._forward(
                 scope, send, call, url, self._upstream_headers(headers, provider), body, strip
             )
         except asyncio.CancelledError:
@@ -150,13 +152,17 @@ class Meter:
                 call.error = "shutdown"
                 if not call.head_sent:
                     call.status = 503
-                    await _send_error(send, 503, "shutdown", "the proxy is shutting down", call.proxy_id)
+                    last = _error(503, "shutdown", "the proxy is shutting down", call.proxy_id)
         finally:
             call.finished = True
             watch.stop()
             if call.response is not None:
                 call.response.close()
             self._account(scope, call)
+        # The answer's last bytes leave only once its record is written, so a client that has its
+        # whole answer can count on the record, even if the proxy is killed right after (issue 6).
+        for message in last:
+            await send(message)
 
     def _account(self, scope: Scope, call: Call) -> None:
         bill = call.settle()
@@ -232,7 +238,8 @@ class Meter:
 
     async def _forward(
         self, scope: Scope, send: Send, call: Call, url: str, headers: Headers, body: bytes, strip: bool
-    ) -> None:
+    ) -> list[Message]:
+        """Send the call upstream and the answer back; return the answer's last messages, unsent."""
         upstream: Upstream = scope["state"]["upstream"]
         try:
             response = call.response = await upstream.send(
@@ -242,8 +249,7 @@ class Meter:
             log.warning("%s %s -> %s: %s", scope["method"], scope["path"], call.provider.name, exc)
             call.error, call.status = exc.error, exc.status
             call.finished = True
-            await _send_error(send, exc.status, exc.error, str(exc), call.proxy_id)
-            return
+            return _error(exc.status, exc.error, str(exc), call.proxy_id)
         call.status = response.status
         content_type = b""
         length: int | None = None
@@ -267,18 +273,20 @@ class Meter:
         try:
             if scanned:
                 await send(_head(call, response.status, sent_headers))
-                await self._relay_stream(send, call, response, strip)
-            elif not sse and (call.api is not None or quoting):
-                await self._relay_whole_body(send, call, response, sent_headers, length)
-            else:
-                await send(_head(call, response.status, sent_headers))
-                await _relay_body(send, call, response, length, b"")
+                return await self._relay_stream(send, call, response, strip)
+            if not sse and (call.api is not None or quoting):
+                return await self._relay_whole_body(send, call, response, sent_headers, length)
+            await send(_head(call, response.status, sent_headers))
+            return await _relay_body(send, call, response, length, b"")
         except UpstreamError as exc:
             # The response stays incomplete: the client sees its stream cut, never a fake end.
             log.warning("%s %s -> %s: %s", scope["method"], scope["path"], call.provider.name, exc)
             call.error = exc.error
+            return []
 
-    async def _relay_stream(self, send: Send, call: Call, response: UpstreamResponse, strip: bool) -> None:
+    async def _relay_stream(
+        self, send: Send, call: Call, response: UpstreamResponse, strip: bool
+    ) -> list[Message]:
         """Forward an SSE stream event by event, scanning it; drop the usage chunk we asked for, and
         put the cost comment before [DONE] (or at the end)."""
         scanner = SSEScanner()
@@ -316,14 +324,13 @@ class Meter:
                 if not cost_noted:
                     out += (b"" if line_ended else b"\n") + self._cost_comment(call)
                 call.finished = True
-                await send({"type": "http.response.body", "body": out, "more_body": False})
-                return
+                return [{"type": "http.response.body", "body": out}]
             if out:
                 await send({"type": "http.response.body", "body": out, "more_body": True})
 
     async def _relay_whole_body(
         self, send: Send, call: Call, response: UpstreamResponse, headers: Headers, length: int | None
-    ) -> None:
+    ) -> list[Message]:
         """Read a non-streamed body whole: a metered one, so its cost can go back in the headers; an
         error, so that the provider key it may quote can be taken out."""
         parts: list[bytes] = []
@@ -338,8 +345,7 @@ class Meter:
             size += len(chunk)
             if size > _MAX_PARSED_BODY:  # too large to read for usage: pass it through as it comes
                 await send(_head(call, response.status, headers))
-                await _relay_body(send, call, response, length, b"".join(parts))
-                return
+                return await _relay_body(send, call, response, length, b"".join(parts))
         body = parts[0] if len(parts) == 1 else b"".join(parts)
         if size == length:
             response.release()  # the whole body is in: hand the connection back without another read
@@ -355,8 +361,7 @@ class Meter:
                 headers.append((b"x-meterproxy-cost", decimal_text(bill.cost.total_cost).encode()))
                 headers.append((b"x-meterproxy-currency", call.provider.currency.encode()))
         call.finished = True
-        await send(_head(call, response.status, headers))
-        await send({"type": "http.response.body", "body": body, "more_body": False})
+        return [_head(call, response.status, headers), {"type": "http.response.body", "body": body}]
 
     @staticmethod
     def _cost_comment(call: Call) -> bytes:
@@ -377,7 +382,7 @@ class Meter:
 
 async def _relay_body(
     send: Send, call: Call, response: UpstreamResponse, length: int | None, first: bytes
-) -> None:
+) -> list[Message]:
     """Pass a body through as it arrives (not metered, or too large to read)."""
     size = len(first)
     if first:
@@ -393,9 +398,8 @@ async def _relay_body(
             if chunk:  # the whole body is in: hand the connection back without another read
                 response.release()
                 call.response = None
-        await send({"type": "http.response.body", "body": chunk, "more_body": not last})
-        if last:
-            return
+            return [{"type": "http.response.body", "body": chunk}]
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
 
 
 def _head(call: Call, status: int, headers: Headers) -> Message:
@@ -447,9 +451,8 @@ class _DisconnectWatch:
             self._watcher.cancel()
 
 
-async def _send_error(
-    send: Send, status: int, code: str, message: str, proxy_id: str, close: bool = False
-) -> None:
+def _error(status: int, code: str, message: str, proxy_id: str, close: bool = False) -> list[Message]:
+    """An OpenAI-shaped error answer, as its two ASGI messages."""
     body = error_body(status, code, message)
     headers = [
         (b"content-type", b"application/json"),
@@ -458,9 +461,10 @@ async def _send_error(
     ]
     if close:
         headers.append((b"connection", b"close"))
-    start: Message = {"type": "http.response.start", "status": status, "headers": headers}
-    await send(start)
-    await send({"type": "http.response.body", "body": body, "more_body": False})
+    return [
+        {"type": "http.response.start", "status": status, "headers": headers},
+        {"type": "http.response.body", "body": body},
+    ]
 
 
 def _ask_for_usage(body: bytes, request: dict[str, Any]) -> bytes:
