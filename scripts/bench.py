@@ -10,6 +10,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime
+import itertools
 import json
 import os
 import signal
@@ -215,7 +216,12 @@ def main(argv: list[str] | None = None) -> int:
     }
     report = bench_results.build(results, machine, settings)
     print(bench_results.render(report))
-    out = args.results / f"{datetime.date.today()}-{machine['slug']}{'-quick' if args.quick else ''}.json"
+    stem = f"{datetime.date.today()}-{machine['slug']}{'-quick' if args.quick else ''}"
+    out = args.results / f"{stem}.json"
+    for again in itertools.count(2):  # a second run the same day does not overwrite the first
+        if not out.exists():
+            break
+        out = args.results / f"{stem}-{again}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"\nresults written to {out.relative_to(REPO) if out.is_relative_to(REPO) else out}")

@@ -94,7 +94,8 @@ def build(results: list[TargetResult], machine: dict[str, Any], settings: dict[s
             }
         )
     report = {"machine": machine, "settings": settings, "targets": targets}
-    report["ratios"] = _ratios(report)
+    report["ratios"] = _ratios(report, per_cpu=False)
+    report["ratios_per_cpu"] = _ratios(report, per_cpu=True)
     report["checks"] = _checks(report)
     return report
 
@@ -118,16 +119,20 @@ def _find(report: dict[str, Any], kind: Kind, workers: int | None = 1, metering:
     return None
 
 
-def _rps(target: Any, mode: str, connections: int = _RATIO_CONNECTIONS) -> float | None:
+def _rps(target: Any, mode: str, key: str = "rps") -> float | None:
+    """One figure of a target's run at 32 connections (None if not measured)."""
     if target is None:
         return None
-    return next(
-        (r["rps"] for r in target["rows"] if r["mode"] == mode and r["connections"] == connections), None
-    )
+    rows = target["rows"]
+    return next((r[key] for r in rows if r["mode"] == mode and r["connections"] == _RATIO_CONNECTIONS), None)
 
 
-def _ratios(report: dict[str, Any]) -> dict[str, dict[str, float | None]]:
-    """Throughput ratios at 32 connections, per mode."""
+def _ratios(report: dict[str, Any], per_cpu: bool) -> dict[str, dict[str, float | None]]:
+    """Ratios at 32 connections, per mode: of req/s, or (per_cpu) of calls served per CPU second.
+
+    Calls per CPU second hardly move when other work shares the machine, so they still compare the
+    proxies' own costs when req/s is spoiled by a noisy neighbour.
+    """
     workers = report["settings"]["workers"]
     pairs = {
         "meterproxy / nginx": (_find(report, "meterproxy", 1, True), _find(report, "nginx")),
@@ -144,7 +149,10 @@ def _ratios(report: dict[str, Any]) -> dict[str, dict[str, float | None]]:
             continue
         ratios[label] = {}
         for mode in ("json", "stream"):
-            a, b = _rps(ours, mode), _rps(theirs, mode)
+            if per_cpu:  # the inverse ratio of CPU time per call
+                a, b = _rps(theirs, mode, "cpu_us_per_call"), _rps(ours, mode, "cpu_us_per_call")
+            else:
+                a, b = _rps(ours, mode), _rps(theirs, mode)
             ratios[label][mode] = round(a / b, 3) if a and b else None
     return ratios
 
@@ -260,10 +268,11 @@ def render(report: dict[str, Any]) -> str:
         added = f"({slow['added_ttfb_ms']:+.3f} ms)" if "added_ttfb_ms" in slow else ""
         ttfb, total = f"{slow['ttfb_ms']:.3f} ms", f"{slow['total_ms']:.1f} ms"
         out.append(f"  {target['name']:<28} TTFB {ttfb:>11} {added:<14} whole stream {total}")
-    out.append("\nratios (req/s at 32 connections):")
-    for label, by_mode in report["ratios"].items():
-        shown = ", ".join(f"{mode} {'n/a' if r is None else f'{r:.3g}x'}" for mode, r in by_mode.items())
-        out.append(f"  {label:<34} {shown}")
+    for key, title in (("ratios", "req/s"), ("ratios_per_cpu", "calls per CPU second")):
+        out.append(f"\nratios of {title} at 32 connections:")
+        for label, by_mode in report[key].items():
+            shown = ", ".join(f"{mode} {'n/a' if r is None else f'{r:.3g}x'}" for mode, r in by_mode.items())
+            out.append(f"  {label:<34} {shown}")
     out.append("\nthe issue's targets:")
     for check in report["checks"]:
         mark = {True: "PASS", False: "FAIL", None: "n/a "}[check["ok"]]
