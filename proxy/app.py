@@ -139,8 +139,8 @@ def create_app(config: Config, upstream: Upstream | None = None) -> Starlette:
 
 def _upstream_client(config: Config) -> Upstream:
     if config.upstream_client == "aiohttp":
-        return AiohttpUpstream()
-    return HTTP1Upstream()
+        return AiohttpUpstream(config.upstream_pool_size)
+    return HTTP1Upstream(config.upstream_pool_size)
 
 
 def create_app_from_environ() -> Starlette:

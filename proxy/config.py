@@ -94,10 +94,20 @@ class Config:
     source: str
     fail_closed: bool = False  # answer 503 rather than serve a call whose record cannot be written
     drain_seconds: int = 30  # on SIGTERM, how long calls in flight may take before they are cut
+    upstream_pool_size: int = 1000  # calls that may be with providers at once
+    pool_timeout: float = 10.0  # how long a call waits for one of those before it gets 503
 
 
 _TOP_KEYS = {"server", "currency", "exchange_rates", "features", "providers", "auth", "budgets"}
-_SERVER_KEYS = {"host", "port", "max_body_mb", "upstream_client", "drain_seconds"}
+_SERVER_KEYS = {
+    "host",
+    "port",
+    "max_body_mb",
+    "upstream_client",
+    "drain_seconds",
+    "upstream_pool_size",
+    "pool_timeout_seconds",
+}
 _PROVIDER_KEYS = {"base_url", "api_key", "timeout", "currency", "stream_usage", "kind", "models"}
 _PRICE_KEYS = {"input", "output", "cached_input", "cache_write", "tiers"}
 _TIER_KEYS = {"above_input_tokens", "input", "output", "cached_input", "cache_write"}
@@ -240,6 +250,14 @@ def parse_config(text: str, environ: Mapping[str, str], source: str = "config.ym
         raise r.fail(
             ("server", "drain_seconds"), f"must be a whole number of seconds, got {_show(drain_seconds)}"
         )
+    pool_size = server.get("upstream_pool_size", 1000)
+    if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
+        raise r.fail(
+            ("server", "upstream_pool_size"), f"must be a whole number of 1 or more, got {_show(pool_size)}"
+        )
+    pool_timeout = r.number(
+        server.get("pool_timeout_seconds", 10), ("server", "pool_timeout_seconds"), positive=True
+    )
     client = r.text(server.get("upstream_client", "http1"), ("server", "upstream_client"))
     if client not in _CLIENTS:
         raise r.fail(("server", "upstream_client"), f"must be http1 (the default) or aiohttp, got {client!r}")
@@ -284,6 +302,8 @@ def parse_config(text: str, environ: Mapping[str, str], source: str = "config.ym
         source=source,
         fail_closed=enabled and fail_closed,
         drain_seconds=drain_seconds,
+        upstream_pool_size=pool_size,
+        pool_timeout=float(pool_timeout),
     )
 
 

@@ -74,6 +74,8 @@ class Meter:
         self.routes = routes
         self.gate = Gate(config.auth_keys)
         self._warned_unpriced: set[tuple[str, str]] = set()
+        # At most server.upstream_pool_size calls are with providers at once (issue 6, case 18).
+        self._slots = asyncio.Semaphore(config.upstream_pool_size)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         arrived = time.time()
@@ -138,10 +140,16 @@ class Meter:
         url = f"{base}/{target.rest}" + (f"?{query.decode('latin-1')}" if query else "")
         watch = _DisconnectWatch(call, receive, asyncio.current_task())
         last: list[Message] = []
+        holding = False
         try:
-            last = await self._forward(
-                scope, send, call, url, self._upstream_headers(headers, provider), body, strip
-            )
+            holding = await self._take_slot()
+            if holding:
+                last = await self._forward(
+                    scope, send, call, url, self._upstream_headers(headers, provider), body, strip
+                )
+            else:
+                call.error, call.status = "pool_timeout", 503
+                last = _error(503, "pool_timeout", self._overloaded, call.proxy_id)
         except asyncio.CancelledError:
             if watch.task is None:
                 raise
@@ -154,6 +162,8 @@ class Meter:
                     call.status = 503
                     last = _error(503, "shutdown", "the proxy is shutting down", call.proxy_id)
         finally:
+            if holding:
+                self._slots.release()
             call.finished = True
             watch.stop()
             if call.response is not None:
@@ -163,6 +173,24 @@ class Meter:
         # whole answer can count on the record, even if the proxy is killed right after (issue 6).
         for message in last:
             await send(message)
+
+    async def _take_slot(self) -> bool:
+        """One of the upstream slots; False when none came free within server.pool_timeout_seconds, so
+        that an overloaded proxy answers the excess at once rather than letting it hang."""
+        if not self._slots.locked():
+            return await self._slots.acquire()
+        try:
+            async with asyncio.timeout(self.config.pool_timeout):
+                return await self._slots.acquire()
+        except TimeoutError:
+            return False
+
+    @property
+    def _overloaded(self) -> str:
+        return (
+            f"all {self.config.upstream_pool_size} upstream connections (server.upstream_pool_size) stayed "
+            f"busy for {self.config.pool_timeout:g} s (server.pool_timeout_seconds); retry later"
+        )
 
     def _account(self, scope: Scope, call: Call) -> None:
         bill = call.settle()

@@ -20,6 +20,7 @@ CallError = Literal[
     "upstream_bad_response",
     "client_disconnected",
     "shutdown",
+    "pool_timeout",
 ]
 
 

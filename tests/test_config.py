@@ -183,7 +183,8 @@ def test_an_unknown_server_key_is_named_with_its_line() -> None:
 
     assert error_of(text) == message(
         "server.prot (line 3)",
-        "unknown key; known keys here: drain_seconds, host, max_body_mb, port, upstream_client",
+        "unknown key; known keys here: drain_seconds, host, max_body_mb, pool_timeout_seconds, port, "
+        "upstream_client, upstream_pool_size",
     )
 
 
