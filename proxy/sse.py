@@ -43,7 +43,9 @@ class SSEScanner:
 
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         events: list[SSEEvent] = []
-        if not (self._buf or self._data or self._skip_line or self._event is not None) and b"\r" not in chunk:
+        # Within a line or an event, or skipping an oversized one, only the line-by-line path keeps track.
+        within = self._buf or self._data or self._skip_line or self._skip_event or self._event is not None
+        if not within and b"\r" not in chunk:
             chunk = self._whole_events(chunk, events)  # the common case, without a regex per line
             if not chunk:
                 return events
