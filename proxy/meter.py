@@ -25,7 +25,7 @@ from proxy.records import RecordWriter
 from proxy.routing import RouteError, Routes
 from proxy.sse import SSEScanner
 from proxy.upstream import Headers, Upstream, UpstreamError, UpstreamResponse, end_to_end
-from proxy.usage import StreamFacts
+from proxy.usage import Api, StreamFacts
 
 log = logging.getLogger("meterproxy")
 
@@ -56,6 +56,7 @@ _IDENTITY = (b"accept-encoding", b"identity")
 _WATCH_AFTER = 0.05  # seconds a call runs before its client is watched for a disconnect
 _PLAIN = (b"", b"identity")
 _REDACTED = b"[REDACTED]"
+_OPENAI_SHAPED = frozenset({"chat", "responses", "embeddings"})
 _KEY_HEADER = {"openai": b"authorization", "anthropic": b"x-api-key", "gemini": b"x-goog-api-key"}
 
 
@@ -145,7 +146,7 @@ class Meter:
             holding = await self._take_slot()
             if holding:
                 last = await self._forward(
-                    scope, send, call, url, self._upstream_headers(headers, provider), body, strip
+                    scope, send, call, url, self._upstream_headers(headers, provider, target.api), body, strip
                 )
             else:
                 call.error, call.status = "pool_timeout", 503
@@ -250,7 +251,7 @@ class Meter:
             raise RouteError(400, "invalid_json", "the request body must be a JSON object")
         return request
 
-    def _upstream_headers(self, headers: Headers, provider: Provider) -> Headers:
+    def _upstream_headers(self, headers: Headers, provider: Provider, api: Api | None) -> Headers:
         if provider.api_key is None and not self.gate.closed:
             # Pass-through: the client's key goes on like its other end-to-end headers, so not when
             # the client's Connection header names it hop-by-hop (RFC 9110 section 7.6.1).
@@ -259,7 +260,8 @@ class Meter:
             forwarded = end_to_end(headers, _NOT_FORWARDED)
         if provider.api_key is not None:
             key = provider.api_key.reveal().encode("latin-1")
-            name = _KEY_HEADER[provider.kind]
+            # OpenAI-shaped endpoints (Gemini's and Anthropic's compatible ones too) take a bearer token.
+            name = _KEY_HEADER["openai" if api in _OPENAI_SHAPED else provider.kind]
             forwarded.append((name, b"Bearer " + key if name == b"authorization" else key))
         forwarded.append(_IDENTITY)
         return forwarded

@@ -181,3 +181,15 @@ def test_openai_compatible_gemini_path_is_priced_as_chat(
     }
     assert pick(record, expected) == expected
     assert raw.headers.get("x-meterproxy-cost") == "0.004441"
+
+
+def test_the_openai_compatible_path_gets_the_provider_key_as_a_bearer_token(
+    keyed_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    stub.push(Reply(body=fixture("gemini_openai_chat.json")))
+    with keyed_proxy.client(path="/gemini/v1") as client:
+        client.chat.completions.create(model="gemini-2.5-flash", messages=[{"role": "user", "content": "Hi"}])
+
+    seen = only(stub.requests)
+    assert seen.header("authorization") == f"Bearer {PROVIDER_KEY}"
+    assert seen.header("x-goog-api-key") is None
