@@ -18,13 +18,13 @@ import orjson
 from starlette.types import Message, Receive, Scope, Send
 
 from proxy.auth import Gate, client_token, key_id
-from proxy.calls import Bill, Call, decimal_text
+from proxy.calls import Call
 from proxy.config import Config, Provider
 from proxy.errors import error_body
 from proxy.records import RecordWriter
+from proxy.relay import head, relay_body, relay_stream, relay_whole_body
 from proxy.routing import RouteError, Routes
-from proxy.sse import SSEScanner
-from proxy.upstream import Headers, Upstream, UpstreamError, UpstreamResponse, end_to_end
+from proxy.upstream import Headers, Upstream, UpstreamError, end_to_end
 from proxy.usage import Api, StreamFacts
 
 log = logging.getLogger("meterproxy")
@@ -51,11 +51,9 @@ _CLIENT_KEYS = frozenset({b"authorization", b"x-api-key", b"x-goog-api-key"})
 _NOT_FORWARDED_PASSING_KEYS = _NOT_FORWARDED - _CLIENT_KEYS
 _NO_LENGTH = frozenset({b"content-length"})
 _KEEP = frozenset[bytes]()
-_MAX_PARSED_BODY = 64 << 20
 _IDENTITY = (b"accept-encoding", b"identity")
 _WATCH_AFTER = 0.05  # seconds a call runs before its client is watched for a disconnect
 _PLAIN = (b"", b"identity")
-_REDACTED = b"[REDACTED]"
 _OPENAI_SHAPED = frozenset({"chat", "responses", "embeddings"})
 _KEY_HEADER = {"openai": b"authorization", "anthropic": b"x-api-key", "gemini": b"x-goog-api-key"}
 
@@ -302,150 +300,19 @@ class Meter:
         sent_headers.append((b"x-meterproxy-request-id", call.proxy_id.encode()))
         try:
             if scanned:
-                await send(_head(call, response.status, sent_headers))
-                return await self._relay_stream(send, call, response, strip)
+                await send(head(call, response.status, sent_headers))
+                return await relay_stream(send, call, response, strip, self.config.cost_in_response)
             if not sse and (call.api is not None or quoting):
-                return await self._relay_whole_body(send, call, response, sent_headers, length)
-            await send(_head(call, response.status, sent_headers))
-            return await _relay_body(send, call, response, length, b"")
+                return await relay_whole_body(
+                    send, call, response, sent_headers, length, self.config.cost_in_response
+                )
+            await send(head(call, response.status, sent_headers))
+            return await relay_body(send, call, response, length, b"")
         except UpstreamError as exc:
             # The response stays incomplete: the client sees its stream cut, never a fake end.
             log.warning("%s %s -> %s: %s", scope["method"], scope["path"], call.provider.name, exc)
             call.error = exc.error
             return []
-
-    async def _relay_stream(
-        self, send: Send, call: Call, response: UpstreamResponse, strip: bool
-    ) -> list[Message]:
-        """Forward an SSE stream event by event, scanning it; drop the usage chunk we asked for, and
-        put the cost comment before [DONE] (or at the end)."""
-        scanner = SSEScanner()
-        facts = call.facts = StreamFacts(call.api or "chat")
-        held = b""  # bytes of an event not yet whole: kept until we know what to do with it
-        held_at = 0  # the stream offset of held[0]
-        cost_noted = not self.config.cost_in_response
-        line_ended = True  # the bytes sent so far end a line: a comment may follow directly
-        while True:
-            chunk = await response.read()
-            if call.ttfb is None:
-                call.ttfb = time.perf_counter()
-            events = scanner.feed(chunk) if chunk else scanner.finish()
-            held = held + chunk if held else chunk
-            release = scanner.boundary if chunk else held_at + len(held)
-            edits: list[tuple[int, int, bytes]] = []
-            for event in events:
-                if facts.observe(event.data) and strip:
-                    edits.append(
-                        (event.start, event.end, b"")
-                    )  # the usage-only chunk the client did not ask for
-                elif event.data == b"[DONE]" and not cost_noted:
-                    edits.append((event.start, event.start, self._cost_comment(call)))
-                    cost_noted = True
-            if release - held_at == len(held):  # the usual case: every byte so far belongs to a whole event
-                out, held = held, b""
-            else:
-                out, held = held[: release - held_at], held[release - held_at :]
-            for start, end, insert in reversed(edits):
-                out = out[: start - held_at] + insert + out[end - held_at :]
-            held_at = release
-            if out:
-                line_ended = out[-1:] in (b"\n", b"\r")
-            if not chunk:
-                if not cost_noted:
-                    out += (b"" if line_ended else b"\n") + self._cost_comment(call)
-                call.finished = True
-                return [{"type": "http.response.body", "body": out}]
-            if out:
-                await send({"type": "http.response.body", "body": out, "more_body": True})
-
-    async def _relay_whole_body(
-        self, send: Send, call: Call, response: UpstreamResponse, headers: Headers, length: int | None
-    ) -> list[Message]:
-        """Read a non-streamed body whole: a metered one, so its cost can go back in the headers; an
-        error, so that the provider key it may quote can be taken out."""
-        parts: list[bytes] = []
-        size = 0
-        while size != length:
-            chunk = await response.read()
-            if call.ttfb is None:
-                call.ttfb = time.perf_counter()
-            if not chunk:
-                break
-            parts.append(chunk)
-            size += len(chunk)
-            if size > _MAX_PARSED_BODY:  # too large to read for usage: pass it through as it comes
-                await send(_head(call, response.status, headers))
-                return await _relay_body(send, call, response, length, b"".join(parts))
-        body = parts[0] if len(parts) == 1 else b"".join(parts)
-        if size == length:
-            response.release()  # the whole body is in: hand the connection back without another read
-            call.response = None
-        call.body = body
-        if response.status >= 400 and call.provider.api_key is not None:
-            # Some providers quote the key they were sent in their errors; a client must never learn
-            # the provider's key (issue 6, case 13).
-            body = _redact(body, headers, call.provider.api_key.reveal().encode("latin-1"))
-        if self.config.cost_in_response and call.api is not None:
-            bill = call.settle()
-            if bill.cost is not None:
-                headers.append((b"x-meterproxy-cost", decimal_text(bill.cost.total_cost).encode()))
-                headers.append((b"x-meterproxy-currency", call.provider.currency.encode()))
-        call.finished = True
-        return [_head(call, response.status, headers), {"type": "http.response.body", "body": body}]
-
-    @staticmethod
-    def _cost_comment(call: Call) -> bytes:
-        """`: meterproxy-cost {...}`: SSE clients skip comment lines, so no client breaks on it."""
-        bill: Bill = call.settle()
-        total = decimal_text(bill.cost.total_cost) if bill.cost is not None else "null"
-        return (
-            b': meterproxy-cost {"total_cost": %s, "currency": %s, '
-            b'"input_tokens": %d, "output_tokens": %d}\n\n'
-            % (
-                total.encode(),
-                orjson.dumps(call.provider.currency),
-                bill.usage.input_tokens,
-                bill.usage.output_tokens,
-            )
-        )
-
-
-async def _relay_body(
-    send: Send, call: Call, response: UpstreamResponse, length: int | None, first: bytes
-) -> list[Message]:
-    """Pass a body through as it arrives (not metered, or too large to read)."""
-    size = len(first)
-    if first:
-        await send({"type": "http.response.body", "body": first, "more_body": True})
-    while True:
-        chunk = await response.read()
-        if call.ttfb is None:
-            call.ttfb = time.perf_counter()
-        size += len(chunk)
-        last = not chunk or size == length
-        if last:
-            call.finished = True
-            if chunk:  # the whole body is in: hand the connection back without another read
-                response.release()
-                call.response = None
-            return [{"type": "http.response.body", "body": chunk}]
-        await send({"type": "http.response.body", "body": chunk, "more_body": True})
-
-
-def _head(call: Call, status: int, headers: Headers) -> Message:
-    call.head_sent = True
-    return {"type": "http.response.start", "status": status, "headers": headers}
-
-
-def _redact(body: bytes, headers: Headers, secret: bytes) -> bytes:
-    """`body` with every copy of `secret` replaced, its Content-Length in `headers` set to match."""
-    if secret not in body:
-        return body
-    body = body.replace(secret, _REDACTED)
-    for index, (name, _) in enumerate(headers):
-        if name.lower() == b"content-length":
-            headers[index] = (name, str(len(body)).encode())
-    return body
 
 
 class _DisconnectWatch:
