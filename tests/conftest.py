@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
 
@@ -99,6 +100,67 @@ def wait_until(check: Callable[[], bool], what: str, timeout: float = WAIT_SECON
         time.sleep(0.02)
 
 
+class ProcessProbe:
+    """What Linux says about a running process (/proc): its open sockets, resident memory, bytes read."""
+
+    def __init__(self, pid: int) -> None:
+        self.root = Path(f"/proc/{pid}")
+        if not (self.root / "io").exists():
+            pytest.skip("needs Linux /proc/<pid>/io to look into the proxy process")
+
+    def sockets(self) -> int:
+        count = 0
+        for fd in (self.root / "fd").iterdir():
+            try:
+                count += os.readlink(fd).startswith("socket:")
+            except OSError:
+                continue  # closed while we looked
+        return count
+
+    def rss_kib(self) -> int:
+        for line in (self.root / "status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise AssertionError("no VmRSS line in /proc/<pid>/status")
+
+    def bytes_read(self) -> int:
+        """Bytes the process has read with read() (sockets included): `rchar` of /proc/<pid>/io."""
+        for line in (self.root / "io").read_text().splitlines():
+            if line.startswith("rchar:"):
+                return int(line.split()[1])
+        raise AssertionError("no rchar line in /proc/<pid>/io")
+
+
+def settled(count: Callable[[], int]) -> int:
+    """A count (of sockets, say) once it holds still for three looks: closing sockets take a moment to go."""
+    counts = [count()]
+    while len(counts) < 3 or len(set(counts[-3:])) > 1:
+        time.sleep(0.1)
+        counts.append(count())
+        assert len(counts) < 100, f"the count never settled: {counts}"
+    return counts[-1]
+
+
+def recount(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """The /health totals that a file of USD records must give (all of it within the last 24 hours)."""
+    costs = [Decimal(repr(r["total_cost"])) for r in records if r["total_cost"] is not None]
+    return {
+        "requests": len(records),
+        "errors": sum(1 for r in records if r["error"] is not None or r["status_code"] >= 400),
+        "input_tokens": sum(r["input_tokens"] for r in records),
+        "output_tokens": sum(r["output_tokens"] for r in records),
+        "total_tokens": sum(r["total_tokens"] for r in records),
+        "total_cost": float(sum(costs, Decimal(0))),
+    }
+
+
+def health_totals(health: dict[str, Any]) -> dict[str, Any]:
+    """The part of /health that `recount` gives."""
+    stats: dict[str, Any] = health["cost_stats_24h"]
+    counts = ("requests", "errors", "input_tokens", "output_tokens", "total_tokens")
+    return {key: stats[key] for key in counts} | {"total_cost": pytest.approx(stats["total_cost"], rel=1e-9)}
+
+
 class RunningProxy:
     """The proxy as a subprocess: `python -m proxy serve` on a loopback port."""
 
@@ -169,6 +231,9 @@ class RunningProxy:
         """The server log once `text` appears in it."""
         wait_until(lambda: text in self.log(), f"{text!r} in the server log", timeout)
         return self.log()
+
+    def probe(self) -> ProcessProbe:
+        return ProcessProbe(self.process.pid)
 
     def stop(self) -> int:
         """Stop the server as an operator would (SIGTERM) and return its exit code."""

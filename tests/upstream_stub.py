@@ -13,7 +13,7 @@ import json
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
@@ -61,6 +61,8 @@ class Hangup:
 
 
 Script = Reply | Stream | Hangup
+# Chooses the answer from the request itself: for load tests whose calls arrive in no fixed order.
+Responder = Callable[["SeenRequest"], Script]
 
 NO_SCRIPT = Reply(status=599, body=b'{"stub": "no script for this request"}')
 
@@ -158,7 +160,7 @@ class _Connection(asyncio.Protocol):
             seen.body = body
             self.current = seen
             self.stub._record(seen)
-            if not await self._answer(self.stub._script_for(), seen):
+            if not await self._answer(self.stub._script_for(seen), seen):
                 return
             if (seen.header("connection") or "").lower() == "close":
                 self.hang_up()
@@ -278,8 +280,10 @@ class UpstreamStub:
         self._server: asyncio.Server | None = None
         self._connections: set[_Connection] = set()
         self._scripts: deque[Script] = deque()
-        self._default: Script = NO_SCRIPT
+        self._default: Script | Responder = NO_SCRIPT
         self._requests: list[SeenRequest] = []
+        self.keep_requests = True  # False: count requests without keeping them (long load tests)
+        self.request_count = 0
         self._lock = threading.Lock()
         self._arrived = threading.Condition(self._lock)
         self.port = 0
@@ -319,18 +323,26 @@ class UpstreamStub:
         with self._lock:
             self._scripts.extend(scripts)
 
-    def always(self, script: Script) -> None:
-        """Answer every request that finds no pushed script with this one."""
+    def always(self, script: Script | Responder) -> None:
+        """Answer every request that finds no pushed script with this one (or with what it returns)."""
         with self._lock:
             self._default = script
 
-    def _script_for(self) -> Script:
+    def _script_for(self, seen: SeenRequest) -> Script:
         with self._lock:
-            return self._scripts.popleft() if self._scripts else self._default
+            script = self._scripts.popleft() if self._scripts else self._default
+        return script if isinstance(script, Reply | Stream | Hangup) else script(seen)
+
+    @property
+    def open_connections(self) -> int:
+        """Connections from the proxy that are open right now."""
+        return len(self._connections)
 
     def _record(self, seen: SeenRequest) -> None:
         with self._arrived:
-            self._requests.append(seen)
+            self.request_count += 1
+            if self.keep_requests:
+                self._requests.append(seen)
             self._arrived.notify_all()
 
     @property
