@@ -1,0 +1,469 @@
+"""Issue 6, hostile input: huge and slow requests (11), keys (13), SSRF (14), paths (15), hop-by-hop
+headers and request smuggling (16). The real proxy under uvicorn, a scripted stub behind it."""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import json
+import secrets
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+from conftest import CLIENT_KEY, MakeConfig, ProxyLauncher, RunningProxy, settled, wait_until
+from upstream_stub import SSE_DONE, Reply, Stream, UpstreamStub, sse
+
+HELLO = [{"role": "user", "content": "Say hello"}]
+USAGE = {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}
+COMPLETION = json.dumps({"id": "chatcmpl-1", "model": "gpt-4o", "choices": [], "usage": USAGE}).encode()
+CHAT = json.dumps({"model": "gpt-4o", "messages": HELLO}).encode()
+LIMIT = 1 << 20  # server.max_body_mb: 1
+# uvicorn stops reading a request body once 64 KiB of it wait unread; one read() of the socket that
+# crosses that mark may bring up to 256 KiB (uvloop's and asyncio's read size). See docs/reliability.md.
+UVICORN_BUFFER = 64 << 10
+SOCKET_READ = 256 << 10
+
+
+def exchange(port: int, request: bytes, timeout: float = 10.0) -> bytes:
+    """Send raw request bytes; read until the proxy closes the connection (or `timeout` passes)."""
+    received = b""
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as sock:
+        sock.sendall(request)
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline and (piece := sock.recv(65536)):
+                received += piece
+        except (TimeoutError, ConnectionResetError):
+            pass
+    return received
+
+
+def status_of(response: bytes) -> int:
+    assert response.startswith(b"HTTP/1.1 "), response[:200]
+    return int(response.split(b" ", 2)[1])
+
+
+def head_of(response: bytes) -> bytes:
+    return response.partition(b"\r\n\r\n")[0].lower()
+
+
+def post(path: str, body: bytes, *extra: str) -> bytes:
+    """A raw POST that asks the proxy to close the connection after answering."""
+    lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", f"Authorization: Bearer {CLIENT_KEY}"]
+    lines += ["Content-Type: application/json", f"Content-Length: {len(body)}", *extra]
+    if not any(line.lower().startswith("connection:") for line in extra):
+        lines.append("Connection: close")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
+
+
+# --- 11. Huge and slow requests -------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_body_proxy(launch: ProxyLauncher, make_config: MakeConfig) -> RunningProxy:
+    return launch(make_config(server={"max_body_mb": 1}))
+
+
+def push_body(port: int, head: bytes, pieces: Iterator[bytes]) -> bytes:
+    """Send `head`, then `pieces` until the proxy stops taking them; return what it answered."""
+    answer: list[bytes] = []
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+
+        def read() -> None:
+            received = b""
+            try:
+                while piece := sock.recv(65536):
+                    received += piece
+            except OSError:
+                pass
+            answer.append(received)
+
+        reader = threading.Thread(target=read)
+        reader.start()
+        sock.sendall(head)
+        try:
+            for piece in pieces:
+                sock.sendall(piece)
+        except OSError:
+            pass  # the proxy answered and closed: the rest of the body is never read
+        reader.join(30)
+    assert answer, "no answer within 30 s"
+    return answer[0]
+
+
+def test_chunked_body_over_the_limit_is_refused_before_much_more_than_the_limit_is_read(
+    small_body_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    probe = small_body_proxy.probe()
+    before = probe.bytes_read()
+    piece = b"x" * (64 << 10)
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+    answer = push_body(
+        small_body_proxy.port, head, (b"%x\r\n%s\r\n" % (len(piece), piece) for _ in range(160))
+    )
+    read = probe.bytes_read() - before
+
+    assert status_of(answer) == 413
+    assert b"connection: close" in head_of(answer)
+    print(f"\n[case 11] 10 MB chunked body, limit 1 MiB: the proxy read limit + {read - LIMIT} bytes")
+    assert read <= LIMIT + UVICORN_BUFFER + SOCKET_READ
+    assert stub.requests == [] and small_body_proxy.records() == []
+
+
+def test_declared_length_over_the_limit_is_refused_without_reading_the_body(
+    small_body_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    probe = small_body_proxy.probe()
+    before = probe.bytes_read()
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: %d\r\n\r\n" % (
+        10 * LIMIT
+    )
+    answer = push_body(small_body_proxy.port, head, (b"x" * (64 << 10) for _ in range(160)))
+    read = probe.bytes_read() - before
+
+    assert status_of(answer) == 413
+    assert b"connection: close" in head_of(answer)
+    print(f"\n[case 11] Content-Length 10 MiB, limit 1 MiB: the proxy read {read} bytes")
+    assert read <= UVICORN_BUFFER + SOCKET_READ
+    assert stub.requests == [] and small_body_proxy.records() == []
+
+
+def test_slow_and_lying_clients_hold_a_connection_not_the_worker(
+    proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    """Slow-loris bodies, a Content-Length larger than the body sent, headers never finished: calls
+    from other clients are answered meanwhile, and each held connection is let go when its client leaves."""
+    stub.always(Reply(body=COMPLETION))
+    proxy.post_json("/v1/chat/completions", {"model": "gpt-4o", "messages": HELLO})  # pools one connection
+    probe = proxy.probe()
+    baseline = settled(probe.sockets)
+    answered = []
+    with contextlib.ExitStack() as stack:
+        slow = [stack.enter_context(socket.create_connection(("127.0.0.1", proxy.port))) for _ in range(60)]
+        for n, sock in enumerate(slow):
+            if n % 3 == 0:  # headers never finished
+                sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Le")
+            else:  # a body that trickles (n % 3 == 1) or that stops short of its Content-Length
+                sock.sendall(
+                    post("/v1/chat/completions", CHAT).replace(b"Length: %d" % len(CHAT), b"Length: 9999")
+                )
+        wait_until(lambda: probe.sockets() >= baseline + len(slow), "the proxy to take every slow connection")
+        for _ in range(20):
+            for sock in slow[1::3]:
+                sock.sendall(b" ")  # one more byte of the slow body
+            started = time.monotonic()
+            response = proxy.post_json("/v1/chat/completions", {"model": "gpt-4o", "messages": HELLO})
+            answered.append(time.monotonic() - started)
+            assert response.status == 200
+    print(f"\n[case 11] with {len(slow)} slow connections open, calls took at most {max(answered):.3f} s")
+
+    wait_until(lambda: probe.sockets() <= baseline, "the proxy to let the slow connections go")
+    assert len(stub.requests) == 21
+    assert len(proxy.wait_records(21)) == 21
+
+
+# --- 13. Keys ---------------------------------------------------------------------------------------
+
+CLIENT_CANARY = "sk-canary-client-" + secrets.token_hex(12)
+WRONG_CANARY = "sk-canary-wrong-" + secrets.token_hex(12)
+UPSTREAM_CANARY = "sk-canary-upstream-" + secrets.token_hex(12)
+CANARIES = (CLIENT_CANARY, WRONG_CANARY, UPSTREAM_CANARY)
+
+
+def echo(status: int, key: str) -> Reply:
+    """An upstream error that quotes the key it was sent, as some providers' 401s do."""
+    body = {"error": {"message": f"Incorrect API key provided: {key}. Check {key} again.", "code": "bad_key"}}
+    return Reply(status=status, body=json.dumps(body).encode())
+
+
+def assert_no_canary(proxy: RunningProxy) -> None:
+    places = {
+        "records": proxy.records_path.read_text(),
+        "server log": proxy.log(),
+        "/health": json.dumps(proxy.health()),
+    }
+    for where, text in places.items():
+        for canary in CANARIES:
+            assert canary not in text, f"a key leaked into the {where}"
+
+
+def test_no_key_reaches_records_log_or_health_and_echoed_provider_keys_are_redacted(
+    launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub
+) -> None:
+    config = make_config(
+        auth={"keys": [{"name": "team-a", "key": "${CANARY_CLIENT_KEY}"}]},
+        providers={"openai": {"api_key": "${CANARY_UPSTREAM_KEY}"}},
+    )
+    proxy = launch(config, env={"CANARY_CLIENT_KEY": CLIENT_CANARY, "CANARY_UPSTREAM_KEY": UPSTREAM_CANARY})
+    client = {"authorization": f"Bearer {CLIENT_CANARY}"}
+    payload = {"model": "gpt-4o", "messages": HELLO}
+    untouched = Reply(status=429, body=b'{"error": {"message": "slow down", "code": "rate_limit"}}')
+    stub.push(
+        Reply(body=COMPLETION),
+        Stream([sse({"id": "c", "choices": [], "usage": USAGE}), SSE_DONE]),
+        echo(401, UPSTREAM_CANARY),
+        echo(400, UPSTREAM_CANARY),
+        untouched,
+    )
+
+    assert proxy.post_json("/v1/chat/completions", payload, client).status == 200
+    assert proxy.post_json("/v1/chat/completions", {**payload, "stream": True}, client).status == 200
+    unauthorized = proxy.post_json("/v1/chat/completions", payload, client)
+    bad_request = proxy.post_json("/openai/v1/files", payload, client)  # not metered: redacted all the same
+    limited = proxy.post_json("/v1/chat/completions", payload, client)
+    refused = proxy.post_json("/v1/chat/completions", payload, {"authorization": f"Bearer {WRONG_CANARY}"})
+
+    assert [seen.header("authorization") for seen in stub.requests] == [f"Bearer {UPSTREAM_CANARY}"] * 5
+    for response, status in ((unauthorized, 401), (bad_request, 400)):
+        assert response.status == status
+        assert UPSTREAM_CANARY.encode() not in response.body
+        assert response.json()["error"]["message"] == (
+            "Incorrect API key provided: [REDACTED]. Check [REDACTED] again."
+        )
+        assert response.header("content-length") == str(len(response.body))
+    assert (limited.status, limited.body) == (429, untouched.body)
+    assert refused.status == 401 and len(stub.requests) == 5
+    records = proxy.wait_records(5)
+    assert {record["user_id"] for record in records} == {"team-a"}
+    assert_no_canary(proxy)
+
+
+def test_pass_through_keys_are_hashed_and_the_clients_own_key_echoed_back_is_left_alone(
+    proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    stub.push(Reply(body=COMPLETION), echo(401, CLIENT_CANARY))
+    client = {"authorization": f"Bearer {CLIENT_CANARY}"}
+    payload = {"model": "gpt-4o", "messages": HELLO}
+
+    assert proxy.post_json("/v1/chat/completions", payload, client).status == 200
+    echoed = proxy.post_json("/v1/chat/completions", payload, client)
+
+    assert (echoed.status, echoed.body) == (401, echo(401, CLIENT_CANARY).body)  # the client's own key
+    assert [seen.header("authorization") for seen in stub.requests] == [f"Bearer {CLIENT_CANARY}"] * 2
+    records = proxy.wait_records(2)
+    assert all(record["user_id"].startswith("key:") for record in records)
+    for where, text in {"records": proxy.records_path.read_text(), "server log": proxy.log()}.items():
+        assert CLIENT_CANARY not in text, f"the client's key leaked into the {where}"
+    assert CLIENT_CANARY not in json.dumps(proxy.health())
+
+
+# --- 14. No SSRF ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def elsewhere() -> Iterator[UpstreamStub]:
+    """A second upstream that nothing may ever make the proxy contact."""
+    server = UpstreamStub()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_nothing_in_a_request_makes_the_proxy_contact_another_host(
+    proxy: RunningProxy, stub: UpstreamStub, elsewhere: UpstreamStub
+) -> None:
+    evil = f"http://127.0.0.1:{elsewhere.port}"
+    elsewhere.always(Reply(body=COMPLETION))
+    stub.always(Reply(body=COMPLETION))
+    stub.push(
+        Reply(status=302, headers=(("location", f"{evil}/v1/chat/completions"),)),
+        Reply(status=307, headers=(("location", f"{evil}/v1/chat/completions"),)),
+    )
+    redirected = [
+        proxy.post_json("/v1/chat/completions", {"model": "gpt-4o", "messages": HELLO}) for _ in "ab"
+    ]
+    assert [response.status for response in redirected] == [302, 307]  # passed back, not followed
+    assert redirected[0].header("location") == f"{evil}/v1/chat/completions"
+
+    bodies = [
+        {"model": "gpt-4o", "messages": HELLO, "api_base": f"{evil}/v1", "base_url": f"{evil}/v1"},
+        {"model": f"{evil}/v1/chat/completions", "messages": HELLO},
+        {"model": f"openai/{evil}/v1", "messages": HELLO},
+        {"model": "gpt-4o", "messages": HELLO, "url": evil, "baseURL": evil, "api_base_url": evil},
+    ]
+    for body in bodies:
+        proxy.post_json("/v1/chat/completions", body)
+        proxy.post_json("/openai/v1/chat/completions", body)
+    elsewhere_host = f"127.0.0.1:{elsewhere.port}"
+    for headers in (
+        {"host": elsewhere_host},
+        {"x-forwarded-host": elsewhere_host, "forwarded": f"host={elsewhere_host}"},
+    ):
+        proxy.post_json("/v1/chat/completions", {"model": "gpt-4o", "messages": HELLO}, headers)
+    absolute = exchange(proxy.port, post(f"{evil}/v1/chat/completions", CHAT))  # absolute-form target
+
+    assert status_of(absolute) == 200
+    assert elsewhere.requests == []
+    assert stub.requests, "the configured upstream was never called"
+    assert all(seen.target.startswith("/v1/") for seen in stub.requests)
+    assert {seen.header("host") for seen in stub.requests} == {f"127.0.0.1:{stub.port}"}
+
+
+# --- 15. Paths --------------------------------------------------------------------------------------
+
+HOSTILE_PATHS = [
+    "/openai/v1/../admin",
+    "/openai/v1/../../admin",
+    "/openai/v1/chat/../../admin",
+    "/openai/v1/chat/completions/..",
+    "/openai/v1/./chat/completions",
+    "/openai/v1/%2e%2e/admin",
+    "/openai/v1/%2E%2E/admin",
+    "/openai/v1/.%2e/admin",
+    "/openai/v1/%252e%252e/admin",
+    "/openai/v1/..%2fadmin",
+    "/openai/v1/..%2Fadmin",
+    "/openai/v1/..%5cadmin",
+    "/openai/v1//admin",
+    "/openai//v1/chat/completions",
+    "//openai/v1/chat/completions",
+    "/openai/v1/\\..\\admin",
+    "/openai/v1/..\\admin",
+    "/openai/%2e%2e/v1/chat/completions",
+    "/v1/../openai/v1/admin",
+    "/v1/%2e%2e/admin",
+    "/%2e%2e/v1/chat/completions",
+]
+
+
+@pytest.mark.parametrize("path", HOSTILE_PATHS)
+def test_hostile_paths_are_refused_or_stay_under_base_url(
+    proxy: RunningProxy, stub: UpstreamStub, path: str
+) -> None:
+    stub.always(Reply(body=COMPLETION))
+    answer = exchange(proxy.port, post(path, CHAT))
+
+    status = status_of(answer)
+    assert status in (400, 404) or stub.requests, answer[:300]
+    for seen in stub.requests:
+        segments = seen.target.split("?")[0].split("/")
+        assert seen.target.startswith("/v1/") and ".." not in segments and "" not in segments[1:], seen.target
+        assert "%2e" not in seen.target.lower() and "\\" not in seen.target, seen.target
+
+
+# --- 16. Hop-by-hop headers, smuggling, Content-Encoding ----------------------------------------
+
+
+def test_hop_by_hop_and_spoofed_headers_never_reach_the_upstream(
+    proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    stub.always(Reply(body=COMPLETION))
+    hostile = [
+        "Connection: close, Authorization, X-Secret-Hop",
+        "X-Secret-Hop: 1",
+        "TE: trailers, deflate",
+        "Upgrade: h2c",
+        "Proxy-Authorization: Basic cHJveHk6c2VjcmV0",
+        "Proxy-Connection: keep-alive",
+        "Keep-Alive: timeout=99",
+        "X-Forwarded-For: 203.0.113.7",
+        "X-Forwarded-Host: attacker.example",
+        "X-Forwarded-Proto: https",
+        "X-Real-IP: 203.0.113.7",
+        "Forwarded: for=203.0.113.7",
+        "X-End-To-End: kept",
+    ]
+    answer = exchange(proxy.port, post("/v1/chat/completions", CHAT, *hostile))
+
+    assert status_of(answer) == 200
+    seen = stub.requests[-1]
+    names = seen.header_names()
+    dropped = {line.split(":")[0].lower() for line in hostile} - {"connection", "x-end-to-end"}
+    assert not names & dropped, names & dropped
+    assert seen.header("authorization") is None  # named in Connection: hop-by-hop for this request
+    assert seen.header("x-end-to-end") == "kept"
+    assert seen.header("connection") in (None, "keep-alive")
+    record = proxy.wait_records(1)[0]
+    assert record["ip_address"] == "127.0.0.1"  # the socket's address, never a forwarding header
+
+
+def test_upgrade_requests_never_reach_the_upstream(proxy: RunningProxy, stub: UpstreamStub) -> None:
+    stub.always(Reply(body=COMPLETION))
+    h2c = exchange(
+        proxy.port, post("/v1/chat/completions", CHAT, "Connection: Upgrade, close", "Upgrade: h2c")
+    )
+    websocket = exchange(
+        proxy.port,
+        b"GET /openai/v1/realtime HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        b"Connection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+
+    assert status_of(h2c) == 400 and status_of(websocket) == 403
+    assert stub.requests == []
+
+
+SMUGGLING = {
+    "content-length and transfer-encoding": (
+        b"Content-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    ),
+    "transfer-encoding and content-length": (
+        b"Transfer-Encoding: chunked\r\nContent-Length: 50\r\n\r\n0\r\n\r\n"
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    ),
+    "two content-lengths": b"Content-Length: 2\r\nContent-Length: 40\r\n\r\n{}",
+    "obfuscated transfer-encoding": (
+        b"Content-Length: 5\r\nTransfer-Encoding: xchunked\r\n\r\n0\r\n\r\n"
+        b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("case", SMUGGLING, ids=list(SMUGGLING))
+def test_ambiguous_request_framing_gets_400_and_no_upstream_call(
+    proxy: RunningProxy, stub: UpstreamStub, case: str
+) -> None:
+    stub.always(Reply(body=COMPLETION))
+    head = b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+    answer = exchange(proxy.port, head + SMUGGLING[case], timeout=5)
+
+    assert status_of(answer) == 400
+    assert answer.count(b"HTTP/1.1 ") == 1, "a smuggled second request was answered"
+    assert stub.requests == []
+
+
+def test_content_encoding_sent_to_the_client_matches_the_body(
+    proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    """Bodies are passed on compressed as the upstream sent them (even though the proxy asks for
+    identity), with the upstream's Content-Encoding; a body the proxy edits is never labelled compressed."""
+    gzipped = gzip.compress(COMPLETION)
+    stream = [sse({"id": "c", "choices": [{"delta": {"content": "hi"}}]}), SSE_DONE]
+    gzipped_stream = gzip.compress(b"".join(stream))
+    stub.push(
+        Reply(body=gzipped, headers=(("content-type", "application/json"), ("content-encoding", "gzip"))),
+        Stream(
+            [gzipped_stream[:20], gzipped_stream[20:]],
+            headers=(("content-type", "text/event-stream"), ("content-encoding", "gzip")),
+        ),
+        Stream(stream),
+    )
+    body = json.dumps({"model": "gpt-4o", "messages": HELLO, "stream": True}).encode()
+    plain = exchange(proxy.port, post("/v1/chat/completions", CHAT))
+    compressed_stream = exchange(proxy.port, post("/v1/chat/completions", body))
+    plain_stream = exchange(proxy.port, post("/v1/chat/completions", body))
+
+    assert [seen.header("accept-encoding") for seen in stub.requests] == ["identity"] * 3
+    assert b"content-encoding: gzip" in head_of(plain)
+    assert plain.partition(b"\r\n\r\n")[2] == gzipped
+    assert b"content-encoding: gzip" in head_of(compressed_stream)
+    assert gzip.decompress(dechunk(compressed_stream.partition(b"\r\n\r\n")[2])) == b"".join(stream)
+    assert b"content-encoding" not in head_of(plain_stream)
+    records = proxy.wait_records(3)
+    assert records[0]["input_tokens"] == USAGE["prompt_tokens"]  # read through the gzip
+
+
+def dechunk(body: bytes) -> bytes:
+    data = b""
+    while True:
+        size_line, _, body = body.partition(b"\r\n")
+        size = int(size_line, 16)
+        if size == 0:
+            return data
+        data, body = data + body[:size], body[size + 2 :]

@@ -1,0 +1,309 @@
+"""Issue 6, case 8, SSE chaos: however a stream is cut into reads, with CRLF, comments, a multi-byte
+character split across reads, `event: error` mid-stream or a 10 MB data line, the client gets the
+upstream's bytes (less the usage chunk the proxy asked for), the usage found is the same, and the
+scanner's buffer stays bounded.
+
+Most of it drives the meter in-process with a fake upstream at its seam (the `Upstream` protocol), so
+that hypothesis can try hundreds of chunkings; one case runs the real proxy against the stub.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import tracemalloc
+from collections.abc import Iterator
+from decimal import Decimal
+from typing import Any
+
+from conftest import CLIENT_KEY, RunningProxy
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from starlette.types import Message
+from upstream_stub import Stream, UpstreamStub
+
+from proxy.config import Config, parse_config
+from proxy.meter import Meter
+from proxy.records import CostRecord
+from proxy.routing import Routes
+from proxy.sse import MAX_LINE, SSEScanner
+from proxy.upstream import Headers
+
+HELLO = [{"role": "user", "content": "Say hello"}]
+TEXT = 'aé你🙂 \n"\\'  # one, two, three and four UTF-8 bytes; JSON escapes
+BIG = 10 << 20
+
+
+def config(cost_in_response: bool = False) -> Config:
+    text = json.dumps(
+        {
+            "features": {"cost_in_response": {"enabled": cost_in_response}},
+            "providers": {
+                "openai": {
+                    "base_url": "http://upstream.invalid/v1",
+                    "models": {"gpt-4o-mini": {"pricing": {"input": 0.15, "output": 0.60}}},
+                }
+            },
+        }
+    )
+    return parse_config(text, {})
+
+
+class Pieces:
+    """An upstream response read in exactly the pieces given (the `UpstreamResponse` protocol)."""
+
+    status = 200
+    headers: Headers = [(b"content-type", b"text/event-stream")]
+
+    def __init__(self, pieces: list[bytes]) -> None:
+        self._pieces = iter(pieces)
+
+    async def read(self) -> bytes:
+        return next(self._pieces, b"")
+
+    def close(self) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+
+class PiecesUpstream:
+    """The `Upstream` seam: every call is answered with the same pieces."""
+
+    def __init__(self, pieces: list[bytes]) -> None:
+        self.pieces = pieces
+
+    async def send(self, method: str, url: str, headers: Headers, body: bytes, timeout: float) -> Pieces:
+        return Pieces(self.pieces)
+
+    async def close(self) -> None:
+        pass
+
+
+class Records:
+    """Takes the place of the record writer: keeps what the meter appends."""
+
+    def __init__(self) -> None:
+        self.records: list[CostRecord] = []
+
+    def append(self, record: CostRecord) -> None:
+        self.records.append(record)
+
+
+def through_the_meter(pieces: list[bytes], cost_in_response: bool = False) -> tuple[bytes, CostRecord]:
+    """One streamed chat call through the meter, answered with `pieces`: what the client got, the record."""
+    settings = config(cost_in_response)
+    meter = Meter(settings, Routes(settings.providers))
+    records = Records()
+    request = json.dumps({"model": "gpt-4o-mini", "messages": HELLO, "stream": True}).encode()
+    scope: dict[str, Any] = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/chat/completions",
+        "raw_path": b"/v1/chat/completions",
+        "query_string": b"",
+        "headers": [
+            (b"content-type", b"application/json"),
+            (b"authorization", f"Bearer {CLIENT_KEY}".encode()),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "state": {"upstream": PiecesUpstream(pieces), "writer": records},
+    }
+    sent: list[Message] = []
+
+    async def call() -> None:
+        requests = iter([{"type": "http.request", "body": request, "more_body": False}])
+        stays = asyncio.Event()  # the client never leaves
+
+        async def receive() -> Message:
+            message = next(requests, None)
+            if message is None:
+                await stays.wait()
+            return message or {"type": "http.disconnect"}
+
+        async def send(message: Message) -> None:
+            sent.append(message)
+
+        await meter(scope, receive, send)
+
+    asyncio.run(call())
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 200
+    assert "more_body" not in sent[-1] or not sent[-1]["more_body"], "the stream did not end"
+    (record,) = records.records
+    return b"".join(message.get("body", b"") for message in sent[1:]), record
+
+
+def chunk(content: str, nl: bytes) -> bytes:
+    payload = {"id": "chatcmpl-x", "object": "chat.completion.chunk", "model": "gpt-4o-mini", "choices": []}
+    payload["choices"] = [{"index": 0, "delta": {"content": content}, "finish_reason": None}]
+    return b"data: " + json.dumps(payload, ensure_ascii=False).encode() + nl + nl
+
+
+def usage_event(prompt: int, output: int, nl: bytes) -> bytes:
+    usage = {"prompt_tokens": prompt, "completion_tokens": output, "total_tokens": prompt + output}
+    payload = {"id": "chatcmpl-x", "model": "gpt-4o-mini", "choices": [], "usage": usage}
+    return b"data: " + json.dumps(payload).encode() + nl + nl
+
+
+def split(data: bytes, cuts: list[int]) -> list[bytes]:
+    bounds = [0, *sorted(cuts), len(data)]
+    return [data[start:end] for start, end in zip(bounds, bounds[1:], strict=False) if end > start]
+
+
+@st.composite
+def chaotic_streams(draw: st.DrawFn) -> tuple[bytes, bytes, tuple[int, int], list[bytes]]:
+    """A chat stream with CRLF or LF, keep-alive comments, multi-byte text, maybe `event: error`, its
+    usage chunk and [DONE]; and the pieces it arrives in."""
+    nl = draw(st.sampled_from([b"\n", b"\r\n"]))
+    parts = []
+    for index, text in enumerate(draw(st.lists(st.text(alphabet=TEXT, max_size=12), min_size=1, max_size=6))):
+        if draw(st.booleans()):
+            parts.append(b": keep-alive" + nl + nl)
+        if index == 1 and draw(st.booleans()):
+            parts.append(b"event: error" + nl + b'data: {"error": {"message": "overloaded"}}' + nl + nl)
+        parts.append(chunk(text, nl))
+    usage = (draw(st.integers(1, 10**6)), draw(st.integers(1, 10**6)))
+    asked_for = usage_event(*usage, nl)
+    stream = b"".join([*parts, asked_for, b"data: [DONE]" + nl + nl])
+    cuts = draw(st.lists(st.integers(1, len(stream) - 1), max_size=30))
+    return stream, asked_for, usage, split(stream, cuts)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(chaotic_streams())
+def test_any_chunking_of_a_chaotic_stream_reaches_the_client_whole_with_the_same_usage(
+    case: tuple[bytes, bytes, tuple[int, int], list[bytes]],
+) -> None:
+    stream, asked_for, (prompt, output), pieces = case
+    received, record = through_the_meter(pieces)
+
+    assert received == stream.replace(asked_for, b"")
+    assert (record["input_tokens"], record["output_tokens"]) == (prompt, output)
+    assert (record["usage_source"], record["error"]) == ("provider", None)
+
+
+@settings(max_examples=100, deadline=None)
+@given(chaotic_streams())
+def test_the_cost_comment_is_the_only_other_change(
+    case: tuple[bytes, bytes, tuple[int, int], list[bytes]],
+) -> None:
+    stream, asked_for, _, pieces = case
+    received, record = through_the_meter(pieces, cost_in_response=True)
+
+    head, done, tail = stream.replace(asked_for, b"").rpartition(b"data: [DONE]")
+    comment, _, rest = received[len(head) :].partition(b"\n\n")
+    assert received[: len(head)] == head and rest == done + tail
+    assert comment.startswith(b": meterproxy-cost {") and json.loads(
+        comment[len(b": meterproxy-cost ") :]
+    ) == {
+        "total_cost": record["total_cost"],
+        "currency": "USD",
+        "input_tokens": record["input_tokens"],
+        "output_tokens": record["output_tokens"],
+    }
+
+
+def big_stream(nl: bytes) -> tuple[bytes, bytes]:
+    """A stream with a 10 MB data line (and a line after it in the same event) between ordinary chunks."""
+    big = b"data: " + json.dumps({"id": "x", "choices": [{"delta": {"content": "y" * BIG}}]}).encode()
+    asked_for = usage_event(31, 7, nl)
+    parts = [chunk("before", nl), big + nl + b"data: {}" + nl + nl, chunk("after", nl), asked_for]
+    return b"".join([*parts, b"data: [DONE]" + nl + nl]), asked_for
+
+
+def random_pieces(data: bytes, seed: int) -> Iterator[bytes]:
+    rng = random.Random(seed)
+    position = 0
+    while position < len(data):
+        size = rng.choice([1, 7, 4096, 65536, 300_000])
+        yield data[position : position + size]
+        position += size
+
+
+def test_a_10_mb_data_line_passes_through_whole_whatever_the_reads() -> None:
+    for seed, nl in enumerate([b"\n", b"\r\n", b"\n"]):
+        stream, asked_for = big_stream(nl)
+        received, record = through_the_meter(list(random_pieces(stream, seed)))
+        assert received == stream.replace(asked_for, b""), f"seed {seed}"
+        assert (record["input_tokens"], record["output_tokens"]) == (31, 7)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.data())
+def test_reads_that_end_around_an_oversized_line_lose_no_usage(data: st.DataObject) -> None:
+    """A read ends inside a line longer than the scanner keeps, the next at or near that line's end (the
+    rest of its event must stay skipped), a later one inside the usage chunk; more cuts anywhere."""
+    nl = data.draw(st.sampled_from([b"\n", b"\r\n"]))
+    oversized = b"data: " + json.dumps({"choices": [{"delta": {"content": "z" * (MAX_LINE + 100)}}]}).encode()
+    asked_for = usage_event(31, 7, nl)
+    parts = [chunk("before", nl), oversized + nl + b"data: {}" + nl + nl, chunk("after", nl), asked_for]
+    stream = b"".join([*parts, b"data: [DONE]" + nl + nl])
+    line_start, line_end = len(parts[0]), len(parts[0]) + len(oversized) + len(nl)
+    usage_at = stream.index(asked_for)
+    cuts = [
+        data.draw(
+            st.integers(line_start + MAX_LINE + 1, line_end - len(nl) - 1), label="inside the long line"
+        ),
+        data.draw(st.integers(line_end - 2, line_end + 2), label="near its end"),
+        data.draw(st.integers(usage_at + 1, usage_at + len(asked_for) - 1), label="inside the usage chunk"),
+        *data.draw(st.lists(st.integers(1, len(stream) - 1), max_size=5), label="anywhere"),
+    ]
+    received, record = through_the_meter(split(stream, cuts))
+
+    assert received == stream.replace(asked_for, b"")
+    assert (record["input_tokens"], record["output_tokens"], record["usage_source"]) == (31, 7, "provider")
+
+
+def test_the_scanner_keeps_no_more_than_one_line_of_a_10_mb_data_line() -> None:
+    stream, _ = big_stream(b"\n")
+    scanner = SSEScanner()
+    fed = 0
+    usage_seen = []
+    tracemalloc.start()
+    try:
+        for piece in random_pieces(stream, 99):
+            usage_seen += [event for event in scanner.feed(piece) if b'"usage"' in event.data]
+            fed += len(piece)
+            # Every byte before `boundary` may be released: what the scanner and its caller hold is less.
+            assert fed - scanner.boundary <= MAX_LINE + len(piece)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert scanner.oversized == 1 and len(usage_seen) == 1
+    assert peak < 4 * MAX_LINE, f"the scanner held {peak} bytes at once"
+
+
+def test_a_chaotic_stream_through_the_real_proxy(proxy: RunningProxy, stub: UpstreamStub) -> None:
+    """The same over real sockets: the stub writes the stream in odd pieces (a character split in two)."""
+    nl = b"\r\n"
+    asked_for = usage_event(12, 5, nl)
+    stream = b"".join(
+        [
+            b": keep-alive" + nl + nl,
+            chunk("héllo 你好 🙂", nl),
+            b"event: error" + nl + b'data: {"error": {"message": "overloaded"}}' + nl + nl,
+            chunk("y" * (3 << 20), nl),
+            asked_for,
+            b"data: [DONE]" + nl + nl,
+        ]
+    )
+    emoji = stream.index("🙂".encode())
+    pieces = split(stream, [3, emoji + 1, emoji + 3, len(stream) // 2, len(stream) - len(asked_for) - 20])
+    stub.push(Stream(pieces))
+    response = proxy.request(
+        "POST",
+        "/v1/chat/completions",
+        json.dumps({"model": "gpt-4o-mini", "messages": HELLO, "stream": True}).encode(),
+        {"authorization": f"Bearer {CLIENT_KEY}", "content-type": "application/json"},
+    )
+
+    record = proxy.wait_records(1)[0]
+    comment = (
+        b': meterproxy-cost {"total_cost": %s, "currency": "USD", "input_tokens": 12, "output_tokens": 5}\n\n'
+        % format(Decimal(repr(record["total_cost"])), "f").encode()
+    )
+    head, done, tail = stream.replace(asked_for, b"").rpartition(b"data: [DONE]")
+    assert response.body == head + comment + done + tail
+    assert (record["input_tokens"], record["output_tokens"], record["usage_source"]) == (12, 5, "provider")
