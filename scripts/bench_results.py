@@ -38,6 +38,7 @@ class TargetResult:
     workers: int | None
     cpus: str
     metering: bool | None
+    client: str | None = None  # meterproxy's upstream client, when not its default
     rows: list[Row] = field(default_factory=list)
     peak_rss_mb: float | None = None
     peak_process_rss_mb: float | None = None
@@ -84,6 +85,7 @@ def build(results: list[TargetResult], machine: dict[str, Any], settings: dict[s
                 "workers": result.workers,
                 "cpus": result.cpus,
                 "metering": result.metering,
+                "upstream_client": result.client,
                 "peak_rss_mb": result.peak_rss_mb,
                 "peak_process_rss_mb": result.peak_process_rss_mb,
                 "rss_checkpoints": [list(c) for c in result.rss_checkpoints],
@@ -108,12 +110,20 @@ def _difference(value: float | None, reference: float | None) -> float | None:
     return None if value is None or reference is None else round(value - reference, 3)
 
 
-def _find(report: dict[str, Any], kind: Kind, workers: int | None = 1, metering: bool | None = None) -> Any:
+def _find(
+    report: dict[str, Any],
+    kind: Kind,
+    workers: int | None = 1,
+    metering: bool | None = None,
+    client: str | None = None,
+) -> Any:
+    """The target of this kind and worker count (and metering, and upstream client: None is the default)."""
     for target in report["targets"]:
         if (
             target["kind"] == kind
             and target["workers"] == workers
             and (metering is None or target["metering"] == metering)
+            and target.get("upstream_client") == client
         ):
             return target
     return None
@@ -142,6 +152,10 @@ def _ratios(report: dict[str, Any], per_cpu: bool) -> dict[str, dict[str, float 
             _find(report, "litellm", workers),
         ),
         "metering on / off": (_find(report, "meterproxy", 1, True), _find(report, "meterproxy", 1, False)),
+        "upstream client default / aiohttp": (
+            _find(report, "meterproxy", 1, True),
+            _find(report, "meterproxy", 1, True, "aiohttp"),
+        ),
     }
     ratios: dict[str, dict[str, float | None]] = {}
     for label, (ours, theirs) in pairs.items():

@@ -94,8 +94,11 @@ def start_nginx(name: str, config: str, workdir: Path, cpus: str) -> Server:
     return Server(name, cmd, workdir / f"{name}.log")
 
 
-def meterproxy_config(mock: bench_nginx.MockPorts, record_file: Path, metering: bool) -> str:
-    """A config with one provider per mock upstream, all pricing the benchmark's model."""
+def meterproxy_config(
+    mock: bench_nginx.MockPorts, record_file: Path, metering: bool, client: str | None = None
+) -> str:
+    """A config with one provider per mock upstream, all pricing the benchmark's model; `client` picks
+    the upstream HTTP client (server.upstream_client) instead of meterproxy's default."""
     providers = "".join(
         f"""  {name}:
     base_url: http://127.0.0.1:{port}/v1
@@ -105,7 +108,8 @@ def meterproxy_config(mock: bench_nginx.MockPorts, record_file: Path, metering: 
 """
         for name, port in (("mock", mock.json), ("mockstream", mock.stream), ("mockslow", mock.slow))
     )
-    return f"""currency: USD
+    server = f"server:\n  upstream_client: {client}\n" if client else ""
+    return f"""{server}currency: USD
 features:
   cost_tracking:
     enabled: {"true" if metering else "false"}
@@ -115,13 +119,20 @@ providers:
 
 
 def start_meterproxy(
-    name: str, repo: Path, workdir: Path, mock: bench_nginx.MockPorts, workers: int, cpus: str, metering: bool
+    name: str,
+    repo: Path,
+    workdir: Path,
+    mock: bench_nginx.MockPorts,
+    workers: int,
+    cpus: str,
+    metering: bool,
+    client: str | None = None,
 ) -> tuple[Server, int, Path]:
     """`python -m proxy serve` from the checkout; returns the server, its port and its record file."""
     port = free_port()
     record_file = workdir / f"{name}-records.jsonl"
     config = workdir / f"{name}-config.yml"
-    config.write_text(meterproxy_config(mock, record_file, metering))
+    config.write_text(meterproxy_config(mock, record_file, metering, client))
     serve = [sys.executable, "-m", "proxy", "serve", "--config", str(config)]
     cmd = [
         "taskset",
