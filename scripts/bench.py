@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         default=60.0,
         help="before each run, wait up to this many seconds for other work on the machine to stop",
     )
-    parser.add_argument("--litellm-venv", type=Path, default=REPO / "bench" / "work" / "litellm-venv")
+    parser.add_argument("--litellm-venv", type=Path, default=REPO / "bench" / "scratch" / "litellm-venv")
     args = parser.parse_args(argv)
     if args.quick:
         load = Load(2.0, (32,), slow_calls=3, exact_calls=100, quiet_wait=args.quiet_wait, soak_calls=0)
