@@ -10,7 +10,7 @@ from pathlib import Path
 PROMPT_TOKENS = 12
 COMPLETION_TOKENS = 24
 STREAM_EVENTS = 24  # data events per stream, the last one carrying usage; then [DONE]
-SLOW_EVENTS = 6  # events of the slow stream, each after a 100 ms pause
+SLOW_EVENTS = 6  # events of the slow stream: the first at once, then one every 100 ms
 SLOW_PAUSE_S = 0.1
 
 _USAGE = {
@@ -142,9 +142,15 @@ def _http_common(workdir: Path, name: str) -> str:
 
 
 def _echo_lines(events: list[str], pause: float | None) -> str:
+    """echo directives writing and flushing each event on its own, with `pause` seconds between them.
+
+    The first event goes at once: a proxy that forwards it at once shows the upstream's time to first
+    byte plus its own cost, one that waits for more shows the pause. (A pause before the first event
+    would add the jitter of nginx's timer, milliseconds, to what is measured.)
+    """
     lines = []
-    for event in events:
-        if pause is not None:
+    for i, event in enumerate(events):
+        if pause is not None and i:
             lines.append(f"echo_sleep {pause};")
         lines += [f"echo -n {_quote(event)};", "echo_flush;"]
     return "\n".join(f"            {line}" for line in lines)
