@@ -96,6 +96,7 @@ class Config:
     drain_seconds: int = 30  # on SIGTERM, how long calls in flight may take before they are cut
     upstream_pool_size: int = 1000  # calls that may be with providers at once
     pool_timeout: float = 10.0  # how long a call waits for one of those before it gets 503
+    body_timeout: float = 30.0  # how long a request body that did not come in one piece may take to arrive
 
 
 _TOP_KEYS = {"server", "currency", "exchange_rates", "features", "providers", "auth", "budgets"}
@@ -107,6 +108,7 @@ _SERVER_KEYS = {
     "drain_seconds",
     "upstream_pool_size",
     "pool_timeout_seconds",
+    "body_timeout_seconds",
 }
 _PROVIDER_KEYS = {"base_url", "api_key", "timeout", "currency", "stream_usage", "kind", "models"}
 _PRICE_KEYS = {"input", "output", "cached_input", "cache_write", "tiers"}
@@ -258,6 +260,9 @@ def parse_config(text: str, environ: Mapping[str, str], source: str = "config.ym
     pool_timeout = r.number(
         server.get("pool_timeout_seconds", 10), ("server", "pool_timeout_seconds"), positive=True
     )
+    body_timeout = r.number(
+        server.get("body_timeout_seconds", 30), ("server", "body_timeout_seconds"), positive=True
+    )
     client = r.text(server.get("upstream_client", "http1"), ("server", "upstream_client"))
     if client not in _CLIENTS:
         raise r.fail(("server", "upstream_client"), f"must be http1 (the default) or aiohttp, got {client!r}")
@@ -304,6 +309,7 @@ def parse_config(text: str, environ: Mapping[str, str], source: str = "config.ym
         drain_seconds=drain_seconds,
         upstream_pool_size=pool_size,
         pool_timeout=float(pool_timeout),
+        body_timeout=float(body_timeout),
     )
 
 

@@ -20,6 +20,7 @@ from starlette.types import Message, Receive, Scope, Send
 from proxy.auth import Gate, client_token, key_id
 from proxy.calls import Call
 from proxy.config import Config, Provider
+from proxy.deadlines import Deadlines
 from proxy.errors import error_body
 from proxy.records import RecordWriter
 from proxy.relay import head, relay_body, relay_stream, relay_whole_body
@@ -62,9 +63,10 @@ class _ClientGone(Exception):
     """The client went away before the call reached the upstream."""
 
 
-class _BodyTooLarge(RouteError):
-    """Refused before the body was read whole: the answer closes the connection, so the rest of the body
-    is never read (uvicorn would otherwise read and discard all of it to keep the connection alive)."""
+class _BodyUnread(RouteError):
+    """Refused before the body was read whole (too large, or too slow): the answer closes the connection,
+    so the rest of the body is never read (uvicorn would otherwise read and discard all of it to keep the
+    connection alive)."""
 
 
 class Meter:
@@ -75,6 +77,7 @@ class Meter:
         self._warned_unpriced: set[tuple[str, str]] = set()
         # At most server.upstream_pool_size calls are with providers at once (issue 6, case 18).
         self._slots = asyncio.Semaphore(config.upstream_pool_size)
+        self._body_deadlines = Deadlines(config.body_timeout)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         arrived = time.time()
@@ -84,6 +87,8 @@ class Meter:
         header = dict(headers)
         raw_path = scope.get("raw_path")
         path = raw_path.decode("latin-1") if raw_path else scope["path"]
+        task = asyncio.current_task()
+        assert task is not None  # uvicorn runs each request in a task of its own
         try:
             target = self.routes.for_path(path)
             token = client_token(header.get(b"authorization"), header.get(b"x-api-key"))
@@ -92,7 +97,7 @@ class Meter:
                 raise RouteError(
                     401, "invalid_api_key", "a valid proxy key is required (Authorization: Bearer)"
                 )
-            body = await self._read_body(receive, header.get(b"content-length"))
+            body = await self._read_body(receive, header.get(b"content-length"), task)
             by_model = target.provider is None
             request = self._parse_request(body, required=target.api is not None or by_model)
             model = request.get("model") if isinstance(request.get("model"), str) else None
@@ -114,7 +119,7 @@ class Meter:
                 )
         except RouteError as exc:
             log.warning("refused %s %s: %d %s", scope["method"], scope["path"], exc.status, exc)
-            for message in _error(exc.status, exc.code, str(exc), proxy_id, isinstance(exc, _BodyTooLarge)):
+            for message in _error(exc.status, exc.code, str(exc), proxy_id, isinstance(exc, _BodyUnread)):
                 await send(message)
             return
         except _ClientGone:
@@ -137,7 +142,7 @@ class Meter:
         call.task_type = _text(header.get(b"x-task-type"))
         query = scope.get("query_string")
         url = f"{base}/{target.rest}" + (f"?{query.decode('latin-1')}" if query else "")
-        watch = _DisconnectWatch(call, receive, asyncio.current_task())
+        watch = _DisconnectWatch(call, receive, task)
         last: list[Message] = []
         holding = False
         try:
@@ -212,26 +217,34 @@ class Meter:
             writer: RecordWriter = scope["state"]["writer"]
             writer.append(call.record(bill))
 
-    async def _read_body(self, receive: Receive, length: bytes | None) -> bytes:
+    async def _read_body(self, receive: Receive, length: bytes | None, task: asyncio.Task[Any]) -> bytes:
         limit = self.config.max_body_bytes
-        too_large = _BodyTooLarge(
-            413, "request_too_large", f"the body is over server.max_body_mb ({limit >> 20} MB)"
-        )
         if length is not None and length.isdigit() and int(length) > limit:
-            raise too_large
+            raise _too_large(limit)
         parts: list[bytes] = []
         size = 0
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _ClientGone
-            part: bytes = message.get("body", b"")
-            size += len(part)
-            if size > limit:
-                raise too_large
-            parts.append(part)
-            if not message.get("more_body", False):
-                return parts[0] if len(parts) == 1 else b"".join(parts)
+        try:
+            # A slow-loris body, or a Content-Length larger than the body sent, must not hold its
+            # connection for ever (issue 6, case 11).
+            with self._body_deadlines.watch(task):
+                while True:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise _ClientGone
+                    part: bytes = message.get("body", b"")
+                    size += len(part)
+                    if size > limit:
+                        raise _too_large(limit)
+                    parts.append(part)
+                    if not message.get("more_body", False):
+                        return parts[0] if len(parts) == 1 else b"".join(parts)
+        except TimeoutError:
+            timeout = self._body_deadlines.seconds
+            raise _BodyUnread(
+                408,
+                "body_timeout",
+                f"the body did not arrive whole within server.body_timeout_seconds ({timeout:g} s)",
+            ) from None
 
     @staticmethod
     def _parse_request(body: bytes, required: bool) -> dict[str, Any]:
@@ -346,6 +359,10 @@ class _DisconnectWatch:
         self._timer.cancel()
         if self._watcher is not None:
             self._watcher.cancel()
+
+
+def _too_large(limit: int) -> _BodyUnread:
+    return _BodyUnread(413, "request_too_large", f"the body is over server.max_body_mb ({limit >> 20} MB)")
 
 
 def _error(status: int, code: str, message: str, proxy_id: str, close: bool = False) -> list[Message]:

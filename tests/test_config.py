@@ -183,8 +183,8 @@ def test_an_unknown_server_key_is_named_with_its_line() -> None:
 
     assert error_of(text) == message(
         "server.prot (line 3)",
-        "unknown key; known keys here: drain_seconds, host, max_body_mb, pool_timeout_seconds, port, "
-        "upstream_client, upstream_pool_size",
+        "unknown key; known keys here: body_timeout_seconds, drain_seconds, host, max_body_mb, "
+        "pool_timeout_seconds, port, upstream_client, upstream_pool_size",
     )
 
 
@@ -480,6 +480,27 @@ def test_server_defaults() -> None:
 def test_a_zero_body_limit_is_an_error() -> None:
     assert error_of("server: {max_body_mb: 0}\n" + MINIMAL) == message(
         "server.max_body_mb (line 1)", "must be a positive number, got int 0"
+    )
+
+
+def test_the_body_timeout_defaults_to_30_seconds_and_can_be_set() -> None:
+    assert parse_config(MINIMAL, {}).body_timeout == 30
+    assert parse_config("server: {body_timeout_seconds: 2.5}\n" + MINIMAL, {}).body_timeout == 2.5
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("0", "must be a positive number, got int 0"),
+        ("-1", "must be a positive number, got int -1"),
+        ("'30'", "must be a number, got str '30'"),
+        ("true", "must be a number, got bool True"),
+        (".inf", "must be a positive number, got float inf"),
+    ],
+)
+def test_a_body_timeout_that_is_not_a_positive_number_is_an_error(value: str, problem: str) -> None:
+    assert error_of(f"server: {{body_timeout_seconds: {value}}}\n" + MINIMAL) == message(
+        "server.body_timeout_seconds (line 1)", problem
     )
 
 

@@ -7,10 +7,12 @@ import contextlib
 import gzip
 import json
 import secrets
+import select
 import socket
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 from conftest import CLIENT_KEY, MakeConfig, ProxyLauncher, RunningProxy, settled, wait_until
@@ -163,6 +165,102 @@ def test_slow_and_lying_clients_hold_a_connection_not_the_worker(
     wait_until(lambda: probe.sockets() <= baseline, "the proxy to let the slow connections go")
     assert len(stub.requests) == 21
     assert len(proxy.wait_records(21)) == 21
+
+
+BODY_TIMEOUT = 1.0  # server.body_timeout_seconds in the tests below
+SLACK = 4.0  # seconds added to a time bound before a test fails on it: the machine may be busy
+
+
+@pytest.fixture
+def impatient_proxy(launch: ProxyLauncher, make_config: MakeConfig) -> RunningProxy:
+    return launch(make_config(server={"body_timeout_seconds": BODY_TIMEOUT}))
+
+
+@dataclass
+class Trickled:
+    answer: bytes
+    answered_after: float  # seconds from the end of the head to the answer's first byte
+    closed_after: float | None  # ... to the proxy closing the connection; None: still open at the end
+
+
+def trickle(port: int, head: bytes, body: bytes, every: float, within: float) -> Trickled:
+    """Send `head`, then `body` one byte every `every` seconds, until the proxy closes the connection or
+    `within` seconds have passed; read what the proxy answers meanwhile."""
+    answer = b""
+    answered_after = closed_after = None
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(head)
+        started = time.monotonic()
+        pending = body
+        while time.monotonic() - started < within:
+            if select.select([sock], [], [], every)[0]:
+                try:
+                    piece = sock.recv(65536)
+                except ConnectionResetError:
+                    piece = b""
+                if not piece:
+                    closed_after = time.monotonic() - started
+                    break
+                if not answer:
+                    answered_after = time.monotonic() - started
+                answer += piece
+            elif pending:
+                with contextlib.suppress(OSError):  # the proxy may have closed meanwhile
+                    sock.sendall(pending[:1])
+                pending = pending[1:]
+    assert answered_after is not None, f"no answer within {within} s"
+    return Trickled(answer, answered_after, closed_after)
+
+
+SLOW_BODIES = {
+    # a byte every 0.2 s: the whole body would take 15 s
+    "slow-loris body": (len(CHAT), CHAT),
+    "Content-Length larger than the body sent": (len(CHAT) + 100, CHAT[:10]),
+    "Content-Length and no body at all": (len(CHAT), b""),
+}
+
+
+@pytest.mark.parametrize("case", SLOW_BODIES, ids=list(SLOW_BODIES))
+def test_a_body_that_does_not_arrive_whole_in_time_gets_408_and_its_connection_closed(
+    impatient_proxy: RunningProxy, stub: UpstreamStub, case: str
+) -> None:
+    length, sent = SLOW_BODIES[case]
+    head = post("/v1/chat/completions", b"").replace(b"Content-Length: 0", b"Content-Length: %d" % length)
+    got = trickle(impatient_proxy.port, head, sent, every=0.2, within=BODY_TIMEOUT + SLACK + 5)
+    closed = "never" if got.closed_after is None else f"after {got.closed_after:.2f} s"
+    print(
+        f"\n[case 11] {case}, body_timeout_seconds {BODY_TIMEOUT:g}: "
+        f"answered after {got.answered_after:.2f} s, closed {closed}"
+    )
+
+    assert status_of(got.answer) == 408
+    assert b"connection: close" in head_of(got.answer)
+    error = json.loads(got.answer.partition(b"\r\n\r\n")[2])["error"]
+    assert (error["code"], error["type"]) == ("body_timeout", "invalid_request_error")
+    assert "server.body_timeout_seconds" in error["message"]
+    assert BODY_TIMEOUT <= got.answered_after < BODY_TIMEOUT + SLACK
+    assert got.closed_after is not None and got.closed_after < BODY_TIMEOUT + SLACK
+    impatient_proxy.wait_log("refused POST /v1/chat/completions: 408")
+    assert stub.requests == [] and impatient_proxy.records() == []
+
+
+def test_a_body_that_comes_in_pieces_within_the_body_timeout_is_served(
+    impatient_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    stub.always(Reply(body=COMPLETION))
+    request = post("/v1/chat/completions", CHAT)
+    head, body = request[: -len(CHAT)], CHAT
+    with socket.create_connection(("127.0.0.1", impatient_proxy.port), timeout=10) as sock:
+        sock.sendall(head)
+        for piece in (body[:10], body[10:20], body[20:]):
+            time.sleep(BODY_TIMEOUT / 5)
+            sock.sendall(piece)
+        answer = b""
+        while piece := sock.recv(65536):
+            answer += piece
+
+    assert status_of(answer) == 200
+    assert len(stub.requests) == 1 and len(impatient_proxy.wait_records(1)) == 1
 
 
 # --- 13. Keys ---------------------------------------------------------------------------------------
