@@ -35,6 +35,12 @@ class _Connection(asyncio.Protocol):
         self.head_only = False
         self._head: asyncio.Future[None] | None = None
         self._waiter: asyncio.Future[None] | None = None
+        # One timer per call, not per read (a stream waits once per event): each wait only moves the
+        # deadline, and the timer, when it fires early, sets itself again for the deadline.
+        self._pending: asyncio.Future[None] | None = None
+        self._pending_what = ""
+        self._deadline = 0.0
+        self._timer: asyncio.TimerHandle | None = None
         self._body: collections.deque[bytes] = collections.deque()
         self._queued = 0
         self._paused = False
@@ -133,6 +139,7 @@ class _Connection(asyncio.Protocol):
         if self._done:
             return
         self._done = True
+        self._stop_timer()
         if self._complete and self._keep_alive and self.transport is not None and not self._body:
             self._reset()
             self.pool.put(self)
@@ -142,20 +149,38 @@ class _Connection(asyncio.Protocol):
     def close(self) -> None:
         if not self._done:
             self._done = True
+            self._stop_timer()
             self._close()
 
     # internals
 
     async def _wait(self, future: asyncio.Future[None], what: str) -> None:
-        timer = asyncio.get_running_loop().call_later(self.timeout, self._time_out, future, what)
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.time() + self.timeout
+        self._pending, self._pending_what = future, what
+        if self._timer is None:
+            self._timer = loop.call_at(self._deadline, self._time_out)
         try:
             await future
         finally:
-            timer.cancel()
+            self._pending = None
 
-    def _time_out(self, future: asyncio.Future[None], what: str) -> None:
-        if not future.done():
-            future.set_exception(UpstreamError("upstream_timeout", 504, f"{what} {self.timeout:g} s"))
+    def _time_out(self) -> None:
+        self._timer = None
+        future = self._pending
+        if future is None or future.done():
+            return  # not waiting now: the next wait sets a timer
+        loop = asyncio.get_running_loop()
+        if loop.time() < self._deadline:
+            self._timer = loop.call_at(self._deadline, self._time_out)
+            return
+        what = self._pending_what
+        future.set_exception(UpstreamError("upstream_timeout", 504, f"{what} {self.timeout:g} s"))
+
+    def _stop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def _fail(self, error: UpstreamError) -> None:
         self._error = error

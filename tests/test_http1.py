@@ -109,6 +109,34 @@ def test_a_stall_before_the_head_times_out(stub: UpstreamStub) -> None:
     assert run(work) == ("upstream_timeout", 504)
 
 
+def test_the_timeout_counts_each_wait_for_data_not_the_whole_stream(stub: UpstreamStub) -> None:
+    # Five chunks 0.2 s apart take 0.8 s in all, past the 0.5 s timeout, but no wait lasts 0.5 s.
+    stub.push(Stream([b"data: %d\n\n" % i for i in range(5)], delay=0.2))
+
+    async def work(client: HTTP1Upstream) -> bytes:
+        return await read_all(await client.send("POST", f"{stub.base_url}/x", HEADERS, b"{}", 0.5))
+
+    assert run(work) == b"".join(b"data: %d\n\n" % i for i in range(5))
+
+
+def test_a_stall_mid_stream_times_out_after_the_data_stops(stub: UpstreamStub) -> None:
+    stub.push(Stream([b"data: 1\n\n", b"data: 2\n\n"], delay=3))
+
+    async def work(client: HTTP1Upstream) -> tuple[bytes, str, float]:
+        response = await client.send("POST", f"{stub.base_url}/x", HEADERS, b"{}", 0.4)
+        first = await response.read()
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(UpstreamError) as raised:
+            await response.read()
+        waited = asyncio.get_running_loop().time() - started
+        response.close()
+        return first, raised.value.error, waited
+
+    first, error, waited = run(work)
+    assert (first, error) == (b"data: 1\n\n", "upstream_timeout")
+    assert 0.35 <= waited < 2.5  # 0.4 s, with room for a busy machine
+
+
 def test_a_closed_port_is_unreachable() -> None:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
