@@ -45,6 +45,8 @@ def api_of(rest: str) -> tuple[Api | None, str | None]:
     return None, None
 
 
+_KNOWN_PATHS = 1024  # resolved paths remembered: clients call the same few paths over and over
+
 _ENDPOINTS: tuple[tuple[str, Api], ...] = (
     ("chat/completions", "chat"),
     ("completions", "chat"),
@@ -56,6 +58,7 @@ _ENDPOINTS: tuple[tuple[str, Api], ...] = (
 class Routes:
     def __init__(self, providers: Mapping[str, Provider]) -> None:
         self.providers = providers
+        self._known: dict[str, PathTarget] = {}
         self._serving: dict[str, list[Provider]] = {}
         self._bases: dict[tuple[str, str], str] = {}
         for provider in providers.values():
@@ -72,6 +75,14 @@ class Routes:
 
     def for_path(self, raw_path: str) -> PathTarget:
         """Resolve /v1/{rest} or /{provider}/{version}/{rest}; refuse paths that could leave base_url."""
+        target = self._known.get(raw_path)
+        if target is None:
+            target = self._resolve(raw_path)
+            if len(self._known) < _KNOWN_PATHS:
+                self._known[raw_path] = target
+        return target
+
+    def _resolve(self, raw_path: str) -> PathTarget:
         if _SUSPICIOUS.search(raw_path):
             raise RouteError(
                 400, "invalid_path", f"path {raw_path!r} has encoded dots, slashes or backslashes"
