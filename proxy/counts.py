@@ -1,43 +1,28 @@
 """One pass over a piece of a record file, counting matching records per group and per hour.
 
-The reports' hot loop (issue 3, Speed): each line is parsed once and its numbers added to two small
-tables, so memory stays flat however many records there are.
+The reports' hot loop (issue 3, Speed): lines are decoded a block at a time into only the fields that
+are counted, and their numbers added to two small tables, so memory stays flat however many records.
 """
 
 from __future__ import annotations
 
+import io
+from collections import defaultdict
 from dataclasses import dataclass, field
-from operator import itemgetter
 from typing import Any
 
-import orjson
+import msgspec
 
-from proxy.filters import DEFAULTS, Filters
+from proxy.filters import CountedFields, Filters
 from proxy.money import UNIT_SCALE
-from proxy.sources import Piece, read_lines
+from proxy.sources import Piece, read_blocks
 
 # Counts per (provider, model, user, task_type, currency, unpriced) and per (hour, currency, unpriced):
 # [requests, input tokens, output tokens, total tokens, cached input tokens, errors, cost units].
 Groups = dict[Any, list[int]]
-_SCANNED = itemgetter(
-    "timestamp",
-    "provider",
-    "model",
-    "user_id",
-    "task_type",
-    "currency",
-    "total_cost",
-    "priced",
-    "input_tokens",
-    "output_tokens",
-    "total_tokens",
-    "cached_input_tokens",
-    "status_code",
-    "error",
-    "session_id",
-)
 _TIMESTAMP_PREFIX = b'{"timestamp":"'
-_STAMP_SLICE = slice(len(_TIMESTAMP_PREFIX), len(_TIMESTAMP_PREFIX) + len("2026-11-23T10:30:00.123456Z"))
+_STAMP_START = len(_TIMESTAMP_PREFIX)
+_STAMP_END = _STAMP_START + len("2026-11-23T10:30:00.123456Z")
 
 
 @dataclass
@@ -51,85 +36,120 @@ class Counts:
     last: str | None = None
 
 
+@dataclass(frozen=True)
+class _Window:
+    """A period's bounds as timestamp bytes, to pass over lines outside it without decoding them.
+
+    Writers put the fixed-width timestamp first, so a line's first bytes tell when it was stamped.
+    """
+
+    low: bytes
+    high: bytes
+
+    def holds_ends(self, block: bytes) -> bool:
+        """Whether a block's first and last lines begin like records stamped inside the period."""
+        last = block.rfind(b"\n", 0, len(block) - 1) + 1
+        return all(
+            block.startswith(_TIMESTAMP_PREFIX, start)
+            and self.low <= block[start + _STAMP_START : start + _STAMP_END] < self.high
+            for start in (0, last)
+        )
+
+    def passes_over(self, line: bytes) -> bool:
+        """Whether the line begins like a record stamped outside the period."""
+        stamp = line[_STAMP_START:_STAMP_END]
+        return line.startswith(_TIMESTAMP_PREFIX) and not self.low <= stamp < self.high
+
+
 def count(piece: Piece, filters: Filters) -> Counts:
     """One pass over a piece, counting each matching record into its group and its hour."""
-    loads, decode_error, scanned, scale = orjson.loads, orjson.JSONDecodeError, _SCANNED, UNIT_SCALE
+    decoder, scale = msgspec.json.Decoder(CountedFields), UNIT_SCALE
     low, high = filters.period.start_stamp, filters.period.end_stamp
-    low_bytes = b"" if low is None else low.encode()
-    high_bytes = b"\xff" if high is None else high.encode()
     bounded = low is not None or high is not None
+    low, high = low or "", high or "\U0010ffff"
+    window = _Window(low.encode(), high.encode()) if bounded else None
     test = filters.field_test()
-    groups: Groups = {}
-    hours: Groups = {}
+    groups: Groups = defaultdict(_no_counts)
+    hours: Groups = defaultdict(_no_counts)
     skipped = 0
     first, last = "\U0010ffff", ""
-    for line in read_lines(piece):
-        # Skip lines outside the period unparsed: writers put the fixed-width timestamp first.
-        if bounded and line.startswith(_TIMESTAMP_PREFIX):
-            stamp_bytes = line[_STAMP_SLICE]
-            if stamp_bytes < low_bytes or stamp_bytes >= high_bytes:
+    for block in read_blocks(piece):
+        records, bad = _decode(block, decoder, window)
+        skipped += bad
+        for record in records:
+            stamp = record.timestamp
+            if bounded and (stamp < low or stamp >= high):
                 continue
+            provider, model, user, task = record.provider, record.model, record.user_id, record.task_type
+            status, error = record.status_code, record.error
+            if test is not None and not test(provider, model, user, task, record.session_id, status, error):
+                continue
+            cost, currency = record.total_cost if record.priced else None, record.currency
+            unpriced = cost is None
+            group = groups[(provider, model, user, task, currency, unpriced)]
+            hour = hours[(stamp[:13], currency, unpriced)]
+            input_tokens, output_tokens = record.input_tokens, record.output_tokens
+            total_tokens, cached = record.total_tokens, record.cached_input_tokens
+            group[0] += 1
+            group[1] += input_tokens
+            group[2] += output_tokens
+            group[3] += total_tokens
+            group[4] += cached
+            hour[0] += 1
+            hour[1] += input_tokens
+            hour[2] += output_tokens
+            hour[3] += total_tokens
+            hour[4] += cached
+            if error is not None or status >= 400:
+                group[5] += 1
+                hour[5] += 1
+            if cost is not None:
+                units = int(cost * scale)
+                group[6] += units
+                hour[6] += units
+            if stamp < first:
+                first = stamp
+            if stamp > last:
+                last = stamp
+    return Counts(dict(groups), dict(hours), skipped, first if last else None, last or None)
+
+
+def _decode(
+    block: bytes, decoder: msgspec.json.Decoder[CountedFields], window: _Window | None
+) -> tuple[list[CountedFields], int]:
+    """The records of a block of lines, and how many of its lines that are not blank are not records.
+
+    The block is decoded in one call unless it may hold lines outside the period. That call reads values
+    apart by any whitespace, so it is kept only if each line held one record: else, and after a bad line,
+    the block is decoded line by line, passing over lines outside the period unread.
+    """
+    if window is None or window.holds_ends(block):
         try:
-            record = loads(line)
-            try:
-                values = scanned(record)
-            except KeyError:
-                values = scanned(DEFAULTS | record)
-            (
-                stamp,
-                provider,
-                model,
-                user,
-                task,
-                currency,
-                cost,
-                priced,
-                input_tokens,
-                output_tokens,
-                total_tokens,
-                cached,
-                status,
-                error,
-                session,
-            ) = values
-            if (low is not None and stamp < low) or (high is not None and stamp >= high):
-                continue
-            if test is not None and not test(provider, model, user, task, session, status, error):
-                continue
-            unpriced = cost is None or priced is False
-            units = 0 if unpriced else int(cost * scale)
-            failed = 1 if error is not None or status >= 400 else 0
-            # Typed before anything is counted, so a record with a field of the wrong type is skipped whole.
-            input_tokens + output_tokens + total_tokens + cached + 0  # noqa: B018
-            group = groups.get((provider, model, user, task, currency, unpriced))
-            hour = hours.get((stamp[:13], currency, unpriced))
-        except (decode_error, TypeError, ValueError, OverflowError):
-            if line.strip():
-                skipped += 1
+            records = decoder.decode_lines(block)
+        except msgspec.DecodeError:
+            pass
+        else:
+            if len(records) == _line_count(block):
+                return records, 0
+    records, bad = [], 0
+    for line in io.BytesIO(block):
+        if window is not None and window.passes_over(line):
             continue
-        if group is None:
-            group = groups[(provider, model, user, task, currency, unpriced)] = [0, 0, 0, 0, 0, 0, 0]
-        if hour is None:
-            hour = hours[(stamp[:13], currency, unpriced)] = [0, 0, 0, 0, 0, 0, 0]
-        group[0] += 1
-        group[1] += input_tokens
-        group[2] += output_tokens
-        group[3] += total_tokens
-        group[4] += cached
-        group[5] += failed
-        group[6] += units
-        hour[0] += 1
-        hour[1] += input_tokens
-        hour[2] += output_tokens
-        hour[3] += total_tokens
-        hour[4] += cached
-        hour[5] += failed
-        hour[6] += units
-        if stamp < first:
-            first = stamp
-        if stamp > last:
-            last = stamp
-    return Counts(groups, hours, skipped, first if last else None, last or None)
+        try:
+            records.append(decoder.decode(line))
+        except msgspec.DecodeError:
+            if line.strip():
+                bad += 1
+    return records, bad
+
+
+def _line_count(block: bytes) -> int:
+    # Not block.count(b"\n"): that tests each byte, replace() finds newlines with memchr, 10x faster.
+    return len(block) - len(block.replace(b"\n", b"")) + (not block.endswith(b"\n"))
+
+
+def _no_counts() -> list[int]:
+    return [0, 0, 0, 0, 0, 0, 0]
 
 
 def merge_groups(into: Groups, counts: Groups) -> None:

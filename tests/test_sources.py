@@ -1,9 +1,9 @@
 from pathlib import Path
 
 import pytest
-from cost_records import record, write
+from cost_records import lines, record, write
 
-from proxy.sources import Piece, RecordFileError, expand, read_lines, split
+from proxy.sources import Piece, RecordFileError, expand, read_blocks, read_lines, split
 
 
 def test_expand_reads_paths_and_sorted_globs_once_each(tmp_path: Path) -> None:
@@ -44,3 +44,14 @@ def test_split_keeps_small_and_gzip_files_whole(tmp_path: Path) -> None:
     small = write(tmp_path / "small.jsonl", [record()])
     packed = write(tmp_path / "big.jsonl.gz", [record()] * 100)
     assert split([small, packed], 2, min_bytes=1000) == [Piece(small), Piece(packed)]
+
+
+@pytest.mark.parametrize("name", ["records.jsonl", "records.jsonl.gz"])
+def test_blocks_end_at_line_ends_even_after_a_line_longer_than_a_block(tmp_path: Path, name: str) -> None:
+    items = [record(request_id=f"r{index}") for index in range(800)]
+    items[300] = record(request_id="x" * 300_000)
+    path = write(tmp_path / name, items + [b'{"torn": '])
+    blocks = list(read_blocks(Piece(path)))
+    assert len(blocks) > 2
+    assert all(block.endswith(b"\n") for block in blocks[:-1])
+    assert b"".join(blocks) == lines(items) + b'{"torn": '
