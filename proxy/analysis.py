@@ -38,8 +38,11 @@ __all__ = [
     "summarise",
 ]
 
-# Plain files this big are read by several processes at once (the Speed section of the reports issue).
+# Plain files this big are read by several processes at once (the Speed section of the reports issue),
+# in a few pieces per process: a process that finishes early takes the next piece, so one slowed by
+# other work on its CPU does not hold up the report.
 PARALLEL_MIN_BYTES = 32 << 20
+_PIECES_PER_WORKER = 4
 REPORTING_USD = Exchange()
 
 
@@ -106,7 +109,7 @@ def summarise(
     parallel_min_bytes: int = PARALLEL_MIN_BYTES,
 ) -> Summary:
     """Read the files once and total the matching records; workers > 1 reads big plain files in parallel."""
-    pieces = split(expand(paths), workers, parallel_min_bytes)
+    pieces = split(expand(paths), workers * _PIECES_PER_WORKER if workers > 1 else 1, parallel_min_bytes)
     if workers > 1 and len(pieces) > 1:
         # A forked worker re-imports nothing and starts in milliseconds; but a process with other threads
         # must not fork (a lock held by one of them stays locked in the child), so it gets a fork server.
