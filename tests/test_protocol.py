@@ -1,0 +1,92 @@
+"""The server protocol's transport: a response head goes out with the bytes that follow it."""
+
+import asyncio
+from typing import Any, cast
+
+from proxy.protocol import _HeadHoldingTransport
+
+HEAD = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
+
+
+class FakeTransport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return {"peername": ("127.0.0.1", 5000)}.get(name, default)
+
+    def pause_reading(self) -> None:
+        self.writes.append(b"<paused>")
+
+
+def holding(fake: FakeTransport) -> _HeadHoldingTransport:
+    return _HeadHoldingTransport(cast(asyncio.Transport, fake), asyncio.get_running_loop())
+
+
+def test_a_head_and_its_body_go_out_in_one_write() -> None:
+    async def main() -> list[bytes]:
+        fake = FakeTransport()
+        transport = holding(fake)
+        transport.write(HEAD)
+        assert fake.writes == []
+        transport.write(b"{}")
+        await asyncio.sleep(0)  # the flush scheduled for the head finds nothing left
+        return fake.writes
+
+    assert asyncio.run(main()) == [HEAD + b"{}"]
+
+
+def test_a_head_with_nothing_after_it_goes_out_on_the_loops_next_turn() -> None:
+    async def main() -> tuple[list[bytes], list[bytes]]:
+        fake = FakeTransport()
+        transport = holding(fake)
+        transport.write(HEAD)
+        before = list(fake.writes)
+        await asyncio.sleep(0)
+        return before, fake.writes
+
+    assert asyncio.run(main()) == ([], [HEAD])
+
+
+def test_body_bytes_are_written_at_once_and_close_sends_a_held_head_first() -> None:
+    async def main() -> tuple[list[bytes], bool]:
+        fake = FakeTransport()
+        transport = holding(fake)
+        transport.write(b"5\r\nchunk\r\n")
+        transport.write(HEAD)
+        transport.close()
+        return fake.writes, fake.closed
+
+    assert asyncio.run(main()) == ([b"5\r\nchunk\r\n", HEAD], True)
+
+
+def test_a_head_is_dropped_when_the_connection_closed_under_it() -> None:
+    async def main() -> list[bytes]:
+        fake = FakeTransport()
+        transport = holding(fake)
+        transport.write(HEAD)
+        fake.closed = True  # the client went away before the loop's next turn
+        await asyncio.sleep(0)
+        return fake.writes
+
+    assert asyncio.run(main()) == []
+
+
+def test_everything_else_is_the_real_transports() -> None:
+    async def main() -> tuple[Any, bool, list[bytes]]:
+        fake = FakeTransport()
+        transport = holding(fake)
+        transport.pause_reading()
+        return transport.get_extra_info("peername"), transport.is_closing(), fake.writes
+
+    assert asyncio.run(main()) == (("127.0.0.1", 5000), False, [b"<paused>"])
