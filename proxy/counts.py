@@ -80,13 +80,20 @@ def count(piece: Piece, filters: Filters) -> Counts:
             stamp = record.timestamp
             if bounded and (stamp < low or stamp >= high):
                 continue
-            provider, model, user, task = record.provider, record.model, record.user_id, record.task_type
-            status, error = record.status_code, record.error
-            if test is not None and not test(provider, model, user, task, record.session_id, status, error):
+            if test is not None and not test(
+                record.provider,
+                record.model,
+                record.user_id,
+                record.task_type,
+                record.session_id,
+                record.status_code,
+                record.error,
+            ):
                 continue
             cost, currency = record.total_cost if record.priced else None, record.currency
             unpriced = cost is None
-            group = groups[(provider, model, user, task, currency, unpriced)]
+            key = (record.provider, record.model, record.user_id, record.task_type, currency, unpriced)
+            group = groups[key]
             hour = hours[(stamp[:13], currency, unpriced)]
             input_tokens, output_tokens = record.input_tokens, record.output_tokens
             total_tokens, cached = record.total_tokens, record.cached_input_tokens
@@ -100,7 +107,7 @@ def count(piece: Piece, filters: Filters) -> Counts:
             hour[2] += output_tokens
             hour[3] += total_tokens
             hour[4] += cached
-            if error is not None or status >= 400:
+            if record.error is not None or record.status_code >= 400:
                 group[5] += 1
                 hour[5] += 1
             if cost is not None:
