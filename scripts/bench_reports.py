@@ -3,7 +3,7 @@
 Generates a record file of the proxy's shape in a temporary folder, then times, on the same group-by
 (requests, tokens and cost per provider/model over every record):
 - `python scripts/analyze_costs.py --all --format json` (wall time, and peak memory of its process tree),
-- a plain orjson loop doing only that group-by (the floor for a Python reader),
+- a plain orjson loop doing only that group-by (what a straightforward Python reader does),
 - jq (installed with apt-get if missing), and DuckDB (installed by pip into a throwaway venv).
 Prints best and median of --repeat runs and the ratios to the report. Not a test: run it by hand.
 
@@ -250,9 +250,11 @@ def run(folder: Path, count: int, repeat: int, existing: Path | None) -> int:
     if existing is None:
         generate(path, count, datetime.now(UTC))
     else:
-        count = sum(1 for _ in open(path, "rb"))
+        with open(path, "rb") as file:
+            count = sum(1 for _ in file)
     size_mb = path.stat().st_size / 1e6
-    print(f"generated {count:,} records, {size_mb:,.0f} MB, in {time.perf_counter() - started:.0f} s")
+    made = "generated" if existing is None else "read"
+    print(f"{made} {count:,} records, {size_mb:,.0f} MB, in {time.perf_counter() - started:.0f} s")
     duckdb = ensure_duckdb(folder)
     jq = ensure_jq()
     report = Timing("report --format json")
