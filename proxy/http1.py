@@ -37,8 +37,6 @@ class _Connection(asyncio.Protocol):
         self._waiter: asyncio.Future[None] | None = None
         # One timer per call, not per read (a stream waits once per event): each wait only moves the
         # deadline, and the timer, when it fires early, sets itself again for the deadline.
-        self._pending: asyncio.Future[None] | None = None
-        self._pending_what = ""
         self._deadline = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._body: collections.deque[bytes] = collections.deque()
@@ -115,7 +113,7 @@ class _Connection(asyncio.Protocol):
         self._head = loop.create_future()
         assert self.transport is not None
         self.transport.write(request)
-        await self._wait(self._head, "the provider did not answer in")
+        await self._wait(self._head)
 
     async def read(self) -> bytes:
         while True:
@@ -133,7 +131,7 @@ class _Connection(asyncio.Protocol):
             if self._error is not None:
                 raise self._error
             self._waiter = asyncio.get_running_loop().create_future()
-            await self._wait(self._waiter, "no data from the provider in")
+            await self._wait(self._waiter)
 
     def release(self) -> None:
         if self._done:
@@ -154,27 +152,25 @@ class _Connection(asyncio.Protocol):
 
     # internals
 
-    async def _wait(self, future: asyncio.Future[None], what: str) -> None:
+    async def _wait(self, future: asyncio.Future[None]) -> None:
         loop = asyncio.get_running_loop()
         self._deadline = loop.time() + self.timeout
-        self._pending, self._pending_what = future, what
         if self._timer is None:
             self._timer = loop.call_at(self._deadline, self._time_out)
-        try:
-            await future
-        finally:
-            self._pending = None
+        await future
 
     def _time_out(self) -> None:
         self._timer = None
-        future = self._pending
+        # The future waited on: a read's once the head is in, else the head's.
+        reading = self._waiter is not None
+        future = self._waiter if reading else self._head
         if future is None or future.done():
             return  # not waiting now: the next wait sets a timer
         loop = asyncio.get_running_loop()
         if loop.time() < self._deadline:
             self._timer = loop.call_at(self._deadline, self._time_out)
             return
-        what = self._pending_what
+        what = "no data from the provider in" if reading else "the provider did not answer in"
         future.set_exception(UpstreamError("upstream_timeout", 504, f"{what} {self.timeout:g} s"))
 
     def _stop_timer(self) -> None:
