@@ -172,6 +172,12 @@ class _Reader:
             raise self.fail(path, f"must be {kind} number, got {_show(value)}")
         return number
 
+    def whole(self, value: Any, path: tuple[str, ...], what: str, minimum: int = 0) -> int:
+        """An int of at least `minimum`; `what` names it in the error ("a whole number of seconds")."""
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self.fail(path, f"must be {what}, got {_show(value)}")
+        return value
+
     def boolean(self, value: Any, path: tuple[str, ...]) -> bool:
         if not isinstance(value, bool):
             raise self.fail(path, f"must be true or false, got {_show(value)}")
@@ -247,16 +253,15 @@ def parse_config(text: str, environ: Mapping[str, str], source: str = "config.ym
     if isinstance(port_value, bool) or not isinstance(port_value, int) or not 0 < port_value < 65536:
         raise r.fail(("server", "port"), f"must be a port number from 1 to 65535, got {_show(port_value)}")
     max_body_mb = r.number(server.get("max_body_mb", 32), ("server", "max_body_mb"), positive=True)
-    drain_seconds = server.get("drain_seconds", 30)
-    if isinstance(drain_seconds, bool) or not isinstance(drain_seconds, int) or drain_seconds < 0:
-        raise r.fail(
-            ("server", "drain_seconds"), f"must be a whole number of seconds, got {_show(drain_seconds)}"
-        )
-    pool_size = server.get("upstream_pool_size", 1000)
-    if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
-        raise r.fail(
-            ("server", "upstream_pool_size"), f"must be a whole number of 1 or more, got {_show(pool_size)}"
-        )
+    drain_seconds = r.whole(
+        server.get("drain_seconds", 30), ("server", "drain_seconds"), "a whole number of seconds"
+    )
+    pool_size = r.whole(
+        server.get("upstream_pool_size", 1000),
+        ("server", "upstream_pool_size"),
+        "a whole number of 1 or more",
+        minimum=1,
+    )
     pool_timeout = r.number(
         server.get("pool_timeout_seconds", 10), ("server", "pool_timeout_seconds"), positive=True
     )
@@ -377,11 +382,9 @@ def _rates(r: _Reader, path: tuple[str, ...], spec: Any, *, tier: bool) -> Price
             raise r.fail((*path, needed), "missing; prices are per 1M tokens")
     above = None
     if tier:
-        above = pricing.pop("above_input_tokens")
-        if isinstance(above, bool) or not isinstance(above, int) or above < 0:
-            raise r.fail(
-                (*path, "above_input_tokens"), f"must be a whole number of tokens, got {_show(above)}"
-            )
+        above = r.whole(
+            pricing.pop("above_input_tokens"), (*path, "above_input_tokens"), "a whole number of tokens"
+        )
     prices = {key: r.number(value, (*path, key)) for key, value in pricing.items()}
     return Price(
         input=prices["input"],
