@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import http.client
 import json
@@ -17,6 +18,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any
 
+import aiohttp
 import pytest
 from openai import OpenAI
 from upstream_stub import UpstreamStub
@@ -316,14 +318,21 @@ def proxy_env(records_path: Path, extra: Mapping[str, str] | None = None) -> dic
     return env
 
 
+async def read_until(response: aiohttp.ClientResponse, expected: bytes, timeout: float) -> bytes:
+    """Read a streamed body until it is `expected` long (each read within `timeout`); fail if it differs."""
+    received = b""
+    while len(received) < len(expected):
+        data = await asyncio.wait_for(response.content.readany(), timeout)
+        assert data, f"the stream ended after {received!r}"
+        received += data
+    assert received == expected
+    return received
+
+
 @pytest.fixture
 def stub() -> Iterator[UpstreamStub]:
-    server = UpstreamStub()
-    server.start()
-    try:
+    with UpstreamStub() as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture

@@ -12,7 +12,16 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import CLIENT_KEY, GPT_4O_MINI, MakeConfig, ProxyLauncher, RawResponse, RunningProxy, free_port
+from conftest import (
+    CLIENT_KEY,
+    GPT_4O_MINI,
+    MakeConfig,
+    ProxyLauncher,
+    RawResponse,
+    RunningProxy,
+    free_port,
+    read_until,
+)
 from upstream_stub import SSE_DONE, Hangup, Reply, Stream, UpstreamStub, sse
 
 RECORD_FIELDS = [
@@ -766,17 +775,6 @@ RUNNING_USAGE = [
 ]
 
 
-async def read_until(response: aiohttp.ClientResponse, expected: bytes) -> bytes:
-    """Read the streamed body until it is `expected` long; fail if it differs."""
-    received = b""
-    while len(received) < len(expected):
-        data = await asyncio.wait_for(response.content.readany(), 10)
-        assert data, f"the stream ended after {received!r}"
-        received += data
-    assert received == expected
-    return received
-
-
 def test_upstream_reset_mid_stream_errors_the_client_stream_and_records_usage_so_far(
     proxy: RunningProxy, stub: UpstreamStub
 ) -> None:
@@ -792,7 +790,7 @@ def test_upstream_reset_mid_stream_errors_the_client_stream_and_records_usage_so
                 headers={"authorization": f"Bearer {CLIENT_KEY}"},
             ) as response,
         ):
-            received = await read_until(response, RUNNING_USAGE[0] + RUNNING_USAGE[1])
+            received = await read_until(response, RUNNING_USAGE[0] + RUNNING_USAGE[1], 10)
             script.gate.set()
             try:
                 while data := await asyncio.wait_for(response.content.readany(), 10):
@@ -829,7 +827,7 @@ def test_client_disconnect_mid_stream_closes_upstream_and_records_499(
                 json={"model": "gpt-4o-mini", "messages": HELLO, "stream": True},
                 headers={"authorization": f"Bearer {CLIENT_KEY}"},
             )
-            await read_until(response, RUNNING_USAGE[0] + RUNNING_USAGE[1])
+            await read_until(response, RUNNING_USAGE[0] + RUNNING_USAGE[1], 10)
             response.close()
 
     asyncio.run(call())

@@ -36,6 +36,7 @@ from conftest import (
     health_totals,
     proxy_env,
     read_records,
+    read_until,
     recount,
     settled,
     wait_until,
@@ -100,12 +101,7 @@ async def open_stream(session: aiohttp.ClientSession, proxy: RunningProxy) -> ai
     """A streamed call whose first two chunks have arrived."""
     response = await session.post(f"{proxy.url}/v1/chat/completions", json=chat(stream=True), headers=AUTH)
     assert response.status == 200
-    received = b""
-    while len(received) < len(FIRST_TWO):
-        piece = await asyncio.wait_for(response.content.readany(), 30)
-        assert piece, f"the stream ended after {received!r}"
-        received += piece
-    assert received == FIRST_TWO
+    await read_until(response, FIRST_TWO, 30)
     return response
 
 

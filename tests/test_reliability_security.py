@@ -354,12 +354,8 @@ def test_pass_through_keys_are_hashed_and_the_clients_own_key_echoed_back_is_lef
 @pytest.fixture
 def elsewhere() -> Iterator[UpstreamStub]:
     """A second upstream that nothing may ever make the proxy contact."""
-    server = UpstreamStub()
-    server.start()
-    try:
+    with UpstreamStub() as server:
         yield server
-    finally:
-        server.stop()
 
 
 def test_nothing_in_a_request_makes_the_proxy_contact_another_host(

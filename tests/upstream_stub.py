@@ -304,6 +304,13 @@ class UpstreamStub:
         self._thread.join(timeout=10)
         self._loop.close()
 
+    def __enter__(self) -> UpstreamStub:
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
     async def _shutdown(self) -> None:
         assert self._server is not None
         self._server.close()
