@@ -101,7 +101,7 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         port=port,
         workers=args.workers,
         loop="uvloop",
-        http="proxy.protocol:HeadHoldingProtocol",
+        http="proxy.protocol:ServerProtocol",
         lifespan="on",
         # On SIGTERM: stop accepting, let calls in flight finish for this long, then cut them.
         timeout_graceful_shutdown=config.drain_seconds,

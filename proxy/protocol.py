@@ -1,10 +1,17 @@
-"""uvicorn's HTTP/1.1 server protocol (httptools), with a response's head written together with its body.
+"""The HTTP/1.1 server protocol uvicorn runs for every client connection.
 
-uvicorn writes a response's status line and headers the moment the app sends `http.response.start`,
-and the body in a second write: two system calls and two TCP segments for every answer, where nginx
-sends one. Here the head waits for the next write on its connection and goes out with it; if none
-comes before the event loop's next turn (a stream whose first event is still upstream), it goes
-alone then, so no head waits longer than that.
+It is uvicorn's own (httptools) protocol with two changes, both below the app:
+
+- Reads are bounded. uvloop reads up to 256,000 bytes from a socket at a time and uvicorn reads on
+  until more than 64 KiB of a request body wait unread, so a proxy refusing a body over its limit
+  could already have taken in about 314 KiB more. Here every socket read takes at most `READ_SIZE`
+  bytes and reading pauses once more than `BODY_HIGH_WATER` bytes of body wait unread: the proxy
+  holds at most their sum (56 KiB) beyond what it has looked at (issue 6, case 11).
+- A response's head is written together with its body. uvicorn writes the status line and headers
+  the moment the app sends `http.response.start`, and the body in a second write: two system calls
+  and two TCP segments for every answer, where nginx sends one. Here the head waits for the next
+  write on its connection and goes out with it; if none comes before the event loop's next turn (a
+  stream whose first event is still upstream), it goes alone then, so no head waits longer than that.
 """
 
 from __future__ import annotations
@@ -14,7 +21,14 @@ from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+READ_SIZE = 16 << 10  # the most one socket read takes in
+BODY_HIGH_WATER = 40 << 10  # unread request body (bytes) past which reading pauses
 _HEAD = b"HTTP/1.1 "  # how every status line uvicorn writes begins
+
+# Every read lands here and is copied out at once (uvloop and asyncio call get_buffer, read, then
+# buffer_updated, with nothing in between), so one buffer serves every connection of the process's
+# event loop. uvicorn runs one event loop per process.
+_read_buffer = memoryview(bytearray(READ_SIZE))
 
 
 class _HeadHoldingTransport:
@@ -57,9 +71,49 @@ class _HeadHoldingTransport:
         return getattr(self._transport, name)
 
 
-class HeadHoldingProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol on a transport that writes each response's head with its body."""
+class _HttpProtocol(HttpToolsProtocol):
+    """uvicorn's httptools protocol, writing heads with bodies and pausing at a smaller unread body."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         held = _HeadHoldingTransport(cast(asyncio.Transport, transport), self.loop)
         super().connection_made(cast(asyncio.Transport, held))
+
+    def on_body(self, body: bytes) -> None:
+        super().on_body(body)
+        cycle = self.cycle
+        if not cycle.response_complete and len(cycle.body) > BODY_HIGH_WATER:
+            self.flow.pause_reading()
+
+
+class ServerProtocol(asyncio.BufferedProtocol):
+    """Takes a connection's bytes in at most `READ_SIZE` at a time and hands them to the HTTP protocol.
+
+    uvloop lets a protocol choose its read size only if it is not an `asyncio.Protocol`, and
+    uvicorn's are, hence this protocol in front of it. uvicorn constructs it with its own arguments.
+    """
+
+    __slots__ = ("_http",)
+
+    def __init__(self, **uvicorn_arguments: Any) -> None:
+        self._http = _HttpProtocol(**uvicorn_arguments)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._http.connection_made(transport)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._http.connection_lost(exc)
+
+    def eof_received(self) -> None:
+        self._http.eof_received()
+
+    def pause_writing(self) -> None:
+        self._http.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._http.resume_writing()
+
+    def get_buffer(self, sizehint: int) -> memoryview:
+        return _read_buffer
+
+    def buffer_updated(self, nbytes: int) -> None:
+        self._http.data_received(_read_buffer[:nbytes].tobytes())

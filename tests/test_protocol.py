@@ -1,9 +1,12 @@
-"""The server protocol's transport: a response head goes out with the bytes that follow it."""
+"""The server protocol: bounded reads, and a response head going out with the bytes that follow it."""
 
 import asyncio
 from typing import Any, cast
 
-from proxy.protocol import _HeadHoldingTransport
+from uvicorn.config import Config
+from uvicorn.server import ServerState
+
+from proxy.protocol import BODY_HIGH_WATER, READ_SIZE, ServerProtocol, _HeadHoldingTransport
 
 HEAD = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n"
 
@@ -90,3 +93,48 @@ def test_everything_else_is_the_real_transports() -> None:
         return transport.get_extra_info("peername"), transport.is_closing(), fake.writes
 
     assert asyncio.run(main()) == (("127.0.0.1", 5000), False, [b"<paused>"])
+
+
+def serving(app: Any) -> ServerProtocol:
+    config = Config(app=app, lifespan="off", log_level="warning")
+    config.load()
+    return ServerProtocol(config=config, server_state=ServerState(), app_state={})
+
+
+def deliver(protocol: ServerProtocol, data: bytes) -> None:
+    """What the event loop does with `data` arriving on the socket: read after read into get_buffer."""
+    while data:
+        buffer = protocol.get_buffer(-1)
+        taken = data[: len(buffer)]
+        buffer[: len(taken)] = taken
+        protocol.buffer_updated(len(taken))
+        data = data[len(taken) :]
+
+
+def test_reads_are_bounded_and_reading_pauses_once_the_unread_body_passes_its_mark() -> None:
+    async def main() -> tuple[int, list[int]]:
+        requests: list[dict[str, Any]] = []
+
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            requests.append(scope)
+            await asyncio.Event().wait()  # never reads the body
+
+        fake = FakeTransport()
+        paused_at: list[int] = []
+        fake.pause_reading = lambda: paused_at.append(unread[0])  # type: ignore[method-assign]
+        protocol = serving(app)
+        protocol.connection_made(cast(asyncio.Transport, fake))
+        deliver(protocol, b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        unread = [0]
+        piece = b"x" * 1000
+        while not paused_at:
+            unread[0] += len(piece)
+            deliver(protocol, b"%x\r\n%s\r\n" % (len(piece), piece))
+        await asyncio.sleep(0)
+        assert [scope["method"] for scope in requests] == ["POST"]
+        return len(protocol.get_buffer(-1)), paused_at
+
+    size, paused_at = asyncio.run(main())
+    assert size == READ_SIZE == 16 << 10
+    # reading pauses at the first piece that takes the unread body past 40 KiB, and only then
+    assert paused_at == [41_000] and BODY_HIGH_WATER == 40_960
