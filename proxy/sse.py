@@ -46,6 +46,15 @@ class SSEScanner:
         # Within a line or an event, or skipping an oversized one, only the line-by-line path keeps track.
         within = self._buf or self._data or self._skip_line or self._skip_event or self._event is not None
         if not within and b"\r" not in chunk:
+            # The commonest read of all: one event of one data line (how OpenAI-style servers stream).
+            if (
+                chunk.startswith(b"data: ")
+                and chunk.find(b"\n") == len(chunk) - 2
+                and chunk.endswith(b"\n\n")
+            ):
+                start, end = self._start, self._offset + len(chunk)
+                self._offset = self._start = self.boundary = end
+                return [SSEEvent(None, chunk[6:-2], start, end)]
             chunk = self._whole_events(chunk, events)  # the common case, without a regex per line
             if not chunk:
                 return events

@@ -120,3 +120,15 @@ def test_whole_chunks_and_single_bytes_agree(lines: list[bytes], newline: bytes)
     # A whole chunk takes the fast path for LF-framed events; single bytes take the line-by-line path.
     stream = b"".join(line + newline for line in lines)
     assert scan([stream]) == scan([stream[i : i + 1] for i in range(len(stream))])
+
+
+BLOCKS = [b'data: {"a":1}\n\n', b"data: \n\n", b"data: [DONE]\n\n", b"data: a\ndata: b\n\n", b"id: 7\n"]
+BLOCKS += [b": keep-alive\n\n", b"event: error\n", b"data:x\n\n", b"\n", b'data: {"b":2}\n']
+
+
+@given(st.lists(st.sampled_from(BLOCKS), max_size=30))
+def test_one_read_per_event_and_single_bytes_agree(blocks: list[bytes]) -> None:
+    # A read holding exactly one one-line `data: ` event (how OpenAI-style servers flush) takes the
+    # quickest path; it must give the events, spans included, of the line-by-line path.
+    stream = b"".join(blocks)
+    assert scan(blocks) == scan([stream[i : i + 1] for i in range(len(stream))])
