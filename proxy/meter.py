@@ -78,6 +78,9 @@ class Meter:
         # At most server.upstream_pool_size calls are with providers at once (issue 6, case 18).
         self._slots = asyncio.Semaphore(config.upstream_pool_size)
         self._body_deadlines = Deadlines(config.body_timeout)
+        # With no record to write and no cost to put in the answer, nothing reads a call's usage:
+        # answers pass through unread, and streams are not asked for a usage chunk.
+        self._metering = config.cost_tracking or config.cost_in_response
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         arrived = time.time()
@@ -128,7 +131,7 @@ class Meter:
 
         stream = request.get("stream") is True or target.rest.endswith(":streamGenerateContent")
         strip = False
-        if target.api == "chat" and stream and provider.stream_usage:
+        if self._metering and target.api == "chat" and stream and provider.stream_usage:
             options = request.get("stream_options")
             if not (isinstance(options, dict) and options.get("include_usage") is True):
                 body = _ask_for_usage(body, request)
@@ -197,6 +200,8 @@ class Meter:
         )
 
     def _account(self, scope: Scope, call: Call) -> None:
+        if not self.config.cost_tracking:
+            return
         bill = call.settle()
         if isinstance(bill.facts, StreamFacts) and bill.facts.malformed:
             log.warning("%d malformed data lines in the stream of %s", bill.facts.malformed, call.proxy_id)
@@ -213,9 +218,8 @@ class Meter:
                 "(add providers.%s.models.%s.pricing to the config)",
                 *(model, call.provider.name, call.provider.name, model),
             )
-        if self.config.cost_tracking:
-            writer: RecordWriter = scope["state"]["writer"]
-            writer.append(call.record(bill))
+        writer: RecordWriter = scope["state"]["writer"]
+        writer.append(call.record(bill))
 
     async def _read_body(self, receive: Receive, length: bytes | None, task: asyncio.Task[Any]) -> bytes:
         limit = self.config.max_body_bytes
@@ -307,7 +311,8 @@ class Meter:
         quoting = response.status >= 400 and call.provider.api_key is not None
         # Only a plain-text stream is scanned (and edited) as it passes: a compressed one, sent although
         # we asked for identity, goes on as it came, so its Content-Encoding stays true of its bytes.
-        scanned = sse and call.api is not None and call.encoding in _PLAIN
+        metered = self._metering and call.api is not None
+        scanned = sse and metered and call.encoding in _PLAIN
         # A scanned body may change length (a chunk removed, the cost added): let the server chunk it.
         sent_headers = end_to_end(response.headers, _NO_LENGTH if scanned else _KEEP)
         sent_headers.append((b"x-meterproxy-request-id", call.proxy_id.encode()))
@@ -315,7 +320,7 @@ class Meter:
             if scanned:
                 await send(head(call, response.status, sent_headers))
                 return await relay_stream(send, call, response, strip, self.config.cost_in_response)
-            if not sse and (call.api is not None or quoting):
+            if not sse and (metered or quoting):
                 return await relay_whole_body(
                     send, call, response, sent_headers, length, self.config.cost_in_response
                 )

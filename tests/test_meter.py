@@ -1030,6 +1030,28 @@ def test_cost_tracking_disabled_writes_nothing(
     assert not proxy.records_path.exists() or proxy.records_path.read_bytes() == b""
 
 
+def test_with_no_records_and_no_cost_in_answers_calls_pass_through_unread(
+    launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub
+) -> None:
+    off = {"cost_tracking": {"enabled": False}, "cost_in_response": {"enabled": False}}
+    proxy = launch(make_config(features=off))
+    stub.push(Stream(STREAM_CHUNKS))
+    sent = b'{"model": "gpt-4o-mini", "stream": true, "messages": []}'
+    headers = {"content-type": "application/json", "authorization": f"Bearer {CLIENT_KEY}"}
+    streamed = proxy.request("POST", "/v1/chat/completions", sent, headers)
+    completion = chat_body({"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2})
+    stub.push(Reply(body=completion))
+    whole = proxy.post_json("/v1/chat/completions", {"model": "gpt-4o", "messages": HELLO})
+
+    # Nothing reads the usage, so nothing asks for it or takes it out: the bytes are the upstream's.
+    assert streamed.status == 200 and streamed.body == b"".join(STREAM_CHUNKS)
+    assert stub.wait_requests(2)[0].body == sent
+    assert whole.status == 200 and whole.body == completion
+    assert whole.header("x-meterproxy-cost") is None
+    assert whole.header("content-length") == str(len(completion))
+    assert not proxy.records_path.exists() or proxy.records_path.read_bytes() == b""
+
+
 def test_session_and_task_headers_are_recorded(proxy: RunningProxy, stub: UpstreamStub) -> None:
     stub.push(Reply(body=chat_body({"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2})))
     with proxy.client() as client:
