@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import bench_nginx
@@ -49,6 +50,7 @@ from bench_targets import (
 
 REPO = Path(__file__).resolve().parent.parent
 MODES = ("json", "stream")
+TURNS = 6  # wrk runs of each side in the interleaved metering on / off measurement
 CONNECTIONS = (1, 32, 128)
 _CALL = {"model": MODEL, "messages": [{"role": "user", "content": "hi"}]}
 BODY = json.dumps(_CALL, separators=(",", ":"))
@@ -204,6 +206,7 @@ def main(argv: list[str] | None = None) -> int:
                     skipped[plan.name] = str(exc).splitlines()[0]
                     continue
                 results.append(result)
+            interleaved = _metering_cost(bench, load)
         finally:
             mock_server.stop()
 
@@ -218,7 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         "skipped": skipped,
         "busy_before_start": round(idle_busy, 3),
     }
-    report = bench_results.build(results, machine, settings)
+    report = bench_results.build(results, machine, settings, interleaved)
     print(bench_results.render(report))
     stem = f"{datetime.date.today()}-{machine['slug']}{'-quick' if args.quick else ''}"
     out = args.results / f"{stem}.json"
@@ -294,6 +297,30 @@ def _launch(plan: Plan, bench: Bench) -> Iterator[Launched]:
         yield Launched(server, calls, slow, records)
     finally:
         server.stop()
+
+
+def _metering_cost(bench: Bench, load: Load) -> dict[str, dict[str, Any]]:
+    """req/s at 32 connections of meterproxy with metering and without, both up at once and measured
+    in turns (on, off, off, on, ...), so that a machine whose speed drifts by the minute weighs on
+    both alike; the rows above measure them minutes apart."""
+    on = Plan("meterproxy 1w", "meterproxy", 1, bench.cpus.target, metering=True)
+    off = Plan("meterproxy 1w, no metering", "meterproxy", 1, bench.cpus.target, metering=False)
+    seconds = max(1.0, load.duration / 2)
+    rps: dict[str, dict[str, list[float]]] = {mode: {"on": [], "off": []} for mode in MODES}
+    print("measuring metering on / off in turns ...", flush=True)
+    with _launch(on, bench) as metered, _launch(off, bench) as plain:
+        sides = {"on": metered, "off": plain}
+        for mode in MODES:
+            for side in sides.values():
+                run_wrk(side.calls[mode], 32, 1.0, bench.workdir, bench.cpus.load)  # warm-up
+            for turn in range(TURNS):
+                for name in ("on", "off") if turn % 2 == 0 else ("off", "on"):
+                    wrk = run_wrk(sides[name].calls[mode], 32, seconds, bench.workdir, bench.cpus.load)
+                    rps[mode][name].append(round(wrk.rps, 1))
+    return {
+        mode: {**runs, "ratio": round(statistics.median(runs["on"]) / statistics.median(runs["off"]), 3)}
+        for mode, runs in rps.items()
+    }
 
 
 def _endpoint(port: int, prefix: str, body: str) -> Endpoint:

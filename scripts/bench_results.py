@@ -48,8 +48,14 @@ class TargetResult:
     problems: list[str] = field(default_factory=list)
 
 
-def build(results: list[TargetResult], machine: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
-    """Everything the JSON file holds; render() prints it."""
+def build(
+    results: list[TargetResult],
+    machine: dict[str, Any],
+    settings: dict[str, Any],
+    interleaved: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """Everything the JSON file holds; render() prints it. `interleaved`: req/s of meterproxy with
+    metering on and off, measured in turns, per mode; its ratio is the one the target is checked on."""
     direct = next(r for r in results if r.kind == "direct")
     base = {(row.mode, row.connections): row.wrk for row in direct.rows}
     targets = []
@@ -96,6 +102,8 @@ def build(results: list[TargetResult], machine: dict[str, Any], settings: dict[s
             }
         )
     report = {"machine": machine, "settings": settings, "targets": targets}
+    if interleaved:
+        report["metering_interleaved"] = interleaved
     report["ratios"] = _ratios(report, per_cpu=False)
     report["ratios_per_cpu"] = _ratios(report, per_cpu=True)
     report["checks"] = _checks(report)
@@ -168,6 +176,9 @@ def _ratios(report: dict[str, Any], per_cpu: bool) -> dict[str, dict[str, float 
             else:
                 a, b = _rps(ours, mode), _rps(theirs, mode)
             ratios[label][mode] = round(a / b, 3) if a and b else None
+    interleaved = report.get("metering_interleaved")
+    if interleaved and not per_cpu:  # measured in turns: the fairer figure of the two
+        ratios["metering on / off"] = {mode: runs["ratio"] for mode, runs in interleaved.items()}
     return ratios
 
 
@@ -287,6 +298,12 @@ def render(report: dict[str, Any]) -> str:
         for label, by_mode in report[key].items():
             shown = ", ".join(f"{mode} {'n/a' if r is None else f'{r:.3g}x'}" for mode, r in by_mode.items())
             out.append(f"  {label:<34} {shown}")
+    interleaved = report.get("metering_interleaved", {})
+    if interleaved:
+        out.append("\nmetering on / off measured in turns (req/s at 32 connections, each run):")
+    for mode, runs in interleaved.items():
+        for side in ("on", "off"):
+            out.append(f"  {mode:<6} {side:<4} {', '.join(f'{rps:,.0f}' for rps in runs[side])}")
     out.append("\nthe issue's targets:")
     for check in report["checks"]:
         mark = {True: "PASS", False: "FAIL", None: "n/a "}[check["ok"]]

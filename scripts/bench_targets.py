@@ -98,7 +98,8 @@ def meterproxy_config(
     mock: bench_nginx.MockPorts, record_file: Path, metering: bool, client: str | None = None
 ) -> str:
     """A config with one provider per mock upstream, all pricing the benchmark's model; `client` picks
-    the upstream HTTP client (server.upstream_client) instead of meterproxy's default."""
+    the upstream HTTP client (server.upstream_client) instead of meterproxy's default. Without
+    `metering`, neither records nor costs in answers: the proxy forwards without reading usage."""
     providers = "".join(
         f"""  {name}:
     base_url: http://127.0.0.1:{port}/v1
@@ -114,6 +115,7 @@ features:
   cost_tracking:
     enabled: {"true" if metering else "false"}
     file: {record_file}
+  cost_in_response: {{enabled: {"true" if metering else "false"}}}
 providers:
 {providers}"""
 
