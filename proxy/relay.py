@@ -13,7 +13,7 @@ import orjson
 from starlette.types import Message, Send
 
 from proxy.calls import Bill, Call, decimal_text
-from proxy.sse import SSEScanner
+from proxy.sse import SSEEvent, SSEScanner
 from proxy.upstream import Headers, UpstreamResponse
 from proxy.usage import StreamFacts
 
@@ -36,7 +36,15 @@ async def relay_stream(
         chunk = await response.read()
         if call.ttfb is None:
             call.ttfb = time.perf_counter()
-        events = scanner.feed(chunk) if chunk else scanner.finish()
+        if not held and (data := scanner.take_event(chunk)) is not None:
+            if facts.skim(data):  # nearly every event of a stream: one whole event, nothing to note
+                held_at = scanner.boundary
+                line_ended = True
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                continue
+            events = [SSEEvent(None, data, held_at, scanner.boundary)]
+        else:
+            events = scanner.feed(chunk) if chunk else scanner.finish()
         held = held + chunk if held else chunk
         release = scanner.boundary if chunk else held_at + len(held)
         edits: list[tuple[int, int, bytes]] = []

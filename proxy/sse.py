@@ -41,20 +41,32 @@ class SSEScanner:
         self.boundary = 0
         self.oversized = 0
 
+    def _within(self) -> bool:
+        """Within a line or an event, or skipping an oversized one: only the line-by-line path keeps track."""
+        return bool(self._buf or self._data or self._skip_line or self._skip_event or self._event is not None)
+
+    def take_event(self, chunk: bytes) -> bytes | None:
+        """The data of `chunk` if it is exactly one event of one `data: ` line and no line or event is
+        pending (how OpenAI-style servers send nearly every read), taken as feed() would take it;
+        else None, and nothing is taken."""
+        if (
+            chunk.startswith(b"data: ")
+            and chunk.find(b"\n") == len(chunk) - 2
+            and chunk.endswith(b"\n\n")
+            and b"\r" not in chunk
+            and not self._within()
+        ):
+            self._offset = self._start = self.boundary = self._offset + len(chunk)
+            return chunk[6:-2]
+        return None
+
     def feed(self, chunk: bytes) -> list[SSEEvent]:
+        start = self._start
+        data = self.take_event(chunk)
+        if data is not None:
+            return [SSEEvent(None, data, start, self._offset)]
         events: list[SSEEvent] = []
-        # Within a line or an event, or skipping an oversized one, only the line-by-line path keeps track.
-        within = self._buf or self._data or self._skip_line or self._skip_event or self._event is not None
-        if not within and b"\r" not in chunk:
-            # The commonest read of all: one event of one data line (how OpenAI-style servers stream).
-            if (
-                chunk.startswith(b"data: ")
-                and chunk.find(b"\n") == len(chunk) - 2
-                and chunk.endswith(b"\n\n")
-            ):
-                start, end = self._start, self._offset + len(chunk)
-                self._offset = self._start = self.boundary = end
-                return [SSEEvent(None, chunk[6:-2], start, end)]
+        if not self._within() and b"\r" not in chunk:
             chunk = self._whole_events(chunk, events)  # the common case, without a regex per line
             if not chunk:
                 return events
@@ -97,6 +109,11 @@ class SSEScanner:
             cut = chunk.find(b"\n\n", pos)
             if cut < 0:
                 break
+            if chunk.startswith(b"data: ", pos) and chunk.find(b"\n", pos, cut) < 0:  # one data line
+                events.append(SSEEvent(None, chunk[pos + 6 : cut], start, base + cut + 2))
+                pos = cut + 2
+                start = base + pos
+                continue
             data: list[bytes] = []
             event: bytes | None = None
             for line in chunk[pos:cut].split(b"\n"):

@@ -203,14 +203,22 @@ def facts_from_body(body: bytes, api: Api) -> ResponseFacts | None:
 class StreamFacts(ResponseFacts):
     """Facts gathered from an SSE stream, one event's data at a time."""
 
+    def skim(self, data: bytes) -> bool:
+        """Count an event that cannot change what is recorded and return True: not the first, not
+        [DONE], nothing worth reading. False: the event is left for observe()."""
+        if self.events and data != b"[DONE]" and _WORTH_READING[self.api].search(data) is None:
+            self.events += 1
+            return True
+        return False
+
     def observe(self, data: bytes) -> bool:
         """Take one event's data; return True when it is a usage-only chat chunk (no choices)."""
+        if self.skim(data):
+            return False
         if data == b"[DONE]":
             self.done = True
             return False
         self.events += 1
-        if self.events > 1 and _WORTH_READING[self.api].search(data) is None:
-            return False
         try:
             message = orjson.loads(data)
         except orjson.JSONDecodeError:
