@@ -117,6 +117,18 @@ class RecordWriter:
             return True
         return False
 
+    def replaced(self) -> bool:
+        """Whether the open file is no longer the one at `path`: moved or deleted while the proxy runs
+        (its records still go to the open file, so they are not where a reader looks for them)."""
+        if self._fd is None:
+            return False
+        try:
+            at_path = os.stat(self.path)
+        except FileNotFoundError:
+            return True
+        opened = os.fstat(self._fd)
+        return (at_path.st_dev, at_path.st_ino) != (opened.st_dev, opened.st_ino)
+
     def _close_torn_line(self) -> None:
         # A crash mid-write can leave a last line without its newline; start ours on a fresh line.
         assert self._fd is not None

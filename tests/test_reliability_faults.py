@@ -662,6 +662,27 @@ def dropped(proxy: RunningProxy) -> dict[str, dict[str, Any]]:
     return {line["dropped_record"]["proxy_request_id"]: line["dropped_record"] for line in lines}
 
 
+def test_a_record_file_moved_away_while_the_proxy_runs_is_reported_and_keeps_its_records(
+    launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub, tmp_path: Path
+) -> None:
+    stub.always(Reply(body=completion()))
+    path = tmp_path / "records.jsonl"
+    proxy = launch(make_config(), env={"COST_TRACKING_FILE": str(path)})
+    assert proxy.post_json("/v1/chat/completions", chat()).status == 200
+    moved = path.rename(tmp_path / "records.jsonl.1")
+
+    health = proxy.health()
+    assert health["status"] == "degraded", health
+    assert health["problems"] == [
+        f"cost-tracking file {path} was moved or deleted while the proxy runs: records still go to "
+        "the old file; restart the proxy to start a new one"
+    ]
+    assert proxy.post_json("/v1/chat/completions", chat()).status == 200
+    # As docs/reliability.md says: the open file keeps taking records, none is dropped.
+    assert len(file_lines(moved)[0]) == 2 and not path.exists()
+    assert proxy.health()["dropped_records"] == 0
+
+
 def test_an_unwritable_record_file_keeps_the_proxy_serving_counts_drops_and_resumes_on_a_fresh_line(
     launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub, place: RecordPlace
 ) -> None:
