@@ -93,15 +93,7 @@ def create_app(config: Config, upstream: Upstream | None = None) -> Starlette:
             "cost_stats_24h": totals.snapshot() if config.cost_tracking else None,
         }
         if config.cost_tracking:
-            writer.open()  # after a failure to open: the file may be writable again
-            problem = writer.problem
-            if problem is None and writer.replaced():
-                problem = (
-                    f"cost-tracking file {writer.path} was moved or deleted while the proxy runs: records "
-                    "still go to the old file; restart the proxy to start a new one"
-                )
-            elif problem is None and not os.access(writer.path, os.W_OK):
-                problem = f"cannot write cost-tracking file {writer.path}: permission denied"
+            problem = writer.check()
             body["dropped_records"] = writer.dropped
             if problem is not None:
                 body["status"] = "degraded"

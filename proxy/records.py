@@ -117,7 +117,22 @@ class RecordWriter:
             return True
         return False
 
-    def replaced(self) -> bool:
+    def check(self) -> str | None:
+        """What stops records from reaching the file now, or None. Opens it if it is not open (after a
+        failure to open, the file may be writable again)."""
+        self.open()
+        if self.problem is not None:
+            return self.problem
+        if self._replaced():
+            return (
+                f"cost-tracking file {self.path} was moved or deleted while the proxy runs: records "
+                "still go to the old file; restart the proxy to start a new one"
+            )
+        if not os.access(self.path, os.W_OK):
+            return f"cannot write cost-tracking file {self.path}: permission denied"
+        return None
+
+    def _replaced(self) -> bool:
         """Whether the open file is no longer the one at `path`: moved or deleted while the proxy runs
         (its records still go to the open file, so they are not where a reader looks for them)."""
         if self._fd is None:

@@ -191,7 +191,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             mock_server.wait_ready(f"http://127.0.0.1:{mock.json}/v1/chat/completions", timeout_s=10)
             bench = Bench(workdir, mock, cpus, litellm, list(range(cores)))
-            for plan in _plans(args.workers, cpus, litellm is not None):
+            plans = _plans(args.workers, cpus, litellm is not None)
+            for plan in plans:
                 print(f"measuring {plan.name} ...", flush=True)
                 result = TargetResult(
                     plan.name, plan.kind, plan.workers, plan.cpus, plan.metering, client=plan.client
@@ -206,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
                     skipped[plan.name] = str(exc).splitlines()[0]
                     continue
                 results.append(result)
-            interleaved = _metering_cost(bench, load)
+            on, off = (_single_worker(plans, metering) for metering in (True, False))
+            interleaved = _metering_cost(bench, load, on, off)
         finally:
             mock_server.stop()
 
@@ -258,6 +260,12 @@ def _plans(many: int, cpus: Cpus, peers: bool) -> list[Plan]:
     return plans
 
 
+def _single_worker(plans: list[Plan], metering: bool) -> Plan:
+    """The plan of one meterproxy worker on the default upstream client, with metering or without."""
+    wanted = ("meterproxy", 1, None, metering)
+    return next(plan for plan in plans if (plan.kind, plan.workers, plan.client, plan.metering) == wanted)
+
+
 @contextlib.contextmanager
 def _launch(plan: Plan, bench: Bench) -> Iterator[Launched]:
     """Start the plan's server (none for the mock itself), yield its endpoints, stop it."""
@@ -299,12 +307,10 @@ def _launch(plan: Plan, bench: Bench) -> Iterator[Launched]:
         server.stop()
 
 
-def _metering_cost(bench: Bench, load: Load) -> dict[str, dict[str, Any]]:
-    """req/s at 32 connections of meterproxy with metering and without, both up at once and measured
-    in turns (on, off, off, on, ...), so that a machine whose speed drifts by the minute weighs on
-    both alike; the rows above measure them minutes apart."""
-    on = Plan("meterproxy 1w", "meterproxy", 1, bench.cpus.target, metering=True)
-    off = Plan("meterproxy 1w, no metering", "meterproxy", 1, bench.cpus.target, metering=False)
+def _metering_cost(bench: Bench, load: Load, on: Plan, off: Plan) -> dict[str, dict[str, Any]]:
+    """req/s at 32 connections of meterproxy with metering (`on`) and without (`off`), both up at once
+    and measured in turns (on, off, off, on, ...), so that a machine whose speed drifts by the minute
+    weighs on both alike; the rows above measure them minutes apart."""
     seconds = max(1.0, load.duration / 2)
     rps: dict[str, dict[str, list[float]]] = {mode: {"on": [], "off": []} for mode in MODES}
     print("measuring metering on / off in turns ...", flush=True)
