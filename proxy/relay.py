@@ -26,50 +26,99 @@ async def relay_stream(
 ) -> list[Message]:
     """Forward an SSE stream event by event, scanning it; drop the usage chunk we asked for, and
     put the cost comment before [DONE] (or at the end)."""
-    scanner = SSEScanner()
-    facts = call.facts = StreamFacts(call.api or "chat")
-    held = b""  # bytes of an event not yet whole: kept until we know what to do with it
-    held_at = 0  # the stream offset of held[0]
-    cost_noted = not cost_in_response
+    stream = _StreamEdit(call, strip, cost_in_response)
     line_ended = True  # the bytes sent so far end a line: a comment may follow directly
     while True:
         chunk = await response.read()
         if call.ttfb is None:
             call.ttfb = time.perf_counter()
-        if not held and (data := scanner.take_event(chunk)) is not None:
-            if facts.skim(data):  # nearly every event of a stream: one whole event, nothing to note
-                held_at = scanner.boundary
-                line_ended = True
-                await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                continue
-            events = [SSEEvent(None, data, held_at, scanner.boundary)]
-        else:
-            events = scanner.feed(chunk) if chunk else scanner.finish()
-        held = held + chunk if held else chunk
-        release = scanner.boundary if chunk else held_at + len(held)
-        edits: list[tuple[int, int, bytes]] = []
-        for event in events:
-            if facts.observe(event.data) and strip:
-                edits.append((event.start, event.end, b""))  # the usage-only chunk the client did not ask for
-            elif event.data == b"[DONE]" and not cost_noted:
-                edits.append((event.start, event.start, cost_comment(call)))
-                cost_noted = True
-        if release - held_at == len(held):  # the usual case: every byte so far belongs to a whole event
-            out, held = held, b""
-        else:
-            out, held = held[: release - held_at], held[release - held_at :]
-        for start, end, insert in reversed(edits):
-            out = out[: start - held_at] + insert + out[end - held_at :]
-        held_at = release
-        if out:
-            line_ended = out[-1:] in (b"\n", b"\r")
         if not chunk:
-            if not cost_noted:
+            out = stream.scan(b"")
+            if out:
+                line_ended = out[-1:] in (b"\n", b"\r")
+            if not stream.cost_noted:
                 out += (b"" if line_ended else b"\n") + cost_comment(call)
             call.finished = True
             return [{"type": "http.response.body", "body": out}]
+        out = stream.take(chunk)
         if out:
+            line_ended = out[-1:] in (b"\n", b"\r")
             await send({"type": "http.response.body", "body": out, "more_body": True})
+
+
+class _StreamEdit:
+    """A stream's reads in, the bytes the client may have now out: every event read or counted, the
+    usage chunk we asked for dropped, the cost comment put before [DONE]."""
+
+    __slots__ = ("call", "strip", "cost_noted", "scanner", "facts", "held", "held_at")
+
+    def __init__(self, call: Call, strip: bool, cost_in_response: bool) -> None:
+        self.call = call
+        self.strip = strip
+        self.cost_noted = not cost_in_response
+        self.scanner = SSEScanner()
+        self.facts = call.facts = StreamFacts(call.api or "chat")
+        self.held = b""  # bytes of an event not yet whole: kept until we know what to do with it
+        self.held_at = 0  # the stream offset of held[0]
+
+    def take(self, chunk: bytes) -> bytes:
+        """What the client may have now, `chunk` taken in: events with nothing to note are counted
+        and pass as they came; the others are read one by one."""
+        if self.held:
+            return self.scan(chunk)
+        scanner, facts = self.scanner, self.facts
+        if (data := scanner.take_event(chunk)) is not None:  # one event per read: a slow stream
+            if facts.skim(data):
+                self.held_at = scanner.boundary
+                return chunk
+            return self._release(chunk, [SSEEvent(None, data, self.held_at, scanner.boundary)])
+        out: list[bytes] = []
+        position = 0
+        while position < len(chunk):
+            # A run of events with nothing to note (most of a read) is counted, not cut out.
+            unread = facts.unread_until(chunk, position)
+            cut = chunk.rfind(b"\n\n", position, unread) + 2
+            if cut > position + 2 and (counted := scanner.take_events(chunk, position, cut)):
+                facts.count(counted)
+                out.append(chunk[position:cut])
+                self.held_at = scanner.boundary
+                position = cut
+                continue
+            # The next event is read (the first, one worth reading, or one of another shape).
+            cut = chunk.find(b"\n\n", position) + 2
+            if cut < 2:
+                cut = len(chunk)
+            out.append(self.scan(chunk[position:cut]))
+            position = cut
+            if self.held and position < len(chunk):  # an event left unfinished: the rest goes to the scanner
+                out.append(self.scan(chunk[position:]))
+                break
+        return out[0] if len(out) == 1 else b"".join(out)
+
+    def scan(self, piece: bytes) -> bytes:
+        """Read the events `piece` completes (b"": the stream ended); return what the client may have."""
+        scanner = self.scanner
+        return self._release(piece, scanner.feed(piece) if piece else scanner.finish())
+
+    def _release(self, piece: bytes, events: list[SSEEvent]) -> bytes:
+        held = self.held + piece if self.held else piece
+        held_at = self.held_at
+        release = self.scanner.boundary if piece else held_at + len(held)
+        edits: list[tuple[int, int, bytes]] = []
+        for event in events:
+            if self.facts.observe(event.data) and self.strip:
+                edits.append((event.start, event.end, b""))  # the usage-only chunk the client did not ask for
+            elif event.data == b"[DONE]" and not self.cost_noted:
+                edits.append((event.start, event.start, cost_comment(self.call)))
+                self.cost_noted = True
+        if release - held_at == len(held):  # the usual case: every byte so far belongs to a whole event
+            out, self.held = held, b""
+        else:
+            out, self.held = held[: release - held_at], held[release - held_at :]
+        for start, end, insert in reversed(edits):
+            out = out[: start - held_at] + insert + out[end - held_at :]
+        self.held_at = release
+        return out
 
 
 async def relay_whole_body(

@@ -60,6 +60,25 @@ class SSEScanner:
             return chunk[6:-2]
         return None
 
+    def take_events(self, chunk: bytes, start: int, end: int) -> int:
+        """How many events `chunk[start:end]` holds if it is whole one-line `data: ` events and nothing
+        else (LF line endings) and no line or event is pending: they are taken as feed() would take
+        them, without being cut out. Else 0, and nothing is taken."""
+        blocks = chunk.count(b"\n\n", start, end)
+        # Every LF is half of a "\n\n", and every "\n\n" but the last starts the next "data: " line.
+        if (
+            blocks
+            and chunk.startswith(b"data: ", start)
+            and chunk.endswith(b"\n\n", start, end)
+            and chunk.count(b"\n", start, end) == 2 * blocks
+            and chunk.count(b"\n\ndata: ", start, end) == blocks - 1
+            and chunk.find(b"\r", start, end) < 0
+            and not self._within()
+        ):
+            self._offset = self._start = self.boundary = self._offset + end - start
+            return blocks
+        return 0
+
     def feed(self, chunk: bytes) -> list[SSEEvent]:
         start = self._start
         data = self.take_event(chunk)

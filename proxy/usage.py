@@ -20,7 +20,7 @@ Api = Literal["chat", "responses", "embeddings", "anthropic", "gemini"]
 # nothing of the kind, and skipping their JSON parse keeps the scan cheap. Gemini's every chunk
 # carries running usage, so all of them are read.
 _WORTH_READING: dict[Api, re.Pattern[bytes]] = {
-    "chat": re.compile(rb'"(?:usage|finish_reason)"\s*:\s*(?!null)'),
+    "chat": re.compile(rb'"(?:usage|finish_reason)"\s*+:\s*+(?!null)'),  # possessive: not `": null` either
     "responses": re.compile(rb'"type"\s*:\s*"response\.(?:created|completed|incomplete|failed)"'),
     "anthropic": re.compile(rb'"type"\s*:\s*"message_(?:start|delta)"'),
     "embeddings": re.compile(rb'"usage"'),
@@ -210,6 +210,22 @@ class StreamFacts(ResponseFacts):
             self.events += 1
             return True
         return False
+
+    def unread_until(self, events: bytes, start: int) -> int:
+        """How far from `start` in `events` (a run of whole or partial events) nothing can change what
+        is recorded: up to the first text the API's pattern finds, or [DONE]; all of it if neither is
+        there; none of it before the stream's first event is read. The events before that offset need
+        only be counted (`count`)."""
+        if not self.events:
+            return start
+        found = _WORTH_READING[self.api].search(events, start)
+        end = found.start() if found is not None else len(events)
+        done = events.find(b"[DONE]", start, end)
+        return done if done >= 0 else end
+
+    def count(self, events: int) -> None:
+        """Count events that unread_until() let pass unread."""
+        self.events += events
 
     def observe(self, data: bytes) -> bool:
         """Take one event's data; return True when it is a usage-only chat chunk (no choices)."""

@@ -28,7 +28,7 @@ from proxy.meter import Meter
 from proxy.records import CostRecord
 from proxy.routing import Routes
 from proxy.sse import MAX_LINE, SSEScanner
-from proxy.upstream import Headers
+from proxy.upstream import Headers, UpstreamError
 
 HELLO = [{"role": "user", "content": "Say hello"}]
 TEXT = 'aé你🙂 \n"\\'  # one, two, three and four UTF-8 bytes; JSON escapes
@@ -56,11 +56,15 @@ class Pieces:
     status = 200
     headers: Headers = [(b"content-type", b"text/event-stream")]
 
-    def __init__(self, pieces: list[bytes]) -> None:
+    def __init__(self, pieces: list[bytes], reset: bool = False) -> None:
         self._pieces = iter(pieces)
+        self._reset = reset
 
     async def read(self) -> bytes:
-        return next(self._pieces, b"")
+        piece = next(self._pieces, b"")
+        if not piece and self._reset:
+            raise UpstreamError("upstream_reset", 502, "the upstream closed the connection mid-stream")
+        return piece
 
     def close(self) -> None:
         pass
@@ -72,11 +76,12 @@ class Pieces:
 class PiecesUpstream:
     """The `Upstream` seam: every call is answered with the same pieces."""
 
-    def __init__(self, pieces: list[bytes]) -> None:
+    def __init__(self, pieces: list[bytes], reset: bool) -> None:
         self.pieces = pieces
+        self.reset = reset
 
     async def send(self, method: str, url: str, headers: Headers, body: bytes, timeout: float) -> Pieces:
-        return Pieces(self.pieces)
+        return Pieces(self.pieces, self.reset)
 
     async def close(self) -> None:
         pass
@@ -92,8 +97,11 @@ class Records:
         self.records.append(record)
 
 
-def through_the_meter(pieces: list[bytes], cost_in_response: bool = False) -> tuple[bytes, CostRecord]:
-    """One streamed chat call through the meter, answered with `pieces`: what the client got, the record."""
+def through_the_meter(
+    pieces: list[bytes], cost_in_response: bool = False, reset: bool = False
+) -> tuple[bytes, CostRecord]:
+    """One streamed chat call through the meter, answered with `pieces` (then a reset, if `reset`): what
+    the client got, the record."""
     settings = config(cost_in_response)
     meter = Meter(settings, Routes(settings.providers))
     records = Records()
@@ -109,7 +117,7 @@ def through_the_meter(pieces: list[bytes], cost_in_response: bool = False) -> tu
             (b"authorization", f"Bearer {CLIENT_KEY}".encode()),
         ],
         "client": ("127.0.0.1", 50000),
-        "state": {"upstream": PiecesUpstream(pieces), "writer": records},
+        "state": {"upstream": PiecesUpstream(pieces, reset), "writer": records},
     }
     sent: list[Message] = []
 
@@ -130,7 +138,8 @@ def through_the_meter(pieces: list[bytes], cost_in_response: bool = False) -> tu
 
     asyncio.run(call())
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 200
-    assert "more_body" not in sent[-1] or not sent[-1]["more_body"], "the stream did not end"
+    if not reset:
+        assert "more_body" not in sent[-1] or not sent[-1]["more_body"], "the stream did not end"
     (record,) = records.records
     return b"".join(message.get("body", b"") for message in sent[1:]), record
 
@@ -203,6 +212,27 @@ def test_the_cost_comment_is_the_only_other_change(
         "input_tokens": record["input_tokens"],
         "output_tokens": record["output_tokens"],
     }
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(chaotic_streams(), st.data())
+def test_a_stream_cut_off_is_estimated_from_every_event_it_delivered_whatever_the_reads(
+    case: tuple[bytes, bytes, tuple[int, int], list[bytes]], data: st.DataObject
+) -> None:
+    """The estimate of a call cut before its usage counts one output token per event received (a few
+    are read, the rest only counted): however the stream was read, every whole event counts once."""
+    stream, asked_for, _, _ = case
+    before_usage = stream[: stream.index(asked_for)]
+    nl = b"\r\n" if b"\r\n" in stream else b"\n"
+    events = before_usage.count(b"data: ")
+    cuts = data.draw(st.lists(st.integers(1, len(before_usage) - 1), max_size=30))
+    prompt = (len(json.dumps(HELLO, separators=(",", ":"))) + 3) // 4
+
+    received, record = through_the_meter(split(before_usage, cuts), reset=True)
+
+    assert received == before_usage and before_usage.endswith(nl + nl)
+    assert (record["usage_source"], record["error"]) == ("estimated", "upstream_reset")
+    assert (record["input_tokens"], record["output_tokens"]) == (prompt, events)
 
 
 def big_stream(nl: bytes) -> tuple[bytes, bytes]:

@@ -1,6 +1,6 @@
 from pathlib import Path
 
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.sse import MAX_LINE, SSEEvent, SSEScanner
@@ -132,3 +132,42 @@ def test_one_read_per_event_and_single_bytes_agree(blocks: list[bytes]) -> None:
     # quickest path; it must give the events, spans included, of the line-by-line path.
     stream = b"".join(blocks)
     assert scan(blocks) == scan([stream[i : i + 1] for i in range(len(stream))])
+
+
+@settings(max_examples=500)
+@given(
+    st.lists(st.sampled_from(BLOCKS), max_size=30),
+    st.sampled_from(BLOCKS),
+    st.integers(0, 30),
+    st.sampled_from([0, 0, 0, 1, 2]),
+)
+def test_events_taken_unread_are_the_events_feed_would_give(
+    blocks: list[bytes], before: bytes, taken_blocks: int, short: int
+) -> None:
+    # take_events() counts a run of events without cutting them out; it must take what feed() would
+    # (as many events, the scanner left in the same state) or take nothing.
+    run = b"".join(blocks)
+    end = max(len(b"".join(blocks[:taken_blocks])) - short, 0)
+    fed, taken = SSEScanner(), SSEScanner()
+    fed.feed(before)
+    taken.feed(before)
+    events = fed.feed(run[:end])
+    count = taken.take_events(run, 0, end)
+    if count:
+        assert count == len(events) and {event.event for event in events} == {None}
+        assert taken.boundary == fed.boundary == len(before) + end
+    else:
+        assert taken.feed(run[:end]) == events  # nothing was taken: the same bytes give the same events
+    rest = run[end:] + b"data: last\n\n"
+    assert taken.feed(rest) == fed.feed(rest)
+
+
+def test_a_run_of_one_line_data_events_is_taken_whole_or_not_at_all() -> None:
+    one = b'data: {"a":1}\n\n'
+    scanner = SSEScanner()
+    assert scanner.take_events(one * 3, 0, 3 * len(one)) == 3 and scanner.boundary == 3 * len(one)
+    assert scanner.take_events(b"xx" + one * 2, 2, 2 + 2 * len(one)) == 2
+    for other in (b": keep-alive\n\n", b"data: a\ndata: b\n\n", b"data: a\r\n\r\n", b"\n\n", b"event: e\n"):
+        assert scanner.take_events(one + other + one, 0, 2 * len(one) + len(other)) == 0
+    assert scanner.take_events(one * 2, 0, len(one) + 3) == 0  # ends inside an event
+    assert scanner.boundary == 5 * len(one)

@@ -152,3 +152,32 @@ def test_moonshot_stream_usage_inside_the_last_choice() -> None:
     )
     assert facts.usage == Usage(19, 13, 32, cached_tokens=8)
     assert facts.finish_reason == "stop"
+
+
+def test_only_events_that_can_change_the_record_are_left_to_be_read() -> None:
+    facts = StreamFacts("chat")
+    first = b'{"id": "c", "choices": [{"delta": {"content": "a"}, "finish_reason": null}]}'
+    assert not facts.skim(first)  # the stream's first event is always read
+    assert facts.observe(first) is False and facts.response_id == "c"
+    # Written compactly or with spaces, an unset finish reason is nothing to read; a set one, usage, or
+    # [DONE] is.
+    assert facts.skim(b'{"choices": [{"delta": {"content": "b"}, "finish_reason": null}]}')
+    assert facts.skim(b'{"choices":[{"delta":{"content":"c"},"finish_reason" :  null}]}')
+    assert not facts.skim(b'{"choices": [{"delta": {}, "finish_reason": "stop"}]}')
+    assert not facts.skim(b'{"choices": [], "usage": {"prompt_tokens": 3}}')
+    assert not facts.skim(b"[DONE]")
+    assert facts.events == 3
+
+
+def test_unread_until_stops_before_anything_worth_reading() -> None:
+    facts = StreamFacts("chat")
+    plain = b'data: {"choices": [{"delta": {"content": "a"}, "finish_reason": null}]}\n\n'
+    finish = b'data: {"choices": [{"delta": {}, "finish_reason": "length"}]}\n\n'
+    assert facts.unread_until(plain * 3, 0) == 0  # the stream's first event is always read
+    facts.count(1)
+    assert facts.unread_until(plain * 3, len(plain)) == 3 * len(plain)
+    assert facts.unread_until(plain * 2 + finish, 0) == 2 * len(plain) + finish.index(b'"finish_reason"')
+    assert facts.unread_until(plain + b"data: [DONE]\n\n", 0) == len(plain) + len(b"data: ")
+    gemini = StreamFacts("gemini")  # every Gemini chunk carries running usage: all are read
+    gemini.count(1)
+    assert gemini.unread_until(plain, 0) == 0
