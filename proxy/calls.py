@@ -5,9 +5,8 @@ from __future__ import annotations
 import functools
 import time
 import zlib
-from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from proxy.config import Price, Provider
 from proxy.pricing import Cost, find_price, price_call
@@ -18,8 +17,7 @@ from proxy.usage import Api, ResponseFacts, StreamFacts, Usage, estimate_usage, 
 _NO_USAGE = Usage(0, 0, 0)
 
 
-@dataclass(frozen=True, slots=True)
-class Bill:
+class Bill(NamedTuple):
     usage: Usage
     source: UsageSource
     price: Price | None  # the model's price as configured; None: unpriced

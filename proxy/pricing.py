@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from decimal import Decimal
+from typing import NamedTuple
 
 from proxy.config import Price, Provider
 from proxy.usage import Usage
@@ -14,8 +14,7 @@ _PER_TOKENS = Decimal(1_000_000)
 _DATE_SUFFIX = re.compile(r"-(?:\d{4}-\d{2}-\d{2}|\d{8}|\d{4})$")
 
 
-@dataclass(frozen=True, slots=True)
-class Cost:
+class Cost(NamedTuple):
     input_cost: float
     output_cost: float
     total_cost: float

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import orjson
 
@@ -28,8 +28,10 @@ _WORTH_READING: dict[Api, re.Pattern[bytes]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
-class Usage:
+class Usage(NamedTuple):
+    """A call's token counts. Usage, Cost and Bill are built for every call: NamedTuples, which are
+    built about four times quicker than frozen dataclasses."""
+
     input_tokens: int
     output_tokens: int
     total_tokens: int
