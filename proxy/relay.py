@@ -64,17 +64,22 @@ class _StreamEdit:
     def take(self, chunk: bytes) -> bytes:
         """What the client may have now, `chunk` taken in: events with nothing to note are counted
         and pass as they came; the others are read one by one."""
-        if self.held:
-            return self.scan(chunk)
         scanner, facts = self.scanner, self.facts
-        if (data := scanner.take_event(chunk)) is not None:  # one event per read: a slow stream
+        out: list[bytes] = []
+        position = 0
+        if self.held:  # first the rest of the event an earlier read left unfinished
+            end = chunk.find(b"\n\n")
+            position = end + 2 if end >= 0 else len(chunk)
+            out.append(self.scan(chunk[:position]))
+        elif (data := scanner.take_event(chunk)) is not None:  # one event per read: a slow stream
             if facts.skim(data):
                 self.held_at = scanner.boundary
                 return chunk
             return self._release(chunk, [SSEEvent(None, data, self.held_at, scanner.boundary)])
-        out: list[bytes] = []
-        position = 0
         while position < len(chunk):
+            if self.held:  # an event is still unfinished (not LF-framed): the scanner takes the rest
+                out.append(self.scan(chunk[position:]))
+                break
             # A run of events with nothing to note (most of a read) is counted, not cut out.
             unread = facts.unread_until(chunk, position)
             cut = chunk.rfind(b"\n\n", position, unread) + 2
@@ -85,14 +90,10 @@ class _StreamEdit:
                 position = cut
                 continue
             # The next event is read (the first, one worth reading, or one of another shape).
-            cut = chunk.find(b"\n\n", position) + 2
-            if cut < 2:
-                cut = len(chunk)
+            end = chunk.find(b"\n\n", position)
+            cut = end + 2 if end >= 0 else len(chunk)
             out.append(self.scan(chunk[position:cut]))
             position = cut
-            if self.held and position < len(chunk):  # an event left unfinished: the rest goes to the scanner
-                out.append(self.scan(chunk[position:]))
-                break
         return out[0] if len(out) == 1 else b"".join(out)
 
     def scan(self, piece: bytes) -> bytes:
