@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 from urllib.parse import urlsplit
 
 import yaml
@@ -39,6 +40,17 @@ class Secret:
         return self._value
 
 
+class WholePrices(NamedTuple):
+    """A Price's four prices as whole numbers of 1/`per` of a currency unit per token (`per` is 1M
+    times a power of ten), so that a call is priced exactly in integers."""
+
+    per: int
+    input: int
+    output: int
+    cached_input: int
+    cache_write: int
+
+
 @dataclass(frozen=True)
 class Price:
     """Prices per 1M tokens, in the provider's currency."""
@@ -49,6 +61,13 @@ class Price:
     cache_write: Decimal
     above_input_tokens: int | None = None  # set on a tier: it prices calls with more input tokens
     tiers: tuple[Price, ...] = ()  # by above_input_tokens, ascending
+
+    @functools.cached_property
+    def whole(self) -> WholePrices:
+        prices = (self.input, self.output, self.cached_input, self.cache_write)
+        exponent = min(int(price.as_tuple().exponent) for price in prices)
+        scale = 10 ** max(-exponent, 0)
+        return WholePrices(1_000_000 * scale, *(int(price * scale) for price in prices))
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,7 @@
-from decimal import Decimal
+from decimal import Decimal, localcontext
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.config import Price, Provider
 from proxy.pricing import find_price, price_call
@@ -65,3 +68,35 @@ def test_a_call_above_a_tier_threshold_is_priced_wholly_at_that_tier() -> None:
     above = price_call(Usage(200_001, 1000, 201_001, cached_tokens=100_000), price)
     # 100001 * 2.50 + 100000 * 0.625 + 1000 * 15 per 1M = 250002.5 + 62500 + 15000
     assert (above.total_cost, above.applied) == (0.3275025, tier)
+
+
+def _decimal_cost(usage: Usage, price: Price) -> tuple[float, float, float]:
+    """The cost formula in Decimal with room for every digit, rounded to float once."""
+    with localcontext() as context:
+        context.prec = 60
+        uncached = max(usage.input_tokens - usage.cached_tokens - usage.cache_write_tokens, 0)
+        input_cost = (
+            uncached * price.input + usage.cached_tokens * price.cached_input
+            + usage.cache_write_tokens * price.cache_write
+        ) / 1_000_000  # fmt: skip
+        output_cost = usage.output_tokens * price.output / 1_000_000
+        return float(input_cost), float(output_cost), float(input_cost + output_cost)
+
+
+def _prices() -> st.SearchStrategy[Decimal]:
+    """Prices per 1M tokens with 0 to 6 decimals."""
+    return st.builds(
+        lambda units, places: Decimal(units).scaleb(-places), st.integers(0, 10**11), st.integers(0, 6)
+    )
+
+
+@settings(max_examples=500)
+@given(st.tuples(_prices(), _prices(), _prices(), _prices()), st.tuples(*[st.integers(0, 10**10)] * 4))
+def test_pricing_in_whole_numbers_gives_the_decimal_formula_to_the_last_bit(
+    prices: tuple[Decimal, Decimal, Decimal, Decimal], tokens: tuple[int, int, int, int]
+) -> None:
+    price = Price(*prices)
+    prompt, output, cached, written = tokens
+    usage = Usage(prompt, output, prompt + output, cached_tokens=cached, cache_write_tokens=written)
+    cost = price_call(usage, price)
+    assert (cost.input_cost, cost.output_cost, cost.total_cost) == _decimal_cost(usage, price)
