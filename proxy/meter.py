@@ -20,7 +20,7 @@ from starlette.types import Message, Receive, Scope, Send
 from proxy.auth import Gate, client_token, key_id
 from proxy.calls import Call
 from proxy.config import Config, Provider
-from proxy.deadlines import Deadlines
+from proxy.deadlines import Deadlines, Later
 from proxy.errors import error_body
 from proxy.records import RecordWriter
 from proxy.relay import head, relay_body, relay_stream, relay_whole_body
@@ -78,6 +78,7 @@ class Meter:
         # At most server.upstream_pool_size calls are with providers at once (issue 6, case 18).
         self._slots = asyncio.Semaphore(config.upstream_pool_size)
         self._body_deadlines = Deadlines(config.body_timeout)
+        self._watches: Later[_DisconnectWatch] = Later(_WATCH_AFTER, _DisconnectWatch.start)
         # With no record to write and no cost to put in the answer, nothing reads a call's usage:
         # answers pass through unread, and streams are not asked for a usage chunk.
         self._metering = config.cost_tracking or config.cost_in_response
@@ -145,7 +146,7 @@ class Meter:
         call.task_type = _text(header.get(b"x-task-type"))
         query = scope.get("query_string")
         url = f"{base}/{target.rest}" + (f"?{query.decode('latin-1')}" if query else "")
-        watch = _DisconnectWatch(call, receive, task)
+        watch = _DisconnectWatch(call, receive, task, self._watches)
         last: list[Message] = []
         holding = False
         try:
@@ -158,9 +159,7 @@ class Meter:
                 call.error, call.status = "pool_timeout", 503
                 last = _error(503, "pool_timeout", self._overloaded, call.proxy_id)
         except asyncio.CancelledError:
-            if watch.task is None:
-                raise
-            watch.task.uncancel()
+            task.uncancel()
             if not call.gone:
                 # The server is stopping and server.drain_seconds is over: uvicorn cancels what still
                 # runs. The call is recorded as cut; one not answered yet gets a 503 to retry elsewhere.
@@ -338,30 +337,33 @@ class _DisconnectWatch:
 
     ASGI tells of a disconnect only through receive(), which needs a task of its own to wait on. That
     task cost a third of the proxy's own CPU per call (docs/performance.md), so it starts only once a
-    call has lasted _WATCH_AFTER: a quick call never needs it, and a slow one, where a client may give
-    up, is watched from then on.
+    call has lasted _WATCH_AFTER (at most a quarter more; one timer for all calls, `Later`): a quick
+    call never needs it, and a slow one, where a client may give up, is watched from then on.
     """
 
-    __slots__ = ("call", "receive", "task", "_timer", "_watcher")
+    __slots__ = ("call", "receive", "task", "_later", "_watcher")
 
-    def __init__(self, call: Call, receive: Receive, task: asyncio.Task[Any] | None) -> None:
+    def __init__(
+        self, call: Call, receive: Receive, task: asyncio.Task[Any], later: Later[_DisconnectWatch]
+    ) -> None:
         self.call = call
         self.receive = receive
         self.task = task
+        self._later = later
         self._watcher: asyncio.Future[Message] | None = None
-        self._timer = asyncio.get_running_loop().call_later(_WATCH_AFTER, self._start)
+        later.add(self, task.get_loop())
 
-    def _start(self) -> None:
+    def start(self) -> None:
         self._watcher = asyncio.ensure_future(self.receive())
         self._watcher.add_done_callback(self._left)
 
     def _left(self, _: asyncio.Future[Message]) -> None:
-        if not self.call.finished and self.task is not None:
+        if not self.call.finished:
             self.call.gone = True
             self.task.cancel()
 
     def stop(self) -> None:
-        self._timer.cancel()
+        self._later.discard(self)
         if self._watcher is not None:
             self._watcher.cancel()
 

@@ -48,7 +48,7 @@ def test_tasks_that_leave_in_time_are_not_cancelled_and_the_timer_stops() -> Non
 
     deadlines = asyncio.run(run())
 
-    assert deadlines._timer is None
+    assert not deadlines.ticking
 
 
 def test_many_tasks_only_the_late_ones_time_out() -> None:
