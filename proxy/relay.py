@@ -27,22 +27,21 @@ async def relay_stream(
     """Forward an SSE stream event by event, scanning it; drop the usage chunk we asked for, and
     put the cost comment before [DONE] (or at the end)."""
     stream = _StreamEdit(call, strip, cost_in_response)
-    line_ended = True  # the bytes sent so far end a line: a comment may follow directly
+    sent = b""  # the last bytes sent: a comment may follow them directly if they end a line
     while True:
         chunk = await response.read()
         if call.ttfb is None:
             call.ttfb = time.perf_counter()
         if not chunk:
             out = stream.scan(b"")
-            if out:
-                line_ended = out[-1:] in (b"\n", b"\r")
             if not stream.cost_noted:
+                line_ended = (out or sent)[-1:] in (b"", b"\n", b"\r")
                 out += (b"" if line_ended else b"\n") + cost_comment(call)
             call.finished = True
             return [{"type": "http.response.body", "body": out}]
         out = stream.take(chunk)
         if out:
-            line_ended = out[-1:] in (b"\n", b"\r")
+            sent = out
             await send({"type": "http.response.body", "body": out, "more_body": True})
 
 

@@ -235,6 +235,20 @@ def test_a_stream_cut_off_is_estimated_from_every_event_it_delivered_whatever_th
     assert (record["input_tokens"], record["output_tokens"]) == (prompt, events)
 
 
+def test_a_stream_that_ends_inside_a_line_gets_its_cost_comment_on_a_line_of_its_own() -> None:
+    usage = b'"input_tokens": 0, "output_tokens": 0}\n\n'
+    comment = b': meterproxy-cost {"total_cost": null, "currency": "USD", ' + usage
+    cut = chunk("a", b"\n") + b'data: {"id": "chatcmpl-x", "choices": []}'  # no newline, no [DONE]
+    ended = chunk("a", b"\n") + chunk("b", b"\n")
+    for pieces, expected in (
+        ([cut], cut + b"\n" + comment),
+        (split(cut, [len(cut) - 5]), cut + b"\n" + comment),
+        ([ended], ended + comment),
+        (split(ended, [len(ended) // 2]), ended + comment),
+    ):
+        assert through_the_meter(pieces, cost_in_response=True)[0] == expected, pieces
+
+
 def big_stream(nl: bytes) -> tuple[bytes, bytes]:
     """A stream with a 10 MB data line (and a line after it in the same event) between ordinary chunks."""
     big = b"data: " + json.dumps({"id": "x", "choices": [{"delta": {"content": "y" * BIG}}]}).encode()
