@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 
 from proxy.config import Price, Provider
 from proxy.pricing import Cost, find_price, price_call
-from proxy.records import CallError, CostRecord, PriceApplied, UsageSource
+from proxy.records import CallError, CostRecord, UsageSource
 from proxy.upstream import UpstreamResponse
 from proxy.usage import Api, ResponseFacts, StreamFacts, Usage, estimate_usage, facts_from_body
 
@@ -133,7 +133,7 @@ class Call:
             "session_id": self.session_id,
             "task_type": self.task_type,
             "provider_reported_cost": usage.provider_cost,
-            "price": price_applied(cost.applied) if cost is not None else None,
+            "price": cost.applied.record if cost is not None else None,
         }
 
 
@@ -146,19 +146,10 @@ def cost_of(price: Price | None, usage: Usage | None, refused: bool) -> Cost | N
     return price_call(_NO_USAGE, price) if refused else None
 
 
-def price_applied(price: Price) -> PriceApplied:
-    return {
-        "input": float(price.input),
-        "output": float(price.output),
-        "cached_input": float(price.cached_input),
-        "cache_write": float(price.cache_write),
-        "tier": price.above_input_tokens,
-    }
-
-
 def decimal_text(amount: float) -> str:
     """A cost as a plain decimal string, never in exponent form: 4.75e-05 -> "0.0000475"."""
-    return format(Decimal(repr(amount)), "f")
+    text = repr(amount)  # the shortest text that reads back as `amount`; exponent form below 1e-4, from 1e16
+    return format(Decimal(text), "f") if "e" in text else text
 
 
 @functools.lru_cache(maxsize=4)

@@ -13,6 +13,8 @@ from urllib.parse import urlsplit
 
 import yaml
 
+from proxy.records import PriceApplied
+
 DEFAULT_RECORD_FILE = "logs/cost-tracking.jsonl"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _PROVIDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -68,6 +70,17 @@ class Price:
         exponent = min(int(price.as_tuple().exponent) for price in prices)
         scale = 10 ** max(-exponent, 0)
         return WholePrices(1_000_000 * scale, *(int(price * scale) for price in prices))
+
+    @functools.cached_property
+    def record(self) -> PriceApplied:
+        """These prices as a record's `price` field; one dict per price, shared by its records (read-only)."""
+        return {
+            "input": float(self.input),
+            "output": float(self.output),
+            "cached_input": float(self.cached_input),
+            "cache_write": float(self.cache_write),
+            "tier": self.above_input_tokens,
+        }
 
 
 @dataclass(frozen=True)

@@ -156,7 +156,7 @@ class RecordWriter:
                 os.write(self._fd, b"\n")
 
     def append(self, record: CostRecord) -> None:
-        line = orjson.dumps(record) + b"\n"
+        line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
         if self._fd is None:
             self.open()
         if self._fd is not None:

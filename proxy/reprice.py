@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from proxy.calls import cost_of, price_applied
+from proxy.calls import cost_of
 from proxy.config import Config, ConfigError, load_config
 from proxy.pricing import find_price
 from proxy.usage import Usage
@@ -41,7 +41,7 @@ def reprice(record: dict[str, Any], config: Config) -> bool:
     record["output_cost"] = cost.output_cost if cost is not None else None
     record["total_cost"] = cost.total_cost if cost is not None else None
     record["priced"] = price is not None
-    record["price"] = price_applied(cost.applied) if cost is not None else None
+    record["price"] = cost.applied.record if cost is not None else None
     if provider is not None:
         record["currency"] = provider.currency
     return price is not None
