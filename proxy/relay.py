@@ -71,10 +71,8 @@ class _StreamEdit:
             position = end + 2 if end >= 0 else len(chunk)
             out.append(self.scan(chunk[:position]))
         elif (data := scanner.take_event(chunk)) is not None:  # one event per read: a slow stream
-            if facts.skim(data):
-                self.held_at = scanner.boundary
-                return chunk
-            return self._release(chunk, [SSEEvent(None, data, self.held_at, scanner.boundary)])
+            self.held_at = scanner.boundary
+            return chunk if facts.skim(data) else self._edited(chunk, data)
         while position < len(chunk):
             if self.held:  # an event is still unfinished (not LF-framed): the scanner takes the rest
                 out.append(self.scan(chunk[position:]))
@@ -91,7 +89,11 @@ class _StreamEdit:
             # The next event is read (the first, one worth reading, or one of another shape).
             end = chunk.find(b"\n\n", position)
             cut = end + 2 if end >= 0 else len(chunk)
-            out.append(self.scan(chunk[position:cut]))
+            if end >= 0 and scanner.take_events(chunk, position, cut):  # one `data: ` line, as usual
+                self.held_at = scanner.boundary
+                out.append(self._edited(chunk[position:cut], chunk[position + 6 : end]))
+            else:
+                out.append(self.scan(chunk[position:cut]))
             position = cut
         return out[0] if len(out) == 1 else b"".join(out)
 
@@ -99,6 +101,20 @@ class _StreamEdit:
         """Read the events `piece` completes (b"": the stream ended); return what the client may have."""
         scanner = self.scanner
         return self._release(piece, scanner.feed(piece) if piece else scanner.finish())
+
+    def _edited(self, event: bytes, data: bytes) -> bytes:
+        """A whole event the scanner has taken whole, observed: as it came, dropped, or after the cost
+        comment (the edits _release makes, for the one event without its bookkeeping)."""
+        if self.facts.observe(data) and self.strip:
+            return b""
+        return cost_comment(self.call) + event if self._notes_cost(data) else event
+
+    def _notes_cost(self, data: bytes) -> bool:
+        """Whether the cost comment goes before this event: the stream's [DONE], if none went yet."""
+        if data != b"[DONE]" or self.cost_noted:
+            return False
+        self.cost_noted = True
+        return True
 
     def _release(self, piece: bytes, events: list[SSEEvent]) -> bytes:
         held = self.held + piece if self.held else piece
@@ -108,9 +124,8 @@ class _StreamEdit:
         for event in events:
             if self.facts.observe(event.data) and self.strip:
                 edits.append((event.start, event.end, b""))  # the usage-only chunk the client did not ask for
-            elif event.data == b"[DONE]" and not self.cost_noted:
+            elif self._notes_cost(event.data):
                 edits.append((event.start, event.start, cost_comment(self.call)))
-                self.cost_noted = True
         if release - held_at == len(held):  # the usual case: every byte so far belongs to a whole event
             out, self.held = held, b""
         else:
