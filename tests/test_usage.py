@@ -1,7 +1,20 @@
 from pathlib import Path
+from typing import Any
+
+import orjson
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from proxy.sse import SSEScanner
-from proxy.usage import StreamFacts, Usage, estimate_usage, facts_from_body, usage_from_openai
+from proxy.usage import (
+    ResponseFacts,
+    StreamFacts,
+    Usage,
+    chat_message,
+    estimate_usage,
+    facts_from_body,
+    usage_from_openai,
+)
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -181,3 +194,100 @@ def test_unread_until_stops_before_anything_worth_reading() -> None:
     gemini = StreamFacts("gemini")  # every Gemini chunk carries running usage: all are read
     gemini.count(1)
     assert gemini.unread_until(plain, 0) == 0
+
+
+# The chat shape is read typed (msgspec) when it fits and as a dict by absorb() when it does not; the
+# two must agree on every message. Messages come in two kinds: fitting (every field read has its type,
+# so the typed path reads them) and anything (values of every JSON type in every field read).
+_ANY = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-5, max_value=2**63 - 1),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=3),
+    st.just([]),
+    st.just({}),
+)
+
+
+def _maybe(fields: dict[str, st.SearchStrategy[Any]]) -> st.SearchStrategy[dict[str, Any]]:
+    return st.fixed_dictionaries({}, optional=fields)
+
+
+def _chat_messages(fitting: bool) -> st.SearchStrategy[dict[str, Any]]:
+    def field(good: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+        # fitting: null now and then (absent fields are left out by _maybe)
+        return st.one_of(good, good, good, st.none()) if fitting else st.one_of(good, _ANY)
+
+    count = field(st.integers(min_value=0, max_value=1000))
+    usage = _maybe(
+        {
+            "prompt_tokens": count,
+            "completion_tokens": count,
+            "total_tokens": count,
+            "prompt_tokens_details": field(_maybe({"cached_tokens": count, "cache_write_tokens": count})),
+            "completion_tokens_details": field(_maybe({"reasoning_tokens": count})),
+            "prompt_cache_hit_tokens": count,
+            "cached_tokens": count,
+            "cost": field(st.one_of(st.floats(min_value=0, max_value=10), st.integers(0, 10))),
+            "other": _ANY,
+        }
+    )
+    choice = _maybe({"finish_reason": field(st.sampled_from(["stop", "length"])), "usage": field(usage)})
+    if not fitting:
+        choice = st.one_of(choice, _ANY)
+    return _maybe(
+        {
+            "id": field(st.text(max_size=5)),
+            "model": field(st.text(max_size=5)),
+            "choices": field(st.lists(choice, max_size=3)),
+            "usage": field(usage),
+            "object": _ANY,
+        }
+    )
+
+
+_FITTING = _chat_messages(fitting=True)
+_MESSAGE = st.one_of(_FITTING, _chat_messages(fitting=False))
+
+
+def _read_as_dict(message: dict[str, Any]) -> tuple[Any, ...]:
+    facts = ResponseFacts("chat")
+    facts.absorb(message)
+    return facts.response_id, facts.model, facts.finish_reason, facts.usage
+
+
+@settings(max_examples=500, deadline=None)
+@given(_MESSAGE)
+def test_a_chat_body_read_typed_gives_what_reading_it_as_a_dict_gives(message: dict[str, Any]) -> None:
+    facts = facts_from_body(orjson.dumps(message), "chat")
+    assert facts is not None
+    assert (facts.response_id, facts.model, facts.finish_reason, facts.usage) == _read_as_dict(message)
+
+
+@settings(max_examples=500, deadline=None)
+@given(_MESSAGE)
+def test_a_chat_event_read_typed_gives_what_reading_it_as_a_dict_gives(message: dict[str, Any]) -> None:
+    facts = StreamFacts("chat")
+    usage_only = facts.observe(orjson.dumps(message))
+    assert usage_only == (message.get("choices") == [] and isinstance(message.get("usage"), dict))
+    assert (facts.response_id, facts.model, facts.finish_reason, facts.usage) == _read_as_dict(message)
+    assert (facts.events, facts.malformed) == (1, 0)
+
+
+@given(_FITTING)
+def test_fitting_chat_messages_are_read_typed(message: dict[str, Any]) -> None:
+    assert chat_message(orjson.dumps(message)) is not None
+
+
+def test_the_usual_chat_shapes_are_read_typed() -> None:
+    body = (FIXTURES / "openai_chat.json").read_bytes()
+    usage_chunk = b'{"id":"c","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":24}}'
+    assert chat_message(body) is not None and chat_message(usage_chunk) is not None
+    assert chat_message(b'{"usage": {"prompt_tokens": -1}}') is None  # left to absorb(), which reads 0
+
+
+def test_a_chat_body_with_bad_utf8_outside_the_fields_read_is_still_metered() -> None:
+    body = b'{"choices":[{"message":{"content":"\xff"},"finish_reason":"stop"}],"usage":{"prompt_tokens":3}}'
+    facts = facts_from_body(body, "chat")
+    assert facts is not None and facts.usage == Usage(3, 0, 3) and facts.finish_reason == "stop"
