@@ -22,6 +22,8 @@ def test_decimal_text_examples() -> None:
     assert decimal_text(0.0) == "0.0"
     assert decimal_text(12.5) == "12.5"
     assert decimal_text(1e16) == "10000000000000000"
+    assert decimal_text(1.8e-06) == "0.0000018"
+    assert decimal_text(5e-324) == "0." + "0" * 323 + "5"
 
 
 def test_iso_time_has_microseconds_and_carries_a_rounded_up_second() -> None:
