@@ -322,7 +322,7 @@ def describe_machine(repo: Path, litellm_venv: Path | None) -> dict[str, object]
     meminfo = Path("/proc/meminfo").read_text().splitlines()
     mem_kb = next((int(line.split()[1]) for line in meminfo if line.startswith("MemTotal:")), 0)
     cores = os.cpu_count() or 1
-    ours = ("aiohttp", "uvicorn", "uvloop", "httptools", "starlette", "orjson")
+    ours = ("aiohttp", "uvicorn", "uvloop", "httptools", "starlette", "orjson", "msgspec")
     packages = {name: package_version(sys.executable, name) for name in ours}
     packages["nginx"] = _output(["nginx", "-v"]).rsplit("/", 1)[-1] or None
     packages["wrk"] = " ".join(_output(["wrk", "-v"]).split()[1:2]) or None
