@@ -64,14 +64,15 @@ class SSEScanner:
         """How many events `chunk[start:end]` holds if it is whole one-line `data: ` events and nothing
         else (LF line endings) and no line or event is pending: they are taken as feed() would take
         them, without being cut out. Else 0, and nothing is taken."""
-        blocks = chunk.count(b"\n\n", start, end)
-        # Every LF is half of a "\n\n", and every "\n\n" but the last starts the next "data: " line.
+        # The run starts a "data: " line and ends in "\n\n"; between, each "\n\ndata: " ends an event and
+        # starts the next. Those k separators and the final "\n\n" are 2k + 2 LFs, none shared (a
+        # separator is followed by "data: ", the end by nothing): if that is every LF in the run, every
+        # event is one line, and there are k + 1 of them.
+        blocks = chunk.count(b"\n\ndata: ", start, end) + 1
         if (
-            blocks
-            and chunk.startswith(b"data: ", start)
+            chunk.startswith(b"data: ", start)
             and chunk.endswith(b"\n\n", start, end)
             and chunk.count(b"\n", start, end) == 2 * blocks
-            and chunk.count(b"\n\ndata: ", start, end) == blocks - 1
             and chunk.find(b"\r", start, end) < 0
             and not self._within()
         ):
