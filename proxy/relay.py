@@ -103,18 +103,20 @@ class _StreamEdit:
         return self._release(piece, scanner.feed(piece) if piece else scanner.finish())
 
     def _edited(self, event: bytes, data: bytes) -> bytes:
-        """A whole event the scanner has taken whole, observed: as it came, dropped, or after the cost
-        comment (the edits _release makes, for the one event without its bookkeeping)."""
-        if self.facts.observe(data) and self.strip:
-            return b""
-        return cost_comment(self.call) + event if self._notes_cost(data) else event
+        """An event the scanner has taken whole (its bytes and its data), observed and edited: what
+        _release does for one event, without its bookkeeping."""
+        before = self._edit(data)
+        return b"" if before is None else before + event
 
-    def _notes_cost(self, data: bytes) -> bool:
-        """Whether the cost comment goes before this event: the stream's [DONE], if none went yet."""
+    def _edit(self, data: bytes) -> bytes | None:
+        """Observe an event's data; return what goes before the event (the cost comment before the
+        stream's [DONE], else nothing), or None to drop it (the usage chunk the client did not ask for)."""
+        if self.facts.observe(data) and self.strip:
+            return None
         if data != b"[DONE]" or self.cost_noted:
-            return False
+            return b""
         self.cost_noted = True
-        return True
+        return cost_comment(self.call)
 
     def _release(self, piece: bytes, events: list[SSEEvent]) -> bytes:
         held = self.held + piece if self.held else piece
@@ -122,10 +124,11 @@ class _StreamEdit:
         release = self.scanner.boundary if piece else held_at + len(held)
         edits: list[tuple[int, int, bytes]] = []
         for event in events:
-            if self.facts.observe(event.data) and self.strip:
-                edits.append((event.start, event.end, b""))  # the usage-only chunk the client did not ask for
-            elif self._notes_cost(event.data):
-                edits.append((event.start, event.start, cost_comment(self.call)))
+            before = self._edit(event.data)
+            if before is None:
+                edits.append((event.start, event.end, b""))
+            elif before:
+                edits.append((event.start, event.start, before))
         if release - held_at == len(held):  # the usual case: every byte so far belongs to a whole event
             out, self.held = held, b""
         else:
