@@ -72,7 +72,7 @@ class _StreamEdit:
             out.append(self.scan(chunk[:position]))
         elif (data := scanner.take_event(chunk)) is not None:  # one event per read: a slow stream
             self.held_at = scanner.boundary
-            return chunk if facts.skim(data) else self._edited(chunk, data)
+            return chunk if facts.skim(data) else self._edited(chunk, facts.read(data), data)
         while position < len(chunk):
             if self.held:  # an event is still unfinished (not LF-framed): the scanner takes the rest
                 out.append(self.scan(chunk[position:]))
@@ -91,7 +91,8 @@ class _StreamEdit:
             cut = end + 2 if end >= 0 else len(chunk)
             if end >= 0 and scanner.take_events(chunk, position, cut):  # one `data: ` line, as usual
                 self.held_at = scanner.boundary
-                out.append(self._edited(chunk[position:cut], chunk[position + 6 : end]))
+                data = chunk[position + 6 : end]
+                out.append(self._edited(chunk[position:cut], facts.observe(data), data))
             else:
                 out.append(self.scan(chunk[position:cut]))
             position = cut
@@ -102,16 +103,16 @@ class _StreamEdit:
         scanner = self.scanner
         return self._release(piece, scanner.feed(piece) if piece else scanner.finish())
 
-    def _edited(self, event: bytes, data: bytes) -> bytes:
-        """An event the scanner has taken whole (its bytes and its data), observed and edited: what
+    def _edited(self, event: bytes, usage_only: bool, data: bytes) -> bytes:
+        """An observed event the scanner has taken whole (its bytes and its data), edited: what
         _release does for one event, without its bookkeeping."""
-        before = self._edit(data)
+        before = self._edit(usage_only, data)
         return b"" if before is None else before + event
 
-    def _edit(self, data: bytes) -> bytes | None:
-        """Observe an event's data; return what goes before the event (the cost comment before the
-        stream's [DONE], else nothing), or None to drop it (the usage chunk the client did not ask for)."""
-        if self.facts.observe(data) and self.strip:
+    def _edit(self, usage_only: bool, data: bytes) -> bytes | None:
+        """What goes before an observed event (the cost comment before the stream's [DONE], else
+        nothing), or None to drop it (the usage chunk the client did not ask for)."""
+        if usage_only and self.strip:
             return None
         if data != b"[DONE]" or self.cost_noted:
             return b""
@@ -124,7 +125,7 @@ class _StreamEdit:
         release = self.scanner.boundary if piece else held_at + len(held)
         edits: list[tuple[int, int, bytes]] = []
         for event in events:
-            before = self._edit(event.data)
+            before = self._edit(self.facts.observe(event.data), event.data)
             if before is None:
                 edits.append((event.start, event.end, b""))
             elif before:

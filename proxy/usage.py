@@ -317,8 +317,10 @@ class StreamFacts(ResponseFacts):
 
     def observe(self, data: bytes) -> bool:
         """Take one event's data; return True when it is a usage-only chat chunk (no choices)."""
-        if self.skim(data):
-            return False
+        return False if self.skim(data) else self.read(data)
+
+    def read(self, data: bytes) -> bool:
+        """observe() for an event skim() has already left to be read."""
         if data == b"[DONE]":
             self.done = True
             return False
