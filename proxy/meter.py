@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 from starlette.types import Message, Receive, Scope, Send
 
+from proxy import sse
 from proxy.auth import Gate, client_token, key_id
 from proxy.calls import Call
 from proxy.config import Config, Provider
@@ -204,6 +205,12 @@ class Meter:
         bill = call.settle()
         if isinstance(bill.facts, StreamFacts) and bill.facts.malformed:
             log.warning("%d malformed data lines in the stream of %s", bill.facts.malformed, call.proxy_id)
+        if isinstance(bill.facts, StreamFacts) and bill.facts.unread:
+            log.warning(
+                "the stream of %s had %d events with a line over %d MiB, passed on unread: usage they "
+                "carried is not in its record",
+                *(call.proxy_id, bill.facts.unread, sse.MAX_LINE >> 20),
+            )
         model = call.model
         if (
             bill.price is None

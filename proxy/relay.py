@@ -49,7 +49,7 @@ class _StreamEdit:
     """A stream's reads in, the bytes the client may have now out: every event read or counted, the
     usage chunk we asked for dropped, the cost comment put before [DONE]."""
 
-    __slots__ = ("call", "strip", "cost_noted", "scanner", "facts", "held", "held_at")
+    __slots__ = ("call", "strip", "cost_noted", "scanner", "facts", "held", "held_more", "held_at")
 
     def __init__(self, call: Call, strip: bool, cost_in_response: bool) -> None:
         self.call = call
@@ -58,6 +58,7 @@ class _StreamEdit:
         self.scanner = SSEScanner()
         self.facts = call.facts = StreamFacts(call.api or "chat")
         self.held = b""  # bytes of an event not yet whole: kept until we know what to do with it
+        self.held_more: list[bytes] = []  # later reads of a long event, joined to `held` once it ends
         self.held_at = 0  # the stream offset of held[0]
 
     def take(self, chunk: bytes) -> bytes:
@@ -101,7 +102,9 @@ class _StreamEdit:
     def scan(self, piece: bytes) -> bytes:
         """Read the events `piece` completes (b"": the stream ended); return what the client may have."""
         scanner = self.scanner
-        return self._release(piece, scanner.feed(piece) if piece else scanner.finish())
+        events = scanner.feed(piece) if piece else scanner.finish()
+        self.facts.unread = scanner.oversized
+        return self._release(piece, events)
 
     def _edited(self, event: bytes, usage_only: bool, data: bytes) -> bytes:
         """An observed event the scanner has taken whole (its bytes and its data), edited: what
@@ -120,7 +123,14 @@ class _StreamEdit:
         return cost_comment(self.call)
 
     def _release(self, piece: bytes, events: list[SSEEvent]) -> bytes:
-        held = self.held + piece if self.held else piece
+        if self.held and piece and not events and self.scanner.boundary == self.held_at:
+            self.held_more.append(piece)  # still inside one event: nothing to release, nothing to join
+            return b""
+        if self.held_more:
+            held = b"".join([self.held, *self.held_more, piece])
+            self.held_more = []
+        else:
+            held = self.held + piece if self.held else piece
         held_at = self.held_at
         release = self.scanner.boundary if piece else held_at + len(held)
         edits: list[tuple[int, int, bytes]] = []

@@ -11,7 +11,9 @@ import re
 from typing import NamedTuple
 
 _EOL = re.compile(rb"\r\n|\r|\n")
-MAX_LINE = 1 << 20
+# The longest line read: a Responses API `response.completed` carries the whole output, images in
+# base64 included, and its usage with it. Longer lines pass on unread, however the reads cut them.
+MAX_LINE = 16 << 20
 
 
 class SSEEvent(NamedTuple):
@@ -27,11 +29,14 @@ class SSEScanner:
     `boundary` is the absolute offset up to which every byte belongs to a finished block (an event,
     a comment, or a line too long to scan): bytes before it can be released to a client without
     waiting for anything more. A line longer than MAX_LINE is not kept (the buffer stays bounded);
-    the event it belongs to is not reported and is counted in `oversized`.
+    the event it belongs to is not reported and is counted in `oversized`, whether the line came in
+    one read or many. A line that comes in many reads is joined once, when its end arrives.
     """
 
     def __init__(self) -> None:
-        self._buf = b""
+        self._buf = b""  # the unfinished line (or a CR that may be the first half of CRLF)
+        self._more: list[bytes] = []  # later pieces of a long unfinished line, none with a CR or LF
+        self._more_size = 0
         self._offset = 0
         self._data: list[bytes] = []
         self._event: bytes | None = None
@@ -51,6 +56,7 @@ class SSEScanner:
         else None, and nothing is taken."""
         if (
             chunk.startswith(b"data: ")
+            and len(chunk) <= MAX_LINE + 2
             and chunk.find(b"\n") == len(chunk) - 2
             and chunk.endswith(b"\n\n")
             and b"\r" not in chunk
@@ -71,6 +77,7 @@ class SSEScanner:
         blocks = chunk.count(b"\n\ndata: ", start, end) + 1
         if (
             chunk.startswith(b"data: ", start)
+            and end - start <= MAX_LINE + 2
             and chunk.endswith(b"\n\n", start, end)
             and chunk.count(b"\n", start, end) == 2 * blocks
             and chunk.find(b"\r", start, end) < 0
@@ -90,7 +97,18 @@ class SSEScanner:
             chunk = self._whole_events(chunk, events)  # the common case, without a regex per line
             if not chunk:
                 return events
-        buf = self._buf + chunk if self._buf else chunk
+        if self._buf and b"\n" not in chunk and b"\r" not in chunk and self._buf[-1] != 13:
+            # More of a long line: kept, not joined or searched again until its end comes.
+            self._more.append(chunk)
+            self._more_size += len(chunk)
+            if len(self._buf) + self._more_size > MAX_LINE:
+                self._skip(self._offset + len(self._buf) + self._more_size)
+            return events
+        if self._more:
+            buf = b"".join([self._buf, *self._more, chunk])
+            self._more, self._more_size = [], 0
+        else:
+            buf = self._buf + chunk if self._buf else chunk
         base = self._offset
         pos = 0
         end = len(buf)
@@ -100,22 +118,32 @@ class SSEScanner:
                 break  # no whole line left, or a trailing CR that may be the first half of CRLF
             if self._skip_line:
                 self._skip_line = False
+            elif match.start() - pos > MAX_LINE:
+                self.oversized += 1
+                self._skip_event = True
+                self._data = []
             else:
                 self._line(buf[pos : match.start()], base + match.end(), events)
             pos = match.end()
-        rest = end - pos
-        if self._skip_line or rest > MAX_LINE:
-            if not self._skip_line:
-                self.oversized += 1
-            self._skip_line = self._skip_event = True
-            self._data = []
-            self._buf = b""
-            self._offset = base + end
-            self.boundary = self._offset
+        # A trailing CR ends the line before it: it stays, so that an LF after it is taken as CRLF.
+        cr = 0 if match is None else 1
+        if self._skip_line or end - pos - cr > MAX_LINE:
+            self._skip(base + end - cr)
+            self._buf = buf[end - cr :]  # the CR, if any, ends the skipped line when it is read again
         else:
             self._buf = buf[pos:]
             self._offset = base + pos
         return events
+
+    def _skip(self, offset: int) -> None:
+        """Skip the rest of the unfinished line, too long to keep, up to `offset`, and its event."""
+        if not self._skip_line:
+            self.oversized += 1
+        self._skip_line = self._skip_event = True
+        self._data = []
+        self._buf = b""
+        self._more, self._more_size = [], 0
+        self._offset = self.boundary = offset
 
     def _whole_events(self, chunk: bytes, events: list[SSEEvent]) -> bytes:
         """Take the LF-framed events a chunk holds whole, when no line is pending; return the rest."""
@@ -127,8 +155,8 @@ class SSEScanner:
                 pos += 1
                 start = base + pos
             cut = chunk.find(b"\n\n", pos)
-            if cut < 0:
-                break
+            if cut < 0 or cut - pos > MAX_LINE:
+                break  # the rest is not whole events, or has a line the line-by-line path may skip
             if chunk.startswith(b"data: ", pos) and chunk.find(b"\n", pos, cut) < 0:  # one data line
                 events.append(SSEEvent(None, chunk[pos + 6 : cut], start, base + cut + 2))
                 pos = cut + 2
@@ -155,6 +183,9 @@ class SSEScanner:
     def finish(self) -> list[SSEEvent]:
         """Dispatch what is left when the stream ends without a final blank line."""
         events: list[SSEEvent] = []
+        if self._more:
+            self._buf = b"".join([self._buf, *self._more])
+            self._more, self._more_size = [], 0
         stream_end = self._offset + len(self._buf)
         if self._buf and not self._skip_line:
             self._line(self._buf.rstrip(b"\r"), stream_end, events)

@@ -195,6 +195,7 @@ class ResponseFacts:
     usage: Usage | None = None
     events: int = 0
     malformed: int = 0
+    unread: int = 0  # events with a line too long to read (sse.MAX_LINE): passed on, not parsed
     done: bool = False
     _anthropic: dict[str, Any] = field(default_factory=dict)
 

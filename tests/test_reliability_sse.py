@@ -1,7 +1,7 @@
 """Issue 6, case 8, SSE chaos: however a stream is cut into reads, with CRLF, comments, a multi-byte
 character split across reads, `event: error` mid-stream or a 10 MB data line, the client gets the
 upstream's bytes (less the usage chunk the proxy asked for), the usage found is the same, and the
-scanner's buffer stays bounded.
+scanner's buffer stays bounded (a line over `sse.MAX_LINE` is passed on unread).
 
 Most of it drives the meter in-process with a fake upstream at its seam (the `Upstream` protocol), so
 that hypothesis can try hundreds of chunkings; one case runs the real proxy against the stub.
@@ -10,12 +10,15 @@ that hypothesis can try hundreds of chunkings; one case runs the real proxy agai
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+import logging
 import random
 import tracemalloc
 from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
+from unittest import mock
 
 from conftest import CLIENT_KEY, RunningProxy
 from hypothesis import HealthCheck, given, settings
@@ -23,16 +26,20 @@ from hypothesis import strategies as st
 from starlette.types import Message
 from upstream_stub import Stream, UpstreamStub
 
+from proxy import sse
+from proxy.calls import Call
 from proxy.config import Config, parse_config
 from proxy.meter import Meter
 from proxy.records import CostRecord
+from proxy.relay import _StreamEdit
 from proxy.routing import Routes
-from proxy.sse import MAX_LINE, SSEScanner
+from proxy.sse import SSEScanner
 from proxy.upstream import Headers, UpstreamError
 
 HELLO = [{"role": "user", "content": "Say hello"}]
 TEXT = 'aé你🙂 \n"\\'  # one, two, three and four UTF-8 bytes; JSON escapes
 BIG = 10 << 20
+LIMIT = 1 << 20  # sse.MAX_LINE, lowered where a test needs a line too long to read
 
 
 def config(cost_in_response: bool = False) -> Config:
@@ -280,7 +287,7 @@ def test_reads_that_end_around_an_oversized_line_lose_no_usage(data: st.DataObje
     """A read ends inside a line longer than the scanner keeps, the next at or near that line's end (the
     rest of its event must stay skipped), a later one inside the usage chunk; more cuts anywhere."""
     nl = data.draw(st.sampled_from([b"\n", b"\r\n"]))
-    oversized = b"data: " + json.dumps({"choices": [{"delta": {"content": "z" * (MAX_LINE + 100)}}]}).encode()
+    oversized = b"data: " + json.dumps({"choices": [{"delta": {"content": "z" * (LIMIT + 100)}}]}).encode()
     asked_for = usage_event(31, 7, nl)
     parts = [chunk("before", nl), oversized + nl + b"data: {}" + nl + nl, chunk("after", nl), asked_for]
     stream = b"".join([*parts, b"data: [DONE]" + nl + nl])
@@ -288,35 +295,105 @@ def test_reads_that_end_around_an_oversized_line_lose_no_usage(data: st.DataObje
     usage_at = stream.index(asked_for)
     cuts = [
         data.draw(
-            st.integers(line_start + MAX_LINE + 1, line_end - len(nl) - 1), label="inside the long line"
+            st.integers(line_start + LIMIT + 1, line_end - len(nl) - 1), label="inside the long line"
         ),
         data.draw(st.integers(line_end - 2, line_end + 2), label="near its end"),
         data.draw(st.integers(usage_at + 1, usage_at + len(asked_for) - 1), label="inside the usage chunk"),
         *data.draw(st.lists(st.integers(1, len(stream) - 1), max_size=5), label="anywhere"),
     ]
-    received, record = through_the_meter(split(stream, cuts))
+    with mock.patch.object(sse, "MAX_LINE", LIMIT):
+        received, record = through_the_meter(split(stream, cuts))
 
     assert received == stream.replace(asked_for, b"")
     assert (record["input_tokens"], record["output_tokens"], record["usage_source"]) == (31, 7, "provider")
 
 
-def test_the_scanner_keeps_no_more_than_one_line_of_a_10_mb_data_line() -> None:
+def test_the_scanner_keeps_no_more_than_one_line_of_a_10_mb_data_line_too_long_to_read() -> None:
     stream, _ = big_stream(b"\n")
     scanner = SSEScanner()
     fed = 0
     usage_seen = []
     tracemalloc.start()
     try:
-        for piece in random_pieces(stream, 99):
-            usage_seen += [event for event in scanner.feed(piece) if b'"usage"' in event.data]
-            fed += len(piece)
-            # Every byte before `boundary` may be released: what the scanner and its caller hold is less.
-            assert fed - scanner.boundary <= MAX_LINE + len(piece)
+        with mock.patch.object(sse, "MAX_LINE", LIMIT):
+            for piece in random_pieces(stream, 99):
+                usage_seen += [event for event in scanner.feed(piece) if b'"usage"' in event.data]
+                fed += len(piece)
+                # Every byte before `boundary` may be released: what the scanner and its caller hold is less.
+                assert fed - scanner.boundary <= LIMIT + len(piece)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert scanner.oversized == 1 and len(usage_seen) == 1
-    assert peak < 4 * MAX_LINE, f"the scanner held {peak} bytes at once"
+    assert peak < 4 * LIMIT, f"the scanner held {peak} bytes at once"
+
+
+def responses_stream(image_bytes: int) -> bytes:
+    """A Responses API stream whose `response.completed` carries a generated image (base64) and the usage."""
+    image = base64.b64encode(b"\x89PNG" + b"\x00" * image_bytes).decode()
+    response = {"id": "resp_1", "model": "gpt-image-x", "status": "in_progress", "usage": None}
+    created = {"type": "response.created", "response": response}
+    completed = {
+        "type": "response.completed",
+        "response": {
+            **response,
+            "status": "completed",
+            "output": [{"type": "image_generation_call", "result": image}],
+            "usage": {"input_tokens": 1000, "output_tokens": 4000, "total_tokens": 5000},
+        },
+    }
+    return b"".join(
+        b"event: " + event["type"].encode() + b"\ndata: " + json.dumps(event).encode() + b"\n\n"
+        for event in (created, completed)
+    )
+
+
+def image_call(pieces: list[bytes]) -> tuple[bytes, Call]:
+    """A streamed Responses call relayed from `pieces`: what the client got, and the call."""
+    text = json.dumps(
+        {
+            "providers": {
+                "openai": {
+                    "base_url": "http://upstream.invalid/v1",
+                    "models": {"gpt-image-x": {"pricing": {"input": 5, "output": 40}}},
+                }
+            }
+        }
+    )
+    provider = parse_config(text, {}).providers["openai"]
+    call = Call("id", 0.0, 0.0, provider, "gpt-image-x", "responses", True, "user", {})
+    call.status = 200
+    edit = _StreamEdit(call, strip=False, cost_in_response=False)
+    return b"".join(edit.take(piece) for piece in pieces) + edit.scan(b""), call
+
+
+def test_the_usage_in_a_10_mb_event_is_billed_however_the_reads_cut_it() -> None:
+    """An image's `response.completed` (10 MB of base64) in 16 KiB reads, as a TLS stream brings it:
+    its usage is read and priced as when it comes in one read."""
+    stream = responses_stream(7_500_000)
+    assert len(stream) > 10_000_000
+    received, call = image_call([stream[i : i + 16384] for i in range(0, len(stream), 16384)])
+    bill = call.settle()
+
+    assert received == stream and image_call([stream])[0] == stream
+    usage = bill.usage
+    assert (usage.input_tokens, usage.output_tokens, bill.source) == (1000, 4000, "provider")
+    assert bill.error is None
+    assert bill.cost is not None and bill.cost.total_cost == 1000 * 5 / 1e6 + 4000 * 40 / 1e6 == 0.165
+
+
+def test_an_event_too_long_to_read_is_passed_on_and_logged(caplog: Any) -> None:
+    stream, asked_for = big_stream(b"\n")
+    caplog.set_level(logging.WARNING, logger="meterproxy")
+    with mock.patch.object(sse, "MAX_LINE", LIMIT):
+        received, record = through_the_meter(list(random_pieces(stream, 5)))
+
+    assert received == stream.replace(asked_for, b"")
+    assert (record["input_tokens"], record["output_tokens"]) == (31, 7)
+    assert [r.getMessage() for r in caplog.records if "unread" in r.getMessage()] == [
+        f"the stream of {record['proxy_request_id']} had 1 events with a line over 1 MiB, passed on unread: "
+        "usage they carried is not in its record"
+    ]
 
 
 def test_a_chaotic_stream_through_the_real_proxy(proxy: RunningProxy, stub: UpstreamStub) -> None:

@@ -1,9 +1,13 @@
 from pathlib import Path
+from unittest import mock
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from proxy.sse import MAX_LINE, SSEEvent, SSEScanner
+from proxy import sse
+from proxy.sse import SSEEvent, SSEScanner
+
+LIMIT = 64  # sse.MAX_LINE, lowered where a test needs lines longer than the scanner reads
 
 FIXTURES = Path(__file__).parent / "fixtures"
 STREAM = (FIXTURES / "openai_chat_stream.sse").read_bytes()
@@ -87,15 +91,66 @@ def test_boundary_stays_before_an_unfinished_event() -> None:
 
 def test_an_oversized_line_is_not_kept_and_the_next_event_is_found() -> None:
     scanner = SSEScanner()
-    huge = b"data: " + b"x" * (MAX_LINE + 10)
+    huge = b"data: " + b"x" * (LIMIT + 10)
     events = []
-    for start in range(0, len(huge), 65536):
-        events += scanner.feed(huge[start : start + 65536])
-        assert len(scanner._buf) <= MAX_LINE + 65536
-    events += scanner.feed(b"\n\ndata: after\n\n")
+    with mock.patch.object(sse, "MAX_LINE", LIMIT):
+        for start in range(0, len(huge), 7):
+            events += scanner.feed(huge[start : start + 7])
+            assert len(scanner._buf) + scanner._more_size <= LIMIT + 7
+        events += scanner.feed(b"\n\ndata: after\n\n")
     assert [event.data for event in events] == [b"after"]
     assert scanner.oversized == 1
     assert scanner.boundary == len(huge) + 15
+
+
+def test_a_line_at_the_limit_is_read_however_it_is_cut() -> None:
+    line = b"data: " + b"x" * (LIMIT - 6)
+    stream = line + b"\n\n"
+    with mock.patch.object(sse, "MAX_LINE", LIMIT):
+        for size in (1, 5, len(line), len(stream)):
+            events = scan([stream[i : i + size] for i in range(0, len(stream), size)])
+            assert [event.data for event in events] == [line[6:]], size
+
+
+def test_a_cr_ending_a_read_after_an_oversized_line_still_ends_that_line_only() -> None:
+    """CR-only framing, a read ending right after the CR that closes a line too long to read: the next
+    read's CR is the blank line that ends the event, so the event after it is read."""
+    stream = b"data: " + b"x" * (LIMIT + 10) + b"\r" + b"\rdata: usage\r\rdata: [DONE]\r\r"
+    cut = LIMIT + 17
+    with mock.patch.object(sse, "MAX_LINE", LIMIT):
+        whole, split = scan([stream]), scan([stream[:cut], stream[cut:]])
+    assert [event.data for event in whole] == [event.data for event in split] == [b"usage", b"[DONE]"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(0, 2 * LIMIT), st.sampled_from([b"\n", b"\r\n", b"\r"])), min_size=1, max_size=6
+    ),
+    st.lists(st.integers(1, 2000), max_size=12),
+)
+def test_whether_a_long_line_is_read_does_not_depend_on_the_reads(
+    lines: list[tuple[int, bytes]], cuts: list[int]
+) -> None:
+    """Events of one data line each, some longer than the scanner reads: the same events are read, and
+    the same are counted as too long, whether the stream comes in one read or in any pieces."""
+    stream = b"".join(b"data: %d" % index + b"x" * size + nl + nl for index, (size, nl) in enumerate(lines))
+    bounds = [0, *sorted(cut for cut in cuts if cut < len(stream)), len(stream)]
+    pieces = [stream[start:end] for start, end in zip(bounds, bounds[1:], strict=False) if end > start]
+
+    def read(parts: list[bytes]) -> tuple[list[bytes], int]:
+        scanner = SSEScanner()
+        events = [event.data for part in parts for event in scanner.feed(part)] + [
+            event.data for event in scanner.finish()
+        ]
+        return events, scanner.oversized
+
+    with mock.patch.object(sse, "MAX_LINE", LIMIT):
+        whole = read([stream])
+        assert read(pieces) == whole
+    too_long = [index for index, (size, _) in enumerate(lines) if len(b"data: %d" % index) + size > LIMIT]
+    read_whole = [b"%d" % i + b"x" * size for i, (size, _) in enumerate(lines) if i not in too_long]
+    assert whole == (read_whole, len(too_long))
 
 
 def test_multibyte_character_split_across_reads() -> None:
