@@ -32,7 +32,7 @@ class Call:
     __slots__ = (
         "proxy_id", "arrived", "started", "provider", "model", "api", "stream", "user", "request",
         "endpoint", "ip", "session_id", "task_type", "status", "error", "ttfb", "facts", "body",
-        "encoding", "response", "head_sent", "gone", "finished", "_bill", "_bill_key",
+        "encoding", "response", "head_sent", "gone", "finished", "recorded", "_bill", "_bill_key",
     )  # fmt: skip
 
     def __init__(
@@ -62,6 +62,7 @@ class Call:
         self.head_sent = False  # the client has the response's status and headers
         self.gone = False
         self.finished = False
+        self.recorded = False  # its record is written (a stream's, as soon as its [DONE] is read)
         self._bill: Bill | None = None
         self._bill_key: tuple[Any, ...] = ()
 

@@ -8,6 +8,7 @@ closes the upstream connection at once, so the provider stops generating).
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import re
@@ -200,8 +201,9 @@ class Meter:
         )
 
     def _account(self, scope: Scope, call: Call) -> None:
-        if not self.config.cost_tracking:
+        if not self.config.cost_tracking or call.recorded:
             return
+        call.recorded = True
         bill = call.settle()
         if isinstance(bill.facts, StreamFacts) and bill.facts.malformed:
             log.warning("%d malformed data lines in the stream of %s", bill.facts.malformed, call.proxy_id)
@@ -325,7 +327,8 @@ class Meter:
         try:
             if scanned:
                 await send(head(call, response.status, sent_headers))
-                return await relay_stream(send, call, response, strip, self.config.cost_in_response)
+                record = functools.partial(self._account, scope, call)
+                return await relay_stream(send, call, response, strip, self.config.cost_in_response, record)
             if not sse and (metered or quoting):
                 return await relay_whole_body(
                     send, call, response, sent_headers, length, self.config.cost_in_response

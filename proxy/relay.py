@@ -8,6 +8,7 @@ call's record before the client has its whole answer.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import orjson
 from starlette.types import Message, Send
@@ -22,11 +23,17 @@ _REDACTED = b"[REDACTED]"
 
 
 async def relay_stream(
-    send: Send, call: Call, response: UpstreamResponse, strip: bool, cost_in_response: bool
+    send: Send,
+    call: Call,
+    response: UpstreamResponse,
+    strip: bool,
+    cost_in_response: bool,
+    record: Callable[[], None],
 ) -> list[Message]:
     """Forward an SSE stream event by event, scanning it; drop the usage chunk we asked for, and
-    put the cost comment before [DONE] (or at the end)."""
-    stream = _StreamEdit(call, strip, cost_in_response)
+    put the cost comment before [DONE] (or at the end). `record` writes the call's record: it is
+    called when [DONE] is read, before the client can have it (the client's answer is whole then)."""
+    stream = _StreamEdit(call, strip, cost_in_response, record)
     sent = b""  # the last bytes sent: a comment may follow them directly if they end a line
     while True:
         chunk = await response.read()
@@ -49,11 +56,12 @@ class _StreamEdit:
     """A stream's reads in, the bytes the client may have now out: every event read or counted, the
     usage chunk we asked for dropped, the cost comment put before [DONE]."""
 
-    __slots__ = ("call", "strip", "cost_noted", "scanner", "facts", "held", "held_more", "held_at")
+    __slots__ = ("call", "strip", "record", "cost_noted", "scanner", "facts", "held", "held_more", "held_at")
 
-    def __init__(self, call: Call, strip: bool, cost_in_response: bool) -> None:
+    def __init__(self, call: Call, strip: bool, cost_in_response: bool, record: Callable[[], None]) -> None:
         self.call = call
         self.strip = strip
+        self.record = record
         self.cost_noted = not cost_in_response
         self.scanner = SSEScanner()
         self.facts = call.facts = StreamFacts(call.api or "chat")
@@ -117,7 +125,10 @@ class _StreamEdit:
         nothing), or None to drop it (the usage chunk the client did not ask for)."""
         if usage_only and self.strip:
             return None
-        if data != b"[DONE]" or self.cost_noted:
+        if data != b"[DONE]":
+            return b""
+        self.record()
+        if self.cost_noted:
             return b""
         self.cost_noted = True
         return cost_comment(self.call)

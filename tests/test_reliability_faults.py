@@ -16,6 +16,7 @@ import random
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -295,6 +296,61 @@ def test_kill_9_under_load_then_restart_loses_no_answered_call_and_tears_no_reco
     assert len(ids) == len(set(ids))
     assert answered <= set(ids), f"{len(answered - set(ids))} answered calls have no record"
     assert health_totals(final.health()) == recount(records)
+
+
+def raw_stream_call(proxy: RunningProxy) -> socket.socket:
+    """A streamed call sent on a raw socket, so the test sees exactly when each byte arrives."""
+    body = json.dumps({"model": "gpt-4o-mini", "messages": HELLO, "stream": True}).encode()
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\n"
+        f"authorization: Bearer {CLIENT_KEY}\r\ncontent-length: {len(body)}\r\n\r\n"
+    )
+    client = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+    client.sendall(head.encode() + body)
+    return client
+
+
+def read_through_done(client: socket.socket) -> bytes:
+    received = b""
+    while b"data: [DONE]" not in received:
+        data = client.recv(65536)
+        assert data, received
+        received += data
+    return received
+
+
+def test_a_stream_is_recorded_before_the_client_has_its_done_even_if_the_proxy_is_killed_then(
+    proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    """The provider has sent every event, [DONE] too, but not the end of its body yet: the client holds
+    its whole answer, so the record must be in the file already."""
+    stream = Stream(RUNNING, hold_after=len(RUNNING))
+    stub.push(stream)
+    client = raw_stream_call(proxy)
+    try:
+        read_through_done(client)
+        proxy.process.kill()
+        proxy.process.wait(timeout=10)
+        (record,) = proxy.records()
+        assert (record["status_code"], record["error"], record["output_tokens"]) == (200, None, 2)
+    finally:
+        stream.gate.set()
+        client.close()
+
+
+def test_a_client_that_leaves_after_done_is_recorded_as_answered(
+    proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    """Clients that stop at [DONE] may close before the provider ends its body: the call was answered."""
+    stream = Stream(RUNNING, hold_after=len(RUNNING))
+    stub.push(stream)
+    client = raw_stream_call(proxy)
+    read_through_done(client)
+    client.close()
+    time.sleep(0.5)
+    stream.gate.set()
+    (record,) = proxy.wait_records(1)
+    assert (record["status_code"], record["error"], record["output_tokens"]) == (200, None, 2)
 
 
 # --- 4. Upstream stalls ------------------------------------------------------------------------------
