@@ -13,15 +13,20 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import TypedDict
 
+import msgspec
 import orjson
+
+from proxy.filters import CountedFields
 
 WINDOW = timedelta(hours=24)
 # Records are written when a call ends but stamped when it began, so the file is only roughly in
 # time order; read back this much further than the window before trusting that the rest is older.
 _SLACK = timedelta(hours=2)
 _TAIL_BLOCK = 1 << 20
+# A line is a record when the fields counted here have the record format's types: the reports' rule.
+_DECODER = msgspec.json.Decoder(CountedFields)
 
 
 class CostStats(TypedDict):
@@ -49,10 +54,6 @@ class _Bucket:
 
 def _minute(timestamp: str) -> str:
     return timestamp[:16]  # "2026-11-23T10:30": ISO timestamps of one format sort as text
-
-
-def _as_int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
 
 
 class RollingTotals:
@@ -121,30 +122,27 @@ class RollingTotals:
 
     def _fold(self, data: bytes) -> None:
         buckets = self._buckets
+        decode = _DECODER.decode
         for line in data.splitlines():
             try:
-                record = orjson.loads(line)
-                timestamp = record["timestamp"]
-                minute = _minute(timestamp)
-            except (orjson.JSONDecodeError, TypeError, KeyError):
-                continue  # a torn or foreign line: skipped here, counted by the reports
+                record = decode(line)
+            except msgspec.DecodeError:
+                # A torn or foreign line (one whose timestamp is a list once kept the proxy from
+                # starting): skipped here, as the reports skip and count it.
+                continue
+            minute = _minute(record.timestamp)
             bucket = buckets.get(minute)
             if bucket is None:
                 bucket = buckets[minute] = _Bucket()
             bucket.requests += 1
-            status = record.get("status_code")
-            if record.get("error") or (isinstance(status, int) and status >= 400):
+            if record.error is not None or record.status_code >= 400:
                 bucket.errors += 1
-            bucket.input_tokens += _as_int(record.get("input_tokens"))
-            bucket.output_tokens += _as_int(record.get("output_tokens"))
-            bucket.total_tokens += _as_int(record.get("total_tokens"))
-            cost = record.get("total_cost")
-            if isinstance(cost, (int, float)) and not isinstance(cost, bool):
-                key = (
-                    str(record.get("currency") or "USD"),
-                    str(record.get("provider")),
-                    str(record.get("model")),
-                )
+            bucket.input_tokens += record.input_tokens
+            bucket.output_tokens += record.output_tokens
+            bucket.total_tokens += record.total_tokens
+            cost = record.total_cost
+            if cost is not None:
+                key = (record.currency, record.provider, str(record.model))
                 bucket.costs[key] = bucket.costs.get(key, Decimal(0)) + Decimal(repr(cost))
 
     def snapshot(self) -> CostStats:

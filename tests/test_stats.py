@@ -106,3 +106,15 @@ def test_a_missing_file_gives_zeros_and_appears_later(tmp_path: Path) -> None:
     assert stats.snapshot()["requests"] == 0
     path.write_bytes(line(timedelta(minutes=1)))
     assert stats.snapshot()["requests"] == 1
+
+
+def test_lines_that_are_not_records_are_skipped_at_start_up_and_later(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    foreign = b'{"timestamp": ["2026"], "total_cost": 1}\n'
+    path.write_bytes(line(timedelta(minutes=3)) + foreign + b"[1, 2]\n" + line(timedelta(minutes=2)))
+    stats = totals(path)
+    assert (stats.snapshot()["requests"], stats.snapshot()["total_cost"]) == (2, 0.2)
+    with open(path, "ab") as file:
+        file.write(foreign + line(timedelta(minutes=1), input_tokens="10") + line(timedelta(minutes=1)))
+    snapshot = stats.snapshot()
+    assert (snapshot["requests"], snapshot["total_cost"], snapshot["input_tokens"]) == (3, 0.3, 30)
