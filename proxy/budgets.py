@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Literal
 
-from proxy.analysis import Summary
+from proxy.analysis import Summary, Tally
 from proxy.config import Budgets
 from proxy.money import Exchange
 from proxy.periods import Period, month_end, today
@@ -20,7 +20,11 @@ _DAY = timedelta(days=1)
 
 @dataclass(frozen=True)
 class BudgetStatus:
-    """One budget against its spend so far, in the reporting currency."""
+    """One budget against its spend so far, in the reporting currency.
+
+    unpriced and unconverted are what the spend leaves out: calls without a cost, and sums in currencies
+    without a rate (per currency); a report lists them apart so that an alert is not fooled by them.
+    """
 
     name: BudgetName
     limit: Decimal
@@ -28,6 +32,8 @@ class BudgetStatus:
     level: AlertLevel
     start: datetime
     end: datetime
+    unpriced: int = 0
+    unconverted: dict[str, Decimal] = field(default_factory=dict)
 
     @property
     def remaining(self) -> Decimal:
@@ -53,9 +59,13 @@ class Projection:
     runs_out_in_days: dict[BudgetName, Decimal | None]
 
 
-def spent_today(month: Summary, now: datetime) -> Decimal:
-    day = now.strftime("%Y-%m-%d")
-    return sum((tally.cost for hour, tally in month.by_hour.items() if hour.startswith(day)), Decimal(0))
+def today_tally(month: Summary, now: datetime) -> Tally:
+    """The calls of now's UTC day, from the hours of `month`."""
+    day, tally = now.strftime("%Y-%m-%d"), Tally()
+    for hour, counts in month.by_hour.items():
+        if hour.startswith(day):
+            tally.add(counts)
+    return tally
 
 
 def budget_statuses(
@@ -64,23 +74,28 @@ def budget_statuses(
     """The daily (this UTC day) and monthly (this UTC month) budgets; `month` summarises this month."""
     statuses = []
     day = today(now)
-    windows: list[tuple[BudgetName, Decimal | None, Decimal, Period, datetime]] = [
-        ("daily", budgets.daily, spent_today(month, now), day, (day.start or now) + _DAY),
-        ("monthly", budgets.monthly, month.totals.cost, month.period, month_end(now)),
+    windows: list[tuple[BudgetName, Decimal | None, Tally, Period, datetime]] = [
+        ("daily", budgets.daily, today_tally(month, now), day, (day.start or now) + _DAY),
+        ("monthly", budgets.monthly, month.totals, month.period, month_end(now)),
     ]
-    for name, amount, spent, window, end in windows:
+    for name, amount, tally, window, end in windows:
         if amount is None:
             continue
         limit = exchange.convert(amount, budget_currency)
         if limit is None:
             raise ValueError(f"no exchange rate from {budget_currency} to {exchange.currency}")
+        spent = tally.cost
         fraction = spent / limit
         level: AlertLevel = "ok"
         if fraction >= budgets.critical_at:
             level = "critical"
         elif fraction >= budgets.warn_at:
             level = "warning"
-        statuses.append(BudgetStatus(name, limit, spent, level, window.start or now, end))
+        statuses.append(
+            BudgetStatus(
+                name, limit, spent, level, window.start or now, end, tally.unpriced, dict(tally.unconverted)
+            )
+        )
     return statuses
 
 

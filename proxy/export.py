@@ -52,6 +52,8 @@ class BudgetJSON(TypedDict):
     level: str
     start: str
     end: str
+    unpriced_requests: int
+    unconverted: dict[str, float]
 
 
 class ProjectionJSON(TypedDict):
@@ -129,6 +131,8 @@ def budget_json(status: BudgetStatus) -> BudgetJSON:
         "level": status.level,
         "start": status.start.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "end": status.end.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "unpriced_requests": status.unpriced,
+        "unconverted": {currency: amount(value) for currency, value in sorted(status.unconverted.items())},
     }
 
 

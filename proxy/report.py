@@ -22,6 +22,7 @@ from proxy.money import Exchange, ExchangeError
 from proxy.periods import Period, PeriodError
 from proxy.sources import RecordFileError, expand
 from proxy.tables import (
+    budget_notes,
     budgets_text,
     detail_row,
     detailed_text,
@@ -286,6 +287,8 @@ def _budgets(job: _Job, out: IO[str]) -> int:
         worst = tightest(statuses)
         if worst is not None:
             out.write(f"{worst.spent:.6f}\t{worst.remaining:.6f}\t{worst.fraction * 100:.2f}\n")
+        for note in budget_notes(statuses, job.exchange.currency):
+            print(note, file=sys.stderr)
         return exit_code(statuses)
     projection = project(job.summarise(), month, statuses, job.now) if job.args.project else None
     if job.args.format == "json":

@@ -151,7 +151,24 @@ def budgets_text(statuses: list[BudgetStatus], currency: str) -> str:
             f"{status.name:<8} {money(status.spent)} of {money(status.limit)} spent,"
             f" {money(status.remaining)} left ({status.fraction * 100:.1f}%)  {status.level.upper()}"
         )
+    lines += budget_notes(statuses, currency)
     return "\n".join(lines) + "\n"
+
+
+def budget_notes(statuses: list[BudgetStatus], currency: str) -> list[str]:
+    """What each budget's spend leaves out: unpriced calls, amounts without a rate."""
+    lines = []
+    for status in statuses:
+        parts = []
+        if status.unpriced:
+            parts.append(f"{status.unpriced:,} unpriced call{'s' if status.unpriced != 1 else ''}")
+        if status.unconverted:
+            unconverted = sorted(status.unconverted.items())
+            amounts = ", ".join(format_money(value, code) for code, value in unconverted)
+            parts.append(f"{amounts} (no exchange rate to {currency})")
+        if parts:
+            lines.append(f"Not in the {status.name} spend: {'; '.join(parts)}")
+    return lines
 
 
 def projection_text(projection: Projection, currency: str, now: datetime) -> str:

@@ -7,7 +7,7 @@ from cost_records import record, write
 
 from proxy import periods
 from proxy.analysis import Filters, Summary, summarise
-from proxy.budgets import budget_statuses, exit_code, project, spent_today, tightest
+from proxy.budgets import budget_statuses, exit_code, project, tightest, today_tally
 from proxy.config import Budgets
 from proxy.money import Exchange
 
@@ -60,7 +60,7 @@ def test_spend_remaining_and_tightest(tmp_path: Path) -> None:
     assert (round(monthly.spent, 9), round(monthly.remaining, 9)) == (46, 154)
     assert monthly.end == datetime(2026, 12, 1, tzinfo=UTC)
     assert tightest([daily, monthly]) is daily
-    assert spent_today(month, NOW) == daily.spent
+    assert today_tally(month, NOW).cost == daily.spent
 
 
 def test_only_configured_budgets_and_budgets_in_another_reporting_currency(tmp_path: Path) -> None:

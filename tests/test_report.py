@@ -258,6 +258,42 @@ def test_budget_exit_codes(
     assert [(b["name"], b["level"]) for b in budgets] == [("daily", level.lower()), ("monthly", "ok")]
 
 
+def test_budget_lists_apart_what_its_spend_leaves_out(
+    records: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # JPY has no rate: 300 JPY today and 70 JPY earlier this month are not in the spend, nor the
+    # openrouter call of today without a price; an alert must not read "$3.15, OK" as all there is.
+    write(
+        records,
+        [
+            *RECORDS,
+            record("2026-11-25T10:00:00.000000Z", currency="JPY", total_cost=300.0),
+            record("2026-11-02T10:00:00.000000Z", currency="JPY", total_cost=70.0),
+        ],
+    )
+    code, out, _ = run(["--budget"], capsys)
+    assert (code, out) == (
+        0,
+        "BUDGETS (USD, UTC)\n"
+        "daily    $3.150000 of $10.000000 spent, $6.850000 left (31.5%)  OK\n"
+        "monthly  $3.150000 of $200.000000 spent, $196.850000 left (1.6%)  OK\n"
+        "Not in the daily spend: 1 unpriced call; 300.000000 JPY (no exchange rate to USD)\n"
+        "Not in the monthly spend: 1 unpriced call; 370.000000 JPY (no exchange rate to USD)\n",
+    )
+    assert run(["--budget", "-q"], capsys) == (
+        0,
+        "3.150000\t6.850000\t31.50\n",
+        "note: skipped 1 line that are not whole JSON records\n"
+        "Not in the daily spend: 1 unpriced call; 300.000000 JPY (no exchange rate to USD)\n"
+        "Not in the monthly spend: 1 unpriced call; 370.000000 JPY (no exchange rate to USD)\n",
+    )
+    budgets = orjson.loads(run(["--budget", "--format", "json"], capsys)[1])["budgets"]
+    assert [(b["name"], b["unpriced_requests"], b["unconverted"]) for b in budgets] == [
+        ("daily", 1, {"JPY": 300.0}),
+        ("monthly", 1, {"JPY": 370.0}),
+    ]
+
+
 def test_budget_without_budgets_in_the_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write(tmp_path / "c.jsonl", [record()])
     code, out, err = run(["--budget", "--file", str(path)], capsys)
