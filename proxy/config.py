@@ -154,10 +154,17 @@ _BUDGET_KEYS = {"daily", "monthly", "warn_at", "critical_at"}
 class _Reader:
     """Walks the parsed YAML, turning problems into ConfigErrors that name the key path and line."""
 
-    def __init__(self, source: str, lines: dict[tuple[str, ...], int], environ: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        source: str,
+        lines: dict[tuple[str, ...], int],
+        environ: Mapping[str, str],
+        keep_unset: bool,
+    ) -> None:
         self.source = source
         self.lines = lines
         self.environ = environ
+        self.keep_unset = keep_unset
 
     def fail(self, path: tuple[str, ...], problem: str) -> ConfigError:
         where = ".".join(path) or "(top level)"
@@ -190,6 +197,8 @@ class _Reader:
                 return self.environ[name]
             if default is not None:
                 return default
+            if self.keep_unset:
+                return match.group(0)
             raise self.fail(path, f"${{{name}}} names an unset environment variable; set {name} or remove it")
 
         return _ENV_REF.sub(substitute, value)
@@ -251,8 +260,12 @@ def _line_map(node: yaml.Node | None, source: str) -> dict[tuple[str, ...], int]
     return lines
 
 
-def load_config(path: str | Path, environ: Mapping[str, str]) -> Config:
-    """Read and validate a config file; raise ConfigError naming the key path on any problem."""
+def load_config(path: str | Path, environ: Mapping[str, str], *, keep_unset: bool = False) -> Config:
+    """Read and validate a config file; raise ConfigError naming the key path on any problem.
+
+    keep_unset leaves an unset ${VAR} without a default as written instead of failing: for reports,
+    which never use what only serving needs (the keys).
+    """
     source = str(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -262,10 +275,12 @@ def load_config(path: str | Path, environ: Mapping[str, str]) -> Config:
         ) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{source}: cannot read config file: {exc}") from exc
-    return parse_config(text, environ, source=source)
+    return parse_config(text, environ, source=source, keep_unset=keep_unset)
 
 
-def parse_config(text: str, environ: Mapping[str, str], source: str = "config.yml") -> Config:
+def parse_config(
+    text: str, environ: Mapping[str, str], source: str = "config.yml", *, keep_unset: bool = False
+) -> Config:
     try:
         data = yaml.safe_load(text)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -274,7 +289,7 @@ def parse_config(text: str, environ: Mapping[str, str], source: str = "config.ym
         at = f" (line {mark.line + 1})" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{source}{at}: not valid YAML: {problem}") from exc
-    r = _Reader(source, _line_map(node, source), environ)
+    r = _Reader(source, _line_map(node, source), environ, keep_unset)
     if data is None:
         raise r.fail((), "the config file is empty; start from the shipped config.yml")
     top = r.mapping(data, (), _TOP_KEYS)

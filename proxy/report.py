@@ -231,29 +231,8 @@ def _config(explicit: str | None, environ: Mapping[str, str]) -> Config | None:
         if not Path("config.yml").is_file():
             return None
         path = "config.yml"
-    return load_config(path, _ReportEnviron(environ))
-
-
-class _ReportEnviron(Mapping[str, str]):
-    """The environment, where an unset ${VAR} stays as written: reports never need the provider keys."""
-
-    def __init__(self, environ: Mapping[str, str]) -> None:
-        self.environ = environ
-
-    def __getitem__(self, name: str) -> str:
-        return self.environ[name] if name in self.environ else f"${{{name}}}"
-
-    def __contains__(self, name: object) -> bool:
-        return True
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self.environ)
-
-    def __len__(self) -> int:
-        return len(self.environ)
-
-    def get(self, name: str, default: Any = None) -> Any:
-        return self.environ.get(name, default)
+    # Reports never use the provider keys: an unset ${VAR} naming one must not stop a report.
+    return load_config(path, environ, keep_unset=True)
 
 
 def _period(args: argparse.Namespace, now: datetime) -> Period:

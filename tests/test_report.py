@@ -341,6 +341,20 @@ def test_config_from_option_and_environment(
     assert code == 2 and err.startswith("meterproxy report: missing.yml: config file not found")
 
 
+def test_config_variables_take_their_defaults_as_in_the_proxy(
+    records: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # The config the proxy starts with: defaults apply, an unset key without one stays as written.
+    (tmp_path / "config.yml").write_text(
+        CONFIG.replace("{file: records/cost.jsonl}", "{file: '${RECORDS:-records/cost.jsonl}'}").replace(
+            "https://api.openai.com/v1", "${OPENAI_BASE_URL:-https://api.openai.com/v1}"
+        )
+    )
+    assert run(["-q"], capsys)[:2] == (0, "1650\t3.150000\t4\n")
+    other = write(tmp_path / "other.jsonl", [record("2026-11-25T08:00:00.000000Z")] * 3)
+    assert run(["-q"], capsys, {"RECORDS": str(other)})[:2] == (0, "450\t0.300000\t3\n")
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
