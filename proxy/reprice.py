@@ -12,6 +12,7 @@ import orjson
 
 from proxy.calls import cost_of
 from proxy.config import Config, ConfigError, load_config
+from proxy.filters import DEFAULTS
 from proxy.pricing import find_price
 from proxy.usage import Usage
 
@@ -25,7 +26,8 @@ def reprice(record: dict[str, Any], config: Config) -> bool:
     if provider is not None and isinstance(model, str):
         price = find_price(provider, model, response_model if isinstance(response_model, str) else None)
     usage = None
-    if record.get("usage_source") in ("provider", "estimated"):
+    # A record of an older writer has no usage_source: its usage came from the provider, as reports read it.
+    if record.get("usage_source", DEFAULTS["usage_source"]) in ("provider", "estimated"):
         usage = Usage(
             input_tokens=_tokens(record, "input_tokens"),
             output_tokens=_tokens(record, "output_tokens"),

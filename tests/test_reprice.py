@@ -346,6 +346,22 @@ def test_reprice_output_option_names_the_copy(tmp_path: Path) -> None:
     assert only(read_records(output))["total_cost"] == 0.00725
 
 
+def test_reprice_of_a_record_of_the_first_writer_prices_its_usage(tmp_path: Path) -> None:
+    # The first records had 15 fields and no usage_source: their tokens came from the provider.
+    first = {key: value for key, value in record().items() if key in list(record())[:15]}
+    records_path = tmp_path / "cost.jsonl"
+    write_lines(records_path, [json.dumps(first).encode()])
+    config = write_config(tmp_path / "corrected.yml", CONFIG)
+
+    result = reprice(tmp_path, "--file", str(records_path), "--config", str(config))
+
+    assert (result.returncode, result.stderr) == (0, "")
+    after = only(read_records(tmp_path / "cost.repriced.jsonl"))
+    # 1000 * 2.50 + 500 * 10.00 per 1M
+    assert (after["input_cost"], after["output_cost"], after["total_cost"]) == (0.0025, 0.005, 0.0075)
+    assert (after["priced"], after["price"]["input"], after["price"]["output"]) == (True, 2.5, 10.0)
+
+
 def test_reprice_of_a_missing_file_exits_2_with_one_line(tmp_path: Path) -> None:
     config = write_config(tmp_path / "corrected.yml", CONFIG)
     missing = tmp_path / "nope.jsonl"
