@@ -144,9 +144,9 @@ def _summary(
         by_hour={},
         skipped_lines=sum(scan.skipped for scan in scans),
     )
-    for (provider, model, user, task, currency, unpriced), counts in groups.items():
+    for (provider, model, user, task, currency, state), counts in groups.items():
         model_name = f"{provider}/{model if model is not None else NONE}"
-        add_group(summary.totals, counts, currency, unpriced, exchange)
+        add_group(summary.totals, counts, currency, state, exchange)
         for table, name in (
             (summary.by_provider, provider),
             (summary.by_model, model_name),
@@ -157,13 +157,13 @@ def _summary(
                 table.setdefault(NONE if name is None else str(name), Tally()),
                 counts,
                 currency,
-                unpriced,
+                state,
                 exchange,
             )
-        if unpriced:
+        if state == "unpriced":
             summary.unpriced_models[model_name] = summary.unpriced_models.get(model_name, 0) + counts[0]
-    for (hour, currency, unpriced), counts in sorted(hours.items()):
-        add_group(summary.by_hour.setdefault(hour, Tally()), counts, currency, unpriced, exchange)
+    for (hour, currency, state), counts in sorted(hours.items()):
+        add_group(summary.by_hour.setdefault(hour, Tally()), counts, currency, state, exchange)
     for table in (summary.by_provider, summary.by_model, summary.by_user, summary.by_task_type):
         ranked = sorted(table.items(), key=lambda item: (-item[1].cost, -item[1].requests, item[0]))
         table.clear()

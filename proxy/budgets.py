@@ -22,8 +22,9 @@ _DAY = timedelta(days=1)
 class BudgetStatus:
     """One budget against its spend so far, in the reporting currency.
 
-    unpriced and unconverted are what the spend leaves out: calls without a cost, and sums in currencies
-    without a rate (per currency); a report lists them apart so that an alert is not fooled by them.
+    unpriced, no_usage and unconverted are what the spend leaves out: calls without a price, calls that
+    reported no usage, and sums in currencies without a rate (per currency); a report lists them apart
+    so that an alert is not fooled by them.
     """
 
     name: BudgetName
@@ -33,6 +34,7 @@ class BudgetStatus:
     start: datetime
     end: datetime
     unpriced: int = 0
+    no_usage: int = 0
     unconverted: dict[str, Decimal] = field(default_factory=dict)
 
     @property
@@ -93,7 +95,15 @@ def budget_statuses(
             level = "warning"
         statuses.append(
             BudgetStatus(
-                name, limit, spent, level, window.start or now, end, tally.unpriced, dict(tally.unconverted)
+                name,
+                limit,
+                spent,
+                level,
+                window.start or now,
+                end,
+                tally.unpriced,
+                tally.no_usage,
+                dict(tally.unconverted),
             )
         )
     return statuses

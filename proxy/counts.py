@@ -12,12 +12,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+from msgspec import UNSET
 
 from proxy.filters import CountedFields, Filters
 from proxy.money import UNIT_SCALE
 from proxy.sources import Piece, read_blocks
+from proxy.tallies import CostState
 
-# Counts per (provider, model, user, task_type, currency, unpriced) and per (hour, currency, unpriced):
+# Counts per (provider, model, user, task_type, currency, state) and per (hour, currency, state):
 # [requests, input tokens, output tokens, total tokens, cached input tokens, errors, cost units].
 Groups = dict[Any, list[int]]
 _TIMESTAMP_PREFIX = b'{"timestamp":"'
@@ -90,11 +92,19 @@ def count(piece: Piece, filters: Filters) -> Counts:
                 record.error,
             ):
                 continue
-            cost, currency = record.total_cost if record.priced else None, record.currency
-            unpriced = cost is None
-            key = (record.provider, record.model, record.user_id, record.task_type, currency, unpriced)
+            cost, priced, currency = record.total_cost, record.priced, record.currency
+            if priced is UNSET:
+                priced = cost is not None
+            state: CostState
+            if not priced:
+                state, units = "unpriced", 0
+            elif cost is None:
+                state, units = "no_usage", 0
+            else:
+                state, units = "cost", int(cost * scale)
+            key = (record.provider, record.model, record.user_id, record.task_type, currency, state)
             group = groups[key]
-            hour = hours[(stamp[:13], currency, unpriced)]
+            hour = hours[(stamp[:13], currency, state)]
             input_tokens, output_tokens = record.input_tokens, record.output_tokens
             total_tokens, cached = record.total_tokens, record.cached_input_tokens
             group[0] += 1
@@ -110,10 +120,8 @@ def count(piece: Piece, filters: Filters) -> Counts:
             if record.error is not None or record.status_code >= 400:
                 group[5] += 1
                 hour[5] += 1
-            if cost is not None:
-                units = int(cost * scale)
-                group[6] += units
-                hour[6] += units
+            group[6] += units
+            hour[6] += units
             if stamp < first:
                 first = stamp
             if stamp > last:

@@ -28,6 +28,7 @@ class TallyJSON(TypedDict):
     cached_input_tokens: int
     errors: int
     unpriced_requests: int
+    no_usage_requests: int
     unconverted: dict[str, float]
 
 
@@ -53,6 +54,7 @@ class BudgetJSON(TypedDict):
     start: str
     end: str
     unpriced_requests: int
+    no_usage_requests: int
     unconverted: dict[str, float]
 
 
@@ -79,6 +81,7 @@ def tally_json(tally: Tally) -> TallyJSON:
         "cached_input_tokens": tally.cached_input_tokens,
         "errors": tally.errors,
         "unpriced_requests": tally.unpriced,
+        "no_usage_requests": tally.no_usage,
         "unconverted": {currency: amount(value) for currency, value in sorted(tally.unconverted.items())},
     }
 
@@ -132,6 +135,7 @@ def budget_json(status: BudgetStatus) -> BudgetJSON:
         "start": status.start.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "end": status.end.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "unpriced_requests": status.unpriced,
+        "no_usage_requests": status.no_usage,
         "unconverted": {currency: amount(value) for currency, value in sorted(status.unconverted.items())},
     }
 

@@ -59,7 +59,8 @@ class CountedFields(msgspec.Struct, gc=False):
     total_cost: _Cost | None = DEFAULTS["total_cost"]
     cached_input_tokens: int = DEFAULTS["cached_input_tokens"]
     currency: str = DEFAULTS["currency"]
-    priced: bool = DEFAULTS["priced"]
+    # UNSET when an older writer left it out: then a record is priced when it has a cost.
+    priced: bool | msgspec.UnsetType = msgspec.UNSET
     status_code: int = DEFAULTS["status_code"]
     error: str | None = DEFAULTS["error"]
     session_id: str | None = DEFAULTS["session_id"]

@@ -48,7 +48,7 @@ def summary_text(summary: Summary, top: int) -> str:
 
 
 def notes(summary: Summary) -> list[str]:
-    """What the total leaves out: unpriced calls, amounts without a rate, unreadable lines."""
+    """What the total leaves out: unpriced calls, calls without usage, amounts without a rate, bad lines."""
     lines = []
     totals = summary.totals
     if totals.unpriced:
@@ -58,12 +58,21 @@ def notes(summary: Summary) -> list[str]:
             f"Unpriced: {totals.unpriced:,} calls to {count} unpriced model{'s' if count != 1 else ''}"
             f" (not in the total): {models}"
         )
+    if totals.no_usage:
+        lines.append(
+            f"Without usage: {_calls(totals.no_usage)} (failed, or answered without usage; no cost, not in"
+            " the total)"
+        )
     if totals.unconverted:
         amounts = ", ".join(format_money(value, code) for code, value in sorted(totals.unconverted.items()))
         lines.append(f"Not converted (no exchange rate to {summary.currency}, not in the total): {amounts}")
     if summary.skipped_lines:
         lines.append(f"Skipped lines: {summary.skipped_lines:,} (not whole JSON records)")
     return lines
+
+
+def _calls(count: int) -> str:
+    return f"{count:,} call{'s' if count != 1 else ''}"
 
 
 def _table(table: dict[str, Tally], limit: int | None, currency: str) -> list[str]:
@@ -162,6 +171,8 @@ def budget_notes(statuses: list[BudgetStatus], currency: str) -> list[str]:
         parts = []
         if status.unpriced:
             parts.append(f"{status.unpriced:,} unpriced call{'s' if status.unpriced != 1 else ''}")
+        if status.no_usage:
+            parts.append(f"{_calls(status.no_usage)} without usage")
         if status.unconverted:
             unconverted = sorted(status.unconverted.items())
             amounts = ", ".join(format_money(value, code) for code, value in unconverted)

@@ -10,11 +10,14 @@ from typing import Literal
 from proxy.money import Exchange, units_to_decimal
 
 TimeUnit = Literal["hour", "day"]
+# What a group's cost is: summed ("cost"), none as the model has no price ("unpriced"), or none as the
+# call reported no usage, a failed one say ("no_usage": priced, cost null).
+CostState = Literal["cost", "unpriced", "no_usage"]
 
 
 @dataclass
 class Tally:
-    """Counts of a group of calls; `cost` holds only priced calls in currencies with a rate."""
+    """Counts of a group of calls; `cost` holds only priced calls with usage in currencies with a rate."""
 
     requests: int = 0
     input_tokens: int = 0
@@ -23,6 +26,7 @@ class Tally:
     cached_input_tokens: int = 0
     errors: int = 0
     unpriced: int = 0
+    no_usage: int = 0
     cost: Decimal = Decimal(0)
     costed_requests: int = 0
     costed_tokens: int = 0
@@ -44,6 +48,7 @@ class Tally:
         self.cached_input_tokens += other.cached_input_tokens
         self.errors += other.errors
         self.unpriced += other.unpriced
+        self.no_usage += other.no_usage
         self.cost += other.cost
         self.costed_requests += other.costed_requests
         self.costed_tokens += other.costed_tokens
@@ -51,7 +56,7 @@ class Tally:
             self.unconverted[currency] = self.unconverted.get(currency, Decimal(0)) + amount
 
 
-def add_group(tally: Tally, counts: list[int], currency: str, unpriced: bool, exchange: Exchange) -> None:
+def add_group(tally: Tally, counts: list[int], currency: str, state: CostState, exchange: Exchange) -> None:
     """Add the scan counts [requests, input, output, total, cached, errors, cost units] of one currency."""
     requests, input_tokens, output_tokens, total_tokens, cached, errors, units = counts
     tally.requests += requests
@@ -60,8 +65,11 @@ def add_group(tally: Tally, counts: list[int], currency: str, unpriced: bool, ex
     tally.total_tokens += total_tokens
     tally.cached_input_tokens += cached
     tally.errors += errors
-    if unpriced:
+    if state == "unpriced":
         tally.unpriced += requests
+        return
+    if state == "no_usage":
+        tally.no_usage += requests
         return
     amount = units_to_decimal(units)
     converted = exchange.convert(amount, currency)

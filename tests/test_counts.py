@@ -51,8 +51,8 @@ def test_a_record_with_a_counted_field_of_another_type_is_skipped_whole(
 def test_missing_fields_take_the_defaults(tmp_path: Path) -> None:
     path = write(tmp_path / "c.jsonl", [{"timestamp": "2026-11-23T10:30:00.000000Z"}])
     counts = count(Piece(path), Filters())
-    assert counts.groups == {(NONE, None, "anonymous", None, "USD", True): [1, 0, 0, 0, 0, 0, 0]}
-    assert counts.hours == {("2026-11-23T10", "USD", True): [1, 0, 0, 0, 0, 0, 0]}
+    assert counts.groups == {(NONE, None, "anonymous", None, "USD", "unpriced"): [1, 0, 0, 0, 0, 0, 0]}
+    assert counts.hours == {("2026-11-23T10", "USD", "unpriced"): [1, 0, 0, 0, 0, 0, 0]}
     assert counts.skipped == 0
 
 
@@ -65,7 +65,7 @@ def test_a_record_of_a_newer_version_is_counted_and_its_new_fields_ignored(tmp_p
     path = write(tmp_path / "c.jsonl", [newer, dict(reversed(newer.items()))])
     counts = count(Piece(path), Filters())
     ((key, values),) = counts.groups.items()
-    assert key == ("openai", "gpt-4o", "team-a", None, "USD", False)
+    assert key == ("openai", "gpt-4o", "team-a", None, "USD", "cost")
     assert values[:6] == [2, 200, 100, 300, 0, 0] and values[6] == 2**100
     assert counts.skipped == 0
 

@@ -262,13 +262,15 @@ def test_budget_lists_apart_what_its_spend_leaves_out(
     records: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # JPY has no rate: 300 JPY today and 70 JPY earlier this month are not in the spend, nor the
-    # openrouter call of today without a price; an alert must not read "$3.15, OK" as all there is.
+    # openrouter call of today without a price, nor a call that reported no usage; an alert must not read
+    # "$3.15, OK" as all there is.
     write(
         records,
         [
             *RECORDS,
             record("2026-11-25T10:00:00.000000Z", currency="JPY", total_cost=300.0),
             record("2026-11-02T10:00:00.000000Z", currency="JPY", total_cost=70.0),
+            record("2026-11-02T11:00:00.000000Z", total_cost=None, status_code=504, error="upstream_timeout"),
         ],
     )
     code, out, _ = run(["--budget"], capsys)
@@ -278,20 +280,48 @@ def test_budget_lists_apart_what_its_spend_leaves_out(
         "daily    $3.150000 of $10.000000 spent, $6.850000 left (31.5%)  OK\n"
         "monthly  $3.150000 of $200.000000 spent, $196.850000 left (1.6%)  OK\n"
         "Not in the daily spend: 1 unpriced call; 300.000000 JPY (no exchange rate to USD)\n"
-        "Not in the monthly spend: 1 unpriced call; 370.000000 JPY (no exchange rate to USD)\n",
+        "Not in the monthly spend: 1 unpriced call; 1 call without usage; 370.000000 JPY (no exchange rate"
+        " to USD)\n",
     )
     assert run(["--budget", "-q"], capsys) == (
         0,
         "3.150000\t6.850000\t31.50\n",
         "note: skipped 1 line that are not whole JSON records\n"
         "Not in the daily spend: 1 unpriced call; 300.000000 JPY (no exchange rate to USD)\n"
-        "Not in the monthly spend: 1 unpriced call; 370.000000 JPY (no exchange rate to USD)\n",
+        "Not in the monthly spend: 1 unpriced call; 1 call without usage; 370.000000 JPY (no exchange rate"
+        " to USD)\n",
     )
     budgets = orjson.loads(run(["--budget", "--format", "json"], capsys)[1])["budgets"]
-    assert [(b["name"], b["unpriced_requests"], b["unconverted"]) for b in budgets] == [
-        ("daily", 1, {"JPY": 300.0}),
-        ("monthly", 1, {"JPY": 370.0}),
+    assert [(b["unpriced_requests"], b["no_usage_requests"], b["unconverted"]) for b in budgets] == [
+        (1, 0, {"JPY": 300.0}),
+        (1, 1, {"JPY": 370.0}),
     ]
+
+
+def test_a_failed_call_to_a_priced_model_is_not_an_unpriced_model(
+    records: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    timeout = record(
+        "2026-11-25T08:20:00.000000Z", input_tokens=0, output_tokens=0, total_tokens=0, input_cost=None,
+        output_cost=None, total_cost=None, usage_source="none", status_code=504, error="upstream_timeout",
+    )  # fmt: skip
+    path = write(tmp_path / "c.jsonl", [record("2026-11-25T08:10:00.000000Z", total_cost=0.5), timeout])
+    code, out, _ = run(["--file", str(path), "--all"], capsys)
+    assert code == 0
+    assert out.splitlines()[4:12] == [
+        "Total Cost: $0.500000",
+        "Total Requests: 2",
+        "Total Tokens: 150 (input 100, output 50, cached 0)",
+        "Average Cost per Request: $0.500000",
+        "Average Cost per 1K Tokens: $3.333333",
+        "Errors: 1",
+        "Without usage: 1 call (failed, or answered without usage; no cost, not in the total)",
+        "",
+    ]
+    document = orjson.loads(run(["--file", str(path), "--all", "--format", "json"], capsys)[1])
+    assert document["unpriced_models"] == {}
+    totals = document["totals"]
+    assert (totals["unpriced_requests"], totals["no_usage_requests"], totals["errors"]) == (0, 1, 1)
 
 
 def test_budget_without_budgets_in_the_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
