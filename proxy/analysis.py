@@ -87,11 +87,16 @@ class Summary:
     skipped_lines: int = 0
 
     def bounds(self) -> tuple[datetime, datetime] | None:
-        """The period [start, end), an open side closed by the first or last matching record."""
-        if self.first_timestamp is None or self.last_timestamp is None:
-            return None
-        start = self.period.start or from_stamp(self.first_timestamp)
-        end = self.period.end or from_stamp(self.last_timestamp) + timedelta(microseconds=1)
+        """The period [start, end), an open side closed by the first or last matching record (None: none)."""
+        start, end = self.period.start, self.period.end
+        if start is None:
+            if self.first_timestamp is None:
+                return None
+            start = from_stamp(self.first_timestamp)
+        if end is None:
+            if self.last_timestamp is None:
+                return None
+            end = from_stamp(self.last_timestamp) + timedelta(microseconds=1)
         return start, end
 
     def timeline(self, unit: TimeUnit) -> list[tuple[str, Tally]]:

@@ -226,7 +226,11 @@ def test_empty_period(tmp_path: Path) -> None:
     summary = summarise([path], Filters(periods.today(NOW)))
     assert summary.totals == Tally()
     assert summary.by_provider == {} and summary.first_timestamp is None
-    assert summary.timeline("hour") == []
+    # The period's hours are still there, empty: a series of a bounded period always covers it.
+    hours = summary.timeline("hour")
+    assert [key for key, _ in hours] == [f"2026-11-25T{hour:02d}" for hour in range(11)]
+    assert all(tally == Tally() for _, tally in hours)
+    assert summarise([path], Filters(periods.ALL_TIME, provider="nobody")).timeline("hour") == []
 
 
 def test_timeline_shows_empty_hours_and_days_as_zero(tmp_path: Path) -> None:

@@ -71,6 +71,16 @@ def test_long_periods_are_by_day(tmp_path: Path) -> None:
     assert document["by_day"]["2026-11-23"]["requests"] == 1
 
 
+def test_a_long_period_without_records_has_its_empty_days(tmp_path: Path) -> None:
+    path = write(tmp_path / "c.jsonl", [record("2026-11-20T08:00:00.000000Z")])
+    document = summary_json(summarise([path], Filters(periods.this_month(NOW), provider="nobody")))
+    assert "by_hour" not in document
+    assert list(document["by_day"]) == [f"2026-11-{day:02d}" for day in range(1, 26)]
+    assert {group["requests"] for group in document["by_day"].values()} == {0}
+    today = summary_json(summarise([path], Filters(periods.today(NOW))))
+    assert list(today["by_hour"]) == [f"2026-11-25T{hour:02d}" for hour in range(11)]
+
+
 def test_write_json_is_valid_json(tmp_path: Path) -> None:
     path = write(tmp_path / "c.jsonl", [record(total_cost=0.125)])
     stream = io.StringIO()
