@@ -174,4 +174,6 @@ def _cell(value: object) -> object:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
+    if isinstance(value, (dict, list)):
+        return orjson.dumps(value).decode()  # the record's own JSON (`price`), not a Python repr
     return value

@@ -103,3 +103,12 @@ def test_csv_has_a_header_and_one_row_per_record(tmp_path: Path) -> None:
     second = dict(zip(rows[0], rows[2], strict=True))
     assert second["total_cost"] == "" and second["priced"] == "false"
     assert Decimal(first["total_cost"]) + Decimal(first["input_tokens"]) == Decimal("100.1")
+
+
+def test_csv_price_cell_is_the_records_json(tmp_path: Path) -> None:
+    price = {"input": 2.5, "output": 10.0, "cached_input": 1.25, "cache_write": 2.5, "tier": None}
+    path = write(tmp_path / "c.jsonl", [record() | {"price": price}])
+    stream = io.StringIO()
+    write_csv(RecordReader([path]), stream)
+    row = next(csv.DictReader(io.StringIO(stream.getvalue())))
+    assert row["price"] == '{"input":2.5,"output":10.0,"cached_input":1.25,"cache_write":2.5,"tier":null}'
