@@ -7,6 +7,7 @@ are counted, and their numbers added to two small tables, so memory stays flat h
 from __future__ import annotations
 
 import io
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,6 +26,8 @@ Groups = dict[Any, list[int]]
 _TIMESTAMP_PREFIX = b'{"timestamp":"'
 _STAMP_START = len(_TIMESTAMP_PREFIX)
 _STAMP_END = _STAMP_START + len("2026-11-23T10:30:00.123456Z")
+_BLANK_AFTER_NEWLINE = re.compile(rb"\n[ \t\r]*\n")  # starts with a literal: searched quickly
+_BLANK_FIRST_LINE = re.compile(rb"[ \t\r]*\n")
 
 
 @dataclass
@@ -135,7 +138,8 @@ def _decode(
     """The records of a block of lines, and how many of its lines that are not blank are not records.
 
     The block is decoded in one call unless it may hold lines outside the period. That call reads values
-    apart by any whitespace, so it is kept only if each line held one record: else, and after a bad line,
+    apart by any whitespace, so it is kept only if each line held one record (as many records as lines,
+    and no blank line, which would even out two records on another line): else, and after a bad line,
     the block is decoded line by line, passing over lines outside the period unread.
     """
     if window is None or window.holds_ends(block):
@@ -144,7 +148,7 @@ def _decode(
         except msgspec.DecodeError:
             pass
         else:
-            if len(records) == _line_count(block):
+            if len(records) == _line_count(block) and not _has_blank_line(block):
                 return records, 0
     records, bad = [], 0
     for line in io.BytesIO(block):
@@ -156,6 +160,16 @@ def _decode(
             if line.strip():
                 bad += 1
     return records, bad
+
+
+def _has_blank_line(block: bytes) -> bool:
+    """Whether a line of the block holds only whitespace (that a one-call decode would not notice)."""
+    last = block[block.rfind(b"\n") + 1 :]
+    return (
+        _BLANK_FIRST_LINE.match(block) is not None
+        or _BLANK_AFTER_NEWLINE.search(block) is not None
+        or (last != b"" and last.strip() == b"")
+    )
 
 
 def _line_count(block: bytes) -> int:

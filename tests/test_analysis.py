@@ -132,6 +132,19 @@ def test_corrupt_lines_are_skipped_and_counted(tmp_path: Path) -> None:
     assert reader.skipped == 6
 
 
+def test_two_records_on_one_line_are_skipped_whatever_the_blank_lines_and_workers(tmp_path: Path) -> None:
+    # A blank line once evened out the line count of a block, so the one-call decode took the two
+    # records as two lines' worth; RecordReader skips such a line.
+    one, two, three = (orjson.dumps(record(user_id=user)) for user in ("a", "b", "c"))
+    path = tmp_path / "c.jsonl"
+    path.write_bytes(one + two + b"\n\n" + three + b"\n \t\n" + two + b" " + one + b"\n" + three + b"\n")
+    reader = RecordReader([path])
+    assert ([r["user_id"] for r in reader], reader.skipped) == (["c", "c"], 2)
+    for workers in (1, 2):
+        summary = summarise([path], workers=workers, parallel_min_bytes=1)
+        assert (summary.totals.requests, list(summary.by_user), summary.skipped_lines) == (2, ["c"], 2)
+
+
 def test_records_of_older_and_newer_writers(tmp_path: Path) -> None:
     old = {
         "timestamp": "2026-11-23T10:30:00.000000Z",
