@@ -44,7 +44,6 @@ class _Connection(asyncio.Protocol):
         self._paused = False
         self._complete = False
         self._keep_alive = False
-        self._received = False
         self._until_close = False
         self._error: UpstreamError | None = None
         self._done = True  # no call on it: it may sit in the pool
@@ -55,7 +54,6 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
 
     def data_received(self, data: bytes) -> None:
-        self._received = True
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
@@ -193,7 +191,7 @@ class _Connection(asyncio.Protocol):
         self.headers = []
         self.head_only = False
         self._head = self._waiter = None
-        self._complete = self._keep_alive = self._received = self._until_close = False
+        self._complete = self._keep_alive = self._until_close = False
         self._error = None
 
     def _close(self) -> None:
@@ -249,19 +247,15 @@ class HTTP1Upstream:
         request = _request_bytes(
             method.encode(), (slash + path).encode("latin-1"), authority.encode(), headers, body
         )
-        connection, reused = self._take(origin), True
+        connection = self._take(origin)
         if connection is None:
-            connection, reused = await self._connect(origin, timeout), False
+            connection = await self._connect(origin, timeout)
         connection.timeout = timeout
         connection.head_only = method == "HEAD"
+        # Sent once, whatever happens next: a reused connection that breaks before any answer may still have
+        # delivered the whole request, which the provider then bills (docs/reliability.md, retries).
         try:
             await connection.start(request)
-        except UpstreamError as exc:
-            connection.close()
-            # A pooled connection the provider had already closed: nothing was sent, so send it again.
-            if reused and exc.error == "upstream_reset" and not connection._received:
-                return await self.send(method, url, headers, body, timeout)
-            raise
         except BaseException:
             connection.close()
             raise

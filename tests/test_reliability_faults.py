@@ -42,7 +42,7 @@ from conftest import (
     settled,
     wait_until,
 )
-from upstream_stub import SSE_DONE, Reply, Script, SeenRequest, Stream, UpstreamStub, sse
+from upstream_stub import SSE_DONE, Hangup, Reply, Script, SeenRequest, Stream, UpstreamStub, sse
 
 HELLO = [{"role": "user", "content": "Say hello"}]
 AUTH = {"authorization": f"Bearer {CLIENT_KEY}"}
@@ -439,6 +439,26 @@ def test_upstream_errors_pass_through_with_their_headers_once_and_are_not_retrie
     record = proxy.wait_records(1)[0]
     assert (record["status_code"], record["error"], record["total_cost"]) == (status, None, 0.0)
     assert len(stub.requests) == 1 and len(proxy.records()) == 1  # no retry of our own
+
+
+def test_a_call_the_provider_read_then_hung_up_on_reaches_it_once_even_on_a_reused_connection(
+    proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    # The second call goes out on the connection the first one left in the pool. The provider reads it
+    # whole, works on it (and may bill it), then drops the connection before answering.
+    stub.push(Reply(body=completion(10, 2)), Hangup(stall=0.3), Reply(body=completion(20, 4)))
+    calls = [{**chat(), "messages": [{"role": "user", "content": f"call {n}"}]} for n in (1, 2, 3)]
+    first, second, third = (proxy.post_json("/v1/chat/completions", call) for call in calls)
+
+    assert [seen.json()["messages"][0]["content"] for seen in stub.requests] == ["call 1", "call 2", "call 3"]
+    assert (first.status, third.status) == (200, 200)
+    assert (second.status, second.json()["error"]["code"]) == (502, "upstream_reset")
+    records = proxy.wait_records(3)
+    assert [(r["status_code"], r["error"], r["total_cost"]) for r in records] == [
+        (200, None, 0.0000027),  # 10 * 0.15 / 1M + 2 * 0.60 / 1M
+        (502, "upstream_reset", None),
+        (200, None, 0.0000054),
+    ]
 
 
 # --- 6. Upstream resets mid-stream ---------------------------------------------------------------
