@@ -67,6 +67,23 @@ def test_keep_alive_connections_are_reused(stub: UpstreamStub) -> None:
     assert len(stub.requests) == 5
 
 
+def test_a_call_after_the_provider_closed_the_idle_connection_goes_out_once_on_a_new_one(
+    stub: UpstreamStub,
+) -> None:
+    stub.always(Reply(body=b"{}"))
+
+    async def work(client: HTTP1Upstream) -> bytes:
+        assert await read_all(await client.send("POST", f"{stub.base_url}/x", HEADERS, b"{}", 5)) == b"{}"
+        stub.close_connections()  # the provider's keep-alive timeout
+        async with asyncio.timeout(5):
+            while client.idle_connections:
+                await asyncio.sleep(0.01)
+        return await read_all(await client.send("POST", f"{stub.base_url}/x", HEADERS, b"{}", 5))
+
+    assert run(work) == b"{}"
+    assert len(stub.requests) == 2
+
+
 def test_chunked_stream_arrives_chunk_by_chunk_and_ends(stub: UpstreamStub) -> None:
     stub.push(Stream([b"data: 1\n\n", b"data: 2\n\n", b"data: [DONE]\n\n"], delay=0.05))
 

@@ -340,6 +340,14 @@ class UpstreamStub:
             script = self._scripts.popleft() if self._scripts else self._default
         return script if isinstance(script, Reply | Stream | Hangup) else script(seen)
 
+    def close_connections(self) -> None:
+        """Close every connection from the proxy, as a provider closes keep-alive connections left idle."""
+        self._call(self._close_connections())
+
+    async def _close_connections(self) -> None:
+        for connection in list(self._connections):
+            connection.hang_up()
+
     @property
     def open_connections(self) -> int:
         """Connections from the proxy that are open right now."""
