@@ -59,6 +59,9 @@ class _Connection(asyncio.Protocol):
         except httptools.HttpParserError as exc:
             self._fail(UpstreamError("upstream_bad_response", 502, f"the provider sent bad HTTP: {exc}"))
             self._close()
+        except httptools.HttpParserUpgrade:
+            self._fail(UpstreamError("upstream_bad_response", 502, "the provider switched protocols (101)"))
+            self._close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.transport = None
@@ -80,14 +83,21 @@ class _Connection(asyncio.Protocol):
         self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if status < 200:
+            # An interim answer (100 Continue, 103 Early Hints): the final one follows on the same connection
+            # (RFC 9110 15.2). Taken for the answer, it left the real one to be served to the next call.
+            # A 101 makes the parser raise: nothing we send asks for an upgrade.
+            self.headers = []
+            return
+        self.status = status
         self._keep_alive = self.parser.should_keep_alive()
         if self._head is not None and not self._head.done():
             self._head.set_result(None)
         if self.head_only:
             self._complete = True
             self._keep_alive = False  # the parser would wait for a body a HEAD response does not have
-        elif self.status not in (204, 304) and self.status >= 200:
+        elif status not in (204, 304):
             names = {name.lower() for name, _ in self.headers}
             self._until_close = b"content-length" not in names and b"transfer-encoding" not in names
 
@@ -100,6 +110,8 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
+        if not self.status:  # the end of an interim answer
+            return
         self._complete = True
         self._wake()
 

@@ -192,6 +192,38 @@ def test_closing_mid_body_drops_the_connection_and_the_next_call_gets_a_fresh_on
     assert stub.requests[0].closed_early
 
 
+def test_interim_responses_are_skipped_and_the_connection_serves_the_next_call(stub: UpstreamStub) -> None:
+    early_hints = (103, (("link", "</style.css>; rel=preload"),))
+    stub.push(
+        Reply(status=201, body=b'{"n": 1}', interim=[(100, ()), early_hints], stall=0.2),
+        Reply(body=b'{"n": 2}'),
+    )
+
+    async def work(client: HTTP1Upstream) -> list[tuple[int, bool, bytes]]:
+        answers = []
+        for _ in range(2):
+            response = await client.send("POST", f"{stub.base_url}/x", HEADERS, b"{}", 5)
+            linked = any(name == b"link" for name, _ in response.headers)
+            answers.append((response.status, linked, await read_all(response)))
+        assert client.idle_connections == 1
+        return answers
+
+    assert run(work) == [(201, False, b'{"n": 1}'), (200, False, b'{"n": 2}')]
+    assert len(stub.requests) == 2
+
+
+def test_a_101_switching_protocols_is_a_bad_response(stub: UpstreamStub) -> None:
+    upgrade = (101, (("upgrade", "h2c"), ("connection", "upgrade")))
+    stub.push(Reply(body=b"{}", interim=[upgrade], stall=0.2))
+
+    async def work(client: HTTP1Upstream) -> tuple[str, int, int]:
+        with pytest.raises(UpstreamError) as raised:
+            await client.send("POST", f"{stub.base_url}/x", HEADERS, b"{}", 5)
+        return raised.value.error, raised.value.status, client.idle_connections
+
+    assert run(work) == ("upstream_bad_response", 502, 0)
+
+
 def test_a_large_body_is_read_whole_with_flow_control(stub: UpstreamStub) -> None:
     body = bytes(range(256)) * 8192  # 2 MiB, past the high-water mark
     stub.push(Reply(body=body, headers=(("content-type", "application/octet-stream"),)))

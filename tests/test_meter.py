@@ -766,6 +766,39 @@ def test_upstream_that_hangs_up_without_answering_is_502(proxy: RunningProxy, st
     assert record["status_code"] == 502 and record["error"] in ("upstream_unreachable", "upstream_reset")
 
 
+@pytest.mark.parametrize(
+    "interim", [(100, ()), (103, (("link", "</style.css>; rel=preload"),))], ids=["100", "103"]
+)
+def test_an_interim_1xx_is_skipped_and_each_call_gets_and_is_billed_for_its_own_answer(
+    proxy: RunningProxy, stub: UpstreamStub, interim: tuple[int, tuple[tuple[str, str], ...]]
+) -> None:
+    # The final answer comes a moment after the interim one, as from a provider that sends 103 at once.
+    first_usage = {"prompt_tokens": 1000, "completion_tokens": 500, "total_tokens": 1500}
+    second_usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+    stub.push(
+        Reply(body=chat_body(first_usage, id="chatcmpl-1"), interim=[interim], stall=0.3),
+        Reply(body=chat_body(second_usage, id="chatcmpl-2")),
+    )
+    first, second = (
+        proxy.post_json("/v1/chat/completions", {"model": "gpt-4o", "messages": HELLO}) for _ in range(2)
+    )
+
+    assert (first.status, first.json()["id"], first.header("link")) == (200, "chatcmpl-1", None)
+    assert (second.status, second.json()["id"]) == (200, "chatcmpl-2")
+    assert len(stub.requests) == 2
+    one, two = proxy.wait_records(2)
+    assert (one["status_code"], one["request_id"], one["total_cost"]) == (
+        200,
+        "chatcmpl-1",
+        per_million((1000, "2.50"), (500, "10.00")),
+    )
+    assert (two["status_code"], two["request_id"], two["total_cost"]) == (
+        200,
+        "chatcmpl-2",
+        per_million((10, "2.50"), (5, "10.00")),
+    )
+
+
 RUNNING_USAGE = [
     chunk({"role": "assistant", "content": ""}),
     chunk({"content": "Hel"}, usage={"prompt_tokens": 10, "completion_tokens": 1, "total_tokens": 11}),

@@ -26,12 +26,16 @@ _GATE_POLL_SECONDS = 0.01
 
 @dataclass(frozen=True)
 class Reply:
-    """A whole response sent with its Content-Length, `stall` seconds after the request arrived."""
+    """A whole response sent with its Content-Length, `stall` seconds after the request arrived.
+
+    `interim`: 1xx responses, (status, headers) each, sent as soon as the request has arrived.
+    """
 
     status: int = 200
     body: bytes = b""
     headers: Sequence[Header] = (("content-type", "application/json"),)
     stall: float = 0.0
+    interim: Sequence[tuple[int, Sequence[Header]]] = ()
 
 
 @dataclass(frozen=True)
@@ -223,6 +227,9 @@ class _Connection(asyncio.Protocol):
 
     async def _answer(self, script: Script, seen: SeenRequest) -> bool:
         """Send the scripted response; True if the connection stays open for another request."""
+        if isinstance(script, Reply):
+            for status, headers in script.interim:
+                self._write(_head(status, headers))
         if script.stall and await self._left_within(script.stall):
             return False
         if isinstance(script, Hangup):
