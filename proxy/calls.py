@@ -151,10 +151,12 @@ def decimal_text(amount: float) -> str:
     """A cost as a plain decimal string, never in exponent form: 4.75e-05 -> "0.0000475"."""
     text = repr(amount)  # the shortest text that reads back as `amount`; exponent form below 1e-4, from 1e16
     if "e-" in text:
-        # Written out to as many decimals as d.ddde-k has; both round correctly, so the digits agree.
-        # Not Decimal: its first use in a call's task sets up a decimal context for that task (~1 us).
+        # Its digits moved behind the point. Not Decimal: its first use in a call's task sets up a
+        # decimal context for that task (~1 us). Not a float format either: at a tie it rounds the
+        # exact binary value to even, and can end a digit below the shortest text (2**-24: ...062).
         digits, _, exponent = text.partition("e-")
-        return f"{amount:.{len(digits.partition('.')[2]) + int(exponent)}f}"
+        sign, digits = ("-", digits[1:]) if digits[0] == "-" else ("", digits)
+        return f"{sign}0.{'0' * (int(exponent) - 1)}{digits.replace('.', '')}"
     return format(Decimal(text), "f") if "e" in text else text
 
 
