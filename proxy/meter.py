@@ -115,6 +115,8 @@ class Meter:
                 base = provider.base_url
                 if upstream_model != model:
                     body = _rename_model(body, request, model, upstream_model)
+                    # The request as sent from here on, so that asking for usage keeps the rename.
+                    request = {**request, "model": upstream_model}
             elif target.api is not None and target.api != "gemini" and model is None:
                 raise RouteError(400, "missing_model", "the body has no 'model'; name the model to call")
             if self.config.fail_closed and not scope["state"]["writer"].accepting():

@@ -279,6 +279,36 @@ def test_provider_prefixed_model_reaches_upstream_as_plain_model(
     assert (record["provider"], record["model"]) == ("openai", "gpt-4o")
 
 
+def test_provider_prefixed_stream_with_other_stream_options_keeps_both_edits(
+    proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    # stream_options without include_usage makes the proxy write the body anew: the rename must survive.
+    stub.push(Stream(STREAM_CHUNKS))
+    payload = {
+        "model": "openai/gpt-4o-mini",
+        "messages": HELLO,
+        "stream": True,
+        "stream_options": {"include_obfuscation": False},
+    }
+    response = proxy.post_json("/v1/chat/completions", payload)
+
+    assert response.status == 200
+    assert only(stub.requests).json() == {
+        **payload,
+        "model": "gpt-4o-mini",
+        "stream_options": {"include_obfuscation": False, "include_usage": True},
+    }
+    record = only(proxy.wait_records(1))
+    assert response.body == costed(STREAM_WITHOUT_USAGE_CHUNK, record)
+    assert (record["provider"], record["model"], record["input_tokens"], record["output_tokens"]) == (
+        "openai",
+        "gpt-4o-mini",
+        12,
+        34,
+    )
+    assert record["total_cost"] == per_million((12, "0.15"), (34, "0.60"))
+
+
 def test_request_body_is_forwarded_byte_for_byte(proxy: RunningProxy, stub: UpstreamStub) -> None:
     stub.push(Reply(body=chat_body({"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2})))
     sent = (
