@@ -5,8 +5,12 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
+from collections.abc import Iterable
 
 from proxy.config import AuthKey
+
+# Every header a client may put its key in: each is forwarded to the provider in pass-through mode.
+KEY_HEADERS = (b"authorization", b"x-api-key", b"x-goog-api-key")
 
 
 @functools.lru_cache(maxsize=1024)
@@ -26,6 +30,12 @@ def client_token(authorization: bytes | None, api_key: bytes | None) -> str | No
     if api_key:
         return api_key.decode("latin-1").strip() or None
     return None
+
+
+def repeated_key_header(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+    """The name of a key header a request carries more than once, else None."""
+    names = [name for name, _ in headers]
+    return next((name.decode() for name in KEY_HEADERS if names.count(name) > 1), None)
 
 
 class Gate:

@@ -19,7 +19,7 @@ import orjson
 from starlette.types import Message, Receive, Scope, Send
 
 from proxy import sse
-from proxy.auth import Gate, client_token, key_id
+from proxy.auth import KEY_HEADERS, Gate, client_token, key_id, repeated_key_header
 from proxy.calls import Call
 from proxy.config import Config, Provider
 from proxy.deadlines import Deadlines, Later
@@ -50,7 +50,7 @@ _NOT_FORWARDED = frozenset(
         b"x-real-ip",
     }
 )
-_CLIENT_KEYS = frozenset({b"authorization", b"x-api-key", b"x-goog-api-key"})
+_CLIENT_KEYS = frozenset(KEY_HEADERS)
 _NOT_FORWARDED_PASSING_KEYS = _NOT_FORWARDED - _CLIENT_KEYS
 _NO_LENGTH = frozenset({b"content-length"})
 _KEEP = frozenset[bytes]()
@@ -97,6 +97,12 @@ class Meter:
         assert task is not None  # uvicorn runs each request in a task of its own
         try:
             target = self.routes.for_path(path)
+            # `header` keeps a repeated header's last value, where every one is forwarded: a call with
+            # two keys could be recorded under one and spend the other (a comparison when none repeats).
+            if len(header) < len(headers) and (repeated := repeated_key_header(headers)) is not None:
+                raise RouteError(
+                    400, "duplicate_api_key", f"the request has more than one {repeated} header; send one key"
+                )
             token = client_token(header.get(b"authorization"), header.get(b"x-api-key"))
             user = self.gate.caller(token) if self.gate.closed else key_id(token)
             if user is None:

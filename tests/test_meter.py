@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import http.client
 import json
 import re
 from datetime import UTC, datetime, timedelta
@@ -931,6 +932,64 @@ def test_upstream_200_that_is_not_json_passes_as_is_and_is_recorded_bad(
         "total_cost": None,
     }
     assert {key: record[key] for key in expected} == expected
+
+
+def post_with_repeated_headers(
+    proxy: RunningProxy, body: bytes, headers: list[tuple[str, str]]
+) -> RawResponse:
+    """A POST that may carry a header more than once (a dict of headers cannot)."""
+    connection = http.client.HTTPConnection("127.0.0.1", proxy.port, timeout=30)
+    try:
+        connection.putrequest("POST", "/v1/chat/completions")
+        for name, value in [("content-type", "application/json"), *headers]:
+            connection.putheader(name, value)
+        connection.putheader("content-length", str(len(body)))
+        connection.endheaders(body)
+        response = connection.getresponse()
+        return RawResponse(response.status, response.getheaders(), response.read())
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize(
+    ("name", "first", "second"),
+    [
+        ("authorization", "Bearer sk-customer-a-canary", "Bearer sk-customer-b-canary"),
+        ("x-api-key", "sk-customer-a-canary", "sk-customer-b-canary"),
+        ("x-goog-api-key", "sk-customer-a-canary", "sk-customer-a-canary"),
+    ],
+)
+def test_a_key_header_sent_twice_gets_400_naming_it_and_no_upstream_call(
+    proxy: RunningProxy, stub: UpstreamStub, name: str, first: str, second: str
+) -> None:
+    # Both would be forwarded; the provider might spend either key while the record names one.
+    body = json.dumps({"model": "gpt-4o", "messages": HELLO}).encode()
+    response = post_with_repeated_headers(
+        proxy, body, [(name, first), ("x-session-id", "s1"), (name, second)]
+    )
+
+    error = assert_openai_error(response, 400)
+    assert error["code"] == "duplicate_api_key"
+    assert error["message"] == f"the request has more than one {name} header; send one key"
+    assert stub.requests == []
+    stub.push(Reply(body=chat_body({"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2})))
+    good = proxy.post_json("/v1/chat/completions", {"model": "gpt-4o", "messages": HELLO})
+    assert good.status == 200
+    assert only(proxy.wait_records(1))["proxy_request_id"] == good.header("x-meterproxy-request-id")
+    assert "customer-a-canary" not in proxy.log() and "customer-b-canary" not in proxy.log()
+
+
+def test_other_repeated_headers_are_forwarded_and_the_call_recorded_under_its_one_key(
+    proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    stub.push(Reply(body=chat_body({"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2})))
+    body = json.dumps({"model": "gpt-4o", "messages": HELLO}).encode()
+    headers = [("authorization", f"Bearer {CLIENT_KEY}"), ("x-trace", "one"), ("x-trace", "two")]
+    assert post_with_repeated_headers(proxy, body, headers).status == 200
+
+    seen = only(stub.requests)
+    assert [value for key, value in seen.headers if key.lower() == "x-trace"] == ["one", "two"]
+    assert only(proxy.wait_records(1))["user_id"] == CLIENT_USER_ID
 
 
 @pytest.fixture
