@@ -6,8 +6,10 @@ import functools
 import hashlib
 import hmac
 from collections.abc import Iterable
+from urllib.parse import parse_qs
 
 from proxy.config import AuthKey
+from proxy.routing import RouteError
 
 # Every header a client may put its key in: each is forwarded to the provider in pass-through mode.
 KEY_HEADERS = (b"authorization", b"x-api-key", b"x-goog-api-key")
@@ -21,15 +23,52 @@ def key_id(token: str | None) -> str:
     return "key:" + hashlib.sha256(token.encode()).hexdigest()[:12]
 
 
-def client_token(authorization: bytes | None, api_key: bytes | None) -> str | None:
-    """The key a client presented, as `Authorization: Bearer ...` or `x-api-key`."""
+class KeyConflict(RouteError):
+    """A request presents more than one key: the provider might spend one while the record names another."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(400, "duplicate_api_key", message)
+
+
+def client_token(
+    authorization: bytes | None,
+    api_key: bytes | None,
+    goog_api_key: bytes | None = None,
+    query_key: str | None = None,
+    *,
+    one_key: bool = False,
+) -> str | None:
+    """The key a client presented, as `Authorization: Bearer ...`, `x-api-key`, `x-goog-api-key` or the
+    `key` query parameter (Google's APIs take either of the last two), the first found. With one_key
+    (pass-through, where every one of them reaches the provider), KeyConflict when two differ."""
+    token = None
     if authorization:
-        scheme, _, token = authorization.decode("latin-1").partition(" ")
-        if scheme.lower() == "bearer" and token.strip():
-            return token.strip()
-    if api_key:
-        return api_key.decode("latin-1").strip() or None
-    return None
+        scheme, _, bearer = authorization.decode("latin-1").partition(" ")
+        if scheme.lower() == "bearer" and bearer.strip():
+            token = bearer.strip()
+    for value in (api_key, goog_api_key):
+        if value and (other := value.decode("latin-1").strip()):
+            token = _one(token, other, one_key)
+    return _one(token, query_key, one_key) if query_key else token
+
+
+def _one(token: str | None, other: str, one_key: bool) -> str:
+    if token is None:
+        return other
+    if one_key and other != token:
+        raise KeyConflict(
+            "the request presents different keys (in Authorization, x-api-key, x-goog-api-key or the key "
+            "query parameter); send one key"
+        )
+    return token
+
+
+def query_key(query: bytes) -> str | None:
+    """The `key` query parameter, decoded as the provider reads it; KeyConflict when there are several."""
+    keys = parse_qs(query.decode("latin-1")).get("key")
+    if keys is not None and len(keys) > 1:
+        raise KeyConflict("the request has more than one key query parameter; send one key")
+    return keys[0] if keys else None
 
 
 def repeated_key_header(headers: Iterable[tuple[bytes, bytes]]) -> str | None:

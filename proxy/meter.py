@@ -19,7 +19,7 @@ import orjson
 from starlette.types import Message, Receive, Scope, Send
 
 from proxy import sse
-from proxy.auth import KEY_HEADERS, Gate, client_token, key_id, repeated_key_header
+from proxy.auth import KEY_HEADERS, Gate, KeyConflict, client_token, key_id, query_key, repeated_key_header
 from proxy.calls import Call
 from proxy.config import Config, Provider
 from proxy.deadlines import Deadlines, Later
@@ -92,6 +92,7 @@ class Meter:
         headers: Headers = scope["headers"]
         header = dict(headers)
         raw_path = scope.get("raw_path")
+        query: bytes = scope.get("query_string", b"")
         path = raw_path.decode("latin-1") if raw_path else scope["path"]
         task = asyncio.current_task()
         assert task is not None  # uvicorn runs each request in a task of its own
@@ -100,11 +101,21 @@ class Meter:
             # `header` keeps a repeated header's last value, where every one is forwarded: a call with
             # two keys could be recorded under one and spend the other (a comparison when none repeats).
             if len(header) < len(headers) and (repeated := repeated_key_header(headers)) is not None:
-                raise RouteError(
-                    400, "duplicate_api_key", f"the request has more than one {repeated} header; send one key"
-                )
-            token = client_token(header.get(b"authorization"), header.get(b"x-api-key"))
-            user = self.gate.caller(token) if self.gate.closed else key_id(token)
+                raise KeyConflict(f"the request has more than one {repeated} header; send one key")
+            # Google's APIs also take a key as `?key=`, forwarded with the rest of the query; never a
+            # proxy key (auth.keys), which must not reach a provider.
+            passing = not self.gate.closed
+            in_query = None
+            if query and passing and target.provider and target.provider.kind == "gemini":
+                in_query = query_key(query)
+            token = client_token(
+                header.get(b"authorization"),
+                header.get(b"x-api-key"),
+                header.get(b"x-goog-api-key"),
+                in_query,
+                one_key=passing,
+            )
+            user = key_id(token) if passing else self.gate.caller(token)
             if user is None:
                 raise RouteError(
                     401, "invalid_api_key", "a valid proxy key is required (Authorization: Bearer)"
@@ -154,7 +165,6 @@ class Meter:
         call.ip = client[0] if client else None
         call.session_id = _text(header.get(b"x-session-id"))
         call.task_type = _text(header.get(b"x-task-type"))
-        query = scope.get("query_string")
         url = f"{base}/{target.rest}" + (f"?{query.decode('latin-1')}" if query else "")
         watch = _DisconnectWatch(call, receive, task, self._watches)
         last: list[Message] = []

@@ -1,6 +1,8 @@
 import hashlib
 
-from proxy.auth import Gate, client_token, key_id, repeated_key_header
+import pytest
+
+from proxy.auth import Gate, KeyConflict, client_token, key_id, query_key, repeated_key_header
 from proxy.config import AuthKey, Secret
 
 
@@ -16,6 +18,40 @@ def test_client_token_from_bearer_or_x_api_key() -> None:
     assert client_token(None, b"sk-b") == "sk-b"
     assert client_token(b"Basic abc", b"sk-b") == "sk-b"
     assert client_token(b"Basic abc", None) is None
+
+
+def test_client_token_from_gemini_header_or_query() -> None:
+    assert client_token(None, None, b"AIza-a") == "AIza-a"
+    assert client_token(None, None, None, "AIza-q") == "AIza-q"
+    assert client_token(b"Bearer AIza-a", b"AIza-a", b"AIza-a", "AIza-a", one_key=True) == "AIza-a"
+    assert client_token(b"Basic abc", None, None, None) is None
+
+
+@pytest.mark.parametrize(
+    "presented",
+    [
+        (b"Bearer sk-a", b"sk-b", None, None),
+        (None, b"sk-a", b"sk-b", None),
+        (b"Bearer sk-a", None, b"sk-b", None),
+        (None, None, b"AIza-a", "AIza-b"),
+    ],
+)
+def test_client_token_takes_the_first_key_or_in_pass_through_refuses_different_ones(
+    presented: tuple[bytes | None, bytes | None, bytes | None, str | None],
+) -> None:
+    assert client_token(*presented) == ("sk-a" if presented[3] is None else "AIza-a")  # the first found
+    with pytest.raises(KeyConflict) as raised:
+        client_token(*presented, one_key=True)
+    assert (raised.value.status, raised.value.code) == (400, "duplicate_api_key")
+    assert "sk-" not in str(raised.value) and "AIza" not in str(raised.value)
+
+
+def test_query_key_is_decoded_and_a_repeated_one_refused() -> None:
+    assert query_key(b"alt=sse&key=AIza%2Bq") == "AIza+q"
+    assert query_key(b"alt=sse") is None
+    assert query_key(b"key=") is None
+    with pytest.raises(KeyConflict, match="more than one key query parameter"):
+        query_key(b"key=AIza-a&alt=sse&key=AIza-b")
 
 
 def test_repeated_key_header_is_named_and_other_repeats_are_not() -> None:

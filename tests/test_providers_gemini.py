@@ -5,6 +5,7 @@ The model comes from the path; output is candidates plus thoughts, and cached co
 
 from __future__ import annotations
 
+import hashlib
 import json
 
 import pytest
@@ -104,8 +105,10 @@ def test_a_key_in_the_query_string_reaches_gemini_but_never_the_record_or_log(
 ) -> None:
     canary = "AIzaSyQueryCanary-8f31"
     stub.push(Reply(body=GENERATE))
-    response = providers_proxy.post_json(
-        f"/gemini/v1beta/models/gemini-2.5-flash:generateContent?key={canary}", ASK
+    response = providers_proxy.request(
+        "POST",
+        f"/gemini/v1beta/models/gemini-2.5-flash:generateContent?key={canary}",
+        json.dumps(ASK).encode(),
     )
 
     assert response.status == 200
@@ -181,6 +184,70 @@ def test_openai_compatible_gemini_path_is_priced_as_chat(
     }
     assert pick(record, expected) == expected
     assert raw.headers.get("x-meterproxy-cost") == "0.004441"
+
+
+def test_pass_through_callers_are_told_apart_by_their_gemini_key_in_header_or_query(
+    providers_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    stub.always(Reply(body=GENERATE))
+    path = "/gemini/v1beta/models/gemini-2.5-flash:generateContent"
+    body = json.dumps(ASK).encode()
+    for key in ("AIzaSyCustomerA-canary", "AIzaSyCustomerB-canary"):
+        response = providers_proxy.request("POST", path, body, {**JSON_TYPE, "x-goog-api-key": key})
+        assert response.status == 200
+    by_query = providers_proxy.request("POST", f"{path}?key=AIzaSyCustomerC%2Bcanary", body, JSON_TYPE)
+    assert by_query.status == 200
+
+    seen = stub.wait_requests(3)
+    assert [request.header("x-goog-api-key") for request in seen] == [
+        "AIzaSyCustomerA-canary",
+        "AIzaSyCustomerB-canary",
+        None,
+    ]
+    assert seen[2].target == "/v1beta/models/gemini-2.5-flash:generateContent?key=AIzaSyCustomerC%2Bcanary"
+    records = providers_proxy.wait_records(3)
+    assert [record["user_id"] for record in records] == [
+        "key:" + hashlib.sha256(key).hexdigest()[:12]
+        for key in (b"AIzaSyCustomerA-canary", b"AIzaSyCustomerB-canary", b"AIzaSyCustomerC+canary")
+    ]
+    for where in (providers_proxy.records_path.read_text(), providers_proxy.log()):
+        assert "Customer" not in where
+
+
+def test_a_gemini_call_with_a_key_in_both_header_and_query_is_refused(
+    providers_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    # Either one could be the key Google spends: the record could not say which.
+    response = providers_proxy.request(
+        "POST",
+        "/gemini/v1beta/models/gemini-2.5-flash:generateContent?key=AIzaSyCustomerA-canary",
+        json.dumps(ASK).encode(),
+        {**JSON_TYPE, "x-goog-api-key": "AIzaSyCustomerB-canary"},
+    )
+
+    assert response.status == 400
+    assert response.json()["error"]["code"] == "duplicate_api_key"
+    assert stub.requests == [] and providers_proxy.records() == []
+    assert "Customer" not in providers_proxy.log()
+
+
+def test_behind_auth_keys_a_gemini_client_presents_its_proxy_key_in_its_header_never_the_query(
+    launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub
+) -> None:
+    providers = all_providers(stub)
+    providers["gemini"]["api_key"] = "${GEMINI_UPSTREAM_KEY}"
+    config = make_config(providers=providers, auth={"keys": [{"name": "team-a", "key": "${TEAM_KEY}"}]})
+    proxy = launch(config, env={"GEMINI_UPSTREAM_KEY": PROVIDER_KEY, "TEAM_KEY": "mp-team-canary"})
+    stub.push(Reply(body=GENERATE))
+    path = "/gemini/v1beta/models/gemini-2.5-flash:generateContent"
+    body = json.dumps(ASK).encode()
+
+    # A key in the query is forwarded with it: the proxy's key is never taken from there.
+    assert proxy.request("POST", f"{path}?key=mp-team-canary", body, JSON_TYPE).status == 401
+    assert proxy.request("POST", path, body, {**JSON_TYPE, "x-goog-api-key": "mp-team-canary"}).status == 200
+
+    assert only(stub.requests).header("x-goog-api-key") == PROVIDER_KEY
+    assert only(proxy.wait_records(1))["user_id"] == "team-a"
 
 
 def test_the_openai_compatible_path_gets_the_provider_key_as_a_bearer_token(
