@@ -92,6 +92,10 @@ class Call:
         if isinstance(facts, StreamFacts):
             if facts.events == 0 and ok and error is None:
                 error = "upstream_bad_response"
+            elif facts.partial and facts.events:
+                # Ended before its final usage (cut, reset, left, or after an error event): the output
+                # is estimated as any cut stream's is, never recorded as message_start's placeholder.
+                usage, source = estimate_usage(self.request, facts.events, usage), "estimated"
             elif usage is None and error is not None and facts.events:
                 usage, source = estimate_usage(self.request, facts.events), "estimated"
         response_model = facts.model if facts is not None else None

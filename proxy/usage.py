@@ -197,6 +197,9 @@ class ResponseFacts:
     malformed: int = 0
     unread: int = 0  # events with a line too long to read (sse.MAX_LINE): passed on, not parsed
     done: bool = False
+    # Usage so far, not the final one: an Anthropic stream's message_start has the input counts and a
+    # placeholder output count (1); only message_delta brings the output.
+    partial: bool = False
     _anthropic: dict[str, Any] = field(default_factory=dict)
 
     def absorb(self, message: dict[str, Any]) -> None:
@@ -264,6 +267,7 @@ class ResponseFacts:
         if isinstance(counts, dict):
             self._anthropic.update({key: value for key, value in counts.items() if value is not None})
             self.usage = usage_from_anthropic(self._anthropic)
+            self.partial = message.get("type") == "message_start"
 
 
 def _list(value: Any) -> list[Any]:
@@ -341,9 +345,14 @@ class StreamFacts(ResponseFacts):
         return self.api == "chat" and message.get("choices") == [] and isinstance(message.get("usage"), dict)
 
 
-def estimate_usage(request: dict[str, Any], content_events: int) -> Usage:
+def estimate_usage(request: dict[str, Any], content_events: int, partial: Usage | None = None) -> Usage:
     """A rough usage for a call cut before the provider reported one: ~4 bytes a prompt token,
-    one token per streamed chunk (how OpenAI-style servers stream)."""
+    one token per streamed chunk (how OpenAI-style servers stream). Input counts the provider already
+    reported (`partial`, from Anthropic's message_start) are exact and kept."""
+    if partial is not None:
+        return partial._replace(
+            output_tokens=content_events, total_tokens=partial.input_tokens + content_events
+        )
     prompt = request.get("messages", request.get("input", request.get("contents", request.get("prompt", ""))))
     input_tokens = (len(orjson.dumps(prompt)) + 3) // 4
     return Usage(input_tokens, content_events, input_tokens + content_events)

@@ -274,13 +274,19 @@ def test_stream_cut_before_message_delta_still_bills_the_input_and_cache_it_repo
     assert received.value.partial == b"".join(events[:cut])
     record = only(providers_proxy.wait_records(1))
     # message_start reported 25 input, 18432 cache reads, 1536 cache writes: 25 * 3.00 + 18432 * 0.30 +
-    # 1536 * 3.75 per 1M is owed whatever the output was.
+    # 1536 * 3.75 per 1M is owed whatever the output was. Its output count (1) is a placeholder: the
+    # output is estimated as for any cut stream, a token per event: message_start, content_block_start,
+    # ping, 7 deltas and content_block_stop are 11, at 15.00 per 1M.
+    assert cut == 11
     expected = {
+        **costs([(25, "3.00"), (18432, "0.30"), (1536, "3.75")], [(11, "15.00")]),
         "error": "upstream_reset",
+        "usage_source": "estimated",
         "input_tokens": 19993,
         "cached_input_tokens": 18432,
         "cache_write_tokens": 1536,
-        "input_cost": costs([(25, "3.00"), (18432, "0.30"), (1536, "3.75")], [])["input_cost"],
+        "output_tokens": 11,
+        "total_tokens": 20004,
     }
     assert pick(record, expected) == expected
 

@@ -100,13 +100,19 @@ def test_anthropic_stream_counts_cache_parts_inside_input_and_takes_late_counts(
         b'{"type":"message_start","message":{"id":"msg_1","model":"claude-sonnet-4-5","usage":{"input_tokens":25,'
         b'"cache_creation_input_tokens":3000,"cache_read_input_tokens":6000,"output_tokens":1}}}'
     )
+    assert facts.observe(start) is False
+    assert facts.partial and facts.usage == Usage(9025, 1, 9026, cached_tokens=6000, cache_write_tokens=3000)
+    # Cut here, message_start's input is kept and its placeholder output count replaced by the estimate.
+    assert estimate_usage({}, 4, facts.usage) == Usage(
+        9025, 4, 9029, cached_tokens=6000, cache_write_tokens=3000
+    )
     for data in (
-        start,
         b'{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}',
         b'{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":812,"input_tokens":30}}',
         b'{"type":"message_stop"}',
     ):
         assert facts.observe(data) is False
+    assert not facts.partial
     assert facts.usage == Usage(9030, 812, 9842, cached_tokens=6000, cache_write_tokens=3000)
     assert (facts.response_id, facts.model, facts.finish_reason) == ("msg_1", "claude-sonnet-4-5", "end_turn")
 
@@ -117,7 +123,7 @@ def test_anthropic_body() -> None:
         b'"usage":{"input_tokens":100,"cache_read_input_tokens":0,"output_tokens":50}}'
     )
     facts = facts_from_body(body, "anthropic")
-    assert facts is not None and facts.usage == Usage(100, 50, 150)
+    assert facts is not None and facts.usage == Usage(100, 50, 150) and not facts.partial
     assert facts.finish_reason == "max_tokens"
 
 
