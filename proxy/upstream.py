@@ -77,6 +77,16 @@ class Upstream(Protocol):
     async def close(self) -> None: ...
 
 
+def _described(exc: BaseException) -> str:
+    """An aiohttp error for the log and the client, without the URL some of them quote: its query may
+    carry a key (Gemini's `?key=`)."""
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return f"{exc.status}, {exc.message}"
+    if isinstance(exc, aiohttp.InvalidURL):
+        return "invalid URL"
+    return str(exc)
+
+
 class _AiohttpResponse:
     __slots__ = ("_response", "status", "headers", "_timeout")
 
@@ -94,7 +104,9 @@ class _AiohttpResponse:
                 "upstream_timeout", 504, f"no data from the provider in {self._timeout:g} s"
             ) from exc
         except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamError("upstream_reset", 502, f"the provider broke off the response: {exc}") from exc
+            raise UpstreamError(
+                "upstream_reset", 502, f"the provider broke off the response: {_described(exc)}"
+            ) from exc
 
     def close(self) -> None:
         self._response.close()
@@ -138,10 +150,12 @@ class AiohttpUpstream:
             ) from exc
         except aiohttp.ClientConnectorError as exc:
             raise UpstreamError(
-                "upstream_unreachable", 502, f"cannot connect to the provider: {exc}"
+                "upstream_unreachable", 502, f"cannot connect to the provider: {_described(exc)}"
             ) from exc
         except (aiohttp.ClientError, OSError) as exc:
-            raise UpstreamError("upstream_reset", 502, f"the provider closed the connection: {exc}") from exc
+            raise UpstreamError(
+                "upstream_reset", 502, f"the provider closed the connection: {_described(exc)}"
+            ) from exc
         return _AiohttpResponse(response, timeout)
 
     async def close(self) -> None:

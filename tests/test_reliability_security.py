@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import gzip
+import hashlib
 import json
 import secrets
 import select
@@ -344,6 +345,55 @@ def test_pass_through_keys_are_hashed_and_the_clients_own_key_echoed_back_is_lef
     for where, text in {"records": proxy.records_path.read_text(), "server log": proxy.log()}.items():
         assert CLIENT_CANARY not in text, f"the client's key leaked into the {where}"
     assert CLIENT_CANARY not in json.dumps(proxy.health())
+
+
+@pytest.fixture
+def bad_http_port() -> Iterator[int]:
+    """A server that answers every request with a head that is not HTTP, and closes."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                connection, _ = server.accept()
+            except OSError:
+                return
+            with connection:
+                connection.recv(65536)
+                connection.sendall(b"HTTP/1.1 200 OK\r\nthis is not a header\r\ncontent-length: 2\r\n\r\n{}")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    server.shutdown(socket.SHUT_RDWR)  # wakes the accept() under way (Linux)
+    server.close()
+    thread.join(5)
+
+
+@pytest.mark.parametrize("client", ["http1", "aiohttp"])
+def test_a_key_in_the_query_stays_out_of_the_log_when_the_provider_answers_garbage(
+    launch: ProxyLauncher, make_config: MakeConfig, bad_http_port: int, client: str
+) -> None:
+    # aiohttp quotes the request's URL, query and all, in some of its errors.
+    gemini = {
+        "kind": "gemini",
+        "base_url": f"http://127.0.0.1:{bad_http_port}/v1beta/openai",
+        "models": {"gemini-2.5-flash": {"pricing": {"input": 0.30, "output": 2.50}}},
+    }
+    proxy = launch(make_config(server={"upstream_client": client}, providers={"gemini": gemini}))
+    body = json.dumps({"contents": [{"parts": [{"text": "hi"}]}]}).encode()
+    response = proxy.request(
+        "POST",
+        f"/gemini/v1beta/models/gemini-2.5-flash:generateContent?key={CLIENT_CANARY}",
+        body,
+        {"content-type": "application/json"},
+    )
+
+    assert response.status == 502 and CLIENT_CANARY.encode() not in response.body
+    [record] = proxy.wait_records(1)
+    hashed = "key:" + hashlib.sha256(CLIENT_CANARY.encode()).hexdigest()[:12]
+    assert (record["status_code"], record["user_id"]) == (502, hashed)
+    assert_no_canary(proxy)
 
 
 # --- 14. No SSRF ------------------------------------------------------------------------------------
