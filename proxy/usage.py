@@ -42,8 +42,13 @@ class Usage(NamedTuple):
     provider_cost: float | None = None  # what the provider says the call cost (OpenRouter's usage.cost)
 
 
+# No call comes near this many tokens; a count past it is garbage, read as no count like a negative one.
+# Larger integers would not fit a record either (JSON readers keep 53 bits; orjson writes 64 at most).
+_TOO_MANY = 1 << 53
+
+
 def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and value >= 0 else 0
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < _TOO_MANY else 0
 
 
 def _part(parent: dict[str, Any], key: str) -> dict[str, Any]:
@@ -120,7 +125,7 @@ def usage_from_gemini(meta: Any) -> Usage | None:
 # content) without building it, in about half the time of parsing the whole body. A message
 # with anything else in these fields (a wrong type, a negative count) does not fit, and is read as a
 # dict by `absorb`, to the same facts.
-_Count = Annotated[int, msgspec.Meta(ge=0)]
+_Count = Annotated[int, msgspec.Meta(ge=0, lt=_TOO_MANY)]
 
 
 class _PromptDetails(msgspec.Struct):

@@ -911,6 +911,30 @@ def test_client_disconnect_mid_stream_closes_upstream_and_records_499(
     assert {key: record[key] for key in expected} == expected
 
 
+def test_a_token_count_no_call_could_have_is_read_as_zero_and_the_call_recorded(
+    proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    # 2**64 does not even fit a JSON record: it once lost the call's record and gave the client a 500.
+    body = chat_body({"prompt_tokens": 2**64, "completion_tokens": 5})
+    stub.push(Reply(body=body))
+    response = proxy.post_json("/v1/chat/completions", {"model": "gpt-4o", "messages": HELLO})
+
+    assert (response.status, response.body) == (200, body)
+    record = only(proxy.wait_records(1))
+    expected = {
+        "input_tokens": 0,
+        "output_tokens": 5,
+        "total_tokens": 5,
+        "input_cost": 0.0,
+        "output_cost": per_million((5, "10.00")),
+        "total_cost": per_million((5, "10.00")),
+        "usage_source": "provider",
+        "status_code": 200,
+        "error": None,
+    }
+    assert {key: record[key] for key in expected} == expected
+
+
 def test_upstream_200_that_is_not_json_passes_as_is_and_is_recorded_bad(
     proxy: RunningProxy, stub: UpstreamStub
 ) -> None:

@@ -53,6 +53,19 @@ def test_bad_counts_are_read_as_zero() -> None:
     assert usage_from_openai(None) is None
 
 
+def test_counts_no_call_could_have_are_read_as_zero_typed_or_not() -> None:
+    # 2**64 is read as an int by the typed read and as a float by orjson: neither may reach a record.
+    for too_many in (2**53, 2**64):
+        body = b'{"usage":{"prompt_tokens":%d,"completion_tokens":5}}' % too_many
+        facts = facts_from_body(body, "chat")
+        assert facts is not None and facts.usage == Usage(0, 5, 5)
+    assert usage_from_openai({"prompt_tokens": 2**53 - 1}) == Usage(2**53 - 1, 0, 2**53 - 1)
+    anthropic = facts_from_body(
+        b'{"type":"message","usage":{"input_tokens":%d,"output_tokens":7}}' % 2**64, "anthropic"
+    )
+    assert anthropic is not None and anthropic.usage == Usage(0, 7, 7)
+
+
 def test_stream_usage_chunk_is_found_and_flagged() -> None:
     facts = StreamFacts("chat")
     scanner = SSEScanner()
