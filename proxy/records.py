@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import sys
 import time
@@ -9,6 +11,8 @@ from pathlib import Path
 from typing import Literal, TypedDict
 
 import orjson
+
+log = logging.getLogger("meterproxy")
 
 RECORD_VERSION = 1
 
@@ -156,7 +160,16 @@ class RecordWriter:
                 os.write(self._fd, b"\n")
 
     def append(self, record: CostRecord) -> None:
-        line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+        try:
+            line = orjson.dumps(record, option=orjson.OPT_APPEND_NEWLINE)
+        except TypeError as exc:
+            # A value orjson cannot write (an integer over 64 bits): the file must not get a line its
+            # readers may not read, and the call must not be lost, so it goes to stderr as JSON anyway.
+            log.error(
+                "the record of %s cannot be written (%s): it goes to stderr", record["proxy_request_id"], exc
+            )
+            self._drop((json.dumps(record, default=repr) + "\n").encode())
+            return
         if self._fd is None:
             self.open()
         if self._fd is not None:
@@ -171,6 +184,9 @@ class RecordWriter:
                     return
                 # The disk filled up inside this line: the torn part stays, the next open closes it off.
                 self._fail(OSError(f"disk full, wrote {written} of {len(line)} bytes"), writing=True)
+        self._drop(line)
+
+    def _drop(self, line: bytes) -> None:
         self.dropped += 1
         sys.stderr.buffer.write(b'{"dropped_record": ' + line[:-1] + b"}\n")
         sys.stderr.flush()

@@ -1,3 +1,4 @@
+import json
 from pathlib import Path
 
 import orjson
@@ -93,3 +94,20 @@ def test_write_error_drops_to_stderr_and_recovers(tmp_path: Path, capfd: pytest.
     writer.close()
     assert writer.problem is None
     assert orjson.loads((blocker / "records.jsonl").read_bytes())["request_id"] == "r4"
+
+
+def test_a_record_orjson_cannot_write_goes_whole_to_stderr_and_the_log_says_so(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    path = tmp_path / "records.jsonl"
+    writer = RecordWriter(path)
+    writer.open()
+    writer.append({**record(1), "input_tokens": 2**64})  # over the 64 bits orjson writes
+    writer.append(record(2))
+    writer.close()
+
+    assert writer.dropped == 1
+    [line] = capfd.readouterr().err.splitlines()
+    assert json.loads(line) == {"dropped_record": {**record(1), "input_tokens": 18446744073709551616}}
+    assert [orjson.loads(line)["request_id"] for line in path.read_bytes().splitlines()] == ["r2"]
+    assert "the record of p1 cannot be written" in caplog.text
