@@ -31,7 +31,9 @@ ALL_TIME = Period()
 
 def stamp(moment: datetime) -> str:
     """The record timestamp format; records' timestamps compare as text in time order."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    moment = moment.astimezone(UTC)
+    # The year padded by hand: strftime's %Y gives "86" for the year 86, which sorts after "2026".
+    return f"{moment.year:04d}-{moment:%m-%dT%H:%M:%S.%f}Z"
 
 
 def from_stamp(text: str) -> datetime:
@@ -48,7 +50,12 @@ def last_hours(hours: float, now: datetime) -> Period:
     if not hours > 0:
         raise PeriodError(f"--since {hours}: give a positive number of hours, e.g. --since 24")
     now = now.astimezone(UTC)
-    return Period(now - timedelta(hours=hours), now)
+    try:
+        return Period(now - timedelta(hours=hours), now)
+    except OverflowError:
+        raise PeriodError(
+            f"--since {hours:g}: reaches back before the year 1; use --all for every record"
+        ) from None
 
 
 def today(now: datetime) -> Period:
@@ -89,14 +96,17 @@ def between(start: str | None, end: str | None) -> Period:
 
 def parse_moment(text: str, option: str, *, end_of_day: bool) -> datetime:
     try:
-        day = date.fromisoformat(text)
-    except ValueError:
-        pass
-    else:
+        try:
+            day = date.fromisoformat(text)
+        except ValueError:
+            return from_stamp(text.replace(" ", "T", 1))
         return midnight(day) + timedelta(days=1 if end_of_day else 0)
-    try:
-        return from_stamp(text.replace(" ", "T", 1))
     except ValueError:
         raise PeriodError(
             f"{option} {text!r}: not a date or time; use e.g. 2024-01-31 or 2024-01-31T18:00:00Z"
+        ) from None
+    except OverflowError:  # the end of 9999-12-31, or a time near the calendar's ends in another zone
+        raise PeriodError(
+            f"{option} {text!r}: past the calendar's ends (the years 1 and 9999 in UTC);"
+            f" leave {option} out instead"
         ) from None

@@ -26,6 +26,18 @@ def test_last_hours_ends_now() -> None:
         periods.last_hours(0, NOW)
 
 
+def test_last_hours_past_the_year_1_is_a_period_error() -> None:
+    for hours in (1e9, float("inf")):
+        with pytest.raises(PeriodError, match="reaches back before the year 1; use --all"):
+            periods.last_hours(hours, NOW)
+
+
+def test_stamps_of_early_years_have_four_digits_and_sort_before_later_ones() -> None:
+    assert periods.stamp(at("0086-01-02T03:04:05")) == "0086-01-02T03:04:05.000000Z"
+    start = periods.last_hours(17_000_000, NOW).start_stamp  # about 1,940 years back
+    assert start is not None and start.startswith("0087-") and start < periods.stamp(NOW)
+
+
 def test_calendar_periods_are_utc_days_weeks_and_months() -> None:
     assert periods.today(NOW) == Period(at("2026-11-25T00:00:00"), NOW)
     assert periods.yesterday(NOW) == Period(at("2026-11-24T00:00:00"), at("2026-11-25T00:00:00"))
@@ -67,3 +79,18 @@ def test_bad_dates_name_the_option() -> None:
         periods.between("Jan 1", None)
     with pytest.raises(PeriodError, match="--start 2024-02-01 is not before --end 2024-01-31"):
         periods.between("2024-02-01", "2024-01-31")
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "option"),
+    [
+        (None, "9999-12-31", "--end"),  # through the end of that day: past the year 9999
+        ("9999-12-31T23:00:00-05:00", None, "--start"),
+        ("0001-01-01T00:00:00+05:00", None, "--start"),
+    ],
+)
+def test_times_past_the_calendars_ends_name_the_option(
+    start: str | None, end: str | None, option: str
+) -> None:
+    with pytest.raises(PeriodError, match=f"^{option} '.*': past the calendar's ends"):
+        periods.between(start, end)

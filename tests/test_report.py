@@ -394,6 +394,9 @@ def test_config_variables_take_their_defaults_as_in_the_proxy(
         (["--format", "xml"], "argument --format: invalid choice: 'xml'"),
         (["--limit", "0"], "argument --limit: '0': give a number of at least 1 (see --help)"),
         (["--start", "yesterday"], "--start 'yesterday': not a date or time"),
+        (["--end", "9999-12-31"], "--end '9999-12-31': past the calendar's ends"),
+        (["--since", "1e9"], "--since 1e+09: reaches back before the year 1"),
+        (["--since", "inf"], "--since inf: reaches back before the year 1"),
         (["--output", "no/such/folder/out.txt"], "--output no/such/folder/out.txt: cannot write it"),
     ],
 )
