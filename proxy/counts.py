@@ -10,6 +10,7 @@ import io
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -69,6 +70,7 @@ class _Window:
 def count(piece: Piece, filters: Filters) -> Counts:
     """One pass over a piece, counting each matching record into its group and its hour."""
     decoder, scale = msgspec.json.Decoder(CountedFields), UNIT_SCALE
+    read_stamp = datetime.fromisoformat
     low, high = filters.period.start_stamp, filters.period.end_stamp
     bounded = low is not None or high is not None
     low, high = low or "", high or "\U0010ffff"
@@ -83,6 +85,11 @@ def count(piece: Piece, filters: Filters) -> Counts:
         skipped += bad
         for record in records:
             stamp = record.timestamp
+            try:  # a timestamp that is not an ISO time cannot place the record in a period or an hour
+                read_stamp(stamp)
+            except ValueError:
+                skipped += 1
+                continue
             if bounded and (stamp < low or stamp >= high):
                 continue
             if test is not None and not test(

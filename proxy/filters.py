@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Annotated, Any, cast
 
 import msgspec
@@ -127,11 +128,12 @@ EVERY_RECORD = Filters()
 def complete(record: dict[str, Any]) -> CostRecord | None:
     """The record with the fields an older writer left out filled in, or None if it is not a record.
 
-    It is a record if its counted fields have their types: the test `summarise` makes of each line.
+    It is a record if its counted fields have their types and its timestamp is an ISO time: the test
+    `summarise` makes of each line.
     """
     full = DEFAULTS | {"priced": record.get("total_cost") is not None} | record
     try:
-        msgspec.convert(full, CountedFields)
-    except msgspec.ValidationError:
+        datetime.fromisoformat(msgspec.convert(full, CountedFields).timestamp)
+    except (msgspec.ValidationError, ValueError):
         return None
     return cast(CostRecord, full)

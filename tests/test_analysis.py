@@ -119,6 +119,8 @@ def test_corrupt_lines_are_skipped_and_counted(tmp_path: Path) -> None:
             b'"just text"\n',
             orjson.dumps(record(input_tokens="many")) + b"\n",
             orjson.dumps(record(timestamp=None)) + b"\n",
+            record(timestamp="not-a-time"),  # would sort after every record, and no hour holds it
+            record(timestamp="2026-11-23T25:00:00.000000Z"),
             record(total_cost=0.25),
             b'{"timestamp":"2026-11-23T10:30:00.000000Z","request_id":"torn',
         ],
@@ -126,10 +128,11 @@ def test_corrupt_lines_are_skipped_and_counted(tmp_path: Path) -> None:
     summary = summarise([path])
     assert summary.totals.requests == 2
     assert cost(summary.totals) == Decimal("0.5")
-    assert summary.skipped_lines == 6
+    assert summary.skipped_lines == 8
+    assert summary.last_timestamp == "2026-11-23T10:30:00.000000Z"
     reader = RecordReader([path])
     assert len(list(reader)) == 2
-    assert reader.skipped == 6
+    assert reader.skipped == 8
 
 
 def test_two_records_on_one_line_are_skipped_whatever_the_blank_lines_and_workers(tmp_path: Path) -> None:

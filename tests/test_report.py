@@ -188,6 +188,18 @@ def test_hourly_and_daily_show_empty_buckets_with_bars(
     ]
 
 
+def test_a_record_whose_timestamp_is_not_a_time_is_skipped(
+    records: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    write(records, [*RECORDS, record("not-a-time", total_cost=5.0)])
+    for args in (["--all", "-q"], ["--all", "--format", "json"], ["--all", "--format", "csv"]):
+        code, out, err = run(args, capsys)
+        assert code == 0
+        assert err.startswith("note: skipped 2 lines that are not whole JSON records\n")
+        assert "not-a-time" not in out
+    assert run(["--all", "-q"], capsys)[1] == "1650\t3.150000\t4\n"
+
+
 def test_csv_to_an_output_file(records: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(
         ["--all", "--format", "csv", "--output", "report.csv", "--provider", "openai"], capsys
