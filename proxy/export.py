@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Iterable
 from datetime import timedelta
-from decimal import Decimal
+from decimal import Context, Decimal
 from typing import IO, Any, TypedDict
 
 import orjson
@@ -68,7 +68,9 @@ class ProjectionJSON(TypedDict):
 
 
 def amount(value: Decimal, places: int = COST_PLACES) -> float:
-    return float(round(value, places))
+    # With the digits the value needs: round() keeps to the context's 28, too few for 1e18 and 10 places.
+    digits = max(value.adjusted(), 0) + 1 + places
+    return float(value.quantize(Decimal(1).scaleb(-places), context=Context(prec=digits)))
 
 
 def tally_json(tally: Tally) -> TallyJSON:

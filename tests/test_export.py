@@ -62,6 +62,13 @@ def test_summary_json_schema(tmp_path: Path) -> None:
     assert all(set(group) == GROUP_KEYS for group in by_hour.values())
 
 
+def test_json_rounds_costs_too_big_for_the_default_decimal_precision(tmp_path: Path) -> None:
+    # 1e20 to 10 places is 31 digits, past the 28 of the default decimal context.
+    path = write(tmp_path / "c.jsonl", [record(total_cost=1e20), record(total_cost=3e20)])
+    totals = summary_json(summarise([path]))["totals"]
+    assert (totals["cost"], totals["average_cost_per_request"]) == (4e20, 2e20)
+
+
 def test_long_periods_are_by_day(tmp_path: Path) -> None:
     path = write(tmp_path / "c.jsonl", [record("2026-11-20T08:00:00.000000Z"), record()])
     document = summary_json(summarise([path], Filters(periods.this_month(NOW))))
