@@ -70,11 +70,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"meterproxy reprice: config error: {exc}", file=sys.stderr)
         return 2
     output: Path = args.output or default_output(args.file)
-    if output.resolve() == args.file.resolve():
-        print(
-            "meterproxy reprice: --output must differ from --file; the original stays untouched",
-            file=sys.stderr,
-        )
+    problem = None
+    if args.file.is_dir():
+        problem = f"--file {args.file} is a folder; give the record file to re-price"
+    elif output.is_dir():
+        problem = f"--output {output} is a folder; give the path of the copy to write"
+    elif output.resolve() == args.file.resolve():
+        problem = "--output must differ from --file; the original stays untouched"
+    if problem is not None:
+        print(f"meterproxy reprice: {problem}", file=sys.stderr)
         return 2
     priced = unpriced = 0
     try:

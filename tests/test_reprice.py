@@ -374,6 +374,25 @@ def test_reprice_of_a_missing_file_exits_2_with_one_line(tmp_path: Path) -> None
     assert list(tmp_path.iterdir()) == [config]
 
 
+def test_reprice_of_a_folder_or_to_a_folder_exits_2_with_one_line(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "corrected.yml", CONFIG)
+    records_path = tmp_path / "cost.jsonl"
+    write_lines(records_path, [json.dumps(record()).encode()])
+    folder = tmp_path / "logs"
+    folder.mkdir()
+
+    for args, message in (
+        (["--file", str(folder)], f"--file {folder} is a folder; give the record file to re-price"),
+        (["--file", str(records_path), "--output", str(folder)], f"--output {folder} is a folder"),
+    ):
+        result = reprice(tmp_path, *args, "--config", str(config))
+        assert (result.returncode, result.stdout) == (2, "")
+        assert result.stderr.startswith(f"meterproxy reprice: {message}")
+        assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert sorted(tmp_path.iterdir()) == sorted([config, records_path, folder])
+    assert list(folder.iterdir()) == []
+
+
 def test_reprice_with_the_proxys_own_config_changes_no_record_it_wrote(
     launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub, tmp_path: Path
 ) -> None:
