@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import heapq
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -35,6 +37,7 @@ from proxy.tables import (
 FORMATS = ("summary", "detailed", "hourly", "daily", "csv", "json")
 NO_DATA = "No usage data found\n"
 DEFAULT_TOP = 10
+_SPOOL_BYTES = 1 << 20
 
 
 class UsageError(Exception):
@@ -174,15 +177,34 @@ def _job(args: argparse.Namespace, now: datetime, environ: Mapping[str, str]) ->
 
 @contextmanager
 def _output(path: str | None) -> Iterator[IO[str]]:
+    """Where the report goes; it appears only whole, so a report that fails partway leaves nothing."""
     if path is None:
-        yield sys.stdout
+        # Spooled, not streamed: a CSV export that fails partway (a truncated .gz) must not leave rows on
+        # stdout. Past _SPOOL_BYTES the spool is a temporary file, so memory stays flat.
+        with tempfile.SpooledTemporaryFile(_SPOOL_BYTES, "w+", encoding="utf-8", newline="") as spool:
+            yield spool
+            spool.seek(0)
+            shutil.copyfileobj(spool, sys.stdout)
         return
+    target = Path(path)
+    if target.is_dir():
+        raise UsageError(f"--output {path}: is a folder; give the path of a file")
+    # Written beside the target and renamed over it at the end, so the target is never left partial.
+    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
     try:
-        file = open(path, "w", encoding="utf-8", newline="")  # noqa: SIM115
+        file = open(partial, "x", encoding="utf-8", newline="")  # noqa: SIM115
     except OSError as exc:
         raise UsageError(f"--output {path}: cannot write it: {exc.strerror or exc}") from exc
-    with file:
-        yield file
+    try:
+        with file:
+            yield file
+        try:
+            os.replace(partial, target)
+        except OSError as exc:
+            raise UsageError(f"--output {path}: cannot write it: {exc.strerror or exc}") from exc
+    except BaseException:
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def _run(job: _Job, out: IO[str]) -> int:

@@ -212,6 +212,32 @@ def test_csv_to_an_output_file(records: Path, capsys: pytest.CaptureFixture[str]
     assert sum(Decimal(row["total_cost"]) for row in rows) == Decimal("1.75")
 
 
+def test_a_csv_export_that_fails_partway_writes_nothing(
+    records: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Enough records that rows are written before the read reaches the cut.
+    whole = write(
+        records.with_name("cost.jsonl.gz"),
+        [record(f"2026-11-25T08:{i % 60:02d}:00.000000Z") for i in range(3000)],
+    ).read_bytes()
+    records.with_name("cost.jsonl.gz").write_bytes(whole[: len(whole) * 2 // 3])
+    args = ["--file", str(records.with_name("cost.jsonl.gz")), "--all", "--format", "csv"]
+    code, out, err = run(args, capsys)
+    assert (code, out) == (2, "")
+    assert "cannot read record file" in err and err.count("\n") == 1
+    Path("report.csv").write_text("the last good export\n")
+    code, out, err = run([*args, "--output", "report.csv"], capsys)
+    assert (code, out) == (2, "") and err.count("\n") == 1
+    assert Path("report.csv").read_text() == "the last good export\n"
+    assert sorted(path.name for path in Path().iterdir()) == ["config.yml", "records", "report.csv"]
+
+
+def test_output_to_a_folder_exits_2_with_one_line(records: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(["--output", "records"], capsys)
+    assert (code, out) == (2, "")
+    assert err == "meterproxy report: --output records: is a folder; give the path of a file\n"
+
+
 @pytest.mark.parametrize(
     ("args", "requests"),
     [
