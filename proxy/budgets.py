@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from decimal import Decimal
+from decimal import Context, Decimal
 from typing import Literal
 
 from proxy.analysis import Summary, Tally
@@ -16,6 +16,8 @@ AlertLevel = Literal["ok", "warning", "critical"]
 BudgetName = Literal["daily", "monthly"]
 _EXIT_CODES: dict[AlertLevel, int] = {"ok": 0, "warning": 1, "critical": 2}
 _DAY = timedelta(days=1)
+_LEVEL_STEP = Decimal("1e-12")  # a fraction of a budget, to this step: far below the 0.1% shown
+_LEVEL_CONTEXT = Context(prec=60)  # enough digits to round any fraction to _LEVEL_STEP
 
 
 @dataclass(frozen=True)
@@ -87,7 +89,9 @@ def budget_statuses(
         if limit is None:
             raise ValueError(f"no exchange rate from {budget_currency} to {exchange.currency}")
         spent = tally.cost
-        fraction = spent / limit
+        # Compared as a report shows it, not to the last binary digit: a cost is summed as its float (0.3
+        # as 0.29999...), and rates re-based for --currency are rounded to 28 digits (80% as 79.999...%).
+        fraction = (spent / limit).quantize(_LEVEL_STEP, context=_LEVEL_CONTEXT)
         level: AlertLevel = "ok"
         if fraction >= budgets.critical_at:
             level = "critical"

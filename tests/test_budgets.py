@@ -48,6 +48,24 @@ def test_levels_and_exit_codes(
     assert exit_code(statuses) == code
 
 
+def test_a_level_is_reached_at_exactly_its_threshold_whatever_the_binary_digits(tmp_path: Path) -> None:
+    """0.3 of a 0.6 budget is 50.0% (its float sums as 0.29999...); $8 of $10 is 80.0% in USD and in CNY
+    (a rate re-based for --currency is 1/0.14, rounded): the levels are warning and critical."""
+    path = write(tmp_path / "c.jsonl", [record("2026-11-11T00:00:00.000000Z", total_cost=0.3)])
+    month = summarise([path], Filters(periods.this_month(NOW)))
+    half = Budgets(daily=Decimal("0.6"), monthly=None, warn_at=Decimal("0.5"), critical_at=Decimal("0.8"))
+    assert [status.level for status in budget_statuses(half, "USD", USD, month, NOW)] == ["warning"]
+
+    path, _ = month_of(tmp_path, today_cost=8.0, earlier_cost=0.0)
+    usd = Exchange("USD", {"CNY": Decimal("0.14")})
+    for exchange in (usd, usd.to("CNY")):
+        month = summarise([path], Filters(periods.this_month(NOW)), exchange)
+        assert [status.level for status in budget_statuses(BUDGETS, "USD", exchange, month, NOW)] == [
+            "critical",
+            "ok",
+        ], exchange.currency
+
+
 def test_spend_remaining_and_tightest(tmp_path: Path) -> None:
     _, month = month_of(tmp_path, 6.0, 40.0)
     daily, monthly = budget_statuses(BUDGETS, "USD", USD, month, NOW)
