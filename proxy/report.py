@@ -5,11 +5,8 @@ from __future__ import annotations
 import argparse
 import heapq
 import os
-import shutil
 import sys
-import tempfile
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -21,6 +18,7 @@ from proxy.budgets import BudgetStatus, Projection, budget_statuses, exit_code, 
 from proxy.config import DEFAULT_RECORD_FILE, Config, ConfigError, load_config
 from proxy.export import budget_json, projection_json, summary_json, write_csv, write_json
 from proxy.money import Exchange, ExchangeError
+from proxy.outfile import OutputError, whole_output
 from proxy.periods import Period, PeriodError
 from proxy.sources import RecordFileError, expand
 from proxy.tables import (
@@ -37,7 +35,6 @@ from proxy.tables import (
 FORMATS = ("summary", "detailed", "hourly", "daily", "csv", "json")
 NO_DATA = "No usage data found\n"
 DEFAULT_TOP = 10
-_SPOOL_BYTES = 1 << 20
 
 
 class UsageError(Exception):
@@ -129,9 +126,9 @@ def main(
         return exit.code if isinstance(exit.code, int) else 2
     try:
         job = _job(args, now or datetime.now(UTC), os.environ if environ is None else environ)
-        with _output(args.output) as out:
+        with whole_output(args.output) as out:
             return _run(job, out)
-    except (UsageError, ConfigError, RecordFileError, PeriodError, ExchangeError) as exc:
+    except (UsageError, OutputError, ConfigError, RecordFileError, PeriodError, ExchangeError) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 2
     except BrokenPipeError:
@@ -173,38 +170,6 @@ def _job(args: argparse.Namespace, now: datetime, environ: Mapping[str, str]) ->
         raise UsageError("--budget: no budgets in the config; add budgets: {daily: 10.0, monthly: 200.0}")
     currency = exchange.to(args.currency) if args.currency else exchange
     return _Job(args, config, expand(args.file or [default]), currency, filters, now)
-
-
-@contextmanager
-def _output(path: str | None) -> Iterator[IO[str]]:
-    """Where the report goes; it appears only whole, so a report that fails partway leaves nothing."""
-    if path is None:
-        # Spooled, not streamed: a CSV export that fails partway (a truncated .gz) must not leave rows on
-        # stdout. Past _SPOOL_BYTES the spool is a temporary file, so memory stays flat.
-        with tempfile.SpooledTemporaryFile(_SPOOL_BYTES, "w+", encoding="utf-8", newline="") as spool:
-            yield spool
-            spool.seek(0)
-            shutil.copyfileobj(spool, sys.stdout)
-        return
-    target = Path(path)
-    if target.is_dir():
-        raise UsageError(f"--output {path}: is a folder; give the path of a file")
-    # Written beside the target and renamed over it at the end, so the target is never left partial.
-    partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
-    try:
-        file = open(partial, "x", encoding="utf-8", newline="")  # noqa: SIM115
-    except OSError as exc:
-        raise UsageError(f"--output {path}: cannot write it: {exc.strerror or exc}") from exc
-    try:
-        with file:
-            yield file
-        try:
-            os.replace(partial, target)
-        except OSError as exc:
-            raise UsageError(f"--output {path}: cannot write it: {exc.strerror or exc}") from exc
-    except BaseException:
-        partial.unlink(missing_ok=True)
-        raise
 
 
 def _run(job: _Job, out: IO[str]) -> int:
