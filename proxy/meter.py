@@ -131,9 +131,9 @@ class Meter:
                 provider, upstream_model = self.routes.for_model(model)
                 base = provider.base_url
                 if upstream_model != model:
-                    body = _rename_model(body, request, model, upstream_model)
                     # The request as sent from here on, so that asking for usage keeps the rename.
                     request = {**request, "model": upstream_model}
+                    body = _rename_model(body, request, model)
             elif target.api is not None and target.api != "gemini" and model is None:
                 raise RouteError(400, "missing_model", "the body has no 'model'; name the model to call")
             if self.config.fail_closed and not scope["state"]["writer"].accepting():
@@ -426,12 +426,13 @@ def _ask_for_usage(body: bytes, request: dict[str, Any]) -> bytes:
     return orjson.dumps({**request, "stream_options": merged})
 
 
-def _rename_model(body: bytes, request: dict[str, Any], model: str, upstream_model: str) -> bytes:
-    """Send `provider/model` upstream as plain `model`, changing only those bytes where they can be found."""
+def _rename_model(body: bytes, renamed: dict[str, Any], model: str) -> bytes:
+    """The body of `renamed` (the request with its plain model) where `body` says `model`: only those
+    bytes changed where they can be found."""
     pattern = re.compile(rb'("model"\s*:\s*)' + re.escape(orjson.dumps(model)))
     if len(pattern.findall(body)) == 1:
-        return pattern.sub(lambda match: match.group(1) + orjson.dumps(upstream_model), body)
-    return orjson.dumps({**request, "model": upstream_model})
+        return pattern.sub(lambda match: match.group(1) + orjson.dumps(renamed["model"]), body)
+    return orjson.dumps(renamed)
 
 
 def _text(value: bytes | None) -> str | None:
