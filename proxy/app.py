@@ -17,7 +17,8 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from proxy import __version__
-from proxy.config import Config, load_config
+from proxy.config import Config
+from proxy.configfile import load_config
 from proxy.errors import error_body
 from proxy.http1 import HTTP1Upstream
 from proxy.meter import Meter

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from proxy import __version__
 from proxy.app import CONFIG_ENV
-from proxy.config import Config, ConfigError, load_config
+from proxy.config import Config, ConfigError
+from proxy.configfile import load_config
 
 log = logging.getLogger("meterproxy")
 

@@ -15,7 +15,8 @@ from typing import IO, Any, NoReturn
 from proxy import periods
 from proxy.analysis import Filters, RecordReader, Summary, summarise
 from proxy.budgets import BudgetStatus, Projection, budget_statuses, exit_code, project, tightest
-from proxy.config import DEFAULT_RECORD_FILE, Config, ConfigError, load_config
+from proxy.config import Config, ConfigError
+from proxy.configfile import DEFAULT_RECORD_FILE, load_config
 from proxy.export import budget_json, projection_json, summary_json, write_csv, write_json
 from proxy.money import Exchange, ExchangeError
 from proxy.outfile import OutputError, whole_output

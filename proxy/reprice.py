@@ -11,7 +11,8 @@ from typing import Any
 import orjson
 
 from proxy.calls import cost_of
-from proxy.config import Config, ConfigError, load_config
+from proxy.config import Config, ConfigError
+from proxy.configfile import load_config
 from proxy.filters import DEFAULTS
 from proxy.pricing import find_price
 from proxy.usage import Usage

@@ -925,7 +925,7 @@ def test_an_invalid_config_exits_non_zero_within_2s_naming_the_key(tmp_path: Pat
 
 
 def test_drain_time_defaults_to_30_seconds() -> None:
-    from proxy.config import parse_config
+    from proxy.configfile import parse_config
 
     assert parse_config(GOOD, {}).drain_seconds == 30
     assert parse_config(GOOD + "server: {drain_seconds: 5}\n", {}).drain_seconds == 5

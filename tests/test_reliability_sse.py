@@ -28,7 +28,8 @@ from upstream_stub import Stream, UpstreamStub
 
 from proxy import sse
 from proxy.calls import Call
-from proxy.config import Config, parse_config
+from proxy.config import Config
+from proxy.configfile import parse_config
 from proxy.meter import Meter
 from proxy.records import CostRecord
 from proxy.relay import _StreamEdit

@@ -1,4 +1,4 @@
-"""Unit tests of proxy/config.py: the shipped config loads, and every problem names its key path and line."""
+"""Tests of proxy/configfile.py: the shipped config loads, and every problem names its key path and line."""
 
 from collections.abc import Mapping
 from decimal import Decimal
@@ -7,7 +7,8 @@ from textwrap import dedent, indent
 
 import pytest
 
-from proxy.config import ConfigError, Secret, load_config, parse_config
+from proxy.config import ConfigError, Secret
+from proxy.configfile import load_config, parse_config
 
 SHIPPED_CONFIG = Path(__file__).resolve().parent.parent / "config.yml"
 

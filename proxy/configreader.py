@@ -1,0 +1,125 @@
+"""A config value checked at its key path: type, range, ${VAR:-default}; errors name the path and line."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+import yaml
+
+from proxy.config import ConfigError
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigReader:
+    """Walks the parsed YAML, turning problems into ConfigErrors that name the key path and line."""
+
+    def __init__(
+        self,
+        source: str,
+        lines: dict[tuple[str, ...], int],
+        environ: Mapping[str, str],
+        keep_unset: bool,
+    ) -> None:
+        self.source = source
+        self.lines = lines
+        self.environ = environ
+        self.keep_unset = keep_unset
+
+    def fail(self, path: tuple[str, ...], problem: str) -> ConfigError:
+        where = ".".join(path) or "(top level)"
+        line = self.lines.get(path)
+        at = f" (line {line})" if line else ""
+        return ConfigError(f"{self.source}: {where}{at}: {problem}")
+
+    def mapping(self, value: Any, path: tuple[str, ...], allowed: set[str] | None = None) -> dict[str, Any]:
+        if value is None:
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail(path, f"must be a mapping of keys to values, got {show(value)}")
+        for key in value:
+            if not isinstance(key, str):
+                raise self.fail(path, f"keys must be text, got {show(key)}")
+            if allowed is not None and key not in allowed:
+                known = ", ".join(sorted(allowed))
+                raise self.fail((*path, key), f"unknown key; known keys here: {known}")
+        return value
+
+    def text(self, value: Any, path: tuple[str, ...]) -> str:
+        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+            raise self.fail(path, f"must be text, got {show(value)}")
+        return self.expand(str(value), path)
+
+    def expand(self, value: str, path: tuple[str, ...]) -> str:
+        def substitute(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if name in self.environ:
+                return self.environ[name]
+            if default is not None:
+                return default
+            if self.keep_unset:
+                return match.group(0)
+            raise self.fail(path, f"${{{name}}} names an unset environment variable; set {name} or remove it")
+
+        return _ENV_REF.sub(substitute, value)
+
+    def number(self, value: Any, path: tuple[str, ...], *, positive: bool = False) -> Decimal:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.fail(path, f"must be a number, got {show(value)}")
+        # repr() of a float is its shortest round-trip form: 2.5 -> Decimal('2.5'), not 2.5000000000000000001.
+        number = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
+        if not number.is_finite() or number < 0 or (positive and number == 0):
+            kind = "a positive" if positive else "a non-negative"
+            raise self.fail(path, f"must be {kind} number, got {show(value)}")
+        return number
+
+    def whole(self, value: Any, path: tuple[str, ...], what: str, minimum: int = 0) -> int:
+        """An int of at least `minimum`; `what` names it in the error ("a whole number of seconds")."""
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self.fail(path, f"must be {what}, got {show(value)}")
+        return value
+
+    def boolean(self, value: Any, path: tuple[str, ...]) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(path, f"must be true or false, got {show(value)}")
+        return value
+
+    def currency(self, value: Any, path: tuple[str, ...]) -> str:
+        code = self.text(value, path).upper()
+        if not re.fullmatch(r"[A-Z]{3}", code):
+            raise self.fail(path, f"must be a three-letter currency code such as USD, got {show(value)}")
+        return code
+
+
+def show(value: Any) -> str:
+    """A value as a problem names it: its type and repr ("str 'abc'"), or "nothing"."""
+    return f"{type(value).__name__} {value!r}" if value is not None else "nothing"
+
+
+def line_map(node: yaml.Node | None, source: str) -> dict[tuple[str, ...], int]:
+    """The line of each key path in a composed YAML document; a key given twice is a ConfigError."""
+    lines: dict[tuple[str, ...], int] = {}
+
+    def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
+        lines.setdefault(path, node.start_mark.line + 1)
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                key_path = (*path, str(key_node.value))
+                line = key_node.start_mark.line + 1
+                # PyYAML keeps the last of two equal keys; a model pasted twice would silently take
+                # the later price, so a repeated key is an error (YAML requires unique keys).
+                if key_path in lines:
+                    where, first = ".".join(key_path), lines[key_path]
+                    raise ConfigError(f"{source}: {where} (line {line}): repeats the key on line {first}")
+                lines[key_path] = line
+                walk(value_node, key_path)
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                walk(item, (*path, str(index)))
+
+    if node is not None:
+        walk(node, ())
+    return lines
