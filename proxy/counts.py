@@ -10,7 +10,6 @@ import io
 import re
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import datetime
 from typing import Any
 
 import msgspec
@@ -18,6 +17,7 @@ from msgspec import UNSET
 
 from proxy.filters import CountedFields, Filters
 from proxy.money import UNIT_SCALE
+from proxy.records import is_record_time
 from proxy.sources import Piece, read_blocks
 from proxy.tallies import CostState
 
@@ -70,7 +70,7 @@ class _Window:
 def count(piece: Piece, filters: Filters) -> Counts:
     """One pass over a piece, counting each matching record into its group and its hour."""
     decoder, scale = msgspec.json.Decoder(CountedFields), UNIT_SCALE
-    read_stamp = datetime.fromisoformat
+    is_time = is_record_time
     low, high = filters.period.start_stamp, filters.period.end_stamp
     bounded = low is not None or high is not None
     low, high = low or "", high or "\U0010ffff"
@@ -85,9 +85,7 @@ def count(piece: Piece, filters: Filters) -> Counts:
         skipped += bad
         for record in records:
             stamp = record.timestamp
-            try:  # a timestamp that is not an ISO time cannot place the record in a period or an hour
-                read_stamp(stamp)
-            except ValueError:
+            if not is_time(stamp):
                 skipped += 1
                 continue
             if bounded and (stamp < low or stamp >= high):

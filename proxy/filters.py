@@ -5,14 +5,13 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Annotated, Any, cast
 
 import msgspec
 
 from proxy.money import UNIT_SCALE
 from proxy.periods import ALL_TIME, Period
-from proxy.records import CostRecord
+from proxy.records import CostRecord, is_record_time
 
 NONE = "(none)"  # the name shown for a missing model, task type or session
 RECORD_FIELDS: tuple[str, ...] = tuple(CostRecord.__annotations__)
@@ -129,11 +128,11 @@ def complete(record: dict[str, Any]) -> CostRecord | None:
     """The record with the fields an older writer left out filled in, or None if it is not a record.
 
     It is a record if its counted fields have their types and its timestamp is an ISO time: the test
-    `summarise` makes of each line.
+    `summarise` and /health make of each line.
     """
     full = DEFAULTS | {"priced": record.get("total_cost") is not None} | record
     try:
-        datetime.fromisoformat(msgspec.convert(full, CountedFields).timestamp)
-    except (msgspec.ValidationError, ValueError):
+        counted = msgspec.convert(full, CountedFields)
+    except msgspec.ValidationError:
         return None
-    return cast(CostRecord, full)
+    return cast(CostRecord, full) if is_record_time(counted.timestamp) else None

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Literal, TypedDict
 
@@ -73,6 +74,20 @@ class CostRecord(TypedDict):
     task_type: str | None
     provider_reported_cost: float | None
     price: PriceApplied | None
+
+
+# Bound once, as the reports call it per record: `datetime.fromisoformat` makes a bound method per look-up.
+_read_time = datetime.fromisoformat
+
+
+def is_record_time(stamp: str) -> bool:
+    """Whether a timestamp is an ISO time. A line stamped otherwise is not a record, for /health and the
+    reports alike: such a stamp places a call in no hour, period or window."""
+    try:
+        _read_time(stamp)
+    except ValueError:
+        return False
+    return True
 
 
 class RecordWriter:

@@ -16,16 +16,17 @@ from pathlib import Path
 from typing import TypedDict
 
 import msgspec
-import orjson
 
 from proxy.filters import CountedFields
+from proxy.records import is_record_time
 
 WINDOW = timedelta(hours=24)
 # Records are written when a call ends but stamped when it began, so the file is only roughly in
 # time order; read back this much further than the window before trusting that the rest is older.
 _SLACK = timedelta(hours=2)
 _TAIL_BLOCK = 1 << 20
-# A line is a record when the fields counted here have the record format's types: the reports' rule.
+# A line is a record when the fields counted here have the record format's types and its timestamp is an
+# ISO time (records.is_record_time): the reports' rule.
 _DECODER = msgspec.json.Decoder(CountedFields)
 
 
@@ -122,7 +123,7 @@ class RollingTotals:
 
     def _fold(self, data: bytes) -> None:
         buckets = self._buckets
-        decode = _DECODER.decode
+        decode, is_time = _DECODER.decode, is_record_time
         for line in data.splitlines():
             try:
                 record = decode(line)
@@ -130,6 +131,8 @@ class RollingTotals:
                 # A torn or foreign line (one whose timestamp is a list once kept the proxy from
                 # starting): skipped here, as the reports skip and count it.
                 continue
+            if not is_time(record.timestamp):
+                continue  # "yesterday" would sort after every minute and never leave the window
             minute = _minute(record.timestamp)
             bucket = buckets.get(minute)
             if bucket is None:
@@ -194,8 +197,9 @@ def _iso(moment: datetime) -> str:
 
 
 def _timestamp(line: bytes) -> str | None:
+    """The line's timestamp if it is a record: a line that is not one cannot tell where the window starts."""
     try:
-        value = orjson.loads(line).get("timestamp")
-    except (orjson.JSONDecodeError, AttributeError):
+        stamp = _DECODER.decode(line).timestamp
+    except msgspec.DecodeError:
         return None
-    return value if isinstance(value, str) else None
+    return stamp if is_record_time(stamp) else None

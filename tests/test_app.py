@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -11,7 +13,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import GPT_4O_MINI, MakeConfig, ProxyLauncher, RunningProxy, read_records, wait_until
+from conftest import (
+    GPT_4O_MINI,
+    REPO_ROOT,
+    MakeConfig,
+    ProxyLauncher,
+    RunningProxy,
+    read_records,
+    wait_until,
+)
 from upstream_stub import Reply, UpstreamStub
 
 CNY_PER_USD = "0.14"
@@ -252,6 +262,38 @@ def test_health_counts_only_the_last_24_hours_of_the_file(
             "model_costs": {"openai/gpt-4o": 2.0, "openai/gpt-4o-mini": float(GPT_4O_MINI_COST)},
         },
     )
+
+
+def test_health_and_the_report_leave_out_a_record_whose_timestamp_is_not_a_time(
+    launch: ProxyLauncher, make_config: MakeConfig
+) -> None:
+    now = datetime.now(UTC)
+    good = [record_at(now - timedelta(hours=2), 2.0, 10), record_at(now - timedelta(hours=1), 0.5, 100)]
+    # Whole records but for the stamp: "yesterday" sorts after every time, so /health never let it go.
+    stamps = ("yesterday", "2026-13-45T99:99:99Z")
+    bad = [record_at(now, 5.0, 1000) | {"timestamp": stamp} for stamp in stamps]
+    launch.records_path.write_text("".join(json.dumps(line) + "\n" for line in [good[0], *bad, good[1]]))
+    config = make_config()
+    proxy = launch(config)
+
+    health = proxy.health()["cost_stats_24h"]
+    report = subprocess.run(
+        [sys.executable, "scripts/analyze_costs.py", "--config", str(config)]
+        + ["--file", str(launch.records_path), "--all", "--format", "json"],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        check=True,
+    )
+    document = json.loads(report.stdout)
+    totals = document["totals"]
+
+    assert document["skipped_lines"] == 2
+    assert (health["requests"], totals["requests"]) == (2, 2)
+    for key in ("errors", "input_tokens", "output_tokens", "total_tokens"):
+        assert health[key] == totals[key], key
+    assert health["total_tokens"] == 20 + 200
+    assert health["total_cost"] == totals["cost"] == 2.5
+    assert health["model_costs"] == {"openai/gpt-4o": 2.5}
 
 
 def test_every_worker_reports_the_totals_of_all_workers(

@@ -4,7 +4,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from proxy.records import CostRecord, RecordWriter
+from proxy.records import CostRecord, RecordWriter, is_record_time
 
 
 def record(n: int) -> CostRecord:
@@ -111,3 +111,18 @@ def test_a_record_orjson_cannot_write_goes_whole_to_stderr_and_the_log_says_so(
     assert json.loads(line) == {"dropped_record": {**record(1), "input_tokens": 18446744073709551616}}
     assert [orjson.loads(line)["request_id"] for line in path.read_bytes().splitlines()] == ["r2"]
     assert "the record of p1 cannot be written" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("stamp", "is_time"),
+    [
+        ("2026-11-23T10:30:00.123456Z", True),
+        ("2026-11-23T10:30:00+02:00", True),
+        ("yesterday", False),
+        ("2026-13-45T99:99:99Z", False),
+        ("2026-02-30T10:00:00.000000Z", False),
+        ("", False),
+    ],
+)
+def test_a_record_time_is_an_iso_time(stamp: str, is_time: bool) -> None:
+    assert is_record_time(stamp) is is_time

@@ -118,3 +118,28 @@ def test_lines_that_are_not_records_are_skipped_at_start_up_and_later(tmp_path: 
         file.write(foreign + line(timedelta(minutes=1), input_tokens="10") + line(timedelta(minutes=1)))
     snapshot = stats.snapshot()
     assert (snapshot["requests"], snapshot["total_cost"], snapshot["input_tokens"]) == (3, 0.3, 30)
+
+
+def test_a_record_whose_timestamp_is_not_a_time_is_skipped_at_start_up_and_later(tmp_path: Path) -> None:
+    # The reports skip such a line (its stamp places it in no hour); "yesterday" sorts after every minute,
+    # so /health would also have kept it for ever.
+    path = tmp_path / "r.jsonl"
+    stamps = ("yesterday", "2026-13-45T99:99:99Z", "2026-11-23T11:61:00.000000Z")
+    bad = b"".join(line(timedelta(0), timestamp=stamp, total_cost=5.0) for stamp in stamps)
+    path.write_bytes(line(timedelta(minutes=3)) + bad + line(timedelta(minutes=2)))
+    stats = totals(path)
+    assert (stats.snapshot()["requests"], stats.snapshot()["total_cost"]) == (2, 0.2)
+    with open(path, "ab") as file:
+        file.write(bad + line(timedelta(minutes=1)))
+    assert (stats.snapshot()["requests"], stats.snapshot()["total_cost"]) == (3, 0.3)
+
+
+def test_a_line_that_is_not_a_record_does_not_end_the_read_back_at_start_up(tmp_path: Path) -> None:
+    # The last block's first whole line is stamped in the past but is no time (February 30th): taken for
+    # a record, it would say the window starts after it, and the recent records before it be left out.
+    path = tmp_path / "r.jsonl"
+    recent = line(timedelta(hours=1))
+    bogus = line(timedelta(0), timestamp="2026-02-30T10:00:00.000000Z")
+    after = ((1 << 20) - len(bogus)) // len(recent)  # lines after it: the block starts inside the one before
+    path.write_bytes(recent * 2_000 + bogus + recent * after)
+    assert totals(path).snapshot()["requests"] == 2_000 + after
