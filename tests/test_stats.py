@@ -5,7 +5,7 @@ from typing import Any
 
 import orjson
 
-from proxy.stats import RollingTotals
+from proxy.stats import PIECE_BYTES, RollingTotals
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -27,8 +27,8 @@ def line(age: timedelta, **fields: Any) -> bytes:
     return orjson.dumps({**record, **fields}) + b"\n"
 
 
-def totals(path: Path, now: datetime = NOW) -> RollingTotals:
-    stats = RollingTotals(path, "USD", {"CNY": Decimal("0.14")}, clock=lambda: now)
+def totals(path: Path, now: datetime = NOW, piece_bytes: int = PIECE_BYTES) -> RollingTotals:
+    stats = RollingTotals(path, "USD", {"CNY": Decimal("0.14")}, clock=lambda: now, piece_bytes=piece_bytes)
     stats.load()
     return stats
 
@@ -98,6 +98,36 @@ def test_start_up_reads_only_the_tail_of_a_large_file(tmp_path: Path) -> None:
         file.write(line(timedelta(hours=2)) * 3)
     assert path.stat().st_size > 3 * (1 << 20)
     assert totals(path).snapshot()["requests"] == 3
+
+
+def test_folding_in_pieces_gives_the_totals_of_one_read(tmp_path: Path) -> None:
+    # Lines of many lengths, so that pieces end inside lines, on their newlines and just after them, and
+    # a line longer than a piece is carried across several.
+    def lines(minutes: int) -> bytes:
+        return b"".join(
+            line(timedelta(minutes=minutes, seconds=n), provider="p" * n, input_tokens=n, total_cost=n / 8)
+            for n in range(1, 30)
+        )
+
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(lines(9) + b"[1, 2]\n" + lines(8))
+    assert path.stat().st_size < PIECE_BYTES  # the default reads this file in one piece
+    pieced = [totals(path, piece_bytes=size) for size in (1, 2, 7, 100, 199, 256, 1000)]
+    one_read = totals(path).snapshot()
+    assert one_read["requests"] == 58
+    assert [stats.snapshot() for stats in pieced] == [one_read] * len(pieced)
+
+    last = line(timedelta(minutes=1), input_tokens=1000)
+    with open(path, "ab") as file:
+        file.write(lines(5) + last[:-10])
+    waiting = totals(path).snapshot()
+    assert (waiting["requests"], waiting["input_tokens"]) == (87, 3 * 435)
+    assert [stats.snapshot() for stats in pieced] == [waiting] * len(pieced)
+    with open(path, "ab") as file:
+        file.write(last[-10:])
+    whole = totals(path).snapshot()
+    assert (whole["requests"], whole["input_tokens"]) == (88, 3 * 435 + 1000)
+    assert [stats.snapshot() for stats in pieced] == [whole] * len(pieced)
 
 
 def test_a_missing_file_gives_zeros_and_appears_later(tmp_path: Path) -> None:
