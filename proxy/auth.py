@@ -6,7 +6,7 @@ import functools
 import hashlib
 import hmac
 from collections.abc import Iterable
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote_plus
 
 from proxy.config import AuthKey
 from proxy.routing import RouteError
@@ -40,7 +40,9 @@ def client_token(
 ) -> str | None:
     """The key a client presented, as `Authorization: Bearer ...`, `x-api-key`, `x-goog-api-key` or the
     `key` query parameter (Google's APIs take either of the last two), the first found. With one_key
-    (pass-through, where every one of them reaches the provider), KeyConflict when two differ."""
+    (pass-through, where every one of them reaches the provider), KeyConflict when two differ. A query
+    key must match a header key in either mode: a Gemini client sends its key in one place, so two
+    different ones are refused rather than one chosen for it."""
     token = None
     if authorization:
         scheme, _, bearer = authorization.decode("latin-1").partition(" ")
@@ -49,7 +51,7 @@ def client_token(
     for value in (api_key, goog_api_key):
         if value and (other := value.decode("latin-1").strip()):
             token = _one(token, other, one_key)
-    return _one(token, query_key, one_key) if query_key else token
+    return _one(token, query_key, True) if query_key else token
 
 
 def _one(token: str | None, other: str, one_key: bool) -> str:
@@ -69,6 +71,17 @@ def query_key(query: bytes) -> str | None:
     if keys is not None and len(keys) > 1:
         raise KeyConflict("the request has more than one key query parameter; send one key")
     return keys[0] if keys else None
+
+
+def without_query_key(query: bytes) -> bytes:
+    """The query with every `key` parameter taken out, the others kept byte for byte and in order."""
+    return b"&".join(part for part in query.split(b"&") if not _names_key(part))
+
+
+def _names_key(part: bytes) -> bool:
+    name = part.partition(b"=")[0]
+    # Decoded as query_key() decodes it, so that `k%65y=` is taken out as surely as it is read.
+    return name == b"key" or (b"%" in name and unquote_plus(name.decode("latin-1")) == "key")
 
 
 def repeated_key_header(headers: Iterable[tuple[bytes, bytes]]) -> str | None:

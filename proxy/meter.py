@@ -19,7 +19,16 @@ import orjson
 from starlette.types import Message, Receive, Scope, Send
 
 from proxy import sse
-from proxy.auth import KEY_HEADERS, Gate, KeyConflict, client_token, key_id, query_key, repeated_key_header
+from proxy.auth import (
+    KEY_HEADERS,
+    Gate,
+    KeyConflict,
+    client_token,
+    key_id,
+    query_key,
+    repeated_key_header,
+    without_query_key,
+)
 from proxy.calls import Call
 from proxy.config import Config, Provider
 from proxy.deadlines import Deadlines, Later
@@ -102,11 +111,11 @@ class Meter:
             # two keys could be recorded under one and spend the other (a comparison when none repeats).
             if len(header) < len(headers) and (repeated := repeated_key_header(headers)) is not None:
                 raise KeyConflict(f"the request has more than one {repeated} header; send one key")
-            # Google's APIs also take a key as `?key=`, forwarded with the rest of the query; never a
-            # proxy key (auth.keys), which must not reach a provider.
+            # Google's APIs also take a key as `?key=`: the client's own key, forwarded with the query,
+            # or behind auth.keys its proxy key, which is taken out of the query below.
             passing = not self.gate.closed
             in_query = None
-            if query and passing and target.provider and target.provider.kind == "gemini":
+            if query and target.provider and target.provider.kind == "gemini":
                 in_query = query_key(query)
             token = client_token(
                 header.get(b"authorization"),
@@ -165,6 +174,10 @@ class Meter:
         call.ip = client[0] if client else None
         call.session_id = _text(header.get(b"x-session-id"))
         call.task_type = _text(header.get(b"x-task-type"))
+        if query and provider.kind == "gemini" and self.gate.closed:
+            # Google reads `key` as the key to spend, and behind auth.keys a client's key is a proxy key,
+            # which must never reach a provider: on /v1/ too, where the body's model chose Google.
+            query = without_query_key(query)
         url = f"{base}/{target.rest}" + (f"?{query.decode('latin-1')}" if query else "")
         watch = _DisconnectWatch(call, receive, task, self._watches)
         last: list[Message] = []

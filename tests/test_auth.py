@@ -2,7 +2,15 @@ import hashlib
 
 import pytest
 
-from proxy.auth import Gate, KeyConflict, client_token, key_id, query_key, repeated_key_header
+from proxy.auth import (
+    Gate,
+    KeyConflict,
+    client_token,
+    key_id,
+    query_key,
+    repeated_key_header,
+    without_query_key,
+)
 from proxy.config import AuthKey, Secret
 
 
@@ -33,17 +41,35 @@ def test_client_token_from_gemini_header_or_query() -> None:
         (b"Bearer sk-a", b"sk-b", None, None),
         (None, b"sk-a", b"sk-b", None),
         (b"Bearer sk-a", None, b"sk-b", None),
-        (None, None, b"AIza-a", "AIza-b"),
     ],
 )
 def test_client_token_takes_the_first_key_or_in_pass_through_refuses_different_ones(
     presented: tuple[bytes | None, bytes | None, bytes | None, str | None],
 ) -> None:
-    assert client_token(*presented) == ("sk-a" if presented[3] is None else "AIza-a")  # the first found
+    assert client_token(*presented) == "sk-a"  # the first found
     with pytest.raises(KeyConflict) as raised:
         client_token(*presented, one_key=True)
     assert (raised.value.status, raised.value.code) == (400, "duplicate_api_key")
     assert "sk-" not in str(raised.value) and "AIza" not in str(raised.value)
+
+
+@pytest.mark.parametrize("one_key", [False, True])
+def test_a_query_key_that_differs_from_a_header_key_is_refused_in_either_mode(one_key: bool) -> None:
+    assert client_token(None, None, b"mp-a", "mp-a", one_key=one_key) == "mp-a"
+    with pytest.raises(KeyConflict) as raised:
+        client_token(None, None, b"mp-a", "mp-b", one_key=one_key)
+    assert raised.value.code == "duplicate_api_key" and "mp-" not in str(raised.value)
+    with pytest.raises(KeyConflict):
+        client_token(b"Bearer mp-a", None, None, "mp-b", one_key=one_key)
+
+
+def test_without_query_key_keeps_every_other_parameter_as_sent() -> None:
+    assert without_query_key(b"key=mp-a&alt=sse") == b"alt=sse"
+    assert without_query_key(b"alt=sse&key=mp-a") == b"alt=sse"
+    assert without_query_key(b"a=%2F+x&key=mp-a&&b&key") == b"a=%2F+x&&b"
+    assert without_query_key(b"%6Bey=mp-a&%6B%65%79=mp-b&key=&alt=sse") == b"alt=sse"
+    assert without_query_key(b"key=mp-a") == b""
+    assert without_query_key(b"keys=1&monkey=2&Key=3&key%20=4") == b"keys=1&monkey=2&Key=3&key%20=4"
 
 
 def test_query_key_is_decoded_and_a_repeated_one_refused() -> None:

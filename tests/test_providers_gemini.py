@@ -231,23 +231,116 @@ def test_a_gemini_call_with_a_key_in_both_header_and_query_is_refused(
     assert "Customer" not in providers_proxy.log()
 
 
-def test_behind_auth_keys_a_gemini_client_presents_its_proxy_key_in_its_header_never_the_query(
-    launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub
-) -> None:
+TEAM_KEY = "mp-team-canary-4c1d"
+
+
+@pytest.fixture
+def gated_proxy(launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub) -> RunningProxy:
+    """All providers behind auth.keys (team-a's key is TEAM_KEY), the gemini one with its own api_key."""
     providers = all_providers(stub)
     providers["gemini"]["api_key"] = "${GEMINI_UPSTREAM_KEY}"
     config = make_config(providers=providers, auth={"keys": [{"name": "team-a", "key": "${TEAM_KEY}"}]})
-    proxy = launch(config, env={"GEMINI_UPSTREAM_KEY": PROVIDER_KEY, "TEAM_KEY": "mp-team-canary"})
+    return launch(config, env={"GEMINI_UPSTREAM_KEY": PROVIDER_KEY, "TEAM_KEY": TEAM_KEY})
+
+
+def assert_never_seen(proxy: RunningProxy, stub: UpstreamStub, *secrets: str) -> None:
+    """None of `secrets` in any request the stub received, in a record or in the log."""
+    seen = [f"{request.target} {request.headers} {request.body!r}" for request in stub.requests]
+    for secret in secrets:
+        assert all(secret not in request for request in seen)
+        assert secret not in proxy.records_path.read_text()
+        assert secret not in proxy.log()
+
+
+@pytest.mark.parametrize(
+    ("query", "forwarded"),
+    [
+        (f"key={TEAM_KEY}&alt=sse", "alt=sse"),
+        (f"alt=sse&key={TEAM_KEY}", "alt=sse"),
+        (f"alt=sse&%6Bey={TEAM_KEY}&trace=a%2Fb&&x", "alt=sse&trace=a%2Fb&&x"),
+    ],
+)
+def test_behind_auth_keys_a_proxy_key_in_the_query_lets_the_caller_in_and_never_reaches_google(
+    gated_proxy: RunningProxy, stub: UpstreamStub, query: str, forwarded: str
+) -> None:
+    stub.push(Stream(events_of(STREAM, b"\r\n\r\n")))
+    path = "/gemini/v1beta/models/gemini-2.5-flash:streamGenerateContent"
+    response = gated_proxy.request("POST", f"{path}?{query}", json.dumps(ASK).encode(), JSON_TYPE)
+
+    assert response.status == 200
+    seen = only(stub.requests)
+    assert seen.target == f"/v1beta/models/gemini-2.5-flash:streamGenerateContent?{forwarded}"
+    assert [value for name, value in seen.headers if name.lower() == "x-goog-api-key"] == [PROVIDER_KEY]
+    record = only(gated_proxy.wait_records(1))
+    assert (record["user_id"], record["endpoint"], record["is_streaming"]) == ("team-a", path, True)
+    assert_never_seen(gated_proxy, stub, TEAM_KEY)
+
+
+def test_behind_auth_keys_a_wrong_key_in_the_query_gets_401(
+    gated_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    path = "/gemini/v1beta/models/gemini-2.5-flash:generateContent?key=mp-wrong-canary&alt=json"
+    response = gated_proxy.request("POST", path, json.dumps(ASK).encode(), JSON_TYPE)
+
+    assert response.status == 401
+    assert response.json()["error"]["code"] == "invalid_api_key"
+    assert b"canary" not in response.body
+    assert stub.requests == [] and gated_proxy.records() == []
+    assert_never_seen(gated_proxy, stub, "mp-wrong-canary")
+
+
+@pytest.mark.parametrize("header", ["x-goog-api-key", "authorization"])
+def test_behind_auth_keys_a_query_key_that_differs_from_the_header_key_gets_400(
+    gated_proxy: RunningProxy, stub: UpstreamStub, header: str
+) -> None:
+    path = f"/gemini/v1beta/models/gemini-2.5-flash:generateContent?key={TEAM_KEY}"
+    other = "mp-other-canary"
+    response = gated_proxy.request(
+        "POST",
+        path,
+        json.dumps(ASK).encode(),
+        {**JSON_TYPE, header: f"Bearer {other}" if header == "authorization" else other},
+    )
+
+    assert response.status == 400
+    assert response.json()["error"]["code"] == "duplicate_api_key"
+    assert b"canary" not in response.body
+    assert stub.requests == [] and gated_proxy.records() == []
+    assert_never_seen(gated_proxy, stub, TEAM_KEY, other)
+
+
+def test_behind_auth_keys_the_same_key_in_header_and_query_is_one_key(
+    gated_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
     stub.push(Reply(body=GENERATE))
     path = "/gemini/v1beta/models/gemini-2.5-flash:generateContent"
-    body = json.dumps(ASK).encode()
+    headers = {**JSON_TYPE, "x-goog-api-key": TEAM_KEY}
+    response = gated_proxy.request("POST", f"{path}?key={TEAM_KEY}", json.dumps(ASK).encode(), headers)
 
-    # A key in the query is forwarded with it: the proxy's key is never taken from there.
-    assert proxy.request("POST", f"{path}?key=mp-team-canary", body, JSON_TYPE).status == 401
-    assert proxy.request("POST", path, body, {**JSON_TYPE, "x-goog-api-key": "mp-team-canary"}).status == 200
+    assert response.status == 200
+    assert only(stub.requests).target == "/v1beta/models/gemini-2.5-flash:generateContent"
+    assert only(gated_proxy.wait_records(1))["user_id"] == "team-a"
+    assert_never_seen(gated_proxy, stub, TEAM_KEY)
 
-    assert only(stub.requests).header("x-goog-api-key") == PROVIDER_KEY
-    assert only(proxy.wait_records(1))["user_id"] == "team-a"
+
+def test_behind_auth_keys_a_key_parameter_never_reaches_google_and_is_left_to_other_providers(
+    gated_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    # On /v1/ the provider is known only from the body: `key` is no proxy key there (the header is),
+    # but one bound for Google would be read by Google as a key to spend.
+    stub.always(Reply(body=fixture("gemini_openai_chat.json")))
+    headers = {"authorization": f"Bearer {TEAM_KEY}"}
+    for model in ("gemini-2.5-flash", "gpt-5"):
+        chat = {"model": model, "messages": [{"role": "user", "content": "Hi"}]}
+        response = gated_proxy.post_json("/v1/chat/completions?key=sk-query-canary&n=1", chat, headers)
+        assert response.status == 200
+
+    assert [request.target for request in stub.wait_requests(2)] == [
+        "/v1beta/openai/chat/completions?n=1",
+        "/v1/chat/completions?key=sk-query-canary&n=1",
+    ]
+    assert [record["user_id"] for record in gated_proxy.wait_records(2)] == ["team-a", "team-a"]
+    assert_never_seen(gated_proxy, stub, TEAM_KEY)
 
 
 def test_the_openai_compatible_path_gets_the_provider_key_as_a_bearer_token(
