@@ -5,10 +5,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import hmac
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from urllib.parse import parse_qs, unquote_plus
 
-from proxy.config import AuthKey
+from proxy.config import AuthKey, Provider
 from proxy.routing import RouteError
 
 # Every header a client may put its key in: each is forwarded to the provider in pass-through mode.
@@ -99,6 +99,38 @@ class Gate:
     @property
     def closed(self) -> bool:
         return bool(self._keys)
+
+    def admit(
+        self,
+        headers: Sequence[tuple[bytes, bytes]],
+        header: Mapping[bytes, bytes],
+        query: bytes,
+        provider: Provider | None,
+    ) -> str:
+        """The user_id of a call, from its headers (all of them, and the last value of each by name), its
+        query and the provider its path names. RouteError 401 when no configured key is presented behind
+        auth.keys; KeyConflict when the keys presented disagree."""
+        # `header` keeps a repeated header's last value, where every one is forwarded: a call with
+        # two keys could be recorded under one and spend the other (a comparison when none repeats).
+        if len(header) < len(headers) and (repeated := repeated_key_header(headers)) is not None:
+            raise KeyConflict(f"the request has more than one {repeated} header; send one key")
+        # Google's APIs also take a key as `?key=`: the client's own key, forwarded with the query,
+        # or behind auth.keys its proxy key, which the meter takes out of the query.
+        passing = not self._keys
+        in_query = None
+        if query and provider and provider.kind == "gemini":
+            in_query = query_key(query)
+        token = client_token(
+            header.get(b"authorization"),
+            header.get(b"x-api-key"),
+            header.get(b"x-goog-api-key"),
+            in_query,
+            one_key=passing,
+        )
+        user = key_id(token) if passing else self.caller(token)
+        if user is None:
+            raise RouteError(401, "invalid_api_key", "a valid proxy key is required (Authorization: Bearer)")
+        return user
 
     def caller(self, token: str | None) -> str | None:
         """The name of the configured key presented, or None. Compares every key: no early exit."""

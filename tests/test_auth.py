@@ -11,7 +11,8 @@ from proxy.auth import (
     repeated_key_header,
     without_query_key,
 )
-from proxy.config import AuthKey, Secret
+from proxy.config import AuthKey, Provider, Secret
+from proxy.routing import RouteError
 
 
 def test_key_id_is_a_hash_never_the_key() -> None:
@@ -101,3 +102,34 @@ def test_gate_names_the_key_presented() -> None:
 
 def test_gate_without_keys_is_open() -> None:
     assert not Gate(()).closed
+
+
+GEMINI = Provider("gemini", "https://g.example/v1beta", None, 600, "USD", True, "gemini", {})
+OPENAI = Provider("openai", "https://o.example/v1", None, 600, "USD", True, "openai", {})
+
+
+def admit(gate: Gate, headers: list[tuple[bytes, bytes]], query: bytes, provider: Provider | None) -> str:
+    return gate.admit(headers, dict(headers), query, provider)
+
+
+def test_admit_names_a_caller_by_its_key_and_reads_the_query_on_gemini_paths_only() -> None:
+    open_gate, gate = Gate(()), Gate((AuthKey("team-a", Secret("mp-a")),))
+    assert admit(open_gate, [(b"x-goog-api-key", b"AIza-a")], b"", GEMINI) == key_id("AIza-a")
+    assert admit(open_gate, [], b"alt=sse&key=AIza-q", GEMINI) == key_id("AIza-q")
+    assert admit(open_gate, [], b"key=AIza-q", OPENAI) == "anonymous"
+    assert admit(gate, [(b"authorization", b"Bearer mp-a")], b"", None) == "team-a"
+    assert admit(gate, [], b"key=mp-a&alt=sse", GEMINI) == "team-a"
+    for provider in (OPENAI, None):
+        with pytest.raises(RouteError) as refused:
+            admit(gate, [], b"key=mp-a", provider)
+        assert (refused.value.status, refused.value.code) == (401, "invalid_api_key")
+
+
+def test_admit_refuses_a_repeated_key_header_or_keys_that_differ() -> None:
+    gate = Gate((AuthKey("team-a", Secret("mp-a")),))
+    with pytest.raises(KeyConflict, match="more than one x-api-key header"):
+        admit(gate, [(b"x-api-key", b"mp-a"), (b"x-api-key", b"mp-a")], b"", None)
+    with pytest.raises(KeyConflict):
+        admit(gate, [(b"x-goog-api-key", b"mp-b")], b"key=mp-a", GEMINI)
+    with pytest.raises(KeyConflict):
+        admit(Gate(()), [(b"authorization", b"Bearer sk-a"), (b"x-api-key", b"sk-b")], b"", None)

@@ -1,0 +1,145 @@
+"""The client's request on its way upstream: its body read within the limits, parsed, and edited where
+the proxy must (usage asked for, a model renamed), and the headers sent with it."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+
+import orjson
+from starlette.types import Receive
+
+from proxy.auth import KEY_HEADERS
+from proxy.config import Provider
+from proxy.deadlines import Deadlines
+from proxy.routing import RouteError
+from proxy.upstream import Headers, end_to_end
+from proxy.usage import Api
+
+# Never sent upstream: Host and Content-Length are the upstream's; keys are set by policy below;
+# forwarding headers from the client could be spoofed; identity encoding keeps bodies readable.
+_NOT_FORWARDED = frozenset(
+    {
+        b"host",
+        b"content-length",
+        b"authorization",
+        b"x-api-key",
+        b"x-goog-api-key",
+        b"accept-encoding",
+        b"expect",
+        b"forwarded",
+        b"x-forwarded-for",
+        b"x-forwarded-host",
+        b"x-forwarded-proto",
+        b"x-real-ip",
+    }
+)
+_NOT_FORWARDED_PASSING_KEYS = _NOT_FORWARDED - frozenset(KEY_HEADERS)
+_IDENTITY = (b"accept-encoding", b"identity")
+_OPENAI_SHAPED = frozenset({"chat", "responses", "embeddings"})
+_KEY_HEADER = {"openai": b"authorization", "anthropic": b"x-api-key", "gemini": b"x-goog-api-key"}
+
+
+class ClientGone(Exception):
+    """The client went away before the call reached the upstream."""
+
+
+class BodyUnread(RouteError):
+    """Refused before the body was read whole (too large, or too slow): the answer closes the connection,
+    so the rest of the body is never read (uvicorn would otherwise read and discard all of it to keep the
+    connection alive)."""
+
+
+async def read_body(
+    receive: Receive, length: bytes | None, limit: int, deadlines: Deadlines, task: asyncio.Task[Any]
+) -> bytes:
+    """The whole body, at most `limit` bytes, arrived within the deadlines' time."""
+    if length is not None and length.isdigit() and int(length) > limit:
+        raise _too_large(limit)
+    parts: list[bytes] = []
+    size = 0
+    try:
+        # A slow-loris body, or a Content-Length larger than the body sent, must not hold its
+        # connection for ever (issue 6, case 11).
+        with deadlines.watch(task):
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise ClientGone
+                part: bytes = message.get("body", b"")
+                size += len(part)
+                if size > limit:
+                    raise _too_large(limit)
+                parts.append(part)
+                if not message.get("more_body", False):
+                    return parts[0] if len(parts) == 1 else b"".join(parts)
+    except TimeoutError:
+        raise BodyUnread(
+            408,
+            "body_timeout",
+            f"the body did not arrive whole within server.body_timeout_seconds ({deadlines.seconds:g} s)",
+        ) from None
+
+
+def _too_large(limit: int) -> BodyUnread:
+    return BodyUnread(413, "request_too_large", f"the body is over server.max_body_mb ({limit >> 20} MB)")
+
+
+def parse_request(body: bytes, required: bool) -> dict[str, Any]:
+    """The body's JSON object; when not required, {} for a body that is not one."""
+    if not required and body[:1] != b"{":
+        return {}
+    try:
+        request = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        if not required:
+            return {}
+        raise RouteError(400, "invalid_json", "the request body is not valid JSON") from None
+    if not isinstance(request, dict):
+        if not required:
+            return {}
+        raise RouteError(400, "invalid_json", "the request body must be a JSON object")
+    return request
+
+
+def upstream_headers(headers: Headers, provider: Provider, api: Api | None, *, passing: bool) -> Headers:
+    """The client's end-to-end headers with the key the provider is to get: the provider's own, or in
+    pass-through (`passing`, no auth.keys) the client's."""
+    if provider.api_key is None and passing:
+        # Pass-through: the client's key goes on like its other end-to-end headers, so not when
+        # the client's Connection header names it hop-by-hop (RFC 9110 section 7.6.1).
+        forwarded = end_to_end(headers, _NOT_FORWARDED_PASSING_KEYS)
+    else:
+        forwarded = end_to_end(headers, _NOT_FORWARDED)
+    if provider.api_key is not None:
+        key = provider.api_key.reveal().encode("latin-1")
+        # OpenAI-shaped endpoints (Gemini's and Anthropic's compatible ones too) take a bearer token.
+        name = _KEY_HEADER["openai" if api in _OPENAI_SHAPED else provider.kind]
+        forwarded.append((name, b"Bearer " + key if name == b"authorization" else key))
+    forwarded.append(_IDENTITY)
+    return forwarded
+
+
+def ask_for_usage(body: bytes, request: dict[str, Any]) -> bytes:
+    """Add stream_options.include_usage; the bytes stay as sent unless stream_options was already there."""
+    if "stream_options" not in request:
+        brace = body.index(b"{")
+        return body[: brace + 1] + b'"stream_options":{"include_usage":true},' + body[brace + 1 :]
+    options = request["stream_options"]
+    merged = {**options, "include_usage": True} if isinstance(options, dict) else {"include_usage": True}
+    return orjson.dumps({**request, "stream_options": merged})
+
+
+def rename_model(body: bytes, renamed: dict[str, Any], model: str) -> bytes:
+    """The body of `renamed` (the request with its plain model) where `body` says `model`: only those
+    bytes changed where they can be found."""
+    pattern = re.compile(rb'("model"\s*:\s*)' + re.escape(orjson.dumps(model)))
+    if len(pattern.findall(body)) == 1:
+        return pattern.sub(lambda match: match.group(1) + orjson.dumps(renamed["model"]), body)
+    return orjson.dumps(renamed)
+
+
+def header_text(value: bytes | None) -> str | None:
+    """A request header's value as text for the record, or None when absent or empty."""
+    return value.decode("utf-8", "replace") if value else None
