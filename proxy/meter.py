@@ -121,9 +121,10 @@ class Meter:
         call.ip = client[0] if client else None
         call.session_id = header_text(header.get(b"x-session-id"))
         call.task_type = header_text(header.get(b"x-task-type"))
-        if query and provider.kind == "gemini" and self.gate.closed:
-            # Google reads `key` as the key to spend, and behind auth.keys a client's key is a proxy key,
-            # which must never reach a provider: on /v1/ too, where the body's model chose Google.
+        if query and provider.kind == "gemini" and (self.gate.closed or provider.api_key is not None):
+            # Google reads `key` as the key to spend. Behind auth.keys a client's key is a proxy key, which
+            # must never reach a provider (on /v1/ too, where the body's model chose Google); and where the
+            # provider has its own api_key, that is the one key sent, as the client's key headers are not.
             query = without_query_key(query)
         url = f"{base}/{target.rest}" + (f"?{query.decode('latin-1')}" if query else "")
         watch = DisconnectWatch(call, receive, task, self._watches)

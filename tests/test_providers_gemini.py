@@ -353,3 +353,21 @@ def test_the_openai_compatible_path_gets_the_provider_key_as_a_bearer_token(
     seen = only(stub.requests)
     assert seen.header("authorization") == f"Bearer {PROVIDER_KEY}"
     assert seen.header("x-goog-api-key") is None
+
+
+def test_a_client_key_in_the_query_gives_way_to_the_providers_own_key(
+    keyed_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    canary = "AIzaSyClientCanary-51c0"
+    stub.push(Reply(body=GENERATE))
+    path = "/gemini/v1beta/models/gemini-2.5-flash:generateContent"
+    response = keyed_proxy.request(
+        "POST", f"{path}?key={canary}&alt=json", json.dumps(ASK).encode(), JSON_TYPE
+    )
+
+    assert response.status == 200
+    seen = only(stub.requests)
+    assert seen.target == "/v1beta/models/gemini-2.5-flash:generateContent?alt=json"
+    assert [value for name, value in seen.headers if name.lower() == "x-goog-api-key"] == [PROVIDER_KEY]
+    only(keyed_proxy.wait_records(1))
+    assert_never_seen(keyed_proxy, stub, canary)
