@@ -9,6 +9,7 @@ Reasoning tokens are part of `output_tokens`.
 from __future__ import annotations
 
 import re
+import reprlib
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, NamedTuple
 
@@ -42,13 +43,27 @@ class Usage(NamedTuple):
     provider_cost: float | None = None  # what the provider says the call cost (OpenRouter's usage.cost)
 
 
-# No call comes near this many tokens; a count past it is garbage, read as no count like a negative one.
-# Larger integers would not fit a record either (JSON readers keep 53 bits; orjson writes 64 at most).
+# No call comes near this many tokens; a count past it is garbage, like a negative one. Larger
+# integers would not fit a record either (JSON readers keep 53 bits; orjson writes 64 at most).
 _TOO_MANY = 1 << 53
 
 
-def _count(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < _TOO_MANY else 0
+class NotACount(ValueError):
+    """A usage field holds something that is not a token count: the usage it came in is not trusted,
+    since reading that part as 0 would bill the call as cheaper than it was."""
+
+
+def _count(parent: dict[str, Any], key: str, within: str = "") -> int:
+    """The token count at `key`: absent or null is 0, an integral float (57.0) is its integer, and
+    anything else that is not a count (a bool, a string, -3, 57.5, 1e20) raises NotACount."""
+    value = parent.get(key)
+    if type(value) is int and 0 <= value < _TOO_MANY:
+        return value
+    if value is None:
+        return 0
+    if type(value) is float and value.is_integer() and 0 <= value < _TOO_MANY:
+        return int(value)
+    raise NotACount(f"{within}{key} is {reprlib.repr(value)}")
 
 
 def _part(parent: dict[str, Any], key: str) -> dict[str, Any]:
@@ -57,25 +72,27 @@ def _part(parent: dict[str, Any], key: str) -> dict[str, Any]:
 
 
 def usage_from_openai(usage: Any) -> Usage | None:
-    """Chat, completions and embeddings usage; DeepSeek's and Moonshot's cache fields; OpenRouter's cost."""
+    """Chat, completions and embeddings usage; DeepSeek's and Moonshot's cache fields; OpenRouter's cost.
+    Raises NotACount, as every usage_from_ does, when a count it reads is there but not a count."""
     if not isinstance(usage, dict):
         return None
-    prompt = _count(usage.get("prompt_tokens"))
-    completion = _count(usage.get("completion_tokens"))
+    prompt = _count(usage, "prompt_tokens")
+    completion = _count(usage, "completion_tokens")
     details = _part(usage, "prompt_tokens_details")
-    cached = (
-        _count(details.get("cached_tokens"))
-        or _count(usage.get("prompt_cache_hit_tokens"))
-        or _count(usage.get("cached_tokens"))
+    cached = _count(details, "cached_tokens", "prompt_tokens_details.")
+    hits = _count(usage, "prompt_cache_hit_tokens")
+    moonshot = _count(usage, "cached_tokens")
+    reasoning = _count(
+        _part(usage, "completion_tokens_details"), "reasoning_tokens", "completion_tokens_details."
     )
     cost = usage.get("cost")
     return Usage(
         input_tokens=prompt,
         output_tokens=completion,
-        total_tokens=_count(usage.get("total_tokens")) or prompt + completion,
-        cached_tokens=cached,
-        cache_write_tokens=_count(details.get("cache_write_tokens")),
-        reasoning_tokens=_count(_part(usage, "completion_tokens_details").get("reasoning_tokens")),
+        total_tokens=_count(usage, "total_tokens") or prompt + completion,
+        cached_tokens=cached or hits or moonshot,
+        cache_write_tokens=_count(details, "cache_write_tokens", "prompt_tokens_details."),
+        reasoning_tokens=reasoning,
         provider_cost=float(cost) if isinstance(cost, (int, float)) and not isinstance(cost, bool) else None,
     )
 
@@ -84,23 +101,25 @@ def usage_from_responses(usage: Any) -> Usage | None:
     """OpenAI Responses API usage."""
     if not isinstance(usage, dict):
         return None
-    prompt = _count(usage.get("input_tokens"))
-    output = _count(usage.get("output_tokens"))
+    prompt = _count(usage, "input_tokens")
+    output = _count(usage, "output_tokens")
     return Usage(
         input_tokens=prompt,
         output_tokens=output,
-        total_tokens=_count(usage.get("total_tokens")) or prompt + output,
-        cached_tokens=_count(_part(usage, "input_tokens_details").get("cached_tokens")),
-        reasoning_tokens=_count(_part(usage, "output_tokens_details").get("reasoning_tokens")),
+        total_tokens=_count(usage, "total_tokens") or prompt + output,
+        cached_tokens=_count(_part(usage, "input_tokens_details"), "cached_tokens", "input_tokens_details."),
+        reasoning_tokens=_count(
+            _part(usage, "output_tokens_details"), "reasoning_tokens", "output_tokens_details."
+        ),
     )
 
 
 def usage_from_anthropic(counts: dict[str, Any]) -> Usage:
     """Anthropic counts cache reads and writes apart from input_tokens; ours includes them."""
-    fresh = _count(counts.get("input_tokens"))
-    read = _count(counts.get("cache_read_input_tokens"))
-    written = _count(counts.get("cache_creation_input_tokens"))
-    output = _count(counts.get("output_tokens"))
+    fresh = _count(counts, "input_tokens")
+    read = _count(counts, "cache_read_input_tokens")
+    written = _count(counts, "cache_creation_input_tokens")
+    output = _count(counts, "output_tokens")
     prompt = fresh + read + written
     return Usage(prompt, output, prompt + output, cached_tokens=read, cache_write_tokens=written)
 
@@ -109,22 +128,23 @@ def usage_from_gemini(meta: Any) -> Usage | None:
     """Gemini usageMetadata: thinking tokens are billed as output."""
     if not isinstance(meta, dict):
         return None
-    prompt = _count(meta.get("promptTokenCount"))
-    thoughts = _count(meta.get("thoughtsTokenCount"))
-    output = _count(meta.get("candidatesTokenCount")) + thoughts
+    prompt = _count(meta, "promptTokenCount")
+    thoughts = _count(meta, "thoughtsTokenCount")
+    output = _count(meta, "candidatesTokenCount") + thoughts
     return Usage(
         input_tokens=prompt,
         output_tokens=output,
-        total_tokens=_count(meta.get("totalTokenCount")) or prompt + output,
-        cached_tokens=_count(meta.get("cachedContentTokenCount")),
+        total_tokens=_count(meta, "totalTokenCount") or prompt + output,
+        cached_tokens=_count(meta, "cachedContentTokenCount"),
         reasoning_tokens=thoughts,
     )
 
 
 # OpenAI's chat (and embeddings) shape, typed: msgspec reads these fields and skips the rest (the
 # content) without building it, in about half the time of parsing the whole body. A message
-# with anything else in these fields (a wrong type, a negative count) does not fit, and is read as a
-# dict by `absorb`, to the same facts.
+# with anything else in these fields (a wrong type, a negative count, even 57.0: msgspec's int is
+# strict) does not fit, and is read as a dict by `absorb`, which reads 57.0 as 57 and trusts no usage
+# with a count that is not a count.
 _Count = Annotated[int, msgspec.Meta(ge=0, lt=_TOO_MANY)]
 
 
@@ -191,7 +211,8 @@ def chat_message(data: bytes) -> ChatMessage | None:
 
 @dataclass(slots=True)
 class ResponseFacts:
-    """What a response told us: its id, model, finish reason and usage (the last one seen counts)."""
+    """What a response told us: its id, model, finish reason and usage (the last one seen counts: one
+    with a count that is not a count leaves none)."""
 
     api: Api
     response_id: str | None = None
@@ -205,9 +226,20 @@ class ResponseFacts:
     # Usage so far, not the final one: an Anthropic stream's message_start has the input counts and a
     # placeholder output count (1); only message_delta brings the output.
     partial: bool = False
+    # What the last usage that was not trusted held: its field that is not a count, and the value.
+    not_a_count: str | None = None
     _anthropic: dict[str, Any] = field(default_factory=dict)
 
     def absorb(self, message: dict[str, Any]) -> None:
+        try:
+            self._absorb(message)
+        except NotACount as exc:
+            # Each shape reads its usage last, so the message's other facts are in.
+            self.usage = None
+            self.partial = False
+            self.not_a_count = str(exc)
+
+    def _absorb(self, message: dict[str, Any]) -> None:
         if self.api == "anthropic":
             self._absorb_anthropic(message)
         elif self.api == "responses":

@@ -1,10 +1,14 @@
+import json
 from decimal import Decimal
 
+import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from proxy.calls import decimal_text, iso_time
-from proxy.config import Price
+from proxy.calls import Call, decimal_text, iso_time
+from proxy.config import Price, parse_config
+from proxy.records import CallError
+from proxy.usage import Api, StreamFacts
 
 
 @example(2**-24)  # a tie: a float format rounds the binary value to ...062, the shortest text is ...063
@@ -40,3 +44,68 @@ def test_a_price_as_a_record_field() -> None:
     assert price.record == expected
     assert tier.record["tier"] == 200_000
     assert price.record is price.record  # worked out once per price
+
+
+def priced_call(api: Api, stream: bool) -> Call:
+    text = json.dumps(
+        {
+            "providers": {
+                "p": {
+                    "base_url": "http://upstream.invalid/v1",
+                    "models": {"m": {"pricing": {"input": 2, "output": 8}}},
+                }
+            }
+        }
+    )
+    provider = parse_config(text, {}).providers["p"]
+    call = Call("id", 0.0, 0.0, provider, "m", api, stream, "user", {"messages": "hi"})
+    call.status = 200
+    return call
+
+
+def test_a_body_whose_usage_has_a_count_that_is_not_a_count_is_billed_as_one_without_usage() -> None:
+    call = priced_call("chat", stream=False)
+    call.body = b'{"usage":{"prompt_tokens":10,"completion_tokens":"57"}}'
+    bill = call.settle()
+    assert (bill.source, bill.cost, bill.error) == ("none", None, None)
+    record = call.record(bill)
+    assert (record["input_cost"], record["output_cost"], record["total_cost"], record["price"]) == (None,) * 4
+
+
+STREAM_NOT_A_COUNT: dict[Api, list[bytes]] = {
+    "chat": [
+        b'{"id":"c","choices":[{"delta":{"content":"Hi"}}]}',
+        b'{"id":"c","choices":[{"delta":{},"finish_reason":"stop"}]}',
+        b'{"id":"c","choices":[],"usage":{"prompt_tokens":10,"completion_tokens":-57}}',
+    ],
+    "anthropic": [
+        b'{"type":"message_start","message":{"id":"m","usage":{"input_tokens":10,"output_tokens":1}}}',
+        b'{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"Hi"}}',
+        b'{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":true}}',
+    ],
+    "gemini": [
+        b'{"candidates":[{"content":{}}],"usageMetadata":{"promptTokenCount":10,"candidatesTokenCount":1}}',
+        b'{"candidates":[{"finishReason":"STOP"}],"usageMetadata":{"promptTokenCount":10,'
+        b'"candidatesTokenCount":1e20}}',
+    ],
+}
+
+
+@pytest.mark.parametrize("api", STREAM_NOT_A_COUNT)
+@pytest.mark.parametrize(("error", "source"), [(None, "none"), ("upstream_reset", "estimated")])
+def test_a_stream_whose_last_usage_has_a_count_that_is_not_a_count_is_billed_as_one_whose_usage_never_came(
+    api: Api, error: CallError | None, source: str
+) -> None:
+    # Whole, it is as a stream the provider sent no usage for: no cost. Cut, it is estimated as any cut
+    # stream is. Never the earlier usage, nor the rest of the counts with the bad one read as 0.
+    call = priced_call(api, stream=True)
+    facts = call.facts = StreamFacts(api)
+    for data in STREAM_NOT_A_COUNT[api]:
+        facts.observe(data)
+    call.error = error
+    bill = call.settle()
+    assert bill.source == source
+    if error is None:
+        assert bill.cost is None and bill.usage.total_tokens == 0
+    else:
+        assert bill.cost is not None and bill.cost.output_cost > 0 and bill.cost.input_cost > 0

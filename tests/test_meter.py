@@ -911,7 +911,22 @@ def test_client_disconnect_mid_stream_closes_upstream_and_records_499(
     assert {key: record[key] for key in expected} == expected
 
 
-def test_a_token_count_no_call_could_have_is_read_as_zero_and_the_call_recorded(
+NO_USAGE = {
+    "input_tokens": 0,
+    "output_tokens": 0,
+    "total_tokens": 0,
+    "input_cost": None,
+    "output_cost": None,
+    "total_cost": None,
+    "price": None,
+    "priced": True,
+    "usage_source": "none",
+    "status_code": 200,
+    "error": None,
+}
+
+
+def test_a_token_count_no_call_could_have_leaves_the_call_recorded_without_usage(
     proxy: RunningProxy, stub: UpstreamStub
 ) -> None:
     # 2**64 does not even fit a JSON record: it once lost the call's record and gave the client a 500.
@@ -921,18 +936,23 @@ def test_a_token_count_no_call_could_have_is_read_as_zero_and_the_call_recorded(
 
     assert (response.status, response.body) == (200, body)
     record = only(proxy.wait_records(1))
-    expected = {
-        "input_tokens": 0,
-        "output_tokens": 5,
-        "total_tokens": 5,
-        "input_cost": 0.0,
-        "output_cost": per_million((5, "10.00")),
-        "total_cost": per_million((5, "10.00")),
-        "usage_source": "provider",
-        "status_code": 200,
-        "error": None,
-    }
-    assert {key: record[key] for key in expected} == expected
+    assert {key: record[key] for key in NO_USAGE} == NO_USAGE
+
+
+def test_a_token_count_that_is_not_a_count_is_never_billed_as_0(
+    proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    # Read as 0, "57" once gave the call's output a cost of $0 with usage_source provider.
+    body = chat_body({"prompt_tokens": 10, "completion_tokens": "57", "total_tokens": 67})
+    stub.push(Reply(body=body))
+    with proxy.client() as client:
+        raw = client.chat.completions.with_raw_response.create(model="gpt-4o", messages=HELLO)
+
+    assert (raw.http_response.status_code, raw.http_response.content) == (200, body)
+    assert "x-meterproxy-cost" not in raw.headers
+    record = only(proxy.wait_records(1))
+    assert {key: record[key] for key in NO_USAGE} == NO_USAGE
+    assert (record["request_id"], record["finish_reason"]) == ("chatcmpl-abc123", "stop")
 
 
 def test_upstream_200_that_is_not_json_passes_as_is_and_is_recorded_bad(

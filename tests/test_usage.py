@@ -1,12 +1,17 @@
+import reprlib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.sse import SSEScanner
 from proxy.usage import (
+    Api,
+    NotACount,
     ResponseFacts,
     StreamFacts,
     Usage,
@@ -46,24 +51,160 @@ def test_not_json_or_not_an_object_gives_none() -> None:
     assert facts_from_body(b"[1, 2]", "chat") is None
 
 
-def test_bad_counts_are_read_as_zero() -> None:
-    assert usage_from_openai({"prompt_tokens": "12", "completion_tokens": -3, "total_tokens": True}) == Usage(
-        0, 0, 0
-    )
+# Each kind of value that is not a token count, and how the field's value is shown in NotACount.
+NOT_COUNTS = {
+    "string": ("57", "'57'"),
+    "negative": (-3, "-3"),
+    "too large": (2**53, str(2**53)),
+    "too large float": (1e20, "1e+20"),
+    "bool": (True, "True"),
+    "fractional": (57.5, "57.5"),
+    "object": ({"n": 57}, "{'n': 57}"),
+}
+
+# Per API shape: a message whose usage is good, and a way to put a value in one of its counts.
+Shape = tuple[Api, Callable[[Any], dict[str, Any]], Usage, str]
+SHAPES: dict[str, Shape] = {
+    "chat": (
+        "chat",
+        lambda count: {"id": "c", "usage": {"prompt_tokens": 10, "completion_tokens": count}},
+        Usage(10, 57, 67),
+        "completion_tokens",
+    ),
+    "chat cache details": (
+        "chat",
+        lambda count: {"usage": {"prompt_tokens": 80, "prompt_tokens_details": {"cached_tokens": count}}},
+        Usage(80, 0, 80, cached_tokens=57),
+        "prompt_tokens_details.cached_tokens",
+    ),
+    "embeddings": (
+        "embeddings",
+        lambda count: {"object": "list", "usage": {"prompt_tokens": count, "total_tokens": 57}},
+        Usage(57, 0, 57),
+        "prompt_tokens",
+    ),
+    "responses": (
+        "responses",
+        lambda count: {
+            "id": "r",
+            "status": "completed",
+            "usage": {"input_tokens": 10, "output_tokens": count},
+        },
+        Usage(10, 57, 67),
+        "output_tokens",
+    ),
+    "responses reasoning": (
+        "responses",
+        lambda count: {
+            "usage": {
+                "input_tokens": 10,
+                "output_tokens": 60,
+                "output_tokens_details": {"reasoning_tokens": count},
+            }
+        },
+        Usage(10, 60, 70, reasoning_tokens=57),
+        "output_tokens_details.reasoning_tokens",
+    ),
+    "anthropic": (
+        "anthropic",
+        lambda count: {"type": "message", "usage": {"input_tokens": 10, "cache_read_input_tokens": count}},
+        Usage(67, 0, 67, cached_tokens=57),
+        "cache_read_input_tokens",
+    ),
+    "gemini": (
+        "gemini",
+        lambda count: {"usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": count}},
+        Usage(10, 57, 67),
+        "candidatesTokenCount",
+    ),
+}
+
+
+@pytest.mark.parametrize("kind", NOT_COUNTS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_a_count_that_is_not_a_count_leaves_a_body_with_no_usage(shape: str, kind: str) -> None:
+    # Read as 0, the call would be billed as cheaper than it was: the whole usage is untrusted instead.
+    api, message, _, field = SHAPES[shape]
+    value, shown = NOT_COUNTS[kind]
+    facts = facts_from_body(orjson.dumps(message(value)), api)
+    assert facts is not None and facts.usage is None
+    assert facts.not_a_count == f"{field} is {shown}"
+
+
+@pytest.mark.parametrize("kind", NOT_COUNTS)
+@pytest.mark.parametrize("shape", SHAPES)
+def test_a_count_that_is_not_a_count_leaves_a_stream_with_no_usage(shape: str, kind: str) -> None:
+    api, message, good, _ = SHAPES[shape]
+
+    def event(count: Any) -> bytes:
+        if api == "responses":
+            return orjson.dumps({"type": "response.completed", "response": message(count)})
+        return orjson.dumps(
+            {**message(count), "type": "message_delta"} if api == "anthropic" else message(count)
+        )
+
+    facts = StreamFacts(api)
+    facts.observe(event(57))
+    assert facts.usage == good and facts.not_a_count is None
+    # The last usage seen counts: one that is not trusted leaves the call with none, not the earlier one.
+    facts.observe(event(NOT_COUNTS[kind][0]))
+    assert facts.usage is None and facts.not_a_count is not None
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_an_integral_float_is_read_as_its_count(shape: str) -> None:
+    api, message, good, _ = SHAPES[shape]
+    for count in (57.0, 5.7e1):
+        facts = facts_from_body(orjson.dumps(message(count)), api)
+        assert facts is not None and facts.usage == good and facts.not_a_count is None
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_an_absent_or_null_count_is_0(shape: str) -> None:
+    api, message, good, _ = SHAPES[shape]
+    facts = facts_from_body(orjson.dumps(message(None)), api)
+    assert facts is not None and facts.usage is not None and facts.not_a_count is None
+    assert facts.usage == facts_from_body(orjson.dumps(message(0)), api).usage  # type: ignore[union-attr]
+
+
+def test_null_details_and_counts_are_read_as_none_sent() -> None:
+    usage = {
+        "prompt_tokens": 12,
+        "completion_tokens": 3,
+        "total_tokens": None,
+        "prompt_tokens_details": None,
+        "completion_tokens_details": {"reasoning_tokens": None},
+        "cached_tokens": None,
+    }
+    assert usage_from_openai(usage) == Usage(12, 3, 15)
     assert usage_from_openai(None) is None
 
 
-def test_counts_no_call_could_have_are_read_as_zero_typed_or_not() -> None:
+def test_the_largest_count_is_read_and_one_past_it_is_not_typed_or_not() -> None:
     # 2**64 is read as an int by the typed read and as a float by orjson: neither may reach a record.
+    assert usage_from_openai({"prompt_tokens": 2**53 - 1}) == Usage(2**53 - 1, 0, 2**53 - 1)
     for too_many in (2**53, 2**64):
         body = b'{"usage":{"prompt_tokens":%d,"completion_tokens":5}}' % too_many
         facts = facts_from_body(body, "chat")
-        assert facts is not None and facts.usage == Usage(0, 5, 5)
-    assert usage_from_openai({"prompt_tokens": 2**53 - 1}) == Usage(2**53 - 1, 0, 2**53 - 1)
+        assert facts is not None and facts.usage is None
+    with pytest.raises(NotACount, match=r"^prompt_tokens is 9007199254740992$"):
+        usage_from_openai({"prompt_tokens": 2**53})
     anthropic = facts_from_body(
         b'{"type":"message","usage":{"input_tokens":%d,"output_tokens":7}}' % 2**64, "anthropic"
     )
-    assert anthropic is not None and anthropic.usage == Usage(0, 7, 7)
+    assert anthropic is not None and anthropic.usage is None
+
+
+def test_a_count_that_is_not_a_count_leaves_the_other_facts_read() -> None:
+    body = b'{"id":"c9","model":"m","choices":[{"finish_reason":"stop"}],"usage":{"completion_tokens":"57"}}'
+    facts = facts_from_body(body, "chat")
+    assert facts is not None and facts.usage is None
+    assert (facts.response_id, facts.model, facts.finish_reason) == ("c9", "m", "stop")
+
+
+def test_a_long_value_that_is_not_a_count_is_shown_cut() -> None:
+    facts = facts_from_body(orjson.dumps({"usage": {"prompt_tokens": "9" * 10_000}}), "chat")
+    assert facts is not None and facts.not_a_count is not None and len(facts.not_a_count) < 80
 
 
 def test_stream_usage_chunk_is_found_and_flagged() -> None:
@@ -128,6 +269,42 @@ def test_anthropic_stream_counts_cache_parts_inside_input_and_takes_late_counts(
     assert not facts.partial
     assert facts.usage == Usage(9030, 812, 9842, cached_tokens=6000, cache_write_tokens=3000)
     assert (facts.response_id, facts.model, facts.finish_reason) == ("msg_1", "claude-sonnet-4-5", "end_turn")
+
+
+ANTHROPIC_START = (
+    b'{"type":"message_start","message":{"id":"msg_1","model":"claude-sonnet-4-5","usage":{"input_tokens":%s,'
+    b'"cache_read_input_tokens":6000,"output_tokens":1}}}'
+)
+ANTHROPIC_DELTA = b'{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{%s}}'
+
+
+def test_anthropic_message_start_with_a_count_that_is_not_a_count_leaves_no_usage_not_a_partial_one() -> None:
+    facts = StreamFacts("anthropic")
+    facts.observe(ANTHROPIC_START % b'"25"')
+    # Not partial: a stream cut here is estimated whole, as one cut before any usage.
+    assert facts.usage is None and not facts.partial
+    assert facts.not_a_count == "input_tokens is '25'"
+    facts.observe(ANTHROPIC_DELTA % b'"output_tokens":812')
+    assert facts.usage is None  # the counts merged still hold the input count that is not a count
+    assert facts.finish_reason == "end_turn"
+    facts.observe(ANTHROPIC_DELTA % b'"output_tokens":812,"input_tokens":30')
+    assert facts.usage == Usage(6030, 812, 6842, cached_tokens=6000)  # a later count replaced it
+
+
+def test_anthropic_message_delta_with_a_count_that_is_not_a_count_leaves_no_usage() -> None:
+    facts = StreamFacts("anthropic")
+    facts.observe(ANTHROPIC_START % b"25")
+    assert facts.partial and facts.usage == Usage(6025, 1, 6026, cached_tokens=6000)
+    facts.observe(ANTHROPIC_DELTA % b'"output_tokens":812.5')
+    assert facts.usage is None and not facts.partial
+    assert facts.not_a_count == "output_tokens is 812.5"
+
+
+def test_gemini_running_totals_the_last_one_not_a_count_leaves_no_usage() -> None:
+    facts = StreamFacts("gemini")
+    for count in (b"10", b"20", b"-1"):
+        facts.observe(b'{"usageMetadata":{"promptTokenCount":40,"candidatesTokenCount":%s}}' % count)
+    assert facts.usage is None and facts.not_a_count == "candidatesTokenCount is -1"
 
 
 def test_anthropic_body() -> None:
@@ -222,7 +399,9 @@ _ANY = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(min_value=-5, max_value=2**63 - 1),
+    st.just(2**53),
     st.floats(allow_nan=False, allow_infinity=False),
+    st.integers(min_value=0, max_value=1000).map(float),  # 57.0: a count, though msgspec's int refuses it
     st.text(max_size=3),
     st.just([]),
     st.just({}),
@@ -273,7 +452,11 @@ _MESSAGE = st.one_of(_FITTING, _chat_messages(fitting=False))
 def _read_as_dict(message: dict[str, Any]) -> tuple[Any, ...]:
     facts = ResponseFacts("chat")
     facts.absorb(message)
-    return facts.response_id, facts.model, facts.finish_reason, facts.usage
+    return facts.response_id, facts.model, facts.finish_reason, facts.usage, facts.not_a_count
+
+
+def _facts(facts: ResponseFacts) -> tuple[Any, ...]:
+    return facts.response_id, facts.model, facts.finish_reason, facts.usage, facts.not_a_count
 
 
 @settings(max_examples=500, deadline=None)
@@ -281,7 +464,7 @@ def _read_as_dict(message: dict[str, Any]) -> tuple[Any, ...]:
 def test_a_chat_body_read_typed_gives_what_reading_it_as_a_dict_gives(message: dict[str, Any]) -> None:
     facts = facts_from_body(orjson.dumps(message), "chat")
     assert facts is not None
-    assert (facts.response_id, facts.model, facts.finish_reason, facts.usage) == _read_as_dict(message)
+    assert _facts(facts) == _read_as_dict(message)
 
 
 @settings(max_examples=500, deadline=None)
@@ -290,8 +473,56 @@ def test_a_chat_event_read_typed_gives_what_reading_it_as_a_dict_gives(message: 
     facts = StreamFacts("chat")
     usage_only = facts.observe(orjson.dumps(message))
     assert usage_only == (message.get("choices") == [] and isinstance(message.get("usage"), dict))
-    assert (facts.response_id, facts.model, facts.finish_reason, facts.usage) == _read_as_dict(message)
+    assert _facts(facts) == _read_as_dict(message)
     assert (facts.events, facts.malformed) == (1, 0)
+
+
+_NOT_A_COUNT = st.one_of(
+    st.text(max_size=3),
+    st.booleans(),
+    st.integers(min_value=-(2**63), max_value=-1),
+    st.integers(min_value=2**53, max_value=2**63 - 1),
+    st.floats(allow_nan=False, allow_infinity=False).filter(
+        lambda f: not (f.is_integer() and 0 <= f < 2**53)
+    ),
+    st.just([]),
+    st.just({}),
+)
+_COUNT_PATHS = [
+    ("prompt_tokens",),
+    ("completion_tokens",),
+    ("total_tokens",),
+    ("prompt_cache_hit_tokens",),
+    ("cached_tokens",),
+    ("prompt_tokens_details", "cached_tokens"),
+    ("prompt_tokens_details", "cache_write_tokens"),
+    ("completion_tokens_details", "reasoning_tokens"),
+]
+
+
+@settings(max_examples=300, deadline=None)
+@given(_FITTING, st.sampled_from(_COUNT_PATHS), _NOT_A_COUNT, st.booleans())
+def test_a_chat_message_with_a_count_that_is_not_a_count_has_no_usage_either_way(
+    message: dict[str, Any], path: tuple[str, ...], value: Any, in_choice: bool
+) -> None:
+    usage = message.get("usage") or {}
+    if len(path) == 2:
+        usage = {**usage, path[0]: {**(usage.get(path[0]) or {}), path[1]: value}}
+    else:
+        usage = {**usage, path[0]: value}
+    # Moonshot's streams put the usage in the last choice.
+    spoilt = (
+        {**message, "usage": None, "choices": [{"usage": usage}]}
+        if in_choice
+        else {**message, "usage": usage}
+    )
+    body = facts_from_body(orjson.dumps(spoilt), "chat")
+    event = StreamFacts("chat")
+    event.observe(orjson.dumps(spoilt))
+    for facts in (body, event):
+        assert facts is not None and facts.usage is None
+        assert facts.not_a_count == f"{'.'.join(path)} is {reprlib.repr(value)}"
+        assert _facts(facts) == _read_as_dict(spoilt)
 
 
 @given(_FITTING)
@@ -303,7 +534,8 @@ def test_the_usual_chat_shapes_are_read_typed() -> None:
     body = (FIXTURES / "openai_chat.json").read_bytes()
     usage_chunk = b'{"id":"c","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":24}}'
     assert chat_message(body) is not None and chat_message(usage_chunk) is not None
-    assert chat_message(b'{"usage": {"prompt_tokens": -1}}') is None  # left to absorb(), which reads 0
+    assert chat_message(b'{"usage": {"prompt_tokens": -1}}') is None  # left to absorb(): no usage
+    assert chat_message(b'{"usage": {"prompt_tokens": 1.0}}') is None  # left to absorb(): 1
 
 
 def test_a_chat_body_with_bad_utf8_outside_the_fields_read_is_still_metered() -> None:
