@@ -192,6 +192,12 @@ class Meter:
                 *(call.proxy_id, bill.facts.unread, sse.MAX_LINE >> 20),
             )
         model = call.model
+        if bill.facts is not None and bill.facts.not_a_count is not None:
+            log.warning(
+                "provider %r, model %r, call %s: usage field %s, not a token count; the usage it came in "
+                "is not trusted",
+                *(call.provider.name, model, call.proxy_id, bill.facts.not_a_count),
+            )
         if (
             bill.price is None
             and model
