@@ -6,7 +6,8 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from proxy.calls import Call, decimal_text, iso_time
-from proxy.config import Price, parse_config
+from proxy.config import Price
+from proxy.configfile import parse_config
 from proxy.records import CallError
 from proxy.usage import Api, StreamFacts
 
