@@ -9,10 +9,11 @@ from decimal import Decimal
 from typing import Any, NamedTuple
 
 from proxy.config import Price, Provider
+from proxy.facts import ResponseFacts, StreamFacts, facts_from_body
 from proxy.pricing import Cost, find_price, price_call
 from proxy.records import CallError, CostRecord, UsageSource
 from proxy.upstream import UpstreamResponse
-from proxy.usage import Api, ResponseFacts, StreamFacts, Usage, estimate_usage, facts_from_body
+from proxy.usage import Api, Usage, estimate_usage
 
 _NO_USAGE = Usage(0, 0, 0)
 

@@ -22,6 +22,7 @@ from proxy.config import Config
 from proxy.deadlines import Deadlines, Later
 from proxy.disconnect import WATCH_AFTER, DisconnectWatch
 from proxy.errors import error_answer
+from proxy.facts import StreamFacts
 from proxy.records import RecordWriter
 from proxy.relay import head, relay_body, relay_stream, relay_whole_body
 from proxy.request import (
@@ -36,7 +37,6 @@ from proxy.request import (
 )
 from proxy.routing import RouteError, Routes
 from proxy.upstream import Headers, Upstream, UpstreamError, end_to_end
-from proxy.usage import StreamFacts
 
 log = logging.getLogger("meterproxy")
 

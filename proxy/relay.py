@@ -14,9 +14,9 @@ import orjson
 from starlette.types import Message, Send
 
 from proxy.calls import Bill, Call, decimal_text
+from proxy.facts import StreamFacts
 from proxy.sse import SSEEvent, SSEScanner
 from proxy.upstream import Headers, UpstreamResponse
-from proxy.usage import StreamFacts
 
 _MAX_PARSED_BODY = 64 << 20
 _REDACTED = b"[REDACTED]"

@@ -1,5 +1,6 @@
-"""Token usage read from provider responses, per API shape: a JSON body, or a stream's events one by
-one. No I/O.
+"""Token usage read from provider responses, per API shape (a JSON body's or a stream event's usage
+object), and estimated for a call cut before its usage came. No I/O; proxy/facts.py gathers the
+rest of what an answer tells.
 
 One convention holds across providers: `input_tokens` counts every prompt token, cached and
 cache-written ones included (OpenAI's way); `cached_tokens` and `cache_write_tokens` are its parts.
@@ -8,26 +9,13 @@ Reasoning tokens are part of `output_tokens`.
 
 from __future__ import annotations
 
-import re
 import reprlib
-from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, NamedTuple
 
 import msgspec
 import orjson
 
 Api = Literal["chat", "responses", "embeddings", "anthropic", "gemini"]
-
-# An event is worth parsing only if it can change what we record. Most chunks of a stream carry
-# nothing of the kind, and skipping their JSON parse keeps the scan cheap. Gemini's every chunk
-# carries running usage, so all of them are read.
-_WORTH_READING: dict[Api, re.Pattern[bytes]] = {
-    "chat": re.compile(rb'"(?:usage|finish_reason)"\s*+:\s*+(?!null)'),  # possessive: not `": null` either
-    "responses": re.compile(rb'"type"\s*:\s*"response\.(?:created|completed|incomplete|failed)"'),
-    "anthropic": re.compile(rb'"type"\s*:\s*"message_(?:start|delta)"'),
-    "embeddings": re.compile(rb'"usage"'),
-    "gemini": re.compile(rb""),
-}
 
 
 class Usage(NamedTuple):
@@ -66,7 +54,8 @@ def _count(parent: dict[str, Any], key: str, within: str = "") -> int:
     raise NotACount(f"{within}{key} is {reprlib.repr(value)}")
 
 
-def _part(parent: dict[str, Any], key: str) -> dict[str, Any]:
+def sub_object(parent: dict[str, Any], key: str) -> dict[str, Any]:
+    """parent[key] if it is an object, else an empty one: a detail object is optional everywhere."""
     value = parent.get(key)
     return value if isinstance(value, dict) else {}
 
@@ -78,12 +67,12 @@ def usage_from_openai(usage: Any) -> Usage | None:
         return None
     prompt = _count(usage, "prompt_tokens")
     completion = _count(usage, "completion_tokens")
-    details = _part(usage, "prompt_tokens_details")
+    details = sub_object(usage, "prompt_tokens_details")
     cached = _count(details, "cached_tokens", "prompt_tokens_details.")
     hits = _count(usage, "prompt_cache_hit_tokens")
     moonshot = _count(usage, "cached_tokens")
     reasoning = _count(
-        _part(usage, "completion_tokens_details"), "reasoning_tokens", "completion_tokens_details."
+        sub_object(usage, "completion_tokens_details"), "reasoning_tokens", "completion_tokens_details."
     )
     cost = usage.get("cost")
     return Usage(
@@ -107,9 +96,11 @@ def usage_from_responses(usage: Any) -> Usage | None:
         input_tokens=prompt,
         output_tokens=output,
         total_tokens=_count(usage, "total_tokens") or prompt + output,
-        cached_tokens=_count(_part(usage, "input_tokens_details"), "cached_tokens", "input_tokens_details."),
+        cached_tokens=_count(
+            sub_object(usage, "input_tokens_details"), "cached_tokens", "input_tokens_details."
+        ),
         reasoning_tokens=_count(
-            _part(usage, "output_tokens_details"), "reasoning_tokens", "output_tokens_details."
+            sub_object(usage, "output_tokens_details"), "reasoning_tokens", "output_tokens_details."
         ),
     )
 
@@ -195,7 +186,6 @@ class ChatMessage(msgspec.Struct):
     usage: _ChatUsage | None = None
 
 
-_CHAT_SHAPED = frozenset({"chat", "embeddings"})
 _NO_DETAILS = _PromptDetails()
 _NO_REASONING = _CompletionDetails()
 _CHAT = msgspec.json.Decoder(ChatMessage)
@@ -207,179 +197,6 @@ def chat_message(data: bytes) -> ChatMessage | None:
         return _CHAT.decode(data)
     except (msgspec.DecodeError, msgspec.ValidationError):
         return None
-
-
-@dataclass(slots=True)
-class ResponseFacts:
-    """What a response told us: its id, model, finish reason and usage (the last one seen counts: one
-    with a count that is not a count leaves none)."""
-
-    api: Api
-    response_id: str | None = None
-    model: str | None = None
-    finish_reason: str | None = None
-    usage: Usage | None = None
-    events: int = 0
-    malformed: int = 0
-    unread: int = 0  # events with a line too long to read (sse.MAX_LINE): passed on, not parsed
-    done: bool = False
-    # Usage so far, not the final one: an Anthropic stream's message_start has the input counts and a
-    # placeholder output count (1); only message_delta brings the output.
-    partial: bool = False
-    # What the last usage that was not trusted held: its field that is not a count, and the value.
-    not_a_count: str | None = None
-    _anthropic: dict[str, Any] = field(default_factory=dict)
-
-    def absorb(self, message: dict[str, Any]) -> None:
-        try:
-            self._absorb(message)
-        except NotACount as exc:
-            # Each shape reads its usage last, so the message's other facts are in.
-            self.usage = None
-            self.partial = False
-            self.not_a_count = str(exc)
-
-    def _absorb(self, message: dict[str, Any]) -> None:
-        if self.api == "anthropic":
-            self._absorb_anthropic(message)
-        elif self.api == "responses":
-            self._absorb_responses(message.get("response") if "response" in message else message)
-        elif self.api == "gemini":
-            self._note(message.get("responseId"), message.get("modelVersion"))
-            for candidate in _list(message.get("candidates")):
-                if isinstance(candidate, dict) and isinstance(candidate.get("finishReason"), str):
-                    self.finish_reason = candidate["finishReason"]
-            self.usage = usage_from_gemini(message.get("usageMetadata")) or self.usage
-        else:
-            self._note(message.get("id"), message.get("model"))
-            usage = message.get("usage")
-            for choice in _list(message.get("choices")):
-                if isinstance(choice, dict):
-                    if isinstance(choice.get("finish_reason"), str):
-                        self.finish_reason = choice["finish_reason"]
-                    if usage is None:  # Moonshot's streams put the usage in the last choice
-                        usage = choice.get("usage")
-            self.usage = usage_from_openai(usage) or self.usage
-
-    def absorb_chat(self, message: ChatMessage) -> None:
-        """What absorb() takes from the same message as a dict."""
-        self._note(message.id, message.model)
-        usage = message.usage
-        for choice in message.choices or ():
-            if choice.finish_reason is not None:
-                self.finish_reason = choice.finish_reason
-            if usage is None:
-                usage = choice.usage
-        if usage is not None:
-            self.usage = usage.usage()
-
-    def _note(self, response_id: Any, model: Any) -> None:
-        if self.response_id is None and isinstance(response_id, str):
-            self.response_id = response_id
-        if self.model is None and isinstance(model, str):
-            self.model = model
-
-    def _absorb_responses(self, response: Any) -> None:
-        if not isinstance(response, dict):
-            return
-        self._note(response.get("id"), response.get("model"))
-        status = response.get("status")
-        reason = _part(response, "incomplete_details").get("reason")
-        if isinstance(reason, str) or isinstance(status, str):
-            self.finish_reason = reason if isinstance(reason, str) else status
-        self.usage = usage_from_responses(response.get("usage")) or self.usage
-
-    def _absorb_anthropic(self, message: dict[str, Any]) -> None:
-        # A stream's message_start carries the message (input and cache counts); message_delta the
-        # final output count, and sometimes input and cache counts too: the later ones win.
-        body = message.get("message") if message.get("type") == "message_start" else message
-        if not isinstance(body, dict):
-            return
-        self._note(body.get("id"), body.get("model"))
-        delta = _part(body, "delta")
-        reason = delta.get("stop_reason", body.get("stop_reason"))
-        if isinstance(reason, str):
-            self.finish_reason = reason
-        counts = body.get("usage")
-        if isinstance(counts, dict):
-            self._anthropic.update({key: value for key, value in counts.items() if value is not None})
-            self.usage = usage_from_anthropic(self._anthropic)
-            self.partial = message.get("type") == "message_start"
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-def facts_from_body(body: bytes, api: Api) -> ResponseFacts | None:
-    """Facts from a non-streamed JSON body (or a JSON array of chunks); None when it is not JSON. A chat
-    body is read for its usage even when a string the typed read skips (the content) is not UTF-8."""
-    if api in _CHAT_SHAPED and (typed := chat_message(body)) is not None:
-        facts = ResponseFacts(api)
-        facts.absorb_chat(typed)
-        return facts
-    try:
-        message = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        return None
-    facts = ResponseFacts(api)
-    for part in message if isinstance(message, list) else [message]:
-        if not isinstance(part, dict):
-            return None
-        facts.absorb(part)
-    return facts
-
-
-class StreamFacts(ResponseFacts):
-    """Facts gathered from an SSE stream, one event's data at a time."""
-
-    def skim(self, data: bytes) -> bool:
-        """Count an event that cannot change what is recorded and return True: not the first, not
-        [DONE], nothing worth reading. False: the event is left for observe()."""
-        if self.events and data != b"[DONE]" and _WORTH_READING[self.api].search(data) is None:
-            self.events += 1
-            return True
-        return False
-
-    def unread_until(self, events: bytes, start: int) -> int:
-        """How far from `start` in `events` (a run of whole or partial events) nothing can change what
-        is recorded: up to the first text the API's pattern finds, or [DONE]; all of it if neither is
-        there; none of it before the stream's first event is read. The events before that offset need
-        only be counted (`count`)."""
-        if not self.events:
-            return start
-        found = _WORTH_READING[self.api].search(events, start)
-        end = found.start() if found is not None else len(events)
-        done = events.find(b"[DONE]", start, end)
-        return done if done >= 0 else end
-
-    def count(self, events: int) -> None:
-        """Count events that unread_until() let pass unread."""
-        self.events += events
-
-    def observe(self, data: bytes) -> bool:
-        """Take one event's data; return True when it is a usage-only chat chunk (no choices)."""
-        return False if self.skim(data) else self.read(data)
-
-    def read(self, data: bytes) -> bool:
-        """observe() for an event skim() has already left to be read."""
-        if data == b"[DONE]":
-            self.done = True
-            return False
-        self.events += 1
-        if self.api in _CHAT_SHAPED and (typed := chat_message(data)) is not None:
-            self.absorb_chat(typed)
-            return self.api == "chat" and typed.choices == [] and typed.usage is not None
-        try:
-            message = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            self.malformed += 1
-            return False
-        if not isinstance(message, dict):
-            self.malformed += 1
-            return False
-        self.absorb(message)
-        return self.api == "chat" and message.get("choices") == [] and isinstance(message.get("usage"), dict)
 
 
 def estimate_usage(request: dict[str, Any], content_events: int, partial: Usage | None = None) -> Usage:

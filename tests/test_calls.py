@@ -8,8 +8,9 @@ from hypothesis import strategies as st
 from proxy.calls import Call, decimal_text, iso_time
 from proxy.config import Price
 from proxy.configfile import parse_config
+from proxy.facts import StreamFacts
 from proxy.records import CallError
-from proxy.usage import Api, StreamFacts
+from proxy.usage import Api
 
 
 @example(2**-24)  # a tie: a float format rounds the binary value to ...062, the shortest text is ...063

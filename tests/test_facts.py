@@ -1,0 +1,62 @@
+"""StreamFacts: which events of a stream are read, skimmed or counted unread, and what is gathered."""
+
+from pathlib import Path
+
+from proxy.facts import StreamFacts
+from proxy.sse import SSEScanner
+from proxy.usage import Usage
+
+FIXTURES = Path(__file__).parent / "fixtures"
+
+
+def test_stream_usage_chunk_is_found_and_flagged() -> None:
+    facts = StreamFacts("chat")
+    scanner = SSEScanner()
+    stream = (FIXTURES / "openai_chat_stream.sse").read_bytes()
+    flagged = [event.data for event in scanner.feed(stream) if facts.observe(event.data)]
+    usage_chunk = (FIXTURES / "openai_chat_stream_usage_chunk.sse").read_bytes()
+    assert flagged == [usage_chunk[6:-2]]
+    assert facts.usage == Usage(1000, 500, 1500, cached_tokens=200, reasoning_tokens=64)
+    assert facts.finish_reason == "stop"
+    assert facts.response_id == "chatcmpl-B9MBs8CjcvOU2jLn4n570S5qMJKcT"
+    assert facts.model == "gpt-4o-2024-08-06"
+    assert facts.done
+    assert facts.events == 10
+
+
+def test_malformed_data_is_counted_and_skipped() -> None:
+    facts = StreamFacts("chat")
+    facts.observe(b'{"id":"a","choices":[]}')
+    facts.observe(b'{"usage": {"prompt_tokens": 1')
+    facts.observe(b'{"choices":[],"usage":{"prompt_tokens":4,"completion_tokens":2}}')
+    assert facts.malformed == 1
+    assert facts.usage == Usage(4, 2, 6)
+
+
+def test_only_events_that_can_change_the_record_are_left_to_be_read() -> None:
+    facts = StreamFacts("chat")
+    first = b'{"id": "c", "choices": [{"delta": {"content": "a"}, "finish_reason": null}]}'
+    assert not facts.skim(first)  # the stream's first event is always read
+    assert facts.observe(first) is False and facts.response_id == "c"
+    # Written compactly or with spaces, an unset finish reason is nothing to read; a set one, usage, or
+    # [DONE] is.
+    assert facts.skim(b'{"choices": [{"delta": {"content": "b"}, "finish_reason": null}]}')
+    assert facts.skim(b'{"choices":[{"delta":{"content":"c"},"finish_reason" :  null}]}')
+    assert not facts.skim(b'{"choices": [{"delta": {}, "finish_reason": "stop"}]}')
+    assert not facts.skim(b'{"choices": [], "usage": {"prompt_tokens": 3}}')
+    assert not facts.skim(b"[DONE]")
+    assert facts.events == 3
+
+
+def test_unread_until_stops_before_anything_worth_reading() -> None:
+    facts = StreamFacts("chat")
+    plain = b'data: {"choices": [{"delta": {"content": "a"}, "finish_reason": null}]}\n\n'
+    finish = b'data: {"choices": [{"delta": {}, "finish_reason": "length"}]}\n\n'
+    assert facts.unread_until(plain * 3, 0) == 0  # the stream's first event is always read
+    facts.count(1)
+    assert facts.unread_until(plain * 3, len(plain)) == 3 * len(plain)
+    assert facts.unread_until(plain * 2 + finish, 0) == 2 * len(plain) + finish.index(b'"finish_reason"')
+    assert facts.unread_until(plain + b"data: [DONE]\n\n", 0) == len(plain) + len(b"data: ")
+    gemini = StreamFacts("gemini")  # every Gemini chunk carries running usage: all are read
+    gemini.count(1)
+    assert gemini.unread_until(plain, 0) == 0
