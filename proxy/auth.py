@@ -129,7 +129,12 @@ class Gate:
         )
         user = key_id(token) if passing else self.caller(token)
         if user is None:
-            raise RouteError(401, "invalid_api_key", "a valid proxy key is required (Authorization: Bearer)")
+            raise RouteError(
+                401,
+                "invalid_api_key",
+                "a valid proxy key is required: send it as Authorization: Bearer, x-api-key or "
+                "x-goog-api-key",
+            )
         return user
 
     def caller(self, token: str | None) -> str | None:

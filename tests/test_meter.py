@@ -1120,8 +1120,10 @@ def test_auth_keys_gate_calls_and_replace_the_clients_key(
     payload = {"model": "gpt-4o", "messages": HELLO}
     json_type = {"content-type": "application/json"}
 
-    assert_openai_error(
-        proxy.request("POST", "/v1/chat/completions", json.dumps(payload).encode(), json_type), 401
+    refused = proxy.request("POST", "/v1/chat/completions", json.dumps(payload).encode(), json_type)
+    # Anthropic's and Google's clients send their key in their own headers: the message names them all.
+    assert assert_openai_error(refused, 401)["message"] == (
+        "a valid proxy key is required: send it as Authorization: Bearer, x-api-key or x-goog-api-key"
     )
     assert_openai_error(
         proxy.post_json("/v1/chat/completions", payload, {"authorization": "Bearer wrong-key-canary"}), 401
