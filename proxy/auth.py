@@ -73,6 +73,22 @@ def query_key(query: bytes) -> str | None:
     return keys[0] if keys else None
 
 
+def query_caller(user: str, query: bytes) -> str:
+    """The user_id of a pass-through call that its body's model sent to a Gemini provider, named `user`
+    by its key headers before the provider was known: Google also reads the `key` query parameter as a
+    key to spend, so one there must be the same key (else KeyConflict), and names a caller who sent none.
+    """
+    in_query = query_key(query)
+    if in_query is None:
+        return user
+    named = key_id(in_query)
+    if user not in ("anonymous", named):
+        raise KeyConflict(
+            "the request presents different keys (in a key header and the key query parameter); send one key"
+        )
+    return named
+
+
 def without_query_key(query: bytes) -> bytes:
     """The query with every `key` parameter taken out, the others kept byte for byte and in order."""
     return b"&".join(part for part in query.split(b"&") if not _names_key(part))

@@ -16,7 +16,7 @@ import time
 from starlette.types import Message, Receive, Scope, Send
 
 from proxy import sse
-from proxy.auth import Gate, without_query_key
+from proxy.auth import Gate, query_caller, without_query_key
 from proxy.calls import Call
 from proxy.config import Config
 from proxy.deadlines import Deadlines, Later
@@ -85,6 +85,8 @@ class Meter:
                     raise RouteError(400, "missing_model", "the body has no 'model'; name the model to call")
                 provider, upstream_model = self.routes.for_model(model)
                 base = provider.base_url
+                if query and provider.kind == "gemini" and provider.api_key is None and not self.gate.closed:
+                    user = query_caller(user, query)
                 if upstream_model != model:
                     # The request as sent from here on, so that asking for usage keeps the rename.
                     request = {**request, "model": upstream_model}

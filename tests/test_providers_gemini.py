@@ -371,3 +371,27 @@ def test_a_client_key_in_the_query_gives_way_to_the_providers_own_key(
     assert [value for name, value in seen.headers if name.lower() == "x-goog-api-key"] == [PROVIDER_KEY]
     only(keyed_proxy.wait_records(1))
     assert_never_seen(keyed_proxy, stub, canary)
+
+
+def test_in_pass_through_a_key_parameter_bound_for_google_on_v1_is_the_callers_key(
+    providers_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    # On /v1/ the body's model chooses Google, which reads `key` as a key to spend beside the header's.
+    stub.always(Reply(body=fixture("gemini_openai_chat.json")))
+    chat = {"model": "gemini-2.5-flash", "messages": [{"role": "user", "content": "Hi"}]}
+    path = "/v1/chat/completions?key=AIzaSyQuery-canary"
+    refused = providers_proxy.post_json(path, chat, {"authorization": "Bearer AIzaSyHeader-canary"})
+    assert refused.status == 400
+    assert refused.json()["error"]["code"] == "duplicate_api_key"
+    assert stub.requests == []
+
+    body = json.dumps(chat).encode()
+    for headers in (JSON_TYPE, {**JSON_TYPE, "authorization": "Bearer AIzaSyQuery-canary"}):
+        assert providers_proxy.request("POST", path, body, headers).status == 200
+    assert [request.target for request in stub.wait_requests(2)] == [
+        "/v1beta/openai/chat/completions?key=AIzaSyQuery-canary"
+    ] * 2
+    caller = "key:" + hashlib.sha256(b"AIzaSyQuery-canary").hexdigest()[:12]
+    assert [record["user_id"] for record in providers_proxy.wait_records(2)] == [caller, caller]
+    for where in (providers_proxy.records_path.read_text(), providers_proxy.log()):
+        assert "canary" not in where
