@@ -17,7 +17,6 @@ from proxy.usage import (
     NotACount,
     Usage,
     chat_message,
-    sub_object,
     usage_from_anthropic,
     usage_from_gemini,
     usage_from_openai,
@@ -112,7 +111,7 @@ class ResponseFacts:
             return
         self._note(response.get("id"), response.get("model"))
         status = response.get("status")
-        reason = sub_object(response, "incomplete_details").get("reason")
+        reason = _part(response, "incomplete_details").get("reason")
         if isinstance(reason, str) or isinstance(status, str):
             self.finish_reason = reason if isinstance(reason, str) else status
         self.usage = usage_from_responses(response.get("usage")) or self.usage
@@ -124,7 +123,7 @@ class ResponseFacts:
         if not isinstance(body, dict):
             return
         self._note(body.get("id"), body.get("model"))
-        delta = sub_object(body, "delta")
+        delta = _part(body, "delta")
         reason = delta.get("stop_reason", body.get("stop_reason"))
         if isinstance(reason, str):
             self.finish_reason = reason
@@ -133,6 +132,11 @@ class ResponseFacts:
             self._anthropic.update({key: value for key, value in counts.items() if value is not None})
             self.usage = usage_from_anthropic(self._anthropic)
             self.partial = message.get("type") == "message_start"
+
+
+def _part(parent: dict[str, Any], key: str) -> dict[str, Any]:
+    value = parent.get(key)
+    return value if isinstance(value, dict) else {}
 
 
 def _list(value: Any) -> list[Any]:

@@ -54,10 +54,15 @@ def _count(parent: dict[str, Any], key: str, within: str = "") -> int:
     raise NotACount(f"{within}{key} is {reprlib.repr(value)}")
 
 
-def sub_object(parent: dict[str, Any], key: str) -> dict[str, Any]:
-    """parent[key] if it is an object, else an empty one: a detail object is optional everywhere."""
-    value = parent.get(key)
-    return value if isinstance(value, dict) else {}
+def _details(usage: dict[str, Any], key: str) -> dict[str, Any]:
+    """The detail object at `key` (cached, cache-written, reasoning tokens): absent or null is empty;
+    anything else that is not an object raises NotACount, as the counts in it cannot be read."""
+    value = usage.get(key)
+    if isinstance(value, dict):
+        return value
+    if value is None:
+        return {}
+    raise NotACount(f"{key} is {reprlib.repr(value)}")
 
 
 def usage_from_openai(usage: Any) -> Usage | None:
@@ -67,12 +72,12 @@ def usage_from_openai(usage: Any) -> Usage | None:
         return None
     prompt = _count(usage, "prompt_tokens")
     completion = _count(usage, "completion_tokens")
-    details = sub_object(usage, "prompt_tokens_details")
+    details = _details(usage, "prompt_tokens_details")
     cached = _count(details, "cached_tokens", "prompt_tokens_details.")
     hits = _count(usage, "prompt_cache_hit_tokens")
     moonshot = _count(usage, "cached_tokens")
     reasoning = _count(
-        sub_object(usage, "completion_tokens_details"), "reasoning_tokens", "completion_tokens_details."
+        _details(usage, "completion_tokens_details"), "reasoning_tokens", "completion_tokens_details."
     )
     cost = usage.get("cost")
     return Usage(
@@ -97,10 +102,10 @@ def usage_from_responses(usage: Any) -> Usage | None:
         output_tokens=output,
         total_tokens=_count(usage, "total_tokens") or prompt + output,
         cached_tokens=_count(
-            sub_object(usage, "input_tokens_details"), "cached_tokens", "input_tokens_details."
+            _details(usage, "input_tokens_details"), "cached_tokens", "input_tokens_details."
         ),
         reasoning_tokens=_count(
-            sub_object(usage, "output_tokens_details"), "reasoning_tokens", "output_tokens_details."
+            _details(usage, "output_tokens_details"), "reasoning_tokens", "output_tokens_details."
         ),
     )
 

@@ -157,6 +157,26 @@ def test_an_absent_or_null_count_is_0(shape: str) -> None:
     assert facts.usage == facts_from_body(orjson.dumps(message(0)), api).usage  # type: ignore[union-attr]
 
 
+@pytest.mark.parametrize(
+    ("api", "details"),
+    [
+        ("chat", "prompt_tokens_details"),
+        ("chat", "completion_tokens_details"),
+        ("responses", "input_tokens_details"),
+        ("responses", "output_tokens_details"),
+    ],
+)
+@pytest.mark.parametrize("value", ["x", [], 200, True])
+def test_a_detail_object_that_is_not_an_object_leaves_no_usage(api: Api, details: str, value: Any) -> None:
+    # Read as empty, its cache-write tokens would be billed at the input price, its cached ones at full.
+    names = ("prompt_tokens", "completion_tokens") if api == "chat" else ("input_tokens", "output_tokens")
+    usage = {names[0]: 300, names[1]: 20, details: value}
+    message = {"usage": usage} if api == "chat" else {"status": "completed", "usage": usage}
+    facts = facts_from_body(orjson.dumps(message), api)
+    assert facts is not None and facts.usage is None
+    assert facts.not_a_count == f"{details} is {reprlib.repr(value)}"
+
+
 def test_null_details_and_counts_are_read_as_none_sent() -> None:
     usage = {
         "prompt_tokens": 12,
