@@ -21,6 +21,7 @@ from proxy.usage import (
     usage_from_gemini,
     usage_from_openai,
     usage_from_responses,
+    usage_object,
 )
 
 # An event is worth parsing only if it can change what we record. Most chunks of a stream carry
@@ -127,8 +128,8 @@ class ResponseFacts:
         reason = delta.get("stop_reason", body.get("stop_reason"))
         if isinstance(reason, str):
             self.finish_reason = reason
-        counts = body.get("usage")
-        if isinstance(counts, dict):
+        counts = usage_object(body.get("usage"), "usage")
+        if counts is not None:
             self._anthropic.update({key: value for key, value in counts.items() if value is not None})
             self.usage = usage_from_anthropic(self._anthropic)
             self.partial = message.get("type") == "message_start"

@@ -65,10 +65,18 @@ def _details(usage: dict[str, Any], key: str) -> dict[str, Any]:
     raise NotACount(f"{key} is {reprlib.repr(value)}")
 
 
+def usage_object(value: Any, name: str) -> dict[str, Any] | None:
+    """A usage object, or None when the message has none (absent or null); anything else raises
+    NotACount: the message says it has a usage, and it cannot be read."""
+    if value is None or isinstance(value, dict):
+        return value
+    raise NotACount(f"{name} is {reprlib.repr(value)}")
+
+
 def usage_from_openai(usage: Any) -> Usage | None:
     """Chat, completions and embeddings usage; DeepSeek's and Moonshot's cache fields; OpenRouter's cost.
     Raises NotACount, as every usage_from_ does, when a count it reads is there but not a count."""
-    if not isinstance(usage, dict):
+    if (usage := usage_object(usage, "usage")) is None:
         return None
     prompt = _count(usage, "prompt_tokens")
     completion = _count(usage, "completion_tokens")
@@ -93,7 +101,7 @@ def usage_from_openai(usage: Any) -> Usage | None:
 
 def usage_from_responses(usage: Any) -> Usage | None:
     """OpenAI Responses API usage."""
-    if not isinstance(usage, dict):
+    if (usage := usage_object(usage, "usage")) is None:
         return None
     prompt = _count(usage, "input_tokens")
     output = _count(usage, "output_tokens")
@@ -122,7 +130,7 @@ def usage_from_anthropic(counts: dict[str, Any]) -> Usage:
 
 def usage_from_gemini(meta: Any) -> Usage | None:
     """Gemini usageMetadata: thinking tokens are billed as output."""
-    if not isinstance(meta, dict):
+    if (meta := usage_object(meta, "usageMetadata")) is None:
         return None
     prompt = _count(meta, "promptTokenCount")
     thoughts = _count(meta, "thoughtsTokenCount")

@@ -177,6 +177,27 @@ def test_a_detail_object_that_is_not_an_object_leaves_no_usage(api: Api, details
     assert facts.not_a_count == f"{details} is {reprlib.repr(value)}"
 
 
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("value", ["x", [], 36, True])
+def test_a_usage_that_is_not_an_object_leaves_no_usage(shape: str, value: Any) -> None:
+    # The message says it has a usage: one that cannot be read is not trusted, and not an earlier one.
+    api, message, good, _ = SHAPES[shape]
+    name = "usageMetadata" if api == "gemini" else "usage"
+    spoilt = message(57)
+    if api == "responses":
+        spoilt = {"type": "response.completed", "response": {**spoilt, name: value}}
+    else:
+        spoilt = {**spoilt, name: value, **({"type": "message_delta"} if api == "anthropic" else {})}
+    body = facts_from_body(orjson.dumps(spoilt), api)
+    assert body is not None and body.usage is None
+    assert body.not_a_count == f"{name} is {reprlib.repr(value)}"
+    stream = StreamFacts(api)
+    stream.observe(orjson.dumps(message(57)))
+    assert stream.usage == good
+    stream.observe(orjson.dumps(spoilt))
+    assert stream.usage is None and stream.not_a_count == body.not_a_count
+
+
 def test_null_details_and_counts_are_read_as_none_sent() -> None:
     usage = {
         "prompt_tokens": 12,
