@@ -54,7 +54,7 @@ class ResponseFacts:
     # Usage so far, not the final one: an Anthropic stream's message_start has the input counts and a
     # placeholder output count (1); only message_delta brings the output.
     partial: bool = False
-    # What the last usage that was not trusted held: its field that is not a count, and the value.
+    # Why the last usage seen was not trusted: the field, what it held, and what it should have been.
     not_a_count: str | None = None
     _anthropic: dict[str, Any] = field(default_factory=dict)
 

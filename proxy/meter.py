@@ -196,8 +196,7 @@ class Meter:
         model = call.model
         if bill.facts is not None and bill.facts.not_a_count is not None:
             log.warning(
-                "provider %r, model %r, call %s: usage field %s, not a token count; the usage it came in "
-                "is not trusted",
+                "provider %r, model %r, call %s: %s; the usage it came in is not trusted",
                 *(call.provider.name, model, call.proxy_id, bill.facts.not_a_count),
             )
         if (

@@ -51,7 +51,7 @@ def _count(parent: dict[str, Any], key: str, within: str = "") -> int:
         return 0
     if type(value) is float and value.is_integer() and 0 <= value < _TOO_MANY:
         return int(value)
-    raise NotACount(f"{within}{key} is {reprlib.repr(value)}")
+    raise NotACount(f"{within}{key} is {reprlib.repr(value)}, not a token count")
 
 
 def _details(usage: dict[str, Any], key: str) -> dict[str, Any]:
@@ -62,7 +62,7 @@ def _details(usage: dict[str, Any], key: str) -> dict[str, Any]:
         return value
     if value is None:
         return {}
-    raise NotACount(f"{key} is {reprlib.repr(value)}")
+    raise NotACount(f"{key} is {reprlib.repr(value)}, not an object")
 
 
 def usage_object(value: Any, name: str) -> dict[str, Any] | None:
@@ -70,7 +70,7 @@ def usage_object(value: Any, name: str) -> dict[str, Any] | None:
     NotACount: the message says it has a usage, and it cannot be read."""
     if value is None or isinstance(value, dict):
         return value
-    raise NotACount(f"{name} is {reprlib.repr(value)}")
+    raise NotACount(f"{name} is {reprlib.repr(value)}, not an object")
 
 
 def usage_from_openai(usage: Any) -> Usage | None:

@@ -118,7 +118,7 @@ def test_a_count_that_is_not_a_count_leaves_a_body_with_no_usage(shape: str, kin
     value, shown = NOT_COUNTS[kind]
     facts = facts_from_body(orjson.dumps(message(value)), api)
     assert facts is not None and facts.usage is None
-    assert facts.not_a_count == f"{field} is {shown}"
+    assert facts.not_a_count == f"{field} is {shown}, not a token count"
 
 
 @pytest.mark.parametrize("kind", NOT_COUNTS)
@@ -174,7 +174,7 @@ def test_a_detail_object_that_is_not_an_object_leaves_no_usage(api: Api, details
     message = {"usage": usage} if api == "chat" else {"status": "completed", "usage": usage}
     facts = facts_from_body(orjson.dumps(message), api)
     assert facts is not None and facts.usage is None
-    assert facts.not_a_count == f"{details} is {reprlib.repr(value)}"
+    assert facts.not_a_count == f"{details} is {reprlib.repr(value)}, not an object"
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -190,7 +190,7 @@ def test_a_usage_that_is_not_an_object_leaves_no_usage(shape: str, value: Any) -
         spoilt = {**spoilt, name: value, **({"type": "message_delta"} if api == "anthropic" else {})}
     body = facts_from_body(orjson.dumps(spoilt), api)
     assert body is not None and body.usage is None
-    assert body.not_a_count == f"{name} is {reprlib.repr(value)}"
+    assert body.not_a_count == f"{name} is {reprlib.repr(value)}, not an object"
     stream = StreamFacts(api)
     stream.observe(orjson.dumps(message(57)))
     assert stream.usage == good
@@ -218,7 +218,7 @@ def test_the_largest_count_is_read_and_one_past_it_is_not_typed_or_not() -> None
         body = b'{"usage":{"prompt_tokens":%d,"completion_tokens":5}}' % too_many
         facts = facts_from_body(body, "chat")
         assert facts is not None and facts.usage is None
-    with pytest.raises(NotACount, match=r"^prompt_tokens is 9007199254740992$"):
+    with pytest.raises(NotACount, match=r"^prompt_tokens is 9007199254740992, not a token count$"):
         usage_from_openai({"prompt_tokens": 2**53})
     anthropic = facts_from_body(
         b'{"type":"message","usage":{"input_tokens":%d,"output_tokens":7}}' % 2**64, "anthropic"
@@ -290,7 +290,7 @@ def test_anthropic_message_start_with_a_count_that_is_not_a_count_leaves_no_usag
     facts.observe(ANTHROPIC_START % b'"25"')
     # Not partial: a stream cut here is estimated whole, as one cut before any usage.
     assert facts.usage is None and not facts.partial
-    assert facts.not_a_count == "input_tokens is '25'"
+    assert facts.not_a_count == "input_tokens is '25', not a token count"
     facts.observe(ANTHROPIC_DELTA % b'"output_tokens":812')
     assert facts.usage is None  # the counts merged still hold the input count that is not a count
     assert facts.finish_reason == "end_turn"
@@ -304,14 +304,14 @@ def test_anthropic_message_delta_with_a_count_that_is_not_a_count_leaves_no_usag
     assert facts.partial and facts.usage == Usage(6025, 1, 6026, cached_tokens=6000)
     facts.observe(ANTHROPIC_DELTA % b'"output_tokens":812.5')
     assert facts.usage is None and not facts.partial
-    assert facts.not_a_count == "output_tokens is 812.5"
+    assert facts.not_a_count == "output_tokens is 812.5, not a token count"
 
 
 def test_gemini_running_totals_the_last_one_not_a_count_leaves_no_usage() -> None:
     facts = StreamFacts("gemini")
     for count in (b"10", b"20", b"-1"):
         facts.observe(b'{"usageMetadata":{"promptTokenCount":40,"candidatesTokenCount":%s}}' % count)
-    assert facts.usage is None and facts.not_a_count == "candidatesTokenCount is -1"
+    assert facts.usage is None and facts.not_a_count == "candidatesTokenCount is -1, not a token count"
 
 
 def test_anthropic_body() -> None:
@@ -499,7 +499,7 @@ def test_a_chat_message_with_a_count_that_is_not_a_count_has_no_usage_either_way
     event.observe(orjson.dumps(spoilt))
     for facts in (body, event):
         assert facts is not None and facts.usage is None
-        assert facts.not_a_count == f"{'.'.join(path)} is {reprlib.repr(value)}"
+        assert facts.not_a_count == f"{'.'.join(path)} is {reprlib.repr(value)}, not a token count"
         assert _facts(facts) == _read_as_dict(spoilt)
 
 
