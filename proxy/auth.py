@@ -30,6 +30,12 @@ class KeyConflict(RouteError):
         super().__init__(400, "duplicate_api_key", message)
 
 
+_DIFFERENT_KEYS = (
+    "the request presents different keys (in Authorization, x-api-key, x-goog-api-key or the key query "
+    "parameter); send one key"
+)
+
+
 def client_token(
     authorization: bytes | None,
     api_key: bytes | None,
@@ -58,10 +64,7 @@ def _one(token: str | None, other: str, one_key: bool) -> str:
     if token is None:
         return other
     if one_key and other != token:
-        raise KeyConflict(
-            "the request presents different keys (in Authorization, x-api-key, x-goog-api-key or the key "
-            "query parameter); send one key"
-        )
+        raise KeyConflict(_DIFFERENT_KEYS)
     return token
 
 
@@ -73,20 +76,22 @@ def query_key(query: bytes) -> str | None:
     return keys[0] if keys else None
 
 
-def query_caller(user: str, query: bytes) -> str:
-    """The user_id of a pass-through call that its body's model sent to a Gemini provider, named `user`
-    by its key headers before the provider was known: Google also reads the `key` query parameter as a
-    key to spend, so one there must be the same key (else KeyConflict), and names a caller who sent none.
+def gemini_query(user: str, query: bytes, forwarding: bool, checked: bool) -> tuple[str, bytes]:
+    """The caller and the query to send, for a call to a Gemini provider, whose APIs read a `key` query
+    parameter as a key to spend, like the key headers. It goes on only where the client's key headers
+    do (`forwarding`: pass-through to a provider without its own api_key), and must then be the key the
+    call is recorded under: `checked` when admit() read it (the path named the provider); else, on /v1/
+    where the body's model chose Google, it must be the header's key and names a caller who sent none.
     """
-    in_query = query_key(query)
+    if not forwarding:
+        return user, without_query_key(query)
+    in_query = None if checked else query_key(query)
     if in_query is None:
-        return user
+        return user, query
     named = key_id(in_query)
     if user not in ("anonymous", named):
-        raise KeyConflict(
-            "the request presents different keys (in a key header and the key query parameter); send one key"
-        )
-    return named
+        raise KeyConflict(_DIFFERENT_KEYS)
+    return named, query
 
 
 def without_query_key(query: bytes) -> bytes:

@@ -16,7 +16,7 @@ import time
 from starlette.types import Message, Receive, Scope, Send
 
 from proxy import sse
-from proxy.auth import Gate, query_caller, without_query_key
+from proxy.auth import Gate, gemini_query
 from proxy.calls import Call
 from proxy.config import Config
 from proxy.deadlines import Deadlines, Later
@@ -29,6 +29,7 @@ from proxy.request import (
     BodyUnread,
     ClientGone,
     ask_for_usage,
+    forwards_client_keys,
     header_text,
     parse_request,
     read_body,
@@ -85,14 +86,15 @@ class Meter:
                     raise RouteError(400, "missing_model", "the body has no 'model'; name the model to call")
                 provider, upstream_model = self.routes.for_model(model)
                 base = provider.base_url
-                if query and provider.kind == "gemini" and provider.api_key is None and not self.gate.closed:
-                    user = query_caller(user, query)
                 if upstream_model != model:
                     # The request as sent from here on, so that asking for usage keeps the rename.
                     request = {**request, "model": upstream_model}
                     body = rename_model(body, request, model)
             elif target.api is not None and target.api != "gemini" and model is None:
                 raise RouteError(400, "missing_model", "the body has no 'model'; name the model to call")
+            if query and provider.kind == "gemini":
+                forwarding = forwards_client_keys(provider, passing=not self.gate.closed)
+                user, query = gemini_query(user, query, forwarding, checked=target.provider is not None)
             if self.config.fail_closed and not scope["state"]["writer"].accepting():
                 raise RouteError(
                     503,
@@ -123,11 +125,6 @@ class Meter:
         call.ip = client[0] if client else None
         call.session_id = header_text(header.get(b"x-session-id"))
         call.task_type = header_text(header.get(b"x-task-type"))
-        if query and provider.kind == "gemini" and (self.gate.closed or provider.api_key is not None):
-            # Google reads `key` as the key to spend. Behind auth.keys a client's key is a proxy key, which
-            # must never reach a provider (on /v1/ too, where the body's model chose Google); and where the
-            # provider has its own api_key, that is the one key sent, as the client's key headers are not.
-            query = without_query_key(query)
         url = f"{base}/{target.rest}" + (f"?{query.decode('latin-1')}" if query else "")
         watch = DisconnectWatch(call, receive, task, self._watches)
         last: list[Message] = []

@@ -103,10 +103,16 @@ def parse_request(body: bytes, required: bool) -> dict[str, Any]:
     return request
 
 
+def forwards_client_keys(provider: Provider, *, passing: bool) -> bool:
+    """Whether the client's own keys go on to the provider: in pass-through (`passing`, no auth.keys) to
+    a provider without its own api_key."""
+    return passing and provider.api_key is None
+
+
 def upstream_headers(headers: Headers, provider: Provider, api: Api | None, *, passing: bool) -> Headers:
     """The client's end-to-end headers with the key the provider is to get: the provider's own, or in
     pass-through (`passing`, no auth.keys) the client's."""
-    if provider.api_key is None and passing:
+    if forwards_client_keys(provider, passing=passing):
         # Pass-through: the client's key goes on like its other end-to-end headers, so not when
         # the client's Connection header names it hop-by-hop (RFC 9110 section 7.6.1).
         forwarded = end_to_end(headers, _NOT_FORWARDED_PASSING_KEYS)
