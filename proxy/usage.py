@@ -57,12 +57,7 @@ def _count(parent: dict[str, Any], key: str, within: str = "") -> int:
 def _details(usage: dict[str, Any], key: str) -> dict[str, Any]:
     """The detail object at `key` (cached, cache-written, reasoning tokens): absent or null is empty;
     anything else that is not an object raises NotACount, as the counts in it cannot be read."""
-    value = usage.get(key)
-    if isinstance(value, dict):
-        return value
-    if value is None:
-        return {}
-    raise NotACount(f"{key} is {reprlib.repr(value)}, not an object")
+    return usage_object(usage.get(key), key) or {}
 
 
 def usage_object(value: Any, name: str) -> dict[str, Any] | None:
