@@ -295,9 +295,7 @@ def test_reads_that_end_around_an_oversized_line_lose_no_usage(data: st.DataObje
     line_start, line_end = len(parts[0]), len(parts[0]) + len(oversized) + len(nl)
     usage_at = stream.index(asked_for)
     cuts = [
-        data.draw(
-            st.integers(line_start + LIMIT + 1, line_end - len(nl) - 1), label="inside the long line"
-        ),
+        data.draw(st.integers(line_start + LIMIT + 1, line_end - len(nl) - 1), label="inside the long line"),
         data.draw(st.integers(line_end - 2, line_end + 2), label="near its end"),
         data.draw(st.integers(usage_at + 1, usage_at + len(asked_for) - 1), label="inside the usage chunk"),
         *data.draw(st.lists(st.integers(1, len(stream) - 1), max_size=5), label="anywhere"),
