@@ -19,7 +19,7 @@ import orjson
 from proxy.counts import Counts, Groups, count, merge_groups
 from proxy.filters import EVERY_RECORD, NONE, RECORD_FIELDS, Filters, complete
 from proxy.money import Exchange
-from proxy.periods import Period, from_stamp
+from proxy.periods import LAST_MOMENT, Period, from_stamp
 from proxy.records import CostRecord
 from proxy.sources import Piece, RecordFileError, expand, read_lines, split
 from proxy.tallies import Tally, TimeUnit, add_group, timeline
@@ -96,7 +96,9 @@ class Summary:
         if end is None:
             if self.last_timestamp is None:
                 return None
-            end = from_stamp(self.last_timestamp) + timedelta(microseconds=1)
+            last = from_stamp(self.last_timestamp)
+            # The moment after it; the calendar's last one has none, and closes the period itself.
+            end = last + timedelta(microseconds=1) if last < LAST_MOMENT else last
         return start, end
 
     def timeline(self, unit: TimeUnit) -> list[tuple[str, Tally]]:

@@ -27,6 +27,7 @@ class Period:
 
 
 ALL_TIME = Period()
+LAST_MOMENT = datetime.max.replace(tzinfo=UTC)  # 9999-12-31T23:59:59.999999Z
 
 
 def stamp(moment: datetime) -> str:

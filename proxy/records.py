@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 import time
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, TypedDict
 
@@ -81,11 +81,14 @@ _read_time = datetime.fromisoformat
 
 
 def is_record_time(stamp: str) -> bool:
-    """Whether a timestamp is an ISO time. A line stamped otherwise is not a record, for /health and the
-    reports alike: such a stamp places a call in no hour, period or window."""
+    """Whether a timestamp is an ISO time that is a moment of the calendar in UTC. A line stamped
+    otherwise is not a record, for /health and the reports alike: such a stamp places a call in no
+    hour, period or window (9999-12-31T23:00:00-05:00 is in the year 10000 in UTC)."""
     try:
-        _read_time(stamp)
-    except ValueError:
+        moment = _read_time(stamp)
+        if moment.tzinfo is not None and not stamp.endswith("Z"):
+            moment.astimezone(UTC)
+    except (ValueError, OverflowError):
         return False
     return True
 

@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Literal
 
 from proxy.money import Exchange, units_to_decimal
+from proxy.periods import LAST_MOMENT
 
 TimeUnit = Literal["hour", "day"]
 # What a group's cost is: summed ("cost"), none as the model has no price ("unpriced"), or none as the
@@ -97,5 +98,7 @@ def timeline(
     while moment < end or not series:
         key = moment.strftime("%Y-%m-%dT%H" if unit == "hour" else "%Y-%m-%d")
         series.append((key, buckets.get(key, Tally())))
+        if moment > LAST_MOMENT - step:  # the calendar's last hour or day: there is no next one
+            break
         moment += step
     return series

@@ -277,6 +277,29 @@ def test_timeline_shows_empty_hours_and_days_as_zero(tmp_path: Path) -> None:
     assert [key for key, _ in everything] == ["2026-11-25T07", "2026-11-25T08", "2026-11-25T09"]
 
 
+def test_records_at_the_calendars_ends(tmp_path: Path) -> None:
+    # The year 9999's last microsecond has no moment after it to close the period with, nor an hour or
+    # day after it for a series to step to. A stamp whose offset puts it past the calendar in UTC is in
+    # no hour at all: not a record, like a stamp that is not a time.
+    path = write(
+        tmp_path / "c.jsonl",
+        [
+            record("9999-12-31T22:30:00.000000Z", total_cost=0.5),
+            record("9999-12-31T23:59:59.999999Z", total_cost=0.25),
+            record("9999-12-31T23:00:00-05:00"),
+            record("0001-01-01T00:30:00+01:00"),
+        ],
+    )
+    summary = summarise([path])
+    assert (summary.totals.requests, cost(summary.totals), summary.skipped_lines) == (2, Decimal("0.75"), 2)
+    assert summary.bounds() == (datetime(9999, 12, 31, 22, 30, tzinfo=UTC), periods.LAST_MOMENT)
+    hours = [(key, tally.requests) for key, tally in summary.timeline("hour")]
+    assert hours == [("9999-12-31T22", 1), ("9999-12-31T23", 1)]
+    assert [(key, tally.requests) for key, tally in summary.timeline("day")] == [("9999-12-31", 2)]
+    late = summarise([path], Filters(periods.between("9999-12-31T23:00:00Z", None)))
+    assert [(key, tally.requests) for key, tally in late.timeline("hour")] == [("9999-12-31T23", 1)]
+
+
 def test_gzip_and_globs_are_read_together(tmp_path: Path) -> None:
     write(tmp_path / "cost-tracking.jsonl.1.gz", [record(total_cost=1.0)] * 3)
     write(tmp_path / "cost-tracking.jsonl", [record(total_cost=0.5)])

@@ -118,6 +118,9 @@ def test_a_record_orjson_cannot_write_goes_whole_to_stderr_and_the_log_says_so(
     [
         ("2026-11-23T10:30:00.123456Z", True),
         ("2026-11-23T10:30:00+02:00", True),
+        ("9999-12-31T23:59:59.999999Z", True),
+        ("9999-12-31T23:00:00-05:00", False),  # the year 10000 in UTC
+        ("0001-01-01T00:30:00+01:00", False),  # the year 0 in UTC
         ("yesterday", False),
         ("2026-13-45T99:99:99Z", False),
         ("2026-02-30T10:00:00.000000Z", False),
