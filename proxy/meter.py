@@ -258,7 +258,11 @@ class Meter:
             await send(head(call, response.status, sent_headers))
             return await relay_body(send, call, response, length, b"")
         except UpstreamError as exc:
-            # The response stays incomplete: the client sees its stream cut, never a fake end.
             log.warning("%s %s -> %s: %s", scope["method"], scope["path"], call.provider.name, exc)
             call.error = exc.error
-            return []
+            if call.head_sent:
+                return []  # the response stays incomplete: the client sees it cut, never a fake end
+            # A body read whole broke off before any of it was sent: the client gets the 502 or 504 of
+            # an upstream that failed, not a bare 500 from the server, and the record says which.
+            call.status = exc.status
+            return error_answer(exc.status, exc.error, str(exc), call.proxy_id)

@@ -797,6 +797,25 @@ def test_upstream_that_hangs_up_without_answering_is_502(proxy: RunningProxy, st
     assert record["status_code"] == 502 and record["error"] in ("upstream_unreachable", "upstream_reset")
 
 
+def test_a_non_streamed_body_the_upstream_breaks_off_is_a_502_to_the_client_and_in_the_record(
+    launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub
+) -> None:
+    proxy = launch(make_config(providers={"openai": {"timeout": 1}}))
+    json_type = (("content-type", "application/json"),)
+    half = [b'{"id": "chatcmpl-1", "usage": ', b'{"prompt_tokens": 10}}']
+    stub.push(Stream(half, headers=json_type, cut_after=1), Stream(half, headers=json_type, hold_after=1))
+    reset, stalled = (
+        proxy.post_json("/v1/chat/completions", {"model": "gpt-4o", "messages": HELLO}) for _ in range(2)
+    )
+
+    assert assert_openai_error(reset, 502)["code"] == "upstream_reset"
+    assert assert_openai_error(stalled, 504)["code"] == "upstream_timeout"
+    one, two = proxy.wait_records(2)
+    assert (one["status_code"], one["error"], one["total_cost"]) == (502, "upstream_reset", None)
+    assert (two["status_code"], two["error"], two["total_cost"]) == (504, "upstream_timeout", None)
+    assert "ASGI callable returned without starting response" not in proxy.log()
+
+
 @pytest.mark.parametrize(
     "interim", [(100, ()), (103, (("link", "</style.css>; rel=preload"),))], ids=["100", "103"]
 )
