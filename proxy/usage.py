@@ -124,10 +124,12 @@ def usage_from_anthropic(counts: dict[str, Any]) -> Usage:
 
 
 def usage_from_gemini(meta: Any) -> Usage | None:
-    """Gemini usageMetadata: thinking tokens are billed as output."""
+    """Gemini usageMetadata: thinking tokens are billed as output; a built-in tool's prompt tokens (the
+    search results or code output a tool fed the model, `toolUsePromptTokenCount`, outside
+    promptTokenCount but inside totalTokenCount) as input."""
     if (meta := usage_object(meta, "usageMetadata")) is None:
         return None
-    prompt = _count(meta, "promptTokenCount")
+    prompt = _count(meta, "promptTokenCount") + _count(meta, "toolUsePromptTokenCount")
     thoughts = _count(meta, "thoughtsTokenCount")
     output = _count(meta, "candidatesTokenCount") + thoughts
     return Usage(

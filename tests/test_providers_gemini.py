@@ -85,6 +85,42 @@ def test_generate_content_is_priced_with_thoughts_as_output_and_cached_content(
         assert secret not in keyed_proxy.records_path.read_text()
 
 
+def test_a_built_in_tools_prompt_tokens_are_priced_as_input(
+    providers_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    # A grounded answer: the search results fed to the model are counted apart from the prompt, and
+    # inside the total (12 + 65 + 71 + 89 = 237).
+    usage = {
+        "promptTokenCount": 12,
+        "cachedContentTokenCount": 4,
+        "candidatesTokenCount": 71,
+        "toolUsePromptTokenCount": 65,
+        "thoughtsTokenCount": 89,
+        "totalTokenCount": 237,
+    }
+    answer = {
+        "candidates": [{"content": {"parts": [{"text": "Yes."}], "role": "model"}, "finishReason": "STOP"}],
+        "usageMetadata": usage,
+        "modelVersion": "gemini-2.5-flash",
+        "responseId": "grounded-1",
+    }
+    stub.push(Reply(body=json.dumps(answer).encode()))
+    providers_proxy.post_json("/gemini/v1beta/models/gemini-2.5-flash:generateContent", ASK)
+
+    record = only(providers_proxy.wait_records(1))
+    # (12 + 65 - 4) * 0.30 + 4 * 0.03 + (71 + 89) * 2.50 per 1M
+    expected = {
+        **costs([(73, "0.30"), (4, "0.03")], [(160, "2.50")]),
+        "input_tokens": 77,
+        "cached_input_tokens": 4,
+        "output_tokens": 160,
+        "reasoning_tokens": 89,
+        "total_tokens": 237,
+    }
+    assert pick(record, expected) == expected
+    assert expected["total_cost"] == 0.00042202
+
+
 def test_generate_content_records_gemini_response_id_model_version_and_finish_reason(
     providers_proxy: RunningProxy, stub: UpstreamStub
 ) -> None:
