@@ -69,7 +69,8 @@ def usage_object(value: Any, name: str) -> dict[str, Any] | None:
 
 
 def usage_from_openai(usage: Any) -> Usage | None:
-    """Chat, completions and embeddings usage; DeepSeek's and Moonshot's cache fields; OpenRouter's cost.
+    """Chat, completions and embeddings usage; DeepSeek's, Moonshot's and DashScope's cache fields;
+    OpenRouter's cost.
     Raises NotACount, as every usage_from_ does, when a count it reads is there but not a count."""
     if (usage := usage_object(usage, "usage")) is None:
         return None
@@ -88,7 +89,8 @@ def usage_from_openai(usage: Any) -> Usage | None:
         output_tokens=completion,
         total_tokens=_count(usage, "total_tokens") or prompt + completion,
         cached_tokens=cached or hits or moonshot,
-        cache_write_tokens=_count(details, "cache_write_tokens", "prompt_tokens_details."),
+        cache_write_tokens=_count(details, "cache_write_tokens", "prompt_tokens_details.")
+        or _count(details, "cache_creation_input_tokens", "prompt_tokens_details."),
         reasoning_tokens=reasoning,
         provider_cost=float(cost) if isinstance(cost, (int, float)) and not isinstance(cost, bool) else None,
     )
@@ -151,7 +153,8 @@ _Count = Annotated[int, msgspec.Meta(ge=0, lt=_TOO_MANY)]
 
 class _PromptDetails(msgspec.Struct):
     cached_tokens: _Count | None = None
-    cache_write_tokens: _Count | None = None
+    cache_write_tokens: _Count | None = None  # OpenRouter's
+    cache_creation_input_tokens: _Count | None = None  # DashScope's explicit cache
 
 
 class _CompletionDetails(msgspec.Struct):
@@ -178,7 +181,7 @@ class _ChatUsage(msgspec.Struct):
             output_tokens=completion,
             total_tokens=self.total_tokens or prompt + completion,
             cached_tokens=details.cached_tokens or self.prompt_cache_hit_tokens or self.cached_tokens or 0,
-            cache_write_tokens=details.cache_write_tokens or 0,
+            cache_write_tokens=details.cache_write_tokens or details.cache_creation_input_tokens or 0,
             reasoning_tokens=(self.completion_tokens_details or _NO_REASONING).reasoning_tokens or 0,
             provider_cost=self.cost,
         )

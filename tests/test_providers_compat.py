@@ -3,6 +3,8 @@ own cost, Moonshot's top-level cached_tokens, DashScope (USD and CNY) and Tencen
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from conftest import MakeConfig, ProxyLauncher, RunningProxy
 from test_providers import (
@@ -183,6 +185,43 @@ def test_dashscope_international_prices_cached_tokens_in_usd(
         "0.00067704",
         "USD",
     )
+
+
+def test_dashscope_explicit_cache_writes_are_priced_at_cache_write(
+    launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub
+) -> None:
+    providers = all_providers(stub)
+    providers["dashscope"]["models"]["qwen-plus"]["pricing"]["cache_write"] = 0.50
+    proxy = launch(make_config(providers=providers))
+    # Model Studio's explicit cache, first call: the prompt's prefix is written to the cache.
+    details = {
+        "text_tokens": 29719,
+        "cache_creation": {"ephemeral_5m_input_tokens": 29713},
+        "cache_creation_input_tokens": 29713,
+        "cache_type": "ephemeral",
+        "cached_tokens": 0,
+    }
+    usage = {
+        "prompt_tokens": 29719,
+        "completion_tokens": 435,
+        "total_tokens": 30154,
+        "prompt_tokens_details": details,
+    }
+    body = json.loads(fixture("dashscope_chat.json")) | {"usage": usage}
+    stub.push(Reply(body=json.dumps(body).encode()))
+    with proxy.client(path="/dashscope/v1") as client:
+        client.chat.completions.create(model="qwen-plus", messages=ASK)
+
+    record = only(proxy.wait_records(1))
+    # (29719 - 29713) * 0.40 + 29713 * 0.50 + 435 * 1.20 per 1M
+    expected = {
+        **costs([(6, "0.40"), (29713, "0.50")], [(435, "1.20")]),
+        "input_tokens": 29719,
+        "cache_write_tokens": 29713,
+        "cached_input_tokens": 0,
+    }
+    assert pick(record, expected) == expected
+    assert expected["total_cost"] == 0.0153809
 
 
 def test_dashscope_mainland_stream_is_priced_in_cny(
