@@ -73,12 +73,15 @@ class Meter:
         assert task is not None  # uvicorn runs each request in a task of its own
         try:
             target = self.routes.for_path(path)
+            # Only a POST to a metered path is a call to meter: a GET of /{provider}/v1/chat/completions
+            # lists stored completions, and goes on as any other path does.
+            api = target.api if scope["method"] == "POST" else None
             user = self.gate.admit(headers, header, query, target.provider)
             body = await read_body(
                 receive, header.get(b"content-length"), self.config.max_body_bytes, self._body_deadlines, task
             )
             by_model = target.provider is None
-            request = parse_request(body, required=target.api is not None or by_model)
+            request = parse_request(body, required=api is not None or by_model)
             model = request.get("model") if isinstance(request.get("model"), str) else None
             provider, base, upstream_model = target.provider, target.base, target.path_model or model
             if provider is None:
@@ -90,7 +93,7 @@ class Meter:
                     # The request as sent from here on, so that asking for usage keeps the rename.
                     request = {**request, "model": upstream_model}
                     body = rename_model(body, request, model)
-            elif target.api is not None and target.api != "gemini" and model is None:
+            elif api is not None and api != "gemini" and model is None:
                 raise RouteError(400, "missing_model", "the body has no 'model'; name the model to call")
             if query and provider.kind == "gemini":
                 forwarding = forwards_client_keys(provider, passing=not self.gate.closed)
@@ -113,13 +116,13 @@ class Meter:
 
         stream = request.get("stream") is True or target.rest.endswith(":streamGenerateContent")
         strip = False
-        if self._metering and target.api == "chat" and stream and provider.stream_usage:
+        if self._metering and api == "chat" and stream and provider.stream_usage:
             options = request.get("stream_options")
             if not (isinstance(options, dict) and options.get("include_usage") is True):
                 body = ask_for_usage(body, request)
                 strip = True
 
-        call = Call(proxy_id, arrived, started, provider, upstream_model, target.api, stream, user, request)
+        call = Call(proxy_id, arrived, started, provider, upstream_model, api, stream, user, request)
         call.endpoint = scope["path"]
         client = scope.get("client")
         call.ip = client[0] if client else None

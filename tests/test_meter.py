@@ -689,6 +689,23 @@ def test_other_provider_paths_are_passed_through_and_recorded_without_usage(
     assert {key: record[key] for key in expected} == expected
 
 
+def test_a_get_of_a_metered_path_lists_stored_completions_through_the_sdk(
+    proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    listed = {"object": "list", "data": [], "first_id": None, "last_id": None, "has_more": False}
+    stub.push(Reply(body=json.dumps(listed).encode()))
+    with proxy.client(path="/openai/v1") as client:
+        page = client.chat.completions.list(model="gpt-4o", limit=3)
+
+    assert page.data == []
+    seen = only(stub.requests)
+    assert (seen.method, seen.target.partition("?")[0], seen.body) == ("GET", "/v1/chat/completions", b"")
+    record = only(proxy.wait_records(1))
+    expected = {"endpoint": "/openai/v1/chat/completions", "model": None, "status_code": 200, "error": None}
+    assert {key: record[key] for key in expected} == expected
+    assert (record["total_cost"], record["usage_source"]) == (None, "none")
+
+
 def test_hop_by_hop_request_headers_stop_at_the_proxy(proxy: RunningProxy, stub: UpstreamStub) -> None:
     stub.push(Reply(body=chat_body({"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2})))
     hop_by_hop = {
