@@ -128,13 +128,18 @@ def timeline_text(summary: Summary, unit: TimeUnit) -> str:
 def detail_row(record: CostRecord) -> tuple[str, ...]:
     """Time, provider/model, tokens, cost in the record's own currency, user, status of one call."""
     cost = record["total_cost"]
-    priced = cost is not None and record["priced"] is not False
+    if record["priced"] is False:
+        shown = "unpriced"
+    elif cost is None:
+        shown = "no usage"  # priced, but failed or answered without usage: the notes' "Without usage"
+    else:
+        shown = format_money(Decimal(repr(cost)), record["currency"])
     return (
         record["timestamp"][:19].replace("T", " "),
         f"{record['provider']}/{record['model'] if record['model'] is not None else NONE}",
         f"{record['input_tokens']:,} in",
         f"{record['output_tokens']:,} out",
-        format_money(Decimal(repr(cost)), record["currency"]) if priced else "unpriced",
+        shown,
         str(record["user_id"]),
         str(record["status_code"]) + (f" {record['error']}" if record["error"] else ""),
     )

@@ -152,14 +152,19 @@ def test_detailed_newest_last_with_limit(tmp_path: Path, capsys: pytest.CaptureF
                      error="client_disconnected", user_id="team-b"),
             record("2026-11-25T10:00:00.000000Z", provider="dashscope", model="qwen", currency="CNY",
                    total_cost=2.0),
+            # Priced, but the provider broke off: no usage, so no cost, and not for want of a price.
+            record("2026-11-25T09:30:00.000000Z", input_tokens=0, output_tokens=0, total_tokens=0,
+                   input_cost=None, output_cost=None, total_cost=None, usage_source="none",
+                   status_code=502, error="upstream_reset"),
         ],
     )  # fmt: skip
-    code, out, _ = run(["--file", str(path), "--format", "detailed", "--limit", "3"], capsys)
+    code, out, _ = run(["--file", str(path), "--format", "detailed", "--limit", "4"], capsys)
     assert code == 0
     assert out == (
         "2026-11-25 08:00:00  openrouter/m      100 in  50 out      unpriced  team-b"
         "  499 client_disconnected\n"
         "2026-11-25 09:00:00  openai/gpt-4o   1,234 in  50 out     $0.500000  team-a  200\n"
+        "2026-11-25 09:30:00  openai/gpt-4o       0 in   0 out      no usage  team-a  502 upstream_reset\n"
         "2026-11-25 10:00:00  dashscope/qwen    100 in  50 out  2.000000 CNY  team-a  200\n"
     )
     everything = run(["--file", str(path), "--format", "detailed"], capsys)[1]
