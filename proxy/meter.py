@@ -239,7 +239,7 @@ class Meter:
                 length = int(value)
             elif lowered == b"content-encoding":
                 call.encoding = value.lower()
-        sse = content_type.startswith(b"text/event-stream")
+        sse = content_type.lower().startswith(b"text/event-stream")  # media types ignore case
         # An error may quote the provider key it was sent: it is read whole to take the key out.
         quoting = response.status >= 400 and call.provider.api_key is not None
         # Only a plain-text stream is scanned (and edited) as it passes: a compressed one, sent although

@@ -366,6 +366,19 @@ def test_stream_without_usage_asked_gets_usage_injected_and_its_chunk_removed(
     assert {key: record[key] for key in expected} == expected
 
 
+def test_a_stream_whose_media_type_is_not_in_lower_case_is_metered(
+    proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    # Media types are case-insensitive: such a stream was read whole as a JSON body and recorded bad.
+    stub.push(Stream(STREAM_CHUNKS, headers=(("content-type", "Text/Event-Stream; charset=UTF-8"),)))
+    payload = {"model": "gpt-4o-mini", "messages": HELLO, "stream": True}
+    response = proxy.post_json("/v1/chat/completions", payload)
+    record = only(proxy.wait_records(1))
+    assert response.body == costed(STREAM_WITHOUT_USAGE_CHUNK, record)
+    counted = {key: record[key] for key in ("input_tokens", "output_tokens", "usage_source", "error")}
+    assert counted == {"input_tokens": 12, "output_tokens": 34, "usage_source": "provider", "error": None}
+
+
 def test_stream_through_the_sdk_shows_no_usage_chunk(proxy: RunningProxy, stub: UpstreamStub) -> None:
     stub.push(Stream(STREAM_CHUNKS))
     with proxy.client() as client:
