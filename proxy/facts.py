@@ -102,9 +102,11 @@ class ResponseFacts:
             self.usage = usage.usage()
 
     def _note(self, response_id: Any, model: Any) -> None:
-        if self.response_id is None and isinstance(response_id, str):
+        # An empty one names nothing (Azure opens a stream with its prompt filters, id and model ""):
+        # a later message names them.
+        if self.response_id is None and isinstance(response_id, str) and response_id:
             self.response_id = response_id
-        if self.model is None and isinstance(model, str):
+        if self.model is None and isinstance(model, str) and model:
             self.model = model
 
     def _absorb_responses(self, response: Any) -> None:

@@ -379,6 +379,26 @@ def test_a_stream_whose_media_type_is_not_in_lower_case_is_metered(
     assert counted == {"input_tokens": 12, "output_tokens": 34, "usage_source": "provider", "error": None}
 
 
+def test_a_first_chunk_with_an_empty_id_and_model_leaves_them_to_the_later_chunks(
+    proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    # Azure OpenAI opens a stream with its prompt filter results, their id and model empty.
+    azure = {"choices": [], "created": 0, "id": "", "model": "", "object": "", "prompt_filter_results": []}
+    filters = sse(azure)
+    stub.push(Stream([filters, *STREAM_CHUNKS]))
+    payload = {"model": "gpt-4o-mini", "messages": HELLO, "stream": True}
+    response = proxy.post_json("/v1/chat/completions", payload)
+    record = only(proxy.wait_records(1))
+    assert response.body == costed(filters + STREAM_WITHOUT_USAGE_CHUNK, record)
+    named = {key: record[key] for key in ("request_id", "response_model", "input_tokens", "output_tokens")}
+    assert named == {
+        "request_id": "chatcmpl-s1",
+        "response_model": "gpt-4o-mini-2024-07-18",
+        "input_tokens": 12,
+        "output_tokens": 34,
+    }
+
+
 def test_stream_through_the_sdk_shows_no_usage_chunk(proxy: RunningProxy, stub: UpstreamStub) -> None:
     stub.push(Stream(STREAM_CHUNKS))
     with proxy.client() as client:
