@@ -33,7 +33,7 @@ class Call:
     __slots__ = (
         "proxy_id", "arrived", "started", "provider", "model", "api", "stream", "user", "request",
         "endpoint", "ip", "session_id", "task_type", "status", "error", "ttfb", "facts", "body",
-        "encoding", "response", "head_sent", "gone", "finished", "recorded", "_bill", "_bill_key",
+        "encoding", "response", "head_sent", "gone", "finished", "recorded", "unread", "_bill", "_bill_key",
     )  # fmt: skip
 
     def __init__(
@@ -64,6 +64,7 @@ class Call:
         self.gone = False
         self.finished = False
         self.recorded = False  # its record is written (a stream's, as soon as its [DONE] is read)
+        self.unread = False  # a non-streamed answer too large to read for its usage, passed on as it came
         self._bill: Bill | None = None
         self._bill_key: tuple[Any, ...] = ()
 

@@ -24,7 +24,7 @@ from proxy.disconnect import WATCH_AFTER, DisconnectWatch
 from proxy.errors import error_answer
 from proxy.facts import StreamFacts
 from proxy.records import RecordWriter
-from proxy.relay import head, relay_body, relay_stream, relay_whole_body
+from proxy.relay import MAX_READ_BODY, head, relay_body, relay_stream, relay_whole_body
 from proxy.request import (
     BodyUnread,
     ClientGone,
@@ -192,6 +192,11 @@ class Meter:
                 "the stream of %s had %d events with a line over %d MiB, passed on unread: usage they "
                 "carried is not in its record",
                 *(call.proxy_id, bill.facts.unread, sse.MAX_LINE >> 20),
+            )
+        if call.unread:
+            log.warning(
+                "the answer of %s was over %d MiB, passed on unread: its usage is not in its record",
+                *(call.proxy_id, MAX_READ_BODY >> 20),
             )
         model = call.model
         if bill.facts is not None and bill.facts.not_a_count is not None:

@@ -18,7 +18,7 @@ from proxy.facts import StreamFacts
 from proxy.sse import SSEEvent, SSEScanner
 from proxy.upstream import Headers, UpstreamResponse
 
-_MAX_PARSED_BODY = 64 << 20
+MAX_READ_BODY = 64 << 20  # the largest non-streamed answer read for its usage
 _REDACTED = b"[REDACTED]"
 
 
@@ -181,7 +181,8 @@ async def relay_whole_body(
             break
         parts.append(chunk)
         size += len(chunk)
-        if size > _MAX_PARSED_BODY:  # too large to read for usage: pass it through as it comes
+        if size > MAX_READ_BODY:  # too large to read for usage: pass it through as it comes
+            call.unread = True
             await send(head(call, response.status, headers))
             return await relay_body(send, call, response, length, b"".join(parts))
     body = parts[0] if len(parts) == 1 else b"".join(parts)

@@ -25,6 +25,8 @@ from conftest import (
 )
 from upstream_stub import SSE_DONE, Hangup, Reply, Stream, UpstreamStub, sse
 
+from proxy.relay import MAX_READ_BODY
+
 RECORD_FIELDS = [
     "timestamp",
     "request_id",
@@ -228,6 +230,28 @@ def test_non_streamed_chat_is_returned_byte_for_byte_and_recorded_once(
     seen = only(stub.requests)
     assert (seen.method, seen.target) == ("POST", "/v1/chat/completions")
     assert seen.json() == {"model": "gpt-4o", "messages": HELLO}
+
+
+def test_an_answer_too_large_to_read_passes_whole_and_its_record_says_so(
+    proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    usage = {"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15}
+    body = chat_body(usage).replace(b'"Hello!"', b'"' + b"x" * (MAX_READ_BODY + 1) + b'"')
+    stub.push(Reply(body=body))
+    response = proxy.post_json("/v1/chat/completions", {"model": "gpt-4o", "messages": HELLO})
+    assert (response.status, response.body == body) == (200, True)
+    record = only(proxy.wait_records(1))
+    unread = {
+        key: record[key] for key in ("status_code", "usage_source", "total_cost", "priced", "input_tokens")
+    }
+    assert unread == {
+        "status_code": 200,
+        "usage_source": "none",
+        "total_cost": None,
+        "priced": True,
+        "input_tokens": 0,
+    }
+    proxy.wait_log(f"the answer of {record['proxy_request_id']} was over 64 MiB, passed on unread")
 
 
 def test_every_metered_response_has_its_own_request_id(proxy: RunningProxy, stub: UpstreamStub) -> None:
