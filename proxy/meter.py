@@ -81,6 +81,14 @@ class Meter:
                 receive, header.get(b"content-length"), self.config.max_body_bytes, self._body_deadlines, task
             )
             by_model = target.provider is None
+            if by_model and not body.strip():
+                # A GET such as the SDKs' models.retrieve(): nothing to read a model from.
+                raise RouteError(
+                    400,
+                    "missing_model",
+                    f"{scope['method']} {path} has no body with a 'model' to find the provider by; "
+                    f"call it as /{{provider}}{path}",
+                )
             request = parse_request(body, required=api is not None or by_model)
             model = request.get("model") if isinstance(request.get("model"), str) else None
             provider, base, upstream_model = target.provider, target.base, target.path_model or model

@@ -1199,6 +1199,17 @@ def test_bad_requests_get_openai_errors_and_no_record(
     )
 
 
+def test_a_v1_call_without_a_body_is_told_to_name_its_provider_in_the_path(
+    proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    response = proxy.request("GET", "/v1/models/gpt-4o", b"", {"authorization": f"Bearer {CLIENT_KEY}"})
+
+    error = assert_openai_error(response, 400)
+    assert error["code"] == "missing_model"
+    assert "/{provider}/v1/models/gpt-4o" in error["message"]
+    assert stub.requests == []
+
+
 TEAM_KEY = "mp-team-a-canary-7f3e"
 UPSTREAM_KEY = "sk-upstream-canary-91c2"
 
