@@ -12,6 +12,7 @@ from pathlib import Path
 
 from proxy import __version__
 from proxy.app import CONFIG_ENV
+from proxy.arguments import ArgumentParser
 from proxy.config import Config, ConfigError
 from proxy.configfile import load_config
 
@@ -19,11 +20,9 @@ log = logging.getLogger("meterproxy")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="meterproxy", description="An LLM reverse proxy that meters every call."
-    )
+    parser = ArgumentParser(prog="meterproxy", description="An LLM reverse proxy that meters every call.")
     parser.add_argument("--version", action="version", version=f"meterproxy {__version__}")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{serve,report,reprice}")
     serve = commands.add_parser("serve", help="start the proxy")
     serve.add_argument("--config", help=f"config file (default: ${CONFIG_ENV}, else ./config.yml)")
     serve.add_argument("--host", help="address to listen on (default: server.host, else 127.0.0.1)")

@@ -10,10 +10,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, Any, NoReturn
+from typing import IO, Any
 
 from proxy import periods
 from proxy.analysis import Filters, RecordReader, Summary, summarise
+from proxy.arguments import ArgumentParser
 from proxy.budgets import BudgetStatus, Projection, budget_statuses, exit_code, project, tightest
 from proxy.config import Config, ConfigError
 from proxy.configfile import DEFAULT_RECORD_FILE, load_config
@@ -42,14 +43,10 @@ class UsageError(Exception):
     """A bad option or combination of options; exits 2 with one line on stderr."""
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        # One line naming the option, where argparse would print the whole usage first.
-        self.exit(2, f"{self.prog}: {message} (see --help)\n")
-
-
 def build_parser(prog: str = "meterproxy report") -> argparse.ArgumentParser:
-    parser = _Parser(prog=prog, allow_abbrev=False, description="Report the costs recorded by meterproxy.")
+    parser = ArgumentParser(
+        prog=prog, allow_abbrev=False, description="Report the costs recorded by meterproxy."
+    )
     source = parser.add_argument_group("input")
     source.add_argument(
         "--config", metavar="PATH", help="config file (default: $METERPROXY_CONFIG, ./config.yml)"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -10,6 +9,7 @@ from typing import Any
 
 import orjson
 
+from proxy.arguments import ArgumentParser
 from proxy.calls import cost_of
 from proxy.config import Config, ConfigError
 from proxy.configfile import load_config
@@ -60,7 +60,7 @@ def default_output(path: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="meterproxy reprice", description=__doc__)
+    parser = ArgumentParser(prog="meterproxy reprice", description=__doc__)
     parser.add_argument("--file", required=True, type=Path, help="the record file to re-price")
     parser.add_argument("--config", required=True, type=Path, help="the config with the prices to apply")
     parser.add_argument("--output", type=Path, help="where to write the copy (default: FILE.repriced.jsonl)")

@@ -85,6 +85,28 @@ def test_bad_config_stops_start_up_with_one_line_naming_the_key(tmp_path: Path, 
         assert re.search(pattern, lines[0]), (pattern, lines[0])
 
 
+BAD_COMMAND_LINES = {
+    "no command": ([], "meterproxy: the following arguments are required: {serve,report,reprice}"),
+    "unknown command": (["serv"], "meterproxy: argument {serve,report,reprice}: invalid choice: 'serv'"),
+    "unknown option": (["serve", "--prot", "1"], "meterproxy: unrecognized arguments: --prot 1"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_COMMAND_LINES, ids=list(BAD_COMMAND_LINES))
+def test_a_bad_command_line_exits_2_with_one_line_naming_the_option(tmp_path: Path, case: str) -> None:
+    args, start = BAD_COMMAND_LINES[case]
+    # Should a line start the proxy after all, it listens on a free port, never the shipped 9002.
+    config = tmp_path / "config.yml"
+    config.write_text(GOOD.replace("  host: 127.0.0.1\n", f"  host: 127.0.0.1\n  port: {free_port()}\n"))
+
+    result = run_cli(*args, env=proxy_env(tmp_path / "records.jsonl", {"METERPROXY_CONFIG": str(config)}))
+
+    assert (result.returncode, result.stdout) == (2, "")
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert result.stderr.startswith(start), result.stderr
+    assert result.stderr.endswith("(see --help)\n")
+
+
 def test_help_describes_serve() -> None:
     top = run_cli("--help")
     serve = run_cli("serve", "--help")

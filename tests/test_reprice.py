@@ -374,6 +374,15 @@ def test_reprice_of_a_missing_file_exits_2_with_one_line(tmp_path: Path) -> None
     assert list(tmp_path.iterdir()) == [config]
 
 
+def test_reprice_without_its_options_exits_2_with_one_line_naming_them(tmp_path: Path) -> None:
+    result = reprice(tmp_path, "--file", str(tmp_path / "cost.jsonl"))
+
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr.splitlines() == [
+        "meterproxy reprice: the following arguments are required: --config (see --help)"
+    ]
+
+
 def test_reprice_of_a_folder_or_to_a_folder_exits_2_with_one_line(tmp_path: Path) -> None:
     config = write_config(tmp_path / "corrected.yml", CONFIG)
     records_path = tmp_path / "cost.jsonl"
