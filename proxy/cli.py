@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve = commands.add_parser("serve", help="start the proxy")
     serve.add_argument("--config", help=f"config file (default: ${CONFIG_ENV}, else ./config.yml)")
     serve.add_argument("--host", help="address to listen on (default: server.host, else 127.0.0.1)")
-    serve.add_argument("--port", type=int, help="port to listen on (default: server.port, else 9002)")
+    serve.add_argument("--port", type=_port, help="port to listen on (default: server.port, else 9002)")
     serve.add_argument(
         "--workers", type=int, default=1, help="worker processes sharing the port (default: 1)"
     )
@@ -38,6 +38,17 @@ def build_parser() -> argparse.ArgumentParser:
         "report", help="cost reports over the record file (see: meterproxy report --help)", add_help=False
     )
     return parser
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        port = 0
+    if not 0 < port < 65536:
+        # uvicorn would take 70000 as 70000 % 65536 and 0 as any free port, never what was meant.
+        raise argparse.ArgumentTypeError(f"{text!r}: give a port number from 1 to 65535")
+    return port
 
 
 def config_path(explicit: str | None, environ: Mapping[str, str]) -> Path:
@@ -80,7 +91,7 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         print("meterproxy: --workers must be 1 or more", file=sys.stderr)
         return 2
     host = args.host or config.host
-    port = args.port or config.port
+    port = config.port if args.port is None else args.port
     for warning in startup_warnings(config, host):
         log.warning("WARNING: %s", warning)
     # Every worker builds its app from this validated file (uvicorn needs an import string for workers).

@@ -89,6 +89,10 @@ BAD_COMMAND_LINES = {
     "no command": ([], "meterproxy: the following arguments are required: {serve,report,reprice}"),
     "unknown command": (["serv"], "meterproxy: argument {serve,report,reprice}: invalid choice: 'serv'"),
     "unknown option": (["serve", "--prot", "1"], "meterproxy: unrecognized arguments: --prot 1"),
+    "port not a number": (["serve", "--port", "abc"], "meterproxy serve: argument --port: 'abc'"),
+    # uvicorn would listen on 70000 % 65536 = 4464, and on any free port for 0.
+    "port over 65535": (["serve", "--port", "70000"], "meterproxy serve: argument --port: '70000'"),
+    "port 0": (["serve", "--port", "0"], "meterproxy serve: argument --port: '0'"),
 }
 
 
