@@ -292,10 +292,8 @@ def _newest_last(reader: RecordReader, limit: int | None) -> list[tuple[str, ...
 
 def _note_skipped(count: int) -> None:
     if count:
-        print(
-            f"note: skipped {count:,} line{'s' if count != 1 else ''} that are not whole JSON records",
-            file=sys.stderr,
-        )
+        lines = "1 line that is" if count == 1 else f"{count:,} lines that are"
+        print(f"note: skipped {lines} not whole JSON records", file=sys.stderr)
 
 
 def _cpus() -> int:

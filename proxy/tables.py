@@ -55,7 +55,7 @@ def notes(summary: Summary) -> list[str]:
         models = ", ".join(f"{name} ({calls:,})" for name, calls in sorted(summary.unpriced_models.items()))
         count = len(summary.unpriced_models)
         lines.append(
-            f"Unpriced: {totals.unpriced:,} calls to {count} unpriced model{'s' if count != 1 else ''}"
+            f"Unpriced: {_calls(totals.unpriced)} to {count} unpriced model{'s' if count != 1 else ''}"
             f" (not in the total): {models}"
         )
     if totals.no_usage:

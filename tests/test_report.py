@@ -55,7 +55,7 @@ def run(
 def test_summary(records: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run([], capsys)
     assert code == 0
-    assert err == "note: skipped 1 line that are not whole JSON records\n"
+    assert err == "note: skipped 1 line that is not whole JSON records\n"
     # $1.5 + $0.25 + 10 CNY at 0.14 = $3.15 over the three priced calls and their 1,500 tokens.
     expected = """\
 ============================================================
@@ -68,7 +68,7 @@ Total Tokens: 1,650 (input 1,300, output 350, cached 100)
 Average Cost per Request: $1.050000
 Average Cost per 1K Tokens: $2.100000
 Errors: 1
-Unpriced: 1 calls to 1 unpriced model (not in the total): openrouter/mystery (1)
+Unpriced: 1 call to 1 unpriced model (not in the total): openrouter/mystery (1)
 Skipped lines: 1 (not whole JSON records)
 
 COST BY PROVIDER:
@@ -113,7 +113,7 @@ def test_summary_top_n_and_amounts_without_a_rate(tmp_path: Path, capsys: pytest
 def test_quiet_prints_tokens_cost_requests(records: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(["-q"], capsys)
     assert (code, out) == (0, "1650\t3.150000\t4\n")
-    assert "Unpriced: 1 calls" in err
+    assert "Unpriced: 1 call to" in err
 
 
 def test_json_matches_an_independent_sum_of_the_file(
@@ -329,7 +329,7 @@ def test_budget_lists_apart_what_its_spend_leaves_out(
     assert run(["--budget", "-q"], capsys) == (
         0,
         "3.150000\t6.850000\t31.50\n",
-        "note: skipped 1 line that are not whole JSON records\n"
+        "note: skipped 1 line that is not whole JSON records\n"
         "Not in the daily spend: 1 unpriced call; 300.000000 JPY (no exchange rate to USD)\n"
         "Not in the monthly spend: 1 unpriced call; 1 call without usage; 370.000000 JPY (no exchange rate"
         " to USD)\n",
