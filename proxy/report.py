@@ -164,8 +164,16 @@ def _job(args: argparse.Namespace, now: datetime, environ: Mapping[str, str]) ->
         session=args.session,
         errors_only=args.errors,
     )
-    if args.budget and (config is None or config.budgets is None):
-        raise UsageError("--budget: no budgets in the config; add budgets: {daily: 10.0, monthly: 200.0}")
+    if args.budget:
+        if config is None:
+            raise UsageError(
+                "--budget: no config to read budgets from; pass --config PATH, set METERPROXY_CONFIG "
+                "or run where config.yml is"
+            )
+        if config.budgets is None:
+            raise UsageError(
+                f"--budget: no budgets in {config.source}; add budgets: {{daily: 10.0, monthly: 200.0}}"
+            )
     currency = exchange.to(args.currency) if args.currency else exchange
     return _Job(args, config, expand(args.file or [default]), currency, filters, now)
 

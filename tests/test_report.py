@@ -369,9 +369,24 @@ def test_a_failed_call_to_a_priced_model_is_not_an_unpriced_model(
 
 def test_budget_without_budgets_in_the_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = write(tmp_path / "c.jsonl", [record()])
+    config = tmp_path / "no-budgets.yml"
+    config.write_text(CONFIG.replace("budgets:", "# budgets:"))
+    code, out, err = run(["--budget", "--file", str(path), "--config", str(config)], capsys)
+    assert (code, out) == (2, "")
+    assert err.startswith(f"meterproxy report: --budget: no budgets in {config}; add budgets:")
+
+
+def test_budget_without_a_config_says_where_one_is_looked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)  # no ./config.yml of the checkout
+    path = write(tmp_path / "c.jsonl", [record()])
     code, out, err = run(["--budget", "--file", str(path)], capsys)
     assert (code, out) == (2, "")
-    assert err.startswith("meterproxy report: --budget: no budgets in the config; add budgets:")
+    assert err == (
+        "meterproxy report: --budget: no config to read budgets from; pass --config PATH, set "
+        "METERPROXY_CONFIG or run where config.yml is\n"
+    )
 
 
 def test_projection(records: Path, capsys: pytest.CaptureFixture[str]) -> None:
