@@ -240,7 +240,10 @@ class Meter:
             log.warning("%s %s -> %s: %s", scope["method"], scope["path"], call.provider.name, exc)
             call.error, call.status = exc.error, exc.status
             call.finished = True
-            return error_answer(exc.status, exc.error, str(exc), call.proxy_id)
+            # A /v1/ caller chose a model, not a provider: name the provider, and the key that bounds a wait.
+            provider = call.provider.name
+            limit = f" (providers.{provider}.timeout)" if exc.error == "upstream_timeout" else ""
+            return error_answer(exc.status, exc.error, f"{provider}: {exc}{limit}", call.proxy_id)
         call.status = response.status
         content_type = b""
         length: int | None = None

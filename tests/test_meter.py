@@ -840,7 +840,8 @@ def test_upstream_unreachable_is_502_and_recorded(launch: ProxyLauncher, make_co
     proxy = launch(make_config(providers={"openai": {"base_url": f"http://127.0.0.1:{free_port()}/v1"}}))
     response = proxy.post_json("/v1/chat/completions", {"model": "gpt-4o", "messages": HELLO})
 
-    assert_openai_error(response, 502)
+    error = assert_openai_error(response, 502)
+    assert error["message"].startswith("openai: cannot connect to the provider: ")
     record = only(proxy.wait_records(1))
     assert (record["status_code"], record["error"]) == (502, "upstream_unreachable")
     assert record["proxy_request_id"] == response.header("x-meterproxy-request-id")
@@ -854,7 +855,8 @@ def test_upstream_timeout_is_504_and_recorded(
     stub.push(Reply(stall=60, body=b"{}"))
     response = proxy.post_json("/v1/chat/completions", {"model": "gpt-4o", "messages": HELLO})
 
-    assert_openai_error(response, 504)
+    error = assert_openai_error(response, 504)
+    assert error["message"] == "openai: the provider did not answer in 1 s (providers.openai.timeout)"
     seen = only(stub.requests)
     assert seen.closed.wait(10) and seen.closed_early
     record = only(proxy.wait_records(1))
