@@ -31,8 +31,10 @@ class ConfigReader:
 
     def fail(self, path: tuple[str, ...], problem: str) -> ConfigError:
         where = ".".join(path) or "(top level)"
-        line = self.lines.get(path)
-        at = f" (line {line})" if line else ""
+        # A missing key has no line of its own: give its mapping's (but not the whole file's, line 1).
+        paths = [path, *(path[:end] for end in range(len(path) - 1, 0, -1))]
+        lines = [self.lines[key_path] for key_path in paths if key_path in self.lines]
+        at = f" (line {lines[0]})" if lines else ""
         return ConfigError(f"{self.source}: {where}{at}: {problem}")
 
     def mapping(self, value: Any, path: tuple[str, ...], allowed: set[str] | None = None) -> dict[str, Any]:

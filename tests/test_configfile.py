@@ -252,7 +252,7 @@ def test_a_price_that_is_not_finite_is_an_error(value: str, shown: str) -> None:
 
 def test_a_missing_output_price_is_an_error() -> None:
     assert error_of(priced("{input: 2.50}")) == message(
-        "providers.openai.models.gpt-4o.pricing.output", "missing; prices are per 1M tokens"
+        "providers.openai.models.gpt-4o.pricing.output (line 5)", "missing; prices are per 1M tokens"
     )
 
 
@@ -266,7 +266,7 @@ def test_a_model_without_pricing_is_an_error() -> None:
     )
 
     assert error_of(text) == message(
-        "providers.openai.models.gpt-4o.pricing",
+        "providers.openai.models.gpt-4o.pricing (line 5)",
         "missing; give at least input and output prices per 1M tokens",
     )
 
@@ -307,7 +307,8 @@ def test_a_missing_base_url_is_an_error() -> None:
     )
 
     assert error_of(text) == message(
-        "providers.openai.base_url", "missing; set the provider's API URL, e.g. https://api.openai.com/v1"
+        "providers.openai.base_url (line 2)",
+        "missing; set the provider's API URL, e.g. https://api.openai.com/v1",
     )
 
 
@@ -569,7 +570,7 @@ def test_an_auth_key_from_a_variable_with_an_empty_default_is_an_error() -> None
 def test_an_auth_key_without_a_key_is_an_error() -> None:
     text = "auth:\n  keys:\n    - name: team-a\n" + MINIMAL
 
-    assert error_of(text) == message("auth.keys.0.key", "missing; each entry needs a name and a key")
+    assert error_of(text) == message("auth.keys.0.key (line 3)", "missing; each entry needs a name and a key")
 
 
 def test_auth_keys_must_be_a_list() -> None:
@@ -653,7 +654,7 @@ def test_tiers_out_of_order_or_without_a_threshold_are_errors() -> None:
         "list the tiers by above_input_tokens, ascending, each once",
     )  # fmt: skip
     assert error_of(priced("{input: 1, output: 2, tiers: [{input: 1, output: 2}]}")) == message(
-        "providers.openai.models.gpt-4o.pricing.tiers.0.above_input_tokens",
+        "providers.openai.models.gpt-4o.pricing.tiers.0.above_input_tokens (line 5)",
         "missing; prices are per 1M tokens",
     )
 
