@@ -90,6 +90,8 @@ def test_shipped_config_has_the_seed_providers_with_priced_models() -> None:
         assert provider.base_url.startswith("https://"), name
         assert provider.currency == config.currency or provider.currency in config.exchange_rates, name
     assert config.providers["anthropic"].kind == "anthropic"
+    # The README calls Gemini natively through this provider, with x-goog-api-key or ?key=.
+    assert config.providers["gemini"].kind == "gemini"
     assert config.providers["dashscope-cn"].currency == "CNY"
     assert config.providers["hunyuan"].currency == "CNY"
 
