@@ -127,8 +127,15 @@ class Routes:
         raise RouteError(404, "model_not_found", f"model {model!r} is not configured under any provider")
 
     def models(self, provider: Provider, shared_prefix: bool) -> list[str]:
-        """A provider's model ids; with shared_prefix, a name other providers serve too is provider/model."""
+        """A provider's model ids; with shared_prefix, the id for_model() takes to it: provider/model for a
+        name other providers serve too, or one that starts like another call's `provider/`."""
         return [
-            f"{provider.name}/{model}" if shared_prefix and len(self._serving[model]) > 1 else model
+            f"{provider.name}/{model}" if shared_prefix and not self._reaches(model) else model
             for model in provider.models
         ]
+
+    def _reaches(self, model: str) -> bool:
+        """Whether for_model(model) finds the one provider of this configured name, as it is."""
+        # OpenRouter's `openai/gpt-4o-mini` would be read as the openai provider's gpt-4o-mini.
+        prefix, slash, name = model.partition("/")
+        return not (slash and prefix in self.providers and name) and len(self._serving[model]) == 1

@@ -89,6 +89,18 @@ def test_models_listing_prefixes_shared_names() -> None:
     assert ROUTES.models(ROUTES.providers["openai"], shared_prefix=False) == ["gpt-4o", "shared"]
 
 
+def test_models_listing_prefixes_a_name_that_would_reach_another_provider() -> None:
+    routes = Routes({**ROUTES.providers, "meta": make("meta", "llama-4"), "hub": make("hub", "meta/x")})
+    assert routes.models(routes.providers["openrouter"], shared_prefix=True) == [
+        "openrouter/openai/gpt-4o-mini"
+    ]
+    assert routes.models(routes.providers["hub"], shared_prefix=True) == ["hub/meta/x"]
+    assert routes.models(routes.providers["openrouter"], shared_prefix=False) == ["openai/gpt-4o-mini"]
+    for provider in routes.providers.values():
+        for model in routes.models(provider, shared_prefix=True):
+            assert routes.for_model(model)[0] is provider, model
+
+
 def test_endpoints_name_the_api_whose_usage_they_carry() -> None:
     assert api_of("chat/completions") == ("chat", None)
     assert api_of("openai/chat/completions") == ("chat", None)
