@@ -260,8 +260,16 @@ def _budgets(r: ConfigReader, value: Any) -> Budgets | None:
     def amount(key: str) -> Decimal | None:
         return None if raw.get(key) is None else r.number(raw[key], ("budgets", key), positive=True)
 
-    warn_at = r.number(raw.get("warn_at", 0.5), ("budgets", "warn_at"))
-    critical_at = r.number(raw.get("critical_at", 0.8), ("budgets", "critical_at"))
+    def fraction(key: str, default: float) -> Decimal:
+        value = r.number(raw.get(key, default), ("budgets", key))
+        if value > 1:
+            # warn_at: 50 would warn at 5,000% of the budget: never, in effect.
+            problem = f"must be a fraction of the budget up to 1 (0.5 is 50%), got {value}"
+            raise r.fail(("budgets", key), problem)
+        return value
+
+    warn_at = fraction("warn_at", 0.5)
+    critical_at = fraction("critical_at", 0.8)
     if not warn_at <= critical_at:
         raise r.fail(("budgets", "warn_at"), f"must not exceed critical_at ({critical_at}), got {warn_at}")
     return Budgets(daily=amount("daily"), monthly=amount("monthly"), warn_at=warn_at, critical_at=critical_at)

@@ -590,6 +590,15 @@ def test_warn_at_above_critical_at_is_an_error() -> None:
     assert error_of(text) == message("budgets.warn_at (line 1)", "must not exceed critical_at (0.8), got 0.9")
 
 
+@pytest.mark.parametrize("key", ["warn_at", "critical_at"])
+def test_a_budget_level_given_as_a_percentage_is_an_error(key: str) -> None:
+    text = f"budgets: {{daily: 10.0, {key}: 80}}\n" + MINIMAL
+
+    assert error_of(text) == message(
+        f"budgets.{key} (line 1)", "must be a fraction of the budget up to 1 (0.5 is 50%), got 80"
+    )
+
+
 def test_budgets_are_read() -> None:
     text = "budgets: {daily: 10.0, monthly: 200.0, warn_at: 0.5, critical_at: 0.8}\n" + MINIMAL
 
