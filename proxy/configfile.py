@@ -272,4 +272,7 @@ def _budgets(r: ConfigReader, value: Any) -> Budgets | None:
     critical_at = fraction("critical_at", 0.8)
     if not warn_at <= critical_at:
         raise r.fail(("budgets", "warn_at"), f"must not exceed critical_at ({critical_at}), got {warn_at}")
-    return Budgets(daily=amount("daily"), monthly=amount("monthly"), warn_at=warn_at, critical_at=critical_at)
+    daily, monthly = amount("daily"), amount("monthly")
+    if daily is None and monthly is None:
+        raise r.fail(("budgets",), "sets no budget; give daily, monthly or both, in the reporting currency")
+    return Budgets(daily=daily, monthly=monthly, warn_at=warn_at, critical_at=critical_at)

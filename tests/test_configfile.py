@@ -599,6 +599,14 @@ def test_a_budget_level_given_as_a_percentage_is_an_error(key: str) -> None:
     )
 
 
+def test_budgets_without_a_daily_or_monthly_amount_are_an_error() -> None:
+    text = "budgets: {warn_at: 0.5}\n" + MINIMAL
+
+    assert error_of(text) == message(
+        "budgets (line 1)", "sets no budget; give daily, monthly or both, in the reporting currency"
+    )
+
+
 def test_budgets_are_read() -> None:
     text = "budgets: {daily: 10.0, monthly: 200.0, warn_at: 0.5, critical_at: 0.8}\n" + MINIMAL
 
