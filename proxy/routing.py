@@ -124,7 +124,12 @@ class Routes:
             raise RouteError(
                 400, "ambiguous_model", f"model {model!r} is served by several providers; use one of: {names}"
             )
-        raise RouteError(404, "model_not_found", f"model {model!r} is not configured under any provider")
+        raise RouteError(
+            404,
+            "model_not_found",
+            f"model {model!r} is not configured under any provider; call it as provider/{model} "
+            "(it is forwarded unpriced) or add it to that provider's models in the config",
+        )
 
     def models(self, provider: Provider, shared_prefix: bool) -> list[str]:
         """A provider's model ids; with shared_prefix, the id for_model() takes to it: provider/model for a

@@ -52,7 +52,11 @@ def test_model_routes() -> None:
     ("model", "status", "words"),
     [
         ("shared", 400, "openai/shared, deepseek/shared"),
-        ("gpt-5-unknown", 404, "'gpt-5-unknown'"),
+        (
+            "gpt-5-unknown",
+            404,
+            "'gpt-5-unknown' is not configured under any provider; call it as provider/gpt-5-unknown",
+        ),
         ("nowhere/gpt-4o", 404, "'nowhere/gpt-4o'"),
     ],
 )
