@@ -175,7 +175,12 @@ def _job(args: argparse.Namespace, now: datetime, environ: Mapping[str, str]) ->
                 f"--budget: no budgets in {config.source}; add budgets: {{daily: 10.0, monthly: 200.0}}"
             )
     currency = exchange.to(args.currency) if args.currency else exchange
-    return _Job(args, config, expand(args.file or [default]), currency, filters, now)
+    files = expand(args.file or [default])
+    records = {path.resolve() for path in [*files, *([config.record_file] if config else [])]}
+    if args.output is not None and Path(args.output).resolve() in records:
+        # The report would be renamed over the records it reads, or that the proxy writes.
+        raise UsageError(f"--output {args.output}: is a record file; write the report to another file")
+    return _Job(args, config, files, currency, filters, now)
 
 
 def _run(job: _Job, out: IO[str]) -> int:

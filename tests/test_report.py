@@ -237,6 +237,22 @@ def test_a_csv_export_that_fails_partway_writes_nothing(
     assert sorted(path.name for path in Path().iterdir()) == ["config.yml", "records", "report.csv"]
 
 
+# Read with --file, read as the config's file, and not read but the file the proxy writes.
+@pytest.mark.parametrize("read", ["records/cost.jsonl", None, "other.jsonl"])
+def test_output_to_a_record_file_exits_2_and_leaves_it_as_it_was(
+    records: Path, capsys: pytest.CaptureFixture[str], read: str | None
+) -> None:
+    (records.parent.parent / "other.jsonl").write_bytes(records.read_bytes())
+    before = records.read_bytes()
+    args = ["--file", read] if read else []
+    code, out, err = run([*args, "--format", "csv", "--output", "records/cost.jsonl"], capsys)
+    assert (code, out) == (2, "")
+    assert err == (
+        "meterproxy report: --output records/cost.jsonl: is a record file; write the report to another file\n"
+    )
+    assert records.read_bytes() == before
+
+
 def test_output_to_a_folder_exits_2_with_one_line(records: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(["--output", "records"], capsys)
     assert (code, out) == (2, "")
