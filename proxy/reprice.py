@@ -100,5 +100,5 @@ def main(argv: list[str] | None = None) -> int:
     except FileNotFoundError as exc:
         print(f"meterproxy reprice: no such file: {exc.filename}", file=sys.stderr)
         return 2
-    print(f"{priced} records repriced, {unpriced} unpriced, written to {output}")
+    print(f"{priced} record{'s' if priced != 1 else ''} repriced, {unpriced} unpriced, written to {output}")
     return 0

@@ -344,6 +344,7 @@ def test_reprice_output_option_names_the_copy(tmp_path: Path) -> None:
     assert not (tmp_path / "cost.repriced.jsonl").exists()
     # (1000 - 200) * 2.50 + 200 * 1.25 + 500 * 10.00 per 1M
     assert only(read_records(output))["total_cost"] == 0.00725
+    assert result.stdout == f"1 record repriced, 0 unpriced, written to {output}\n"
 
 
 def test_reprice_of_a_record_of_the_first_writer_prices_its_usage(tmp_path: Path) -> None:
