@@ -75,6 +75,12 @@ def startup_warnings(config: Config, host: str) -> list[str]:
                 "clients' keys are not forwarded, "
                 "so its calls go upstream without a key."
             )
+        if provider.currency != config.currency and provider.currency not in config.exchange_rates:
+            warnings.append(
+                f"providers.{provider.name}.currency is {provider.currency}, which exchange_rates has no "
+                f"rate for: its costs stay out of the {config.currency} totals. Add "
+                f"exchange_rates.{provider.currency}."
+            )
     return warnings
 
 

@@ -10,6 +10,9 @@ from pathlib import Path
 import pytest
 from conftest import REPO_ROOT, MakeConfig, ProxyLauncher, free_port, proxy_env
 
+from proxy.cli import startup_warnings
+from proxy.configfile import load_config
+
 GOOD = """\
 server:
   host: 127.0.0.1
@@ -164,3 +167,52 @@ def test_meterproxy_config_naming_a_bad_file_is_reported(tmp_path: Path) -> None
 
     assert result.returncode != 0
     assert "nowhere.yml" in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("edit", "host", "expected"),
+    [
+        ("", "127.0.0.1", []),
+        ("    api_key: sk-test\n", "127.0.0.1", []),
+        (
+            "    api_key: sk-test\n",
+            "0.0.0.0",
+            [
+                "providers.openai.api_key is set, auth.keys is not, and the proxy listens on 0.0.0.0: "
+                "anyone who can reach the port spends that key. Add auth.keys or listen on 127.0.0.1."
+            ],
+        ),
+        (
+            "    currency: CNY\n",
+            "127.0.0.1",
+            [
+                "providers.openai.currency is CNY, which exchange_rates has no rate for: its costs stay "
+                "out of the USD totals. Add exchange_rates.CNY."
+            ],
+        ),
+    ],
+    ids=["none", "provider key on loopback", "provider key on all addresses", "currency without a rate"],
+)
+def test_start_up_warns_of_set_ups_that_work_but_are_probably_not_meant(
+    tmp_path: Path, edit: str, host: str, expected: list[str]
+) -> None:
+    path = tmp_path / "config.yml"
+    path.write_text(GOOD.replace("    models:", edit + "    models:"))
+    assert startup_warnings(load_config(path, {}), host) == expected
+
+
+def test_start_up_warns_when_auth_keys_leave_a_provider_without_a_key(tmp_path: Path) -> None:
+    path = tmp_path / "config.yml"
+    path.write_text(GOOD + "auth:\n  keys:\n    - {name: team-a, key: k-1}\n")
+    assert startup_warnings(load_config(path, {}), "127.0.0.1") == [
+        "auth.keys is set but providers.openai.api_key is not: clients' keys are not forwarded, so its "
+        "calls go upstream without a key."
+    ]
+
+
+def test_a_currency_with_a_rate_is_no_warning(tmp_path: Path) -> None:
+    path = tmp_path / "config.yml"
+    path.write_text(
+        GOOD.replace("    models:", "    currency: CNY\n    models:") + "exchange_rates: {CNY: 0.14}\n"
+    )
+    assert startup_warnings(load_config(path, {}), "127.0.0.1") == []
