@@ -28,6 +28,7 @@ from proxy.stats import RollingTotals
 from proxy.upstream import AiohttpUpstream, Upstream
 
 CONFIG_ENV = "METERPROXY_CONFIG"
+_CODES = {404: "not_found", 405: "method_not_allowed"}
 
 
 class State(TypedDict):
@@ -56,7 +57,9 @@ class MeterProxy(Starlette):
 
 def _served_by_starlette(scope: Scope) -> bool:
     path: str = scope["path"]
-    return scope["method"] in ("GET", "HEAD") and (path == "/health" or path.endswith("/v1/models"))
+    # /health whatever the method (Starlette answers all but GET and HEAD with 405); a POST to
+    # .../v1/models is a provider's call, and goes to the meter.
+    return path == "/health" or (scope["method"] in ("GET", "HEAD") and path.endswith("/v1/models"))
 
 
 class JSONResponse(Response):
@@ -115,11 +118,12 @@ def create_app(config: Config, upstream: Upstream | None = None) -> Starlette:
         return JSONResponse({"object": "list", "data": data})
 
     async def http_error(request: Request, exc: Exception) -> Response:
-        status = exc.status_code if isinstance(exc, HTTPException) else 500
-        detail = exc.detail if isinstance(exc, HTTPException) else "internal error"
+        if not isinstance(exc, HTTPException):
+            return Response(error_body(500, "error", "internal error"), 500, media_type="application/json")
         return Response(
-            error_body(status, "not_found" if status == 404 else "error", detail),
-            status,
+            error_body(exc.status_code, _CODES.get(exc.status_code, "error"), exc.detail),
+            exc.status_code,
+            headers=exc.headers,  # a 405's Allow
             media_type="application/json",
         )
 

@@ -384,3 +384,12 @@ def test_provider_models_lists_its_models_as_configured(models_proxy: RunningPro
     }
     assert listed(azure.json()) == {("shared-model", "azure"), ("azure-only", "azure")}
     assert models_proxy.request("GET", "/nope/v1/models").status == 404
+
+
+def test_health_answers_another_method_with_an_openai_shaped_405(proxy: RunningProxy) -> None:
+    response = proxy.request("POST", "/health", b"{}", {"content-type": "application/json"})
+
+    assert (response.status, set((response.header("allow") or "").split(", "))) == (405, {"GET", "HEAD"})
+    assert response.json()["error"]["code"] == "method_not_allowed"
+    missing = proxy.request("GET", "/nope/v1/models").json()["error"]
+    assert (missing["code"], missing["message"]) == ("not_found", "no provider 'nope' is configured")
