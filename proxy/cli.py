@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import ipaddress
 import logging
 import os
+import socket
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -84,6 +86,31 @@ def startup_warnings(config: Config, host: str) -> list[str]:
     return warnings
 
 
+_LISTEN_HINTS = {
+    errno.EADDRINUSE: "stop what listens there, or choose another port (--port, server.port)",
+    errno.EACCES: "choose a port above 1023 (--port, server.port)",
+    errno.EADDRNOTAVAIL: "give an address of this machine (--host, server.host)",
+}
+
+
+def listen_problem(host: str, port: int) -> str | None:
+    """Why the proxy cannot listen on host:port, or None. Tried before uvicorn starts: its errors do not
+    always name the address, and a failed start exits with a code of its own."""
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        return f"cannot listen on host {host!r}: {exc.strerror}; give an IP address (--host, server.host)"
+    family, kind, protocol, _, address = found[0]
+    with socket.socket(family, kind, protocol) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            hint = _LISTEN_HINTS.get(exc.errno or 0, "check --host and --port (server.host, server.port)")
+            return f"cannot listen on {host}:{port}: {(exc.strerror or str(exc)).lower()}; {hint}"
+    return None
+
+
 def serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     import uvicorn
 
@@ -98,6 +125,10 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         return 2
     host = args.host or config.host
     port = config.port if args.port is None else args.port
+    problem = listen_problem(host, port)
+    if problem is not None:
+        print(f"meterproxy: {problem}", file=sys.stderr)
+        return 2
     for warning in startup_warnings(config, host):
         log.warning("WARNING: %s", warning)
     # Every worker builds its app from this validated file (uvicorn needs an import string for workers).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -216,3 +217,22 @@ def test_a_currency_with_a_rate_is_no_warning(tmp_path: Path) -> None:
         GOOD.replace("    models:", "    currency: CNY\n    models:") + "exchange_rates: {CNY: 0.14}\n"
     )
     assert startup_warnings(load_config(path, {}), "127.0.0.1") == []
+
+
+def test_a_port_in_use_stops_start_up_with_one_line_naming_it(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "config.yml"
+        config.write_text(GOOD)
+
+        result = run_cli(
+            "serve", "--config", str(config), "--port", str(port), env=proxy_env(tmp_path / "r.jsonl")
+        )
+
+    assert (result.returncode, result.stdout) == (2, "")
+    assert result.stderr == (
+        f"meterproxy: cannot listen on 127.0.0.1:{port}: address already in use; stop what listens there, "
+        "or choose another port (--port, server.port)\n"
+    )
