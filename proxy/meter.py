@@ -238,12 +238,9 @@ class Meter:
             )
         except UpstreamError as exc:
             log.warning("%s %s -> %s: %s", scope["method"], scope["path"], call.provider.name, exc)
-            call.error, call.status = exc.error, exc.status
+            call.error = exc.error
             call.finished = True
-            # A /v1/ caller chose a model, not a provider: name the provider, and the key that bounds a wait.
-            provider = call.provider.name
-            limit = f" (providers.{provider}.timeout)" if exc.error == "upstream_timeout" else ""
-            return error_answer(exc.status, exc.error, f"{provider}: {exc}{limit}", call.proxy_id)
+            return _failed(call, exc)
         call.status = response.status
         content_type = b""
         length: int | None = None
@@ -283,5 +280,13 @@ class Meter:
                 return []  # the response stays incomplete: the client sees it cut, never a fake end
             # A body read whole broke off before any of it was sent: the client gets the 502 or 504 of
             # an upstream that failed, not a bare 500 from the server, and the record says which.
-            call.status = exc.status
-            return error_answer(exc.status, exc.error, str(exc), call.proxy_id)
+            return _failed(call, exc)
+
+
+def _failed(call: Call, exc: UpstreamError) -> list[Message]:
+    """The answer to a call whose provider failed before the client had any of its answer: its 502 or
+    504, naming the provider (a /v1/ caller chose a model, not a provider) and the key bounding a wait."""
+    call.status = exc.status
+    provider = call.provider.name
+    limit = f" (providers.{provider}.timeout)" if exc.error == "upstream_timeout" else ""
+    return error_answer(exc.status, exc.error, f"{provider}: {exc}{limit}", call.proxy_id)

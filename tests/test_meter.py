@@ -884,8 +884,14 @@ def test_a_non_streamed_body_the_upstream_breaks_off_is_a_502_to_the_client_and_
         proxy.post_json("/v1/chat/completions", {"model": "gpt-4o", "messages": HELLO}) for _ in range(2)
     )
 
-    assert assert_openai_error(reset, 502)["code"] == "upstream_reset"
-    assert assert_openai_error(stalled, 504)["code"] == "upstream_timeout"
+    reset_error, stalled_error = assert_openai_error(reset, 502), assert_openai_error(stalled, 504)
+    assert (reset_error["code"], stalled_error["code"]) == ("upstream_reset", "upstream_timeout")
+    # Named as when the provider fails before its headers: a /v1/ caller chose a model, not a provider.
+    assert reset_error["message"].startswith("openai: ")
+    assert (
+        stalled_error["message"].startswith("openai: ")
+        and "(providers.openai.timeout)" in stalled_error["message"]
+    )
     one, two = proxy.wait_records(2)
     assert (one["status_code"], one["error"], one["total_cost"]) == (502, "upstream_reset", None)
     assert (two["status_code"], two["error"], two["total_cost"]) == (504, "upstream_timeout", None)
