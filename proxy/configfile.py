@@ -197,7 +197,9 @@ def _price(r: ConfigReader, path: tuple[str, ...], spec: Any) -> Price:
     pricing = r.mapping(model["pricing"], pricing_path, _PRICE_KEYS)
     tiers = pricing.get("tiers")
     if tiers is not None and (not isinstance(tiers, list) or not tiers):
-        raise r.fail((*pricing_path, "tiers"), "must be a list of {above_input_tokens, input, output}")
+        shape = "{above_input_tokens, input, output}"
+        empty = f"is empty: give at least one tier {shape}, or leave tiers out"
+        raise r.fail((*pricing_path, "tiers"), empty if tiers == [] else f"must be a list of {shape}")
     levels = tuple(
         _rates(r, (*pricing_path, "tiers", str(index)), tier, tier=True)
         for index, tier in enumerate(tiers or [])

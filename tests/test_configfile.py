@@ -678,6 +678,16 @@ def test_tiers_out_of_order_or_without_a_threshold_are_errors() -> None:
     )
 
 
+def test_tiers_that_are_empty_or_not_a_list_are_errors_saying_which() -> None:
+    where = "providers.openai.models.gpt-4o.pricing.tiers (line 5)"
+    assert error_of(priced("{input: 1, output: 2, tiers: []}")) == message(
+        where, "is empty: give at least one tier {above_input_tokens, input, output}, or leave tiers out"
+    )
+    assert error_of(priced("{input: 1, output: 2, tiers: 3}")) == message(
+        where, "must be a list of {above_input_tokens, input, output}"
+    )
+
+
 def test_provider_kinds() -> None:
     config = parse_config(
         provider_with("base_url: https://generativelanguage.googleapis.com/v1beta\nkind: gemini\n"), {}
