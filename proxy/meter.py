@@ -81,7 +81,7 @@ class Meter:
                 receive, header.get(b"content-length"), self.config.max_body_bytes, self._body_deadlines, task
             )
             by_model = target.provider is None
-            if by_model and not body.strip():
+            if by_model and (not body or body.isspace()):  # not strip(): it would copy every body
                 # A GET such as the SDKs' models.retrieve(): nothing to read a model from.
                 raise RouteError(
                     400,

@@ -94,11 +94,12 @@ def timeline(
     moment = start.replace(minute=0, second=0, microsecond=0)
     if unit == "day":
         moment = moment.replace(hour=0)
+    last = LAST_MOMENT - step  # from the calendar's last hour or day, there is no next one
     series: list[tuple[str, Tally]] = []
     while moment < end or not series:
         key = moment.strftime("%Y-%m-%dT%H" if unit == "hour" else "%Y-%m-%d")
         series.append((key, buckets.get(key, Tally())))
-        if moment > LAST_MOMENT - step:  # the calendar's last hour or day: there is no next one
+        if moment > last:
             break
         moment += step
     return series
