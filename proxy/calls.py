@@ -102,8 +102,8 @@ class Call:
                 usage, source = estimate_usage(self.request, facts.events), "estimated"
         response_model = facts.model if facts is not None else None
         price = find_price(self.provider, self.model, response_model) if self.model else None
-        refused = self.status >= 400 and self.error is None and not self.gone
-        return Bill(usage or _NO_USAGE, source, price, cost_of(price, usage, refused), error, facts)
+        unbilled = not_billed(499 if self.gone else self.status, self.error)
+        return Bill(usage or _NO_USAGE, source, price, cost_of(price, usage, unbilled), error, facts)
 
     def record(self, bill: Bill) -> CostRecord:
         usage, facts, cost = bill.usage, bill.facts, bill.cost
@@ -144,13 +144,20 @@ class Call:
         }
 
 
-def cost_of(price: Price | None, usage: Usage | None, refused: bool) -> Cost | None:
-    """The cost of a call: None when unpriced or its usage is unknown; 0 when the provider refused it."""
+def not_billed(status: int, error: CallError | None) -> bool:
+    """Whether a call failed in a way nothing is billed for: the provider refused it (its own 4xx or 5xx),
+    or it never reached the provider (no upstream slot came free). A timeout or a reset may have been
+    billed, and a client that left (499) may have left a call running."""
+    return 400 <= status != 499 and error in (None, "pool_timeout")
+
+
+def cost_of(price: Price | None, usage: Usage | None, unbilled: bool) -> Cost | None:
+    """The cost of a call: None when unpriced or its usage is unknown; 0 when nothing was billed for it."""
     if price is None:
         return None
     if usage is not None:
         return price_call(usage, price)
-    return price_call(_NO_USAGE, price) if refused else None
+    return price_call(_NO_USAGE, price) if unbilled else None
 
 
 def decimal_text(amount: float) -> str:

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 
 from proxy.arguments import ArgumentParser
-from proxy.calls import cost_of
+from proxy.calls import cost_of, not_billed
 from proxy.config import Config, ConfigError
 from proxy.configfile import load_config
 from proxy.filters import DEFAULTS
@@ -37,9 +37,8 @@ def reprice(record: dict[str, Any], config: Config) -> bool:
             cache_write_tokens=_tokens(record, "cache_write_tokens"),
             reasoning_tokens=_tokens(record, "reasoning_tokens"),
         )
-    status = record.get("status_code")
-    refused = isinstance(status, int) and 400 <= status != 499 and record.get("error") is None
-    cost = cost_of(price, usage, refused)
+    status, error = record.get("status_code"), record.get("error")
+    cost = cost_of(price, usage, isinstance(status, int) and not_billed(status, error))
     record["input_cost"] = cost.input_cost if cost is not None else None
     record["output_cost"] = cost.output_cost if cost is not None else None
     record["total_cost"] = cost.total_cost if cost is not None else None

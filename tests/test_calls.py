@@ -111,3 +111,29 @@ def test_a_stream_whose_last_usage_has_a_count_that_is_not_a_count_is_billed_as_
         assert bill.cost is None and bill.usage.total_tokens == 0
     else:
         assert bill.cost is not None and bill.cost.output_cost > 0 and bill.cost.input_cost > 0
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "cost"),
+    [
+        (429, None, 0.0),
+        (503, "pool_timeout", 0.0),
+        (504, "upstream_timeout", None),
+        (502, "upstream_reset", None),
+    ],
+)
+def test_a_call_nothing_was_billed_for_costs_zero_one_the_provider_may_have_billed_is_unknown(
+    status: int, error: CallError | None, cost: float | None
+) -> None:
+    # A provider's refusal and a call that waited in vain for an upstream slot never ran at the provider:
+    # 0. A timeout or a reset may have been billed, and the usage never came: unknown, not 0.
+    call = priced_call("chat", stream=False)
+    call.status, call.error = status, error
+    record = call.record(call.settle())
+    assert (record["input_cost"], record["output_cost"], record["total_cost"]) == (cost,) * 3
+    assert (record["usage_source"], record["priced"], record["status_code"], record["error"]) == (
+        "none",
+        True,
+        status,
+        error,
+    )

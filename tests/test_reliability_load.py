@@ -252,3 +252,4 @@ def test_overload_gets_the_excess_over_the_upstream_pool_a_quick_503_and_records
     assert sorted((record["status_code"], record["error"]) for record in records) == sorted(
         [(200, None)] * pool + [(503, "pool_timeout")] * (calls - pool)
     )
+    assert {record["total_cost"] for record in records if record["error"] == "pool_timeout"} == {0.0}

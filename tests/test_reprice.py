@@ -257,6 +257,33 @@ CASES: list[tuple[dict[str, Any], tuple[dict[str, float], dict[str, Any], str] |
             "USD",
         ),
     ),
+    (
+        # No upstream slot came free: it never reached the provider, so it costs 0 (recorded as unknown
+        # before that was known).
+        record(
+            request_id="6a1d2f3e4c5b6a7988b7c6d6",
+            proxy_request_id="6a1d2f3e4c5b6a7988b7c6d6",
+            response_model=None,
+            input_tokens=0,
+            output_tokens=0,
+            total_tokens=0,
+            cached_input_tokens=0,
+            reasoning_tokens=0,
+            input_cost=None,
+            output_cost=None,
+            total_cost=None,
+            price=None,
+            finish_reason=None,
+            usage_source="none",
+            status_code=503,
+            error="pool_timeout",
+        ),
+        (
+            {"input_cost": 0.0, "output_cost": 0.0, "total_cost": 0.0},
+            {"input": 2.5, "output": 10.0, "cached_input": 1.25, "cache_write": 2.5, "tier": None},
+            "USD",
+        ),
+    ),
     # A model config C does not price, and a provider config C does not have: both stay unpriced.
     (record(model="mystery-model", response_model="mystery-model"), None),
     (record(provider="hunyuan", model="hunyuan-turbos-latest", response_model="hunyuan-turbos-latest"), None),
