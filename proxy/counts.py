@@ -17,7 +17,7 @@ from msgspec import UNSET
 
 from proxy.filters import CountedFields, Filters
 from proxy.money import UNIT_SCALE
-from proxy.records import is_record_time
+from proxy.records import record_time
 from proxy.sources import Piece, read_blocks
 from proxy.tallies import CostState
 
@@ -27,6 +27,7 @@ Groups = dict[Any, list[int]]
 _TIMESTAMP_PREFIX = b'{"timestamp":"'
 _STAMP_START = len(_TIMESTAMP_PREFIX)
 _STAMP_END = _STAMP_START + len("2026-11-23T10:30:00.123456Z")
+_LAYOUT = b"--T::."  # the record format's separators, at its characters 4, 7, 10, 13, 16 and 19
 _BLANK_AFTER_NEWLINE = re.compile(rb"\n[ \t\r]*\n")  # starts with a literal: searched quickly
 _BLANK_FIRST_LINE = re.compile(rb"[ \t\r]*\n")
 
@@ -62,15 +63,23 @@ class _Window:
         )
 
     def passes_over(self, line: bytes) -> bool:
-        """Whether the line begins like a record stamped outside the period."""
+        """Whether the line begins like a record stamped outside the period, in the record format.
+
+        Only that format compares as text: a stamp with an offset is read, and placed at its UTC moment.
+        """
         stamp = line[_STAMP_START:_STAMP_END]
-        return line.startswith(_TIMESTAMP_PREFIX) and not self.low <= stamp < self.high
+        return (
+            line.startswith(_TIMESTAMP_PREFIX)
+            and line[_STAMP_END - 1 : _STAMP_END + 1] == b'Z"'
+            and stamp[4:20:3] == _LAYOUT
+            and not self.low <= stamp < self.high
+        )
 
 
 def count(piece: Piece, filters: Filters) -> Counts:
     """One pass over a piece, counting each matching record into its group and its hour."""
     decoder, scale = msgspec.json.Decoder(CountedFields), UNIT_SCALE
-    is_time = is_record_time
+    to_stamp = record_time
     low, high = filters.period.start_stamp, filters.period.end_stamp
     bounded = low is not None or high is not None
     low, high = low or "", high or "\U0010ffff"
@@ -84,8 +93,8 @@ def count(piece: Piece, filters: Filters) -> Counts:
         records, bad = _decode(block, decoder, window)
         skipped += bad
         for record in records:
-            stamp = record.timestamp
-            if not is_time(stamp):
+            stamp = to_stamp(record.timestamp)
+            if stamp is None:
                 skipped += 1
                 continue
             if bounded and (stamp < low or stamp >= high):

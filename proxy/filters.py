@@ -11,7 +11,7 @@ import msgspec
 
 from proxy.money import UNIT_SCALE
 from proxy.periods import ALL_TIME, Period
-from proxy.records import CostRecord, is_record_time
+from proxy.records import CostRecord, is_record_time, record_time
 
 NONE = "(none)"  # the name shown for a missing model, task type or session
 RECORD_FIELDS: tuple[str, ...] = tuple(CostRecord.__annotations__)
@@ -110,7 +110,9 @@ class Filters:
         return test
 
     def matches(self, record: Mapping[str, Any]) -> bool:
-        stamp = record["timestamp"]
+        stamp = record_time(record["timestamp"])
+        if stamp is None:
+            return False
         low, high = self.period.start_stamp, self.period.end_stamp
         if (low is not None and stamp < low) or (high is not None and stamp >= high):
             return False

@@ -13,6 +13,8 @@ from typing import Literal, TypedDict
 
 import orjson
 
+from proxy import periods
+
 log = logging.getLogger("meterproxy")
 
 RECORD_VERSION = 1
@@ -78,19 +80,35 @@ class CostRecord(TypedDict):
 
 # Bound once, as the reports call it per record: `datetime.fromisoformat` makes a bound method per look-up.
 _read_time = datetime.fromisoformat
+# The record format's separators, at its characters 4, 7, 10, 13, 16 and 19: 2026-11-23T10:30:00.123456Z.
+_LAYOUT = "--T::."
+
+
+def record_time(stamp: str) -> str | None:
+    """The timestamp in the record format (UTC, to the microsecond, with Z), or None when it is not an ISO
+    time that is a moment of the calendar in UTC. A line stamped otherwise is not a record, for /health
+    and the reports alike: such a stamp places a call in no hour, period or window
+    (9999-12-31T23:00:00-05:00 is in the year 10000 in UTC).
+
+    Readers compare timestamps and cut hours out of them as text, which holds only for the record format:
+    another writer's 2026-11-01T01:30:00-05:00 is 2026-11-01T06:30:00.000000Z, in the 06:00 hour (UTC),
+    not the 01:00 one. A stamp without a zone is UTC, as --start and --end read one.
+    """
+    try:
+        moment = _read_time(stamp)
+    except ValueError:
+        return None
+    if stamp[26:] == "Z" and stamp[4:20:3] == _LAYOUT:
+        return stamp  # the proxy's own
+    try:
+        return periods.stamp(moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC))
+    except OverflowError:
+        return None
 
 
 def is_record_time(stamp: str) -> bool:
-    """Whether a timestamp is an ISO time that is a moment of the calendar in UTC. A line stamped
-    otherwise is not a record, for /health and the reports alike: such a stamp places a call in no
-    hour, period or window (9999-12-31T23:00:00-05:00 is in the year 10000 in UTC)."""
-    try:
-        moment = _read_time(stamp)
-        if moment.tzinfo is not None and not stamp.endswith("Z"):
-            moment.astimezone(UTC)
-    except (ValueError, OverflowError):
-        return False
-    return True
+    """Whether a timestamp is an ISO time that is a moment of the calendar in UTC (see record_time)."""
+    return record_time(stamp) is not None
 
 
 class RecordWriter:

@@ -17,6 +17,7 @@ from proxy.export import budget_json, projection_json, summary_json, write_csv, 
 from proxy.money import ExchangeError
 from proxy.outfile import OutputError, whole_output
 from proxy.periods import PeriodError
+from proxy.records import record_time
 from proxy.reportjob import DEFAULT_TOP, Job, UsageError, build_parser, make_job
 from proxy.sources import RecordFileError
 from proxy.tables import (
@@ -140,7 +141,7 @@ def _projection(job: Job, summary: Summary) -> tuple[list[BudgetStatus], Project
 
 
 def _newest_last(reader: RecordReader, limit: int | None) -> list[tuple[str, ...]]:
-    keyed = ((record["timestamp"], detail_row(record)) for record in reader)
+    keyed = ((record_time(record["timestamp"]) or "", detail_row(record)) for record in reader)
     chosen = sorted(keyed) if limit is None else sorted(heapq.nlargest(limit, keyed))
     return [row for _, row in chosen]
 

@@ -19,7 +19,7 @@ from typing import BinaryIO, TypedDict
 import msgspec
 
 from proxy.filters import CountedFields
-from proxy.records import is_record_time
+from proxy.records import record_time
 
 WINDOW = timedelta(hours=24)
 # Records are written when a call ends but stamped when it began, so the file is only roughly in
@@ -30,7 +30,7 @@ _TAIL_BLOCK = 1 << 20
 # tail took the process to 240 MB at start-up; in pieces, to 38 MB).
 PIECE_BYTES = 4 << 20
 # A line is a record when the fields counted here have the record format's types and its timestamp is an
-# ISO time (records.is_record_time): the reports' rule.
+# ISO time (records.record_time): the reports' rule.
 _DECODER = msgspec.json.Decoder(CountedFields)
 
 
@@ -147,7 +147,7 @@ class RollingTotals:
 
     def _fold(self, data: bytes) -> None:
         buckets = self._buckets
-        decode, is_time = _DECODER.decode, is_record_time
+        decode, to_stamp = _DECODER.decode, record_time
         for line in data.splitlines():
             try:
                 record = decode(line)
@@ -155,9 +155,10 @@ class RollingTotals:
                 # A torn or foreign line (one whose timestamp is a list once kept the proxy from
                 # starting): skipped here, as the reports skip and count it.
                 continue
-            if not is_time(record.timestamp):
+            stamp = to_stamp(record.timestamp)
+            if stamp is None:
                 continue  # "yesterday" would sort after every minute and never leave the window
-            minute = _minute(record.timestamp)
+            minute = _minute(stamp)
             bucket = buckets.get(minute)
             if bucket is None:
                 bucket = buckets[minute] = _Bucket()
@@ -226,4 +227,4 @@ def _timestamp(line: bytes) -> str | None:
         stamp = _DECODER.decode(line).timestamp
     except msgspec.DecodeError:
         return None
-    return stamp if is_record_time(stamp) else None
+    return record_time(stamp)

@@ -9,7 +9,7 @@ from decimal import Decimal
 from proxy.analysis import NONE, Summary, Tally, TimeUnit
 from proxy.budgets import BudgetStatus, Projection
 from proxy.money import format_money
-from proxy.records import CostRecord
+from proxy.records import CostRecord, record_time
 
 RULE = "=" * 60
 BAR_WIDTH = 40
@@ -135,7 +135,7 @@ def detail_row(record: CostRecord) -> tuple[str, ...]:
     else:
         shown = format_money(Decimal(repr(cost)), record["currency"])
     return (
-        record["timestamp"][:19].replace("T", " "),
+        (record_time(record["timestamp"]) or record["timestamp"])[:19].replace("T", " "),
         f"{record['provider']}/{record['model'] if record['model'] is not None else NONE}",
         f"{record['input_tokens']:,} in",
         f"{record['output_tokens']:,} out",

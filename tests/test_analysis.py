@@ -230,6 +230,36 @@ def test_period_edges_at_midnight_week_and_month_start(tmp_path: Path) -> None:
     assert chosen(periods.last_hours(10.5, NOW)) == stamps[5:7]
 
 
+def test_a_stamp_with_an_offset_counts_at_its_utc_moment(tmp_path: Path) -> None:
+    # Another writer's stamps in New York time, the night its daylight saving ended: 01:30 came twice, at
+    # 05:30 and 06:30 UTC; 20:30 the evening before is already November in UTC. Compared as text, they
+    # fell in October and twice in the 01:00 hour.
+    stamps = ["2026-10-31T20:30:00-04:00", "2026-11-01T01:30:00.000000-04:00", "2026-11-01T01:30:00-05:00"]
+    path = write(
+        tmp_path / "c.jsonl",
+        [
+            record("2026-10-31T23:59:59.999999Z", request_id="october"),
+            *(record(stamp, request_id=stamp) for stamp in stamps),
+            b'{"timestamp":"2026-10-31T23:00:00-04:00","torn',  # inside November: read, and counted
+            b"\n",
+        ],
+    )
+    november = Filters(periods.between("2026-11-01", None))
+    assert [item["request_id"] for item in RecordReader([path], november)] == stamps
+    summary = summarise([path], november)
+    assert (summary.totals.requests, summary.skipped_lines) == (3, 1)
+    assert [(hour, tally.requests) for hour, tally in summary.by_hour.items()] == [
+        ("2026-11-01T00", 1),
+        ("2026-11-01T05", 1),
+        ("2026-11-01T06", 1),
+    ]
+    assert (summary.first_timestamp, summary.last_timestamp) == (
+        "2026-11-01T00:30:00.000000Z",
+        "2026-11-01T06:30:00.000000Z",
+    )
+    assert summarise([path], Filters(periods.between(None, "2026-10-31"))).totals.requests == 1
+
+
 def test_period_applies_to_records_that_do_not_start_with_the_timestamp(tmp_path: Path) -> None:
     inside = dict(reversed(record("2026-11-25T01:00:00.000000Z").items()))
     outside = dict(reversed(record("2026-11-20T01:00:00.000000Z").items()))

@@ -4,7 +4,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from proxy.records import CostRecord, RecordWriter, is_record_time
+from proxy.records import CostRecord, RecordWriter, is_record_time, record_time
 
 
 def record(n: int) -> CostRecord:
@@ -129,3 +129,21 @@ def test_a_record_orjson_cannot_write_goes_whole_to_stderr_and_the_log_says_so(
 )
 def test_a_record_time_is_an_iso_time(stamp: str, is_time: bool) -> None:
     assert is_record_time(stamp) is is_time
+
+
+@pytest.mark.parametrize(
+    ("stamp", "utc"),
+    [
+        ("2026-11-23T10:30:00.123456Z", "2026-11-23T10:30:00.123456Z"),
+        ("2026-11-01T01:30:00-05:00", "2026-11-01T06:30:00.000000Z"),
+        ("2026-11-01T01:30:00.5+00:00", "2026-11-01T01:30:00.500000Z"),
+        ("2026-11-23T10:30:00Z", "2026-11-23T10:30:00.000000Z"),
+        ("2026-11-23 10:30:00.123456Z", "2026-11-23T10:30:00.123456Z"),
+        ("2026-11-23T10:30:00", "2026-11-23T10:30:00.000000Z"),  # no zone: UTC
+        ("0086-01-01T00:30:00+01:00", "0085-12-31T23:30:00.000000Z"),
+        ("9999-12-31T23:00:00-05:00", None),
+        ("yesterday", None),
+    ],
+)
+def test_a_record_time_in_the_record_format_is_utc(stamp: str, utc: str | None) -> None:
+    assert record_time(stamp) == utc

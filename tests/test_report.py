@@ -171,6 +171,21 @@ def test_detailed_newest_last_with_limit(tmp_path: Path, capsys: pytest.CaptureF
     assert everything.splitlines()[0].startswith("2026-11-25 07:00:00  openai/gpt-4o")
 
 
+def test_detailed_shows_utc_times_in_time_order_whatever_the_stamps_offset(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(
+        tmp_path / "c.jsonl",
+        [
+            record("2026-11-25T01:30:00-05:00", request_id="r1"),  # 06:30 UTC
+            record("2026-11-25T06:00:00.000000Z", input_tokens=7),
+        ],
+    )
+    code, out, _ = run(["--file", str(path), "--today", "--format", "detailed"], capsys)
+    assert code == 0
+    assert [line[:19] for line in out.splitlines()] == ["2026-11-25 06:00:00", "2026-11-25 06:30:00"]
+
+
 def test_hourly_and_daily_show_empty_buckets_with_bars(
     records: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

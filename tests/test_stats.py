@@ -51,6 +51,18 @@ def test_sums_the_last_24_hours_exactly(tmp_path: Path) -> None:
     assert snapshot["model_costs"] == {"deepseek/deepseek-chat": 0.7, "openai/gpt-4o": 0.2}
 
 
+def test_a_stamp_with_an_offset_is_in_the_window_by_its_utc_moment(tmp_path: Path) -> None:
+    # The window starts at 2026-11-22 12:00 UTC. 08:00 in New York is 13:00 UTC, inside it; 12:30 in
+    # Cairo is 10:30 UTC, outside; their text says the opposite.
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(
+        line(timedelta(0), timestamp="2026-11-22T08:00:00-05:00", total_cost=0.2)
+        + line(timedelta(0), timestamp="2026-11-22T12:30:00+02:00", total_cost=0.4)
+    )
+    snapshot = totals(path).snapshot()
+    assert (snapshot["requests"], snapshot["total_cost"]) == (1, 0.2)
+
+
 def test_other_currencies_are_converted_or_kept_apart(tmp_path: Path) -> None:
     path = tmp_path / "r.jsonl"
     path.write_bytes(
