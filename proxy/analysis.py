@@ -16,7 +16,7 @@ from pathlib import Path
 
 import orjson
 
-from proxy.counts import Counts, Groups, count, merge_groups
+from proxy.counts import Counts, Groups, Window, count, merge_groups
 from proxy.filters import EVERY_RECORD, NONE, RECORD_FIELDS, Filters, complete
 from proxy.money import Exchange
 from proxy.periods import LAST_MOMENT, Period, from_stamp
@@ -55,8 +55,13 @@ class RecordReader:
         self.skipped = 0
 
     def __iter__(self) -> Iterator[CostRecord]:
+        # Lines stamped outside the period are passed over unread, as `summarise` passes them over: a
+        # torn one there is not counted either.
+        window = Window.of(self.filters.period)
         for path in self.paths:
             for line in read_lines(Piece(path)):
+                if window is not None and window.passes_over(line):
+                    continue
                 try:
                     parsed = orjson.loads(line)
                     record = complete(parsed) if isinstance(parsed, dict) else None

@@ -17,6 +17,7 @@ from msgspec import UNSET
 
 from proxy.filters import CountedFields, Filters
 from proxy.money import UNIT_SCALE
+from proxy.periods import Period
 from proxy.records import record_time
 from proxy.sources import Piece, read_blocks
 from proxy.tallies import CostState
@@ -44,7 +45,7 @@ class Counts:
 
 
 @dataclass(frozen=True)
-class _Window:
+class Window:
     """A period's bounds as timestamp bytes, to pass over lines outside it without decoding them.
 
     Writers put the fixed-width timestamp first, so a line's first bytes tell when it was stamped.
@@ -52,6 +53,14 @@ class _Window:
 
     low: bytes
     high: bytes
+
+    @classmethod
+    def of(cls, period: Period) -> Window | None:
+        """The period's window; None for all time, where no line is passed over."""
+        low, high = period.start_stamp, period.end_stamp
+        if low is None and high is None:
+            return None
+        return cls((low or "").encode(), (high or "\U0010ffff").encode())
 
     def holds_ends(self, block: bytes) -> bool:
         """Whether a block's first and last lines begin like records stamped inside the period."""
@@ -80,10 +89,9 @@ def count(piece: Piece, filters: Filters) -> Counts:
     """One pass over a piece, counting each matching record into its group and its hour."""
     decoder, scale = msgspec.json.Decoder(CountedFields), UNIT_SCALE
     to_stamp = record_time
-    low, high = filters.period.start_stamp, filters.period.end_stamp
-    bounded = low is not None or high is not None
-    low, high = low or "", high or "\U0010ffff"
-    window = _Window(low.encode(), high.encode()) if bounded else None
+    window = Window.of(filters.period)
+    bounded = window is not None
+    low, high = filters.period.start_stamp or "", filters.period.end_stamp or "\U0010ffff"
     test = filters.field_test()
     groups: Groups = defaultdict(_no_counts)
     hours: Groups = defaultdict(_no_counts)
@@ -147,7 +155,7 @@ def count(piece: Piece, filters: Filters) -> Counts:
 
 
 def _decode(
-    block: bytes, decoder: msgspec.json.Decoder[CountedFields], window: _Window | None
+    block: bytes, decoder: msgspec.json.Decoder[CountedFields], window: Window | None
 ) -> tuple[list[CountedFields], int]:
     """The records of a block of lines, and how many of its lines that are not blank are not records.
 

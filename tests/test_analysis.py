@@ -135,6 +135,19 @@ def test_corrupt_lines_are_skipped_and_counted(tmp_path: Path) -> None:
     assert reader.skipped == 8
 
 
+def test_lines_stamped_outside_the_period_are_not_counted_as_skipped_by_either_reader(tmp_path: Path) -> None:
+    # A CSV of yesterday once noted the torn lines of every day, where the summary noted yesterday's.
+    torn = b'{"timestamp":"2026-11-%sT10:30:00.000000Z","request_id":"torn\n'
+    path = write(
+        tmp_path / "c.jsonl",
+        [torn % b"23", record("2026-11-24T10:00:00.000000Z"), torn % b"24", torn % b"25", b"garbage\n"],
+    )
+    yesterday = Filters(periods.yesterday(NOW))
+    reader = RecordReader([path], yesterday)
+    assert (len(list(reader)), reader.skipped) == (1, 2)
+    assert summarise([path], yesterday).skipped_lines == 2
+
+
 def test_two_records_on_one_line_are_skipped_whatever_the_blank_lines_and_workers(tmp_path: Path) -> None:
     # A blank line once evened out the line count of a block, so the one-call decode took the two
     # records as two lines' worth; RecordReader skips such a line.
