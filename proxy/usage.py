@@ -97,18 +97,19 @@ def usage_from_openai(usage: Any) -> Usage | None:
 
 
 def usage_from_responses(usage: Any) -> Usage | None:
-    """OpenAI Responses API usage."""
+    """OpenAI Responses API usage. From GPT-5.6 on, OpenAI bills cache writes apart (1.25x input) and
+    counts them in input_tokens_details.cache_write_tokens, a part of input_tokens as cached_tokens is."""
     if (usage := usage_object(usage, "usage")) is None:
         return None
     prompt = _count(usage, "input_tokens")
     output = _count(usage, "output_tokens")
+    details = _details(usage, "input_tokens_details")
     return Usage(
         input_tokens=prompt,
         output_tokens=output,
         total_tokens=_count(usage, "total_tokens") or prompt + output,
-        cached_tokens=_count(
-            _details(usage, "input_tokens_details"), "cached_tokens", "input_tokens_details."
-        ),
+        cached_tokens=_count(details, "cached_tokens", "input_tokens_details."),
+        cache_write_tokens=_count(details, "cache_write_tokens", "input_tokens_details."),
         reasoning_tokens=_count(
             _details(usage, "output_tokens_details"), "reasoning_tokens", "output_tokens_details."
         ),
@@ -153,7 +154,7 @@ _Count = Annotated[int, msgspec.Meta(ge=0, lt=_TOO_MANY)]
 
 class _PromptDetails(msgspec.Struct):
     cached_tokens: _Count | None = None
-    cache_write_tokens: _Count | None = None  # OpenRouter's
+    cache_write_tokens: _Count | None = None  # OpenAI's (GPT-5.6 on) and OpenRouter's
     cache_creation_input_tokens: _Count | None = None  # DashScope's explicit cache
 
 

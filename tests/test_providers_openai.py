@@ -190,6 +190,57 @@ def test_streamed_responses_that_end_incomplete_or_failed_are_priced_from_their_
     )
 
 
+# GPT-5.6 and later bill cache writes at 1.25x input and report them beside the cache reads, both parts of
+# input_tokens: the body's 12033 input tokens are 129 plain and 11904 written; the stream's 2310 are 518
+# plain and 1792 written.
+SOL_BODY = RESPONSE.replace(
+    b'"input_tokens_details": {\n      "cached_tokens": 11904\n    }',
+    b'"input_tokens_details": {\n      "cache_write_tokens": 11904,\n      "cached_tokens": 0\n    }',
+)
+SOL_STREAM = RESPONSE_STREAM.replace(
+    b'"input_tokens_details":{"cached_tokens":1792}',
+    b'"input_tokens_details":{"cache_write_tokens":1792,"cached_tokens":0}',
+)
+
+
+@pytest.mark.parametrize(
+    ("stream", "inputs", "outputs", "tokens"),
+    [
+        # 129 * 2.00 + 11904 * 2.50 + 844 * 10.00 per 1M
+        (False, [(129, "2.00"), (11904, "2.50")], [(844, "10.00")], (12033, 11904, 844)),
+        # 518 * 2.00 + 1792 * 2.50 + 1337 * 10.00 per 1M
+        (True, [(518, "2.00"), (1792, "2.50")], [(1337, "10.00")], (2310, 1792, 1337)),
+    ],
+    ids=["body", "stream"],
+)
+def test_responses_cache_writes_are_priced_at_cache_write(
+    providers_proxy: RunningProxy,
+    stub: UpstreamStub,
+    stream: bool,
+    inputs: list[tuple[int, str]],
+    outputs: list[tuple[int, str]],
+    tokens: tuple[int, int, int],
+) -> None:
+    assert SOL_BODY != RESPONSE and SOL_STREAM != RESPONSE_STREAM
+    stub.push(Stream(events_of(SOL_STREAM)) if stream else Reply(body=SOL_BODY))
+    payload = {"model": "gpt-6.1-sol", "input": "Tell me about Paris.", "stream": stream}
+    response = providers_proxy.post_json("/openai/v1/responses", payload)
+
+    assert response.status == 200
+    record = only(providers_proxy.wait_records(1))
+    expected = {
+        **costs(inputs, outputs),
+        "input_tokens": tokens[0],
+        "cached_input_tokens": 0,
+        "cache_write_tokens": tokens[1],
+        "output_tokens": tokens[2],
+        "usage_source": "provider",
+        "price": {"input": 2.0, "output": 10.0, "cached_input": 0.1, "cache_write": 2.5, "tier": None},
+    }
+    assert pick(record, expected) == expected
+    assert expected["total_cost"] == (0.018886 if stream else 0.038458)
+
+
 def test_embeddings_through_the_sdk_price_prompt_tokens_as_input(
     providers_proxy: RunningProxy, stub: UpstreamStub
 ) -> None:

@@ -95,6 +95,12 @@ SHAPES: dict[str, Shape] = {
         Usage(10, 60, 70, reasoning_tokens=57),
         "output_tokens_details.reasoning_tokens",
     ),
+    "responses cache writes": (
+        "responses",
+        lambda count: {"usage": {"input_tokens": 80, "input_tokens_details": {"cache_write_tokens": count}}},
+        Usage(80, 0, 80, cache_write_tokens=57),
+        "input_tokens_details.cache_write_tokens",
+    ),
     "anthropic": (
         "anthropic",
         lambda count: {"type": "message", "usage": {"input_tokens": 10, "cache_read_input_tokens": count}},
