@@ -117,13 +117,38 @@ def usage_from_responses(usage: Any) -> Usage | None:
 
 
 def usage_from_anthropic(counts: dict[str, Any]) -> Usage:
-    """Anthropic counts cache reads and writes apart from input_tokens; ours includes them."""
+    """Anthropic counts cache reads and writes apart from input_tokens; ours includes them.
+
+    A compaction (the summary the API writes of a conversation grown past a threshold) runs on the
+    called model and is billed as its tokens are, but is counted only in its entry of usage.iterations,
+    outside the top-level counts: those counts are added. The other entries are inside them already.
+    """
     fresh = _count(counts, "input_tokens")
     read = _count(counts, "cache_read_input_tokens")
     written = _count(counts, "cache_creation_input_tokens")
     output = _count(counts, "output_tokens")
+    for index, compaction in _compactions(counts.get("iterations")):
+        within = f"iterations[{index}]."
+        fresh += _count(compaction, "input_tokens", within)
+        read += _count(compaction, "cache_read_input_tokens", within)
+        written += _count(compaction, "cache_creation_input_tokens", within)
+        output += _count(compaction, "output_tokens", within)
     prompt = fresh + read + written
     return Usage(prompt, output, prompt + output, cached_tokens=read, cache_write_tokens=written)
+
+
+def _compactions(iterations: Any) -> list[tuple[int, dict[str, Any]]]:
+    """The compaction entries of an Anthropic usage's iterations, with their places in it. Iterations
+    that are not a list, or an entry that is not an object, raise NotACount: a compaction's counts in
+    them cannot be read."""
+    if iterations is None:
+        return []
+    if not isinstance(iterations, list):
+        raise NotACount(f"iterations is {reprlib.repr(iterations)}, not a list")
+    entries = [(index, usage_object(entry, f"iterations[{index}]")) for index, entry in enumerate(iterations)]
+    return [
+        (index, entry) for index, entry in entries if entry is not None and entry.get("type") == "compaction"
+    ]
 
 
 def usage_from_gemini(meta: Any) -> Usage | None:

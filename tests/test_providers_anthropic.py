@@ -30,6 +30,8 @@ PROVIDER_KEY = "sk-ant-api03-provider-canary-4e1f"
 MESSAGE = fixture("anthropic_messages.json")
 MESSAGE_STREAM = fixture("anthropic_messages_stream.sse")
 LATE_USAGE_STREAM = fixture("anthropic_messages_stream_late_usage.sse")
+COMPACTED_MESSAGE = fixture("anthropic_messages_compaction.json")
+COMPACTED_STREAM = fixture("anthropic_messages_stream_compaction.sse")
 ASK = [{"role": "user", "content": "What does the liability clause cap?"}]
 ANTHROPIC_JSON = (("content-type", "application/json"), ("request-id", "req_011CSHoEeqs5C35K2UUqR7Fy"))
 ANTHROPIC_SSE = (("content-type", "text/event-stream; charset=utf-8"),)
@@ -289,6 +291,46 @@ def test_stream_cut_before_message_delta_still_bills_the_input_and_cache_it_repo
         "total_tokens": 20004,
     }
     assert pick(record, expected) == expected
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["body", "stream"])
+def test_a_compaction_is_billed_beside_the_answer_it_made_room_for(
+    providers_proxy: RunningProxy, stub: UpstreamStub, stream: bool
+) -> None:
+    # A conversation past its compaction threshold: the API summarised it (3000 in, 150000 cache reads,
+    # 7000 cache writes, 3500 out), then answered from the summary (2000 in, 21000 cache reads, 1000
+    # out). The top-level usage holds the answer only; the compaction is in usage.iterations alone.
+    stub.push(
+        Stream(events_of(COMPACTED_STREAM), headers=ANTHROPIC_SSE)
+        if stream
+        else Reply(body=COMPACTED_MESSAGE, headers=ANTHROPIC_JSON)
+    )
+    response = providers_proxy.post_json(
+        "/anthropic/v1/messages",
+        {
+            "model": "claude-sonnet-4-6",
+            "max_tokens": 4096,
+            "messages": ASK,
+            "context_management": {"edits": [{"type": "compact_20260112"}]},
+            "stream": stream,
+        },
+    )
+
+    assert response.status == 200
+    record = only(providers_proxy.wait_records(1))
+    # (2000 + 3000) * 3.00 + (21000 + 150000) * 0.30 + 7000 * 3.75 + (1000 + 3500) * 15.00 per 1M
+    expected = {
+        **costs([(5000, "3.00"), (171000, "0.30"), (7000, "3.75")], [(4500, "15.00")]),
+        "input_tokens": 183000,
+        "cached_input_tokens": 171000,
+        "cache_write_tokens": 7000,
+        "output_tokens": 4500,
+        "total_tokens": 187500,
+        "finish_reason": "end_turn",
+        "usage_source": "provider",
+    }
+    assert pick(record, expected) == expected
+    assert expected["total_cost"] == 0.16005
 
 
 def test_plain_v1_messages_route_serves_the_sdk_by_model(

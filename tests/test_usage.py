@@ -320,6 +320,60 @@ def test_gemini_running_totals_the_last_one_not_a_count_leaves_no_usage() -> Non
     assert facts.usage is None and facts.not_a_count == "candidatesTokenCount is -1, not a token count"
 
 
+COMPACTION = {
+    "type": "compaction",
+    "input_tokens": 3000,
+    "cache_read_input_tokens": 150000,
+    "cache_creation_input_tokens": 7000,
+    "output_tokens": 3500,
+}
+SAMPLING = {
+    "type": "message",
+    "input_tokens": 2000,
+    "cache_read_input_tokens": 21000,
+    "cache_creation_input_tokens": 0,
+    "output_tokens": 1000,
+}
+COMPACTED = {
+    "input_tokens": 2000,
+    "cache_read_input_tokens": 21000,
+    "cache_creation_input_tokens": 0,
+    "output_tokens": 1000,
+    "iterations": [COMPACTION, SAMPLING],
+}
+# The top-level counts and the compaction's: 2000 + 21000 + 3000 + 150000 + 7000 in, 1000 + 3500 out.
+WITH_COMPACTION = Usage(183000, 4500, 187500, cached_tokens=171000, cache_write_tokens=7000)
+
+
+def test_an_anthropic_compaction_is_counted_beside_the_top_level_counts() -> None:
+    # The compaction's tokens are billed but only in its iterations entry; the sampling entries are the
+    # top-level counts again, and are not added twice.
+    facts = facts_from_body(orjson.dumps({"type": "message", "usage": COMPACTED}), "anthropic")
+    assert facts is not None and facts.usage == WITH_COMPACTION
+    stream = StreamFacts("anthropic")
+    start = {**COMPACTED, "output_tokens": 1}
+    del start["iterations"]
+    stream.observe(orjson.dumps({"type": "message_start", "message": {"id": "msg_c", "usage": start}}))
+    assert stream.usage == Usage(23000, 1, 23001, cached_tokens=21000)
+    delta = orjson.dumps({"type": "message_delta", "delta": {"stop_reason": "end_turn"}, "usage": COMPACTED})
+    stream.observe(delta)
+    stream.observe(delta)  # the counts are cumulative: a repeated message_delta changes nothing
+    assert stream.usage == WITH_COMPACTION and not stream.partial
+
+
+@pytest.mark.parametrize(
+    ("iterations", "reason"),
+    [
+        ("x", "iterations is 'x', not a list"),
+        ([SAMPLING, 7], "iterations[1] is 7, not an object"),
+        ([{**COMPACTION, "output_tokens": -5}], "iterations[0].output_tokens is -5, not a token count"),
+    ],
+)
+def test_anthropic_iterations_that_cannot_be_read_leave_no_usage(iterations: Any, reason: str) -> None:
+    facts = facts_from_body(orjson.dumps({"usage": {**COMPACTED, "iterations": iterations}}), "anthropic")
+    assert facts is not None and facts.usage is None and facts.not_a_count == reason
+
+
 def test_anthropic_body() -> None:
     body = (
         b'{"id":"msg_2","type":"message","model":"claude-haiku-4-5","stop_reason":"max_tokens",'
