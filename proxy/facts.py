@@ -32,6 +32,7 @@ _WORTH_READING: dict[Api, re.Pattern[bytes]] = {
     "responses": re.compile(rb'"type"\s*:\s*"response\.(?:created|completed|incomplete|failed)"'),
     "anthropic": re.compile(rb'"type"\s*:\s*"message_(?:start|delta)"'),
     "embeddings": re.compile(rb'"usage"'),
+    "images": re.compile(rb'"type"\s*:\s*"image_generation\.completed"'),
     "gemini": re.compile(rb""),
 }
 _CHAT_SHAPED = frozenset({"chat", "embeddings"})
@@ -72,6 +73,8 @@ class ResponseFacts:
             self._absorb_anthropic(message)
         elif self.api == "responses":
             self._absorb_responses(message.get("response") if "response" in message else message)
+        elif self.api == "images":  # a body, or a stream's image_generation.completed event
+            self.usage = usage_from_responses(message.get("usage")) or self.usage
         elif self.api == "gemini":
             self._note(message.get("responseId"), message.get("modelVersion"))
             for candidate in _list(message.get("candidates")):

@@ -44,6 +44,8 @@ log = logging.getLogger("meterproxy")
 _NO_LENGTH = frozenset({b"content-length"})
 _KEEP = frozenset[bytes]()
 _PLAIN = (b"", b"identity")
+# Gemini names the model in the path; the model of OpenAI's images API is optional: the provider decides.
+_MODEL_OPTIONAL = frozenset({"gemini", "images"})
 
 
 class Meter:
@@ -101,7 +103,7 @@ class Meter:
                     # The request as sent from here on, so that asking for usage keeps the rename.
                     request = {**request, "model": upstream_model}
                     body = rename_model(body, request, model)
-            elif api is not None and api != "gemini" and model is None:
+            elif api is not None and api not in _MODEL_OPTIONAL and model is None:
                 raise RouteError(400, "missing_model", "the body has no 'model'; name the model to call")
             if query and provider.kind == "gemini":
                 forwarding = forwards_client_keys(provider, passing=not self.gate.closed)

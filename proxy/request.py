@@ -37,7 +37,7 @@ _NOT_FORWARDED = frozenset(
 )
 _NOT_FORWARDED_PASSING_KEYS = _NOT_FORWARDED - frozenset(KEY_HEADERS)
 _IDENTITY = (b"accept-encoding", b"identity")
-_OPENAI_SHAPED = frozenset({"chat", "responses", "embeddings"})
+_OPENAI_SHAPED = frozenset({"chat", "responses", "embeddings", "images"})
 _KEY_HEADER = {"openai": b"authorization", "anthropic": b"x-api-key", "gemini": b"x-goog-api-key"}
 
 

@@ -52,6 +52,7 @@ _ENDPOINTS: tuple[tuple[str, Api], ...] = (
     ("completions", "chat"),
     ("responses", "responses"),
     ("embeddings", "embeddings"),
+    ("images/generations", "images"),
 )
 
 

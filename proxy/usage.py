@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 import msgspec
 import orjson
 
-Api = Literal["chat", "responses", "embeddings", "anthropic", "gemini"]
+Api = Literal["chat", "responses", "embeddings", "images", "anthropic", "gemini"]
 
 
 class Usage(NamedTuple):
@@ -97,8 +97,9 @@ def usage_from_openai(usage: Any) -> Usage | None:
 
 
 def usage_from_responses(usage: Any) -> Usage | None:
-    """OpenAI Responses API usage. From GPT-5.6 on, OpenAI bills cache writes apart (1.25x input) and
-    counts them in input_tokens_details.cache_write_tokens, a part of input_tokens as cached_tokens is."""
+    """OpenAI Responses API usage, and the GPT image models' (the same counts, text and image tokens
+    alike). From GPT-5.6 on, OpenAI bills cache writes apart (1.25x input) and counts them in
+    input_tokens_details.cache_write_tokens, a part of input_tokens as cached_tokens is."""
     if (usage := usage_object(usage, "usage")) is None:
         return None
     prompt = _count(usage, "input_tokens")

@@ -24,6 +24,8 @@ from upstream_stub import Reply, Stream, UpstreamStub
 RESPONSE = fixture("responses_create.json")
 RESPONSE_STREAM = fixture("responses_stream.sse")
 EMBEDDINGS = fixture("embeddings_create.json")
+IMAGES = fixture("images_generate.json")
+IMAGES_STREAM = fixture("images_generate_stream.sse")
 
 
 @pytest.fixture
@@ -300,3 +302,86 @@ def test_embeddings_on_the_provider_route_with_a_plain_client(
         0.0,
     )
     assert_cost_headers(response, record, "0.00003074", "USD")
+
+
+# A GPT image model bills its prompt's text and image tokens as input and the image it draws as output:
+# 50 * 5.00 + 4160 * 40.00 per 1M. The price is one per token type (README: image tokens at text prices).
+IMAGE_COSTS = costs([(50, "5.00")], [(4160, "40.00")])
+
+
+def test_images_through_the_sdk_are_priced_from_their_usage(
+    providers_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    stub.push(Reply(body=IMAGES))
+    with providers_proxy.client() as client:
+        raw = client.images.with_raw_response.generate(
+            model="gpt-image-2", prompt="A lighthouse at dusk", size="1024x1024", quality="high"
+        )
+
+    assert raw.http_response.content == IMAGES
+    assert raw.parse().usage is not None
+    seen = only(stub.requests)
+    assert (seen.target, seen.json()["model"]) == ("/v1/images/generations", "gpt-image-2")
+    record = only(providers_proxy.wait_records(1))
+    expected = {
+        **IMAGE_COSTS,
+        "provider": "openai",
+        "model": "gpt-image-2",
+        "endpoint": "/v1/images/generations",
+        "is_streaming": False,
+        "input_tokens": 50,
+        "output_tokens": 4160,
+        "total_tokens": 4210,
+        "usage_source": "provider",
+        "priced": True,
+        "status_code": 200,
+        "error": None,
+    }
+    assert pick(record, expected) == expected
+    assert expected["total_cost"] == 0.16665
+    assert raw.headers.get("x-meterproxy-cost") == "0.16665"
+
+
+def test_streamed_images_are_priced_from_the_completed_event(
+    providers_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    stub.push(Stream(events_of(IMAGES_STREAM)))
+    with providers_proxy.client(path="/openai/v1") as client:
+        events = list(
+            client.images.generate(
+                model="gpt-image-2", prompt="A lighthouse at dusk", stream=True, partial_images=1
+            )
+        )
+
+    assert [event.type for event in events] == [
+        "image_generation.partial_image",
+        "image_generation.completed",
+    ]
+    record = only(providers_proxy.wait_records(1))
+    expected = {
+        **IMAGE_COSTS,
+        "endpoint": "/openai/v1/images/generations",
+        "is_streaming": True,
+        "input_tokens": 50,
+        "output_tokens": 4160,
+        "usage_source": "provider",
+        "error": None,
+    }
+    assert pick(record, expected) == expected
+
+
+def test_an_images_call_without_a_model_is_forwarded_and_recorded_unpriced(
+    providers_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    # The images API's model is optional: the provider decides what a body without one gets, not the proxy.
+    stub.push(Reply(body=IMAGES))
+    response = providers_proxy.post_json("/openai/v1/images/generations", {"prompt": "A lighthouse at dusk"})
+
+    assert (response.status, response.body) == (200, IMAGES)
+    record = only(providers_proxy.wait_records(1))
+    assert (record["model"], record["priced"], record["total_cost"], record["input_tokens"]) == (
+        None,
+        False,
+        None,
+        50,
+    )

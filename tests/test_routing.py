@@ -111,6 +111,8 @@ def test_endpoints_name_the_api_whose_usage_they_carry() -> None:
     assert api_of("responses") == ("responses", None)
     assert api_of("responses/resp_123") == (None, None)
     assert api_of("embeddings") == ("embeddings", None)
+    assert api_of("images/generations") == ("images", None)
+    assert api_of("images/variations") == (None, None)
     assert api_of("messages") == ("anthropic", None)
     assert api_of("threads/t1/messages") == (None, None)
     assert api_of("models/gemini-2.5-flash:generateContent") == ("gemini", "gemini-2.5-flash")
