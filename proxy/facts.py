@@ -21,6 +21,7 @@ from proxy.usage import (
     usage_from_gemini,
     usage_from_openai,
     usage_from_responses,
+    usage_from_transcription,
     usage_object,
 )
 
@@ -32,7 +33,8 @@ _WORTH_READING: dict[Api, re.Pattern[bytes]] = {
     "responses": re.compile(rb'"type"\s*:\s*"response\.(?:created|completed|incomplete|failed)"'),
     "anthropic": re.compile(rb'"type"\s*:\s*"message_(?:start|delta)"'),
     "embeddings": re.compile(rb'"usage"'),
-    "images": re.compile(rb'"type"\s*:\s*"image_generation\.completed"'),
+    "images": re.compile(rb'"type"\s*:\s*"image_(?:generation|edit)\.completed"'),
+    "transcriptions": re.compile(rb'"type"\s*:\s*"transcript\.text\.done"'),
     "gemini": re.compile(rb""),
 }
 _CHAT_SHAPED = frozenset({"chat", "embeddings"})
@@ -75,6 +77,8 @@ class ResponseFacts:
             self._absorb_responses(message.get("response") if "response" in message else message)
         elif self.api == "images":  # a body, or a stream's image_generation.completed event
             self.usage = usage_from_responses(message.get("usage")) or self.usage
+        elif self.api == "transcriptions":  # a body, or a stream's transcript.text.done event
+            self.usage = usage_from_transcription(message.get("usage")) or self.usage
         elif self.api == "gemini":
             self._note(message.get("responseId"), message.get("modelVersion"))
             for candidate in _list(message.get("candidates")):
@@ -159,7 +163,8 @@ def facts_from_body(body: bytes, api: Api) -> ResponseFacts | None:
     try:
         message = orjson.loads(body)
     except orjson.JSONDecodeError:
-        return None
+        # A transcript asked for as text, srt or vtt is not JSON: an answer without usage, not a bad one.
+        return ResponseFacts(api) if api == "transcriptions" else None
     facts = ResponseFacts(api)
     for part in message if isinstance(message, list) else [message]:
         if not isinstance(part, dict):

@@ -91,7 +91,8 @@ class Meter:
                     f"{scope['method']} {path} has no body with a 'model' to find the provider by; "
                     f"call it as /{{provider}}{path}",
                 )
-            request = parse_request(body, required=api is not None or by_model)
+            content_type = header.get(b"content-type")
+            request = parse_request(body, api is not None or by_model, content_type)
             model = request.get("model") if isinstance(request.get("model"), str) else None
             provider, base, upstream_model = target.provider, target.base, target.path_model or model
             if provider is None:
@@ -102,7 +103,7 @@ class Meter:
                 if upstream_model != model:
                     # The request as sent from here on, so that asking for usage keeps the rename.
                     request = {**request, "model": upstream_model}
-                    body = rename_model(body, request, model)
+                    body = rename_model(body, request, model, content_type)
             elif api is not None and api not in _MODEL_OPTIONAL and model is None:
                 raise RouteError(400, "missing_model", "the body has no 'model'; name the model to call")
             if query and provider.kind == "gemini":

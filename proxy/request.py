@@ -1,5 +1,6 @@
-"""The client's request on its way upstream: its body read within the limits, parsed, and edited where
-the proxy must (usage asked for, a model renamed), and the headers sent with it."""
+"""The client's request on its way upstream: its body read within the limits, parsed (a JSON object, or
+a multipart form's text fields), and edited where the proxy must (usage asked for, a model renamed),
+and the headers sent with it."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from starlette.types import Receive
 from proxy.auth import KEY_HEADERS
 from proxy.config import Provider
 from proxy.deadlines import Deadlines
+from proxy.form import boundary_of, text_fields
 from proxy.routing import RouteError
 from proxy.upstream import Headers, end_to_end
 from proxy.usage import Api
@@ -37,7 +39,8 @@ _NOT_FORWARDED = frozenset(
 )
 _NOT_FORWARDED_PASSING_KEYS = _NOT_FORWARDED - frozenset(KEY_HEADERS)
 _IDENTITY = (b"accept-encoding", b"identity")
-_OPENAI_SHAPED = frozenset({"chat", "responses", "embeddings", "images"})
+_OPENAI_SHAPED = frozenset({"chat", "responses", "embeddings", "images", "transcriptions"})
+_FORM_FIELDS = frozenset({b"model", b"stream"})
 _KEY_HEADER = {"openai": b"authorization", "anthropic": b"x-api-key", "gemini": b"x-goog-api-key"}
 
 
@@ -86,8 +89,17 @@ def _too_large(limit: int) -> BodyUnread:
     return BodyUnread(413, "request_too_large", f"the body is over server.max_body_mb ({limit >> 20} MB)")
 
 
-def parse_request(body: bytes, required: bool) -> dict[str, Any]:
-    """The body's JSON object; when not required, {} for a body that is not one."""
+def parse_request(body: bytes, required: bool, content_type: bytes | None = None) -> dict[str, Any]:
+    """The body's JSON object, or when required the model and stream fields of a multipart form (the
+    audio and image-edit endpoints' bodies); when not required, {} for a body that is not JSON."""
+    if required and (boundary := boundary_of(content_type)) is not None:
+        fields = text_fields(body, boundary, _FORM_FIELDS)
+        form: dict[str, Any] = {}
+        if b"model" in fields:
+            form["model"] = fields[b"model"].value.decode("utf-8", "replace")
+        if b"stream" in fields:
+            form["stream"] = fields[b"stream"].value.strip().lower() == b"true"
+        return form
     if not required and body[:1] != b"{":
         return {}
     try:
@@ -137,9 +149,15 @@ def ask_for_usage(body: bytes, request: dict[str, Any]) -> bytes:
     return orjson.dumps({**request, "stream_options": merged})
 
 
-def rename_model(body: bytes, renamed: dict[str, Any], model: str) -> bytes:
+def rename_model(
+    body: bytes, renamed: dict[str, Any], model: str, content_type: bytes | None = None
+) -> bytes:
     """The body of `renamed` (the request with its plain model) where `body` says `model`: only those
-    bytes changed where they can be found."""
+    bytes changed where they can be found (in a form, the model field's value)."""
+    if (boundary := boundary_of(content_type)) is not None:
+        field = text_fields(body, boundary, _FORM_FIELDS)[b"model"]
+        plain: str = renamed["model"]
+        return body[: field.start] + plain.encode() + body[field.end :]
     pattern = re.compile(rb'("model"\s*:\s*)' + re.escape(orjson.dumps(model)))
     if len(pattern.findall(body)) == 1:
         return pattern.sub(lambda match: match.group(1) + orjson.dumps(renamed["model"]), body)

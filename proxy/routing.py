@@ -53,6 +53,8 @@ _ENDPOINTS: tuple[tuple[str, Api], ...] = (
     ("responses", "responses"),
     ("embeddings", "embeddings"),
     ("images/generations", "images"),
+    ("images/edits", "images"),
+    ("audio/transcriptions", "transcriptions"),
 )
 
 

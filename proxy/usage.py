@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal, NamedTuple
 import msgspec
 import orjson
 
-Api = Literal["chat", "responses", "embeddings", "images", "anthropic", "gemini"]
+Api = Literal["chat", "responses", "embeddings", "images", "transcriptions", "anthropic", "gemini"]
 
 
 class Usage(NamedTuple):
@@ -115,6 +115,15 @@ def usage_from_responses(usage: Any) -> Usage | None:
             _details(usage, "output_tokens_details"), "reasoning_tokens", "output_tokens_details."
         ),
     )
+
+
+def usage_from_transcription(usage: Any) -> Usage | None:
+    """OpenAI audio transcription usage: tokens (`"type": "tokens"`, audio and text tokens in), or for
+    models billed by the second the audio's duration (`"type": "duration"`), which no price per token
+    can say: no usage, never one of 0 tokens."""
+    if isinstance(usage, dict) and usage.get("type") == "duration":
+        return None
+    return usage_from_responses(usage)
 
 
 def usage_from_anthropic(counts: dict[str, Any]) -> Usage:

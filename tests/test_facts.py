@@ -2,9 +2,11 @@
 
 from pathlib import Path
 
+import pytest
+
 from proxy.facts import StreamFacts
 from proxy.sse import SSEScanner
-from proxy.usage import Usage
+from proxy.usage import Api, Usage
 
 FIXTURES = Path(__file__).parent / "fixtures"
 
@@ -60,3 +62,19 @@ def test_unread_until_stops_before_anything_worth_reading() -> None:
     gemini = StreamFacts("gemini")  # every Gemini chunk carries running usage: all are read
     gemini.count(1)
     assert gemini.unread_until(plain, 0) == 0
+
+
+IMAGE_EDIT = (b'{"type":"image_edit.partial_image","b64_json":"AAAA"}', b'{"type":"image_edit.completed"')
+TRANSCRIPT = (b'{"type":"transcript.text.delta","delta":"Hi"}', b'{"type":"transcript.text.done"')
+
+
+@pytest.mark.parametrize(("api", "events"), [("images", IMAGE_EDIT), ("transcriptions", TRANSCRIPT)])
+def test_an_image_or_transcript_stream_is_read_at_its_completed_event_only(
+    api: Api, events: tuple[bytes, bytes]
+) -> None:
+    partial, done = events
+    facts = StreamFacts(api)
+    facts.observe(partial)
+    assert facts.skim(partial)  # after the first event, those before the last are only counted
+    facts.observe(done + b',"usage":{"type":"tokens","input_tokens":7,"output_tokens":3}}')
+    assert (facts.usage, facts.events) == (Usage(7, 3, 10), 3)

@@ -27,6 +27,9 @@ MISSING = "<missing>"
 GPT_5 = {"input": 1.25, "output": 10.00, "cached_input": 0.125}
 GPT_6_1_SOL = {"input": 2.00, "output": 10.00, "cached_input": 0.10, "cache_write": 2.50}
 GPT_IMAGE_2 = {"input": 5.00, "output": 40.00, "cached_input": 1.25}  # the tests' own: not in config.yml
+GPT_4O_TRANSCRIBE = {"input": 6.00, "output": 10.00}  # the tests' own: audio input, text output
+# Billed by the minute, which no price per token says: priced here to show its cost is null, never 0.
+WHISPER_1 = {"input": 6.00, "output": 10.00}
 TEXT_EMBEDDING_3_SMALL = {"input": 0.02, "output": 0}
 CLAUDE_SONNET_4_6 = {"input": 3.00, "output": 15.00, "cached_input": 0.30, "cache_write": 3.75}
 GEMINI_2_5_FLASH = {"input": 0.30, "output": 2.50, "cached_input": 0.03}
@@ -109,6 +112,8 @@ def all_providers(stub: UpstreamStub) -> dict[str, Any]:
                 "gpt-5": {"pricing": GPT_5},
                 "gpt-6.1-sol": {"pricing": GPT_6_1_SOL},
                 "gpt-image-2": {"pricing": GPT_IMAGE_2},
+                "gpt-4o-transcribe": {"pricing": GPT_4O_TRANSCRIBE},
+                "whisper-1": {"pricing": WHISPER_1},
                 "text-embedding-3-small": {"pricing": TEXT_EMBEDDING_3_SMALL},
             }
         },

@@ -26,6 +26,9 @@ RESPONSE_STREAM = fixture("responses_stream.sse")
 EMBEDDINGS = fixture("embeddings_create.json")
 IMAGES = fixture("images_generate.json")
 IMAGES_STREAM = fixture("images_generate_stream.sse")
+TRANSCRIPTION = fixture("audio_transcription.json")
+TRANSCRIPTION_STREAM = fixture("audio_transcription_stream.sse")
+CLIP = b"RIFF$\x00\x00\x00WAVEfmt \x10\x00\x00\x00\x01\x00\r\n\x00\xffdata"  # the start of a WAV file
 
 
 @pytest.fixture
@@ -385,3 +388,120 @@ def test_an_images_call_without_a_model_is_forwarded_and_recorded_unpriced(
         None,
         50,
     )
+
+
+def test_an_images_edit_form_is_priced_from_its_usage(
+    providers_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    # An edit sends its model in a multipart form beside the image: it is read there, the file is not.
+    stub.push(Reply(body=IMAGES))
+    with providers_proxy.client() as client:
+        client.images.edit(model="gpt-image-2", image=("lighthouse.png", b"\x89PNG\r\n"), prompt="At night")
+
+    seen = only(stub.requests)
+    assert seen.target == "/v1/images/edits" and b'filename="lighthouse.png"' in seen.body
+    record = only(providers_proxy.wait_records(1))
+    expected = {
+        **IMAGE_COSTS,
+        "model": "gpt-image-2",
+        "endpoint": "/v1/images/edits",
+        "usage_source": "provider",
+    }
+    assert pick(record, expected) == expected
+
+
+# A transcription bills its audio tokens as input and its text as output: 1187 * 6.00 + 213 * 10.00 per 1M.
+TRANSCRIPTION_COSTS = costs([(1187, "6.00")], [(213, "10.00")])
+
+
+def test_a_transcription_through_the_sdk_is_routed_by_its_form_and_priced(
+    providers_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    stub.push(Reply(body=TRANSCRIPTION))
+    with providers_proxy.client() as client:
+        raw = client.audio.transcriptions.with_raw_response.create(
+            model="openai/gpt-4o-transcribe", file=("clip.wav", CLIP), language="en"
+        )
+
+    assert raw.http_response.content == TRANSCRIPTION
+    assert raw.parse().text.startswith("The supplier")
+    seen = only(stub.requests)
+    # /v1/ found the provider by the form's model, which reaches it plain; the audio is forwarded as sent.
+    assert seen.target == "/v1/audio/transcriptions"
+    assert b'name="model"\r\n\r\ngpt-4o-transcribe\r\n' in seen.body and CLIP in seen.body
+    assert b"openai/" not in seen.body
+    record = only(providers_proxy.wait_records(1))
+    expected = {
+        **TRANSCRIPTION_COSTS,
+        "provider": "openai",
+        "model": "gpt-4o-transcribe",
+        "endpoint": "/v1/audio/transcriptions",
+        "is_streaming": False,
+        "input_tokens": 1187,
+        "output_tokens": 213,
+        "total_tokens": 1400,
+        "usage_source": "provider",
+        "priced": True,
+        "status_code": 200,
+        "error": None,
+    }
+    assert pick(record, expected) == expected
+    assert expected["total_cost"] == 0.009252
+    assert raw.headers.get("x-meterproxy-cost") == "0.009252"
+
+
+def test_a_streamed_transcription_is_priced_from_its_done_event(
+    providers_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    stub.push(Stream(events_of(TRANSCRIPTION_STREAM)))
+    with providers_proxy.client(path="/openai/v1") as client:
+        events = list(
+            client.audio.transcriptions.create(
+                model="gpt-4o-transcribe", file=("clip.wav", CLIP), stream=True
+            )
+        )
+
+    assert events[-1].type == "transcript.text.done"
+    record = only(providers_proxy.wait_records(1))
+    expected = {
+        **TRANSCRIPTION_COSTS,
+        "endpoint": "/openai/v1/audio/transcriptions",
+        "is_streaming": True,
+        "input_tokens": 1187,
+        "output_tokens": 213,
+        "usage_source": "provider",
+        "error": None,
+    }
+    assert pick(record, expected) == expected
+
+
+@pytest.mark.parametrize(
+    ("body", "content_type"),
+    [
+        # Billed by the second: its duration is no token count, and is never read as 0 tokens.
+        (b'{"text": "Sixty days.", "usage": {"type": "duration", "seconds": 9}}', "application/json"),
+        # A transcript asked for as text (or srt, vtt) is not JSON, and has no usage: no bad answer either.
+        (b"Sixty days.\n", "text/plain; charset=utf-8"),
+    ],
+    ids=["duration", "text"],
+)
+def test_a_transcription_without_token_usage_is_recorded_without_usage(
+    providers_proxy: RunningProxy, stub: UpstreamStub, body: bytes, content_type: str
+) -> None:
+    stub.push(Reply(body=body, headers=(("content-type", content_type),)))
+    with providers_proxy.client(path="/openai/v1") as client:
+        raw = client.audio.transcriptions.with_raw_response.create(model="whisper-1", file=("clip.wav", CLIP))
+
+    assert raw.http_response.content == body
+    assert raw.headers.get("x-meterproxy-cost") is None
+    record = only(providers_proxy.wait_records(1))
+    expected = {
+        "model": "whisper-1",
+        "priced": True,
+        "input_tokens": 0,
+        "total_cost": None,
+        "usage_source": "none",
+        "status_code": 200,
+        "error": None,
+    }
+    assert pick(record, expected) == expected

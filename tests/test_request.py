@@ -117,6 +117,32 @@ def test_a_model_named_twice_in_the_body_is_renamed_by_writing_the_request_anew(
     assert rename_model(body, renamed, "openai/gpt-4o") == orjson.dumps(renamed)
 
 
+FORM_TYPE = b"multipart/form-data; boundary=xYz"
+FORM = (
+    b'--xYz\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\nRIFF\x00\xff\r\n'
+    b'--xYz\r\nContent-Disposition: form-data; name="model"\r\n\r\nopenai/gpt-4o-transcribe\r\n'
+    b'--xYz\r\nContent-Disposition: form-data; name="stream"\r\n\r\ntrue\r\n--xYz--\r\n'
+)
+
+
+def test_a_required_form_body_gives_its_model_and_stream_fields() -> None:
+    assert parse_request(FORM, required=True, content_type=FORM_TYPE) == {
+        "model": "openai/gpt-4o-transcribe",
+        "stream": True,
+    }
+    assert parse_request(FORM.replace(b"true", b"false"), True, FORM_TYPE)["stream"] is False
+    # A form not metered is not read; a JSON body is JSON whatever its media type says.
+    assert parse_request(FORM, required=False, content_type=FORM_TYPE) == {}
+    assert parse_request(b'{"model": "m"}', required=True, content_type=b"application/json") == {"model": "m"}
+
+
+def test_a_model_in_a_form_is_renamed_in_place() -> None:
+    renamed = {"model": "gpt-4o-transcribe", "stream": True}
+    assert rename_model(FORM, renamed, "openai/gpt-4o-transcribe", FORM_TYPE) == FORM.replace(
+        b"openai/gpt-4o-transcribe", b"gpt-4o-transcribe"
+    )
+
+
 def test_a_body_is_parsed_or_refused_only_where_it_must_be_json() -> None:
     assert parse_request(b'{"model": "gpt-4o"}', required=True) == {"model": "gpt-4o"}
     for body in (b"", b"not json", b"[1]", b'{"model": '):

@@ -101,6 +101,26 @@ SHAPES: dict[str, Shape] = {
         Usage(80, 0, 80, cache_write_tokens=57),
         "input_tokens_details.cache_write_tokens",
     ),
+    "images": (
+        "images",
+        # the shape of a body, and of the stream's image_generation.completed event
+        lambda count: {
+            "type": "image_generation.completed",
+            "usage": {"input_tokens": 10, "output_tokens": count},
+        },
+        Usage(10, 57, 67),
+        "output_tokens",
+    ),
+    "transcriptions": (
+        "transcriptions",
+        lambda count: {
+            "type": "transcript.text.done",
+            "text": "Hi",
+            "usage": {"type": "tokens", "input_tokens": count, "output_tokens": 10},
+        },
+        Usage(57, 10, 67),
+        "input_tokens",
+    ),
     "anthropic": (
         "anthropic",
         lambda count: {"type": "message", "usage": {"input_tokens": 10, "cache_read_input_tokens": count}},
