@@ -131,12 +131,14 @@ def usage_from_anthropic(counts: dict[str, Any]) -> Usage:
 
     A compaction (the summary the API writes of a conversation grown past a threshold) runs on the
     called model and is billed as its tokens are, but is counted only in its entry of usage.iterations,
-    outside the top-level counts: those counts are added. The other entries are inside them already.
+    outside the top-level counts: those counts are added (the sampling entries are those counts again).
+    Thinking tokens (output_tokens_details.thinking_tokens) are part of output_tokens.
     """
     fresh = _count(counts, "input_tokens")
     read = _count(counts, "cache_read_input_tokens")
     written = _count(counts, "cache_creation_input_tokens")
     output = _count(counts, "output_tokens")
+    thinking = _count(_details(counts, "output_tokens_details"), "thinking_tokens", "output_tokens_details.")
     for index, compaction in _compactions(counts.get("iterations")):
         within = f"iterations[{index}]."
         fresh += _count(compaction, "input_tokens", within)
@@ -144,7 +146,14 @@ def usage_from_anthropic(counts: dict[str, Any]) -> Usage:
         written += _count(compaction, "cache_creation_input_tokens", within)
         output += _count(compaction, "output_tokens", within)
     prompt = fresh + read + written
-    return Usage(prompt, output, prompt + output, cached_tokens=read, cache_write_tokens=written)
+    return Usage(
+        prompt,
+        output,
+        prompt + output,
+        cached_tokens=read,
+        cache_write_tokens=written,
+        reasoning_tokens=thinking,
+    )
 
 
 def _compactions(iterations: Any) -> list[tuple[int, dict[str, Any]]]:

@@ -97,6 +97,30 @@ def test_message_through_the_sdk_is_priced_with_cache_reads_and_writes(
     assert raw.headers.get("request-id") == "req_011CSHoEeqs5C35K2UUqR7Fy"
 
 
+def test_thinking_tokens_are_recorded_as_reasoning_and_priced_once_as_output(
+    providers_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    # output_tokens (742) holds the thinking (512): the record names that part, the cost is unchanged.
+    body = MESSAGE.replace(
+        b'"output_tokens":742,', b'"output_tokens":742,"output_tokens_details":{"thinking_tokens":512},'
+    )
+    assert body != MESSAGE
+    stub.push(Reply(body=body, headers=ANTHROPIC_JSON))
+    with anthropic_client(providers_proxy) as client:
+        client.messages.create(model="claude-sonnet-4-6", max_tokens=1024, messages=ASK)
+
+    record = only(providers_proxy.wait_records(1))
+    # (10000 - 6000 - 3000) * 3.00 + 6000 * 0.30 + 3000 * 3.75 + 742 * 15.00 per 1M, as without the details
+    expected = {
+        **costs([(1000, "3.00"), (6000, "0.30"), (3000, "3.75")], [(742, "15.00")]),
+        "output_tokens": 742,
+        "reasoning_tokens": 512,
+        "total_tokens": 10742,
+    }
+    assert pick(record, expected) == expected
+    assert expected["total_cost"] == 0.02718
+
+
 def test_provider_key_replaces_the_clients_x_api_key(keyed_proxy: RunningProxy, stub: UpstreamStub) -> None:
     stub.push(Reply(body=MESSAGE, headers=ANTHROPIC_JSON))
     with anthropic_client(keyed_proxy) as client:

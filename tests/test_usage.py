@@ -121,6 +121,19 @@ SHAPES: dict[str, Shape] = {
         Usage(57, 10, 67),
         "input_tokens",
     ),
+    "anthropic thinking": (
+        "anthropic",
+        lambda count: {
+            "type": "message",
+            "usage": {
+                "input_tokens": 10,
+                "output_tokens": 60,
+                "output_tokens_details": {"thinking_tokens": count},
+            },
+        },
+        Usage(10, 60, 70, reasoning_tokens=57),
+        "output_tokens_details.thinking_tokens",
+    ),
     "anthropic": (
         "anthropic",
         lambda count: {"type": "message", "usage": {"input_tokens": 10, "cache_read_input_tokens": count}},
@@ -190,6 +203,7 @@ def test_an_absent_or_null_count_is_0(shape: str) -> None:
         ("chat", "completion_tokens_details"),
         ("responses", "input_tokens_details"),
         ("responses", "output_tokens_details"),
+        ("anthropic", "output_tokens_details"),
     ],
 )
 @pytest.mark.parametrize("value", ["x", [], 200, True])
