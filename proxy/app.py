@@ -25,6 +25,7 @@ from proxy.meter import Meter
 from proxy.records import RecordWriter
 from proxy.routing import Routes
 from proxy.stats import RollingTotals
+from proxy.stopsignals import StopSignals
 from proxy.upstream import AiohttpUpstream, Upstream
 
 CONFIG_ENV = "METERPROXY_CONFIG"
@@ -71,10 +72,13 @@ class JSONResponse(Response):
 
 def create_app(config: Config, upstream: Upstream | None = None) -> Starlette:
     routes = Routes(config.providers)
+    meter = Meter(config, routes)
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[State]:
         client = upstream if upstream is not None else _upstream_client(config)
+        stops = StopSignals(meter.cut)
+        stops.install()
         writer = RecordWriter(config.record_file)
         totals = RollingTotals(config.record_file, config.currency, config.exchange_rates)
         if config.cost_tracking:
@@ -83,6 +87,7 @@ def create_app(config: Config, upstream: Upstream | None = None) -> Starlette:
         try:
             yield {"upstream": client, "writer": writer, "totals": totals}
         finally:
+            stops.uninstall()
             writer.close()
             if upstream is None:
                 await client.close()
@@ -128,7 +133,7 @@ def create_app(config: Config, upstream: Upstream | None = None) -> Starlette:
         )
 
     return MeterProxy(
-        Meter(config, routes),
+        meter,
         routes=[
             Route("/health", health, methods=["GET"]),
             Route("/v1/models", list_models, methods=["GET"]),

@@ -12,6 +12,7 @@ import functools
 import logging
 import os
 import time
+from typing import Any
 
 from starlette.types import Message, Receive, Scope, Send
 
@@ -58,6 +59,7 @@ class Meter:
         self._slots = asyncio.Semaphore(config.upstream_pool_size)
         self._body_deadlines = Deadlines(config.body_timeout)
         self._watches: Later[DisconnectWatch] = Later(WATCH_AFTER, DisconnectWatch.start)
+        self._running: set[asyncio.Task[Any]] = set()  # the calls that reach a provider, until recorded
         # With no record to write and no cost to put in the answer, nothing reads a call's usage:
         # answers pass through unread, and streams are not asked for a usage chunk.
         self._metering = config.cost_tracking or config.cost_in_response
@@ -143,6 +145,7 @@ class Meter:
         watch = DisconnectWatch(call, receive, task, self._watches)
         last: list[Message] = []
         holding = False
+        self._running.add(task)
         try:
             holding = await self._take_slot()
             if holding:
@@ -154,13 +157,15 @@ class Meter:
         except asyncio.CancelledError:
             task.uncancel()
             if not call.gone:
-                # The server is stopping and server.drain_seconds is over: uvicorn cancels what still
-                # runs. The call is recorded as cut; one not answered yet gets a 503 to retry elsewhere.
+                # The server is stopping and server.drain_seconds is over (uvicorn cancels what still
+                # runs), or a force quit cut it (`cut`). The call is recorded as cut; one not answered
+                # yet gets a 503 to retry elsewhere.
                 call.error = "shutdown"
                 if not call.head_sent:
                     call.status = 503
                     last = error_answer(503, "shutdown", "the proxy is shutting down", call.proxy_id)
         finally:
+            self._running.discard(task)
             if holding:
                 self._slots.release()
             call.finished = True
@@ -172,6 +177,13 @@ class Meter:
         # whole answer can count on the record, even if the proxy is killed right after (issue 6).
         for message in last:
             await send(message)
+
+    def cut(self) -> list[asyncio.Task[Any]]:
+        """Cancel every call in flight, now: each is recorded as cut by a stop (`error: shutdown`)."""
+        running = list(self._running)
+        for task in running:
+            task.cancel()
+        return running
 
     async def _take_slot(self) -> bool:
         """One of the upstream slots; False when none came free within server.pool_timeout_seconds, so

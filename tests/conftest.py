@@ -237,6 +237,10 @@ class RunningProxy:
     def probe(self) -> ProcessProbe:
         return ProcessProbe(self.process.pid)
 
+    def signal_group(self, sig: int) -> None:
+        """Send `sig` to every process of the proxy (its workers too), as Ctrl-C in a terminal does."""
+        os.killpg(self.process.pid, sig)
+
     def stop(self) -> int:
         """Stop the server as an operator would (SIGTERM) and return its exit code."""
         if self.process.poll() is None:
@@ -287,6 +291,7 @@ class ProxyLauncher:
             env=proxy_env(self.records_path, env),
             stdout=log_file,
             stderr=subprocess.STDOUT,
+            start_new_session=True,  # a process group of its own, as a terminal's Ctrl-C reaches it
         )
         running = RunningProxy(process, port, self.records_path, log_path, log_file)
         self.started.append(running)

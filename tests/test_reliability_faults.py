@@ -208,6 +208,61 @@ def test_calls_still_running_when_the_drain_time_ends_are_cut_and_recorded_as_sh
     assert {record["status_code"] for record in records if not record["is_streaming"]} == {503}
 
 
+# A second stop signal that is SIGINT is uvicorn's force quit: it stops waiting for the calls in flight.
+FORCE_QUITS = {
+    # kill, then Ctrl-C: the process ends by the SIGTERM uvicorn raises again once it has stopped
+    "SIGTERM then SIGINT": (1, signal.SIGTERM),
+    # Ctrl-C twice in a terminal reaches every worker, with the supervisor's SIGTERM in between
+    "Ctrl-C twice, 2 workers": (2, signal.SIGINT),
+}
+
+
+@pytest.mark.parametrize("case", FORCE_QUITS, ids=list(FORCE_QUITS))
+def test_a_ctrl_c_during_the_drain_cuts_the_calls_in_flight_at_once_and_records_each_as_shutdown(
+    launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub, case: str
+) -> None:
+    workers, first = FORCE_QUITS[case]
+    proxy = launch(make_config(server={"drain_seconds": 600}), workers=workers)
+    stub.always(lambda seen: Stream(RUNNING, hold_after=2) if is_stream(seen) else Reply(stall=600))
+    send_signal = proxy.signal_group if workers > 1 else proxy.process.send_signal
+
+    async def scenario() -> tuple[list[str], list[Any]]:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+            async def waiting() -> Any:
+                try:
+                    async with session.post(
+                        f"{proxy.url}/v1/chat/completions", json=chat(), headers=AUTH
+                    ) as response:
+                        return response.status, (await response.json())["error"]["code"]
+                except aiohttp.ClientError as exc:
+                    return exc
+
+            streams = await asyncio.gather(*(open_stream(session, proxy) for _ in range(10)))
+            plain = [asyncio.ensure_future(waiting()) for _ in range(10)]
+            await asyncio.to_thread(stub.wait_requests, 20)
+            send_signal(first)
+            await asyncio.to_thread(
+                wait_until, lambda: proxy.log().count("Shutting down") == workers, "every worker's drain"
+            )
+            send_signal(signal.SIGINT)
+            await asyncio.gather(*(read_rest(response) for response in streams))
+            answers = await asyncio.gather(*plain)
+            # Far sooner than the drain time: the force quit does not wait for the calls.
+            await asyncio.to_thread(proxy.process.wait, 60)
+            return [response.headers["x-meterproxy-request-id"] for response in streams], answers
+
+    streamed, answers = asyncio.run(scenario())
+
+    records = read_records(proxy.records_path)
+    assert len(records) == 20, f"{20 - len(records)} calls in flight were not recorded"
+    assert {record["error"] for record in records} == {"shutdown"}
+    assert {record["proxy_request_id"] for record in records} >= set(streamed)
+    assert {(r["status_code"], r["output_tokens"]) for r in records if r["is_streaming"]} == {(200, 1)}
+    assert {record["status_code"] for record in records if not record["is_streaming"]} == {503}
+    assert answers == [(503, "shutdown")] * 10
+
+
 # --- 3. kill -9 under load ----------------------------------------------------------------------------
 
 
