@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import errno
 import ipaddress
 import logging
@@ -113,6 +114,9 @@ def listen_problem(host: str, port: int) -> str | None:
 
 def serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     import uvicorn
+    from uvicorn.config import STARTUP_FAILURE
+
+    from proxy.supervisor import Supervisor
 
     path = config_path(args.config, environ)
     try:
@@ -142,7 +146,7 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         args.workers,
         records,
     )
-    uvicorn.run(
+    settings = uvicorn.Config(
         "proxy.app:create_app_from_environ",
         factory=True,
         host=host,
@@ -159,7 +163,14 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         date_header=False,
         log_level=args.log_level,
     )
-    return 0
+    if args.workers > 1:
+        Supervisor(settings, sockets=[settings.bind_socket()]).run()
+        return 0
+    # What uvicorn.run does with one worker.
+    server = uvicorn.Server(settings)
+    with contextlib.suppress(KeyboardInterrupt):  # the Ctrl-C that stopped it, raised again
+        server.run()
+    return 0 if server.started else STARTUP_FAILURE
 
 
 def main(argv: list[str] | None = None) -> int:

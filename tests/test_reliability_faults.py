@@ -135,10 +135,11 @@ async def refused(port: int, timeout: float = 20.0) -> float:
 # --- 2. Graceful stop -------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_sigterm_refuses_new_connections_lets_in_flight_streams_finish_and_exits(
-    launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub
+    launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub, workers: int
 ) -> None:
-    proxy = launch(make_config())  # server.drain_seconds: its default, 30
+    proxy = launch(make_config(), workers=workers)  # server.drain_seconds: its default, 30
     gate = threading.Event()
     stub.always(Stream(RUNNING, hold_after=2, gate=gate))
 
@@ -153,7 +154,7 @@ def test_sigterm_refuses_new_connections_lets_in_flight_streams_finish_and_exits
             return await asyncio.gather(*(read_rest(response) for response in responses)), ids, refused_after
 
     ends, ids, refused_after = asyncio.run(scenario())
-    print(f"\n[case 2] new connections refused {refused_after:.2f} s after SIGTERM")
+    print(f"\n[case 2] {workers} worker(s): new connections refused {refused_after:.2f} s after SIGTERM")
 
     assert all(clean and rest.endswith(SSE_DONE) for rest, clean in ends)
     assert proxy.process.wait(timeout=30) in (0, -signal.SIGTERM)
