@@ -175,7 +175,8 @@ class RollingTotals:
 
     def snapshot(self) -> CostStats:
         self.refresh()
-        cutoff = _minute(_iso(self.clock() - WINDOW))
+        now = self.clock()
+        cutoff, current = _minute(_iso(now - WINDOW)), _minute(_iso(now))
         for minute in [m for m in self._buckets if m <= cutoff]:
             del self._buckets[minute]
         total = Decimal(0)
@@ -194,7 +195,11 @@ class RollingTotals:
             model_costs={},
             unconverted={},
         )
-        for bucket in self._buckets.values():
+        for minute, bucket in self._buckets.items():
+            if minute > current:
+                # Stamped ahead of the clock (a clock put back, a line from elsewhere): not one of the
+                # last 24 hours until its time comes, or a stamp years ahead would be counted for years.
+                continue
             stats["requests"] += bucket.requests
             stats["errors"] += bucket.errors
             stats["input_tokens"] += bucket.input_tokens

@@ -185,3 +185,20 @@ def test_a_line_that_is_not_a_record_does_not_end_the_read_back_at_start_up(tmp_
     after = ((1 << 20) - len(bogus)) // len(recent)  # lines after it: the block starts inside the one before
     path.write_bytes(recent * 2_000 + bogus + recent * after)
     assert totals(path).snapshot()["requests"] == 2_000 + after
+
+
+def test_a_record_stamped_ahead_of_the_clock_counts_from_its_time_on(tmp_path: Path) -> None:
+    # A clock that was set ahead and put back, or a line from elsewhere: a record stamped in ten years is
+    # not one of the last 24 hours, and never leaves them if it is counted.
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(
+        line(timedelta(hours=1))
+        + line(-timedelta(days=3650), total_cost=100.0)
+        + line(-timedelta(hours=3), total_cost=10.0)
+    )
+    now = [NOW]
+    stats = RollingTotals(path, "USD", {}, clock=lambda: now[0])
+    stats.load()
+    assert (stats.snapshot()["requests"], stats.snapshot()["total_cost"]) == (1, 0.1)
+    now[0] = NOW + timedelta(hours=3)
+    assert (stats.snapshot()["requests"], stats.snapshot()["total_cost"]) == (2, 10.1)
