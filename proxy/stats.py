@@ -85,27 +85,44 @@ class RollingTotals:
         try:
             with open(self.path, "rb") as file:
                 stat = os.fstat(file.fileno())
-                size = stat.st_size
-                oldest = _minute(_iso(self.clock() - WINDOW - _SLACK))
-                start = size
-                while start > 0:
-                    start = max(0, start - _TAIL_BLOCK)
-                    file.seek(start)
-                    first = file.readline() if start else b""
-                    line = file.readline()
-                    if first and not line:
-                        continue
-                    probe = line or first
-                    if _minute(_timestamp(probe) or "9999") < oldest:
-                        break
-                file.seek(start)
-                if start:
-                    file.readline()  # a partial line: it belongs to a block that is out of the window
-                self._fold_lines(file, size)
+                self._offset = self._fold_back(file, stat.st_size)
         except FileNotFoundError:
             stat = None
             self._offset = 0
         self._inode = stat.st_ino if stat else None
+
+    def _fold_back(self, file: BinaryIO, size: int) -> int:
+        """Fold the file's whole lines from its end backwards, a block at a time, up to a block whose
+        newest record is older than the window; return where the last whole line ends.
+
+        The newest of a block, not any one line's: a record stamped far in the past (a clock that was
+        wrong for a while, a line from elsewhere) must not end the read-back before records of the window.
+        """
+        oldest = _minute(_iso(self.clock() - WINDOW - _SLACK))
+        block_bytes = min(self.piece_bytes, _TAIL_BLOCK)
+        end = -1  # where the last whole line ends, once found: a last line still without its newline waits
+        later = b""  # the start of the block after this one, up to its first newline: a line begun here
+        position = size
+        while position > 0:
+            start = max(0, position - block_bytes)
+            file.seek(start)
+            data = file.read(position - start) + later
+            position = start
+            if end < 0:
+                whole = data.rfind(b"\n") + 1
+                if not whole:
+                    later = data
+                    continue
+                end, data = start + whole, data[:whole]
+            first = data.find(b"\n") + 1 if start else 0
+            if start and not first:
+                later = data  # inside a line longer than a block: joined once, when it begins
+                continue
+            newest = self._fold(data[first:] if first else data)
+            later = data[:first]
+            if newest and _minute(newest) < oldest:
+                break  # a block without records cannot tell where the window starts: read on
+        return max(end, 0)
 
     def refresh(self) -> None:
         """Fold in every whole line appended since the last look (by this worker or another)."""
@@ -145,9 +162,11 @@ class RollingTotals:
             self._offset += len(lines)
             carried = [piece[whole:]]
 
-    def _fold(self, data: bytes) -> None:
+    def _fold(self, data: bytes) -> str:
+        """Fold the records of these whole lines in; return the newest timestamp among them ("" if none)."""
         buckets = self._buckets
         decode, to_stamp = _DECODER.decode, record_time
+        newest = ""
         for line in data.splitlines():
             try:
                 record = decode(line)
@@ -158,6 +177,8 @@ class RollingTotals:
             stamp = to_stamp(record.timestamp)
             if stamp is None:
                 continue  # "yesterday" would sort after every minute and never leave the window
+            if stamp > newest:
+                newest = stamp
             minute = _minute(stamp)
             bucket = buckets.get(minute)
             if bucket is None:
@@ -172,6 +193,7 @@ class RollingTotals:
             if cost is not None:
                 key = (record.currency, record.provider, str(record.model))
                 bucket.costs[key] = bucket.costs.get(key, Decimal(0)) + Decimal(repr(cost))
+        return newest
 
     def snapshot(self) -> CostStats:
         self.refresh()
@@ -224,12 +246,3 @@ class RollingTotals:
 
 def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
-def _timestamp(line: bytes) -> str | None:
-    """The line's timestamp if it is a record: a line that is not one cannot tell where the window starts."""
-    try:
-        stamp = _DECODER.decode(line).timestamp
-    except msgspec.DecodeError:
-        return None
-    return record_time(stamp)

@@ -4,6 +4,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from proxy.stats import PIECE_BYTES, RollingTotals
 
@@ -202,3 +203,20 @@ def test_a_record_stamped_ahead_of_the_clock_counts_from_its_time_on(tmp_path: P
     assert (stats.snapshot()["requests"], stats.snapshot()["total_cost"]) == (1, 0.1)
     now[0] = NOW + timedelta(hours=3)
     assert (stats.snapshot()["requests"], stats.snapshot()["total_cost"]) == (2, 10.1)
+
+
+def test_a_record_stamped_far_in_the_past_does_not_end_the_read_back_at_start_up(tmp_path: Path) -> None:
+    # The last block's first whole line is a record of ten years ago (a clock that was wrong for a while,
+    # a line from elsewhere): it does not say that the window starts after it.
+    path = tmp_path / "r.jsonl"
+    recent = line(timedelta(hours=1))
+    ancient = line(timedelta(days=3650), total_cost=100.0)
+    after = ((1 << 20) - len(ancient)) // len(
+        recent
+    )  # lines after it: the block starts inside the one before
+    path.write_bytes(recent * 2_000 + ancient + recent * after)
+    snapshot = totals(path).snapshot()
+    assert (snapshot["requests"], snapshot["total_cost"]) == (
+        2_000 + after,
+        pytest.approx(0.1 * (2_000 + after)),
+    )
