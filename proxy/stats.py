@@ -29,6 +29,9 @@ _TAIL_BLOCK = 1 << 20
 # The most read and folded at once, so memory stays flat however long the tail (read whole, a 108 MB
 # tail took the process to 240 MB at start-up; in pieces, to 38 MB).
 PIECE_BYTES = 4 << 20
+# How much of the last line folded is kept, to tell a file emptied and written again under the same
+# inode (logrotate's copytruncate) from one appended to: a record's whole line, its time and ids in it.
+_MARK_BYTES = 64 << 10
 # A line is a record when the fields counted here have the record format's types and its timestamp is an
 # ISO time (records.record_time): the reports' rule.
 _DECODER = msgspec.json.Decoder(CountedFields)
@@ -77,11 +80,13 @@ class RollingTotals:
         self.piece_bytes = piece_bytes
         self._buckets: dict[str, _Bucket] = {}
         self._offset = 0
+        self._mark = b""  # the end of the file's last line folded, up to _offset
         self._inode: int | None = None
 
     def load(self) -> None:
         """Rebuild the window from the file's tail, reading backwards only as far as needed."""
         self._buckets.clear()
+        self._mark = b""
         try:
             with open(self.path, "rb") as file:
                 stat = os.fstat(file.fileno())
@@ -114,6 +119,7 @@ class RollingTotals:
                     later = data
                     continue
                 end, data = start + whole, data[:whole]
+                self._mark = _last_line(data)
             first = data.find(b"\n") + 1 if start else 0
             if start and not first:
                 later = data  # inside a line longer than a block: joined once, when it begins
@@ -129,9 +135,10 @@ class RollingTotals:
         try:
             with open(self.path, "rb") as file:
                 stat = os.fstat(file.fileno())
-                if stat.st_ino != self._inode or stat.st_size < self._offset:
+                if stat.st_ino != self._inode or stat.st_size < self._offset or self._rewritten(file):
                     self._inode = stat.st_ino
                     self._offset = 0
+                    self._mark = b""
                     self._buckets.clear()
                 if stat.st_size == self._offset:
                     return
@@ -139,6 +146,14 @@ class RollingTotals:
                 self._fold_lines(file, stat.st_size)
         except FileNotFoundError:
             return
+
+    def _rewritten(self, file: BinaryIO) -> bool:
+        """Whether the last line folded is no longer where it was: the file was emptied and written again
+        past that point since the last look (logrotate's copytruncate), which its size does not tell."""
+        if not self._mark:
+            return False
+        file.seek(self._offset - len(self._mark))
+        return file.read(len(self._mark)) != self._mark
 
     def _fold_lines(self, file: BinaryIO, end: int) -> None:
         """Fold the whole lines from the file's position to `end`, a piece of at most piece_bytes at a time.
@@ -160,6 +175,7 @@ class RollingTotals:
             lines = b"".join([*carried, memoryview(piece)[:whole]])
             self._fold(lines)
             self._offset += len(lines)
+            self._mark = _last_line(lines)
             carried = [piece[whole:]]
 
     def _fold(self, data: bytes) -> str:
@@ -246,3 +262,9 @@ class RollingTotals:
 
 def _iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def _last_line(lines: bytes) -> bytes:
+    """The last of these whole lines, or its last _MARK_BYTES."""
+    start = lines.rfind(b"\n", 0, len(lines) - 1) + 1
+    return lines[max(start, len(lines) - _MARK_BYTES) :]

@@ -220,3 +220,21 @@ def test_a_record_stamped_far_in_the_past_does_not_end_the_read_back_at_start_up
         2_000 + after,
         pytest.approx(0.1 * (2_000 + after)),
     )
+
+
+def test_a_file_copied_and_emptied_under_the_proxy_is_summed_again_from_its_start(tmp_path: Path) -> None:
+    # logrotate's copytruncate: the same file (same inode) emptied, then written on past where /health
+    # had read it, before it looks again. Read on from there, it kept the records gone with the copy and
+    # missed the new ones before that point.
+    path = tmp_path / "r.jsonl"
+    old = line(timedelta(minutes=5), input_tokens=100)
+    path.write_bytes(old * 3)
+    stats = totals(path)
+    assert stats.snapshot()["requests"] == 3
+    with open(path, "r+b") as file:
+        file.truncate(0)
+    with open(path, "ab") as file:
+        file.write(b"".join(line(timedelta(minutes=1), input_tokens=n) for n in range(1, 6)))
+    assert path.stat().st_size > len(old) * 3
+    snapshot = stats.snapshot()
+    assert (snapshot["requests"], snapshot["input_tokens"]) == (5, 15)
