@@ -147,3 +147,20 @@ def test_a_record_time_is_an_iso_time(stamp: str, is_time: bool) -> None:
 )
 def test_a_record_time_in_the_record_format_is_utc(stamp: str, utc: str | None) -> None:
     assert record_time(stamp) == utc
+
+
+def test_a_line_another_writer_left_torn_is_closed_before_the_next_record(tmp_path: Path) -> None:
+    # Workers share the file: one killed inside its write (or stopped by a full disk) leaves its line
+    # torn while another, whose file is open, goes on writing.
+    path = tmp_path / "records.jsonl"
+    writer = RecordWriter(path)
+    writer.open()
+    writer.append(record(1))
+    with open(path, "ab") as other:
+        other.write(b'{"timestamp": "2026-11-23T1')
+    writer.append(record(2))
+    writer.append(record(3))
+    writer.close()
+    first, torn, *rest = path.read_bytes().splitlines()
+    assert torn == b'{"timestamp": "2026-11-23T1'
+    assert [orjson.loads(line)["request_id"] for line in (first, *rest)] == ["r1", "r2", "r3"]

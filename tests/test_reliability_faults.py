@@ -354,6 +354,28 @@ def test_kill_9_under_load_then_restart_loses_no_answered_call_and_tears_no_reco
     assert health_totals(final.health()) == recount(records)
 
 
+def test_a_line_a_worker_left_torn_is_closed_off_by_the_worker_that_writes_next(
+    launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub
+) -> None:
+    """Workers share the record file: one killed inside its write (or stopped by a full disk) leaves
+    its line torn while the others go on writing. Their next record must not be glued to it."""
+    stub.always(Reply(body=completion()))
+    proxy = launch(make_config(), workers=2)
+    first = proxy.post_json("/v1/chat/completions", chat()).header("x-meterproxy-request-id")
+    torn = b'{"timestamp": "2026-11-23T10:00:00.000000Z", "request_id": "torn", "user'
+    with proxy.records_path.open("ab") as file:
+        file.write(torn)
+    ids = [first] + [
+        proxy.post_json("/v1/chat/completions", chat()).header("x-meterproxy-request-id") for _ in range(6)
+    ]
+
+    records, others, tail = file_lines(proxy.records_path)
+    assert (others, tail) == ([torn], b"")
+    assert [record["proxy_request_id"] for record in records] == ids
+    for _ in range(4):  # whichever worker answers
+        assert health_totals(proxy.health()) == recount(records)
+
+
 def raw_stream_call(proxy: RunningProxy) -> socket.socket:
     """A streamed call sent on a raw socket, so the test sees exactly when each byte arrives."""
     body = json.dumps({"model": "gpt-4o-mini", "messages": HELLO, "stream": True}).encode()
