@@ -21,6 +21,10 @@ _HIGH_WATER = 256 * 1024  # stop reading from the provider while this much body 
 _LOW_WATER = 64 * 1024
 
 
+class _Surplus(Exception):
+    """Bytes after the end of an answer, before the next request: no call's answer."""
+
+
 class _Connection(asyncio.Protocol):
     """One keep-alive connection to one origin; it is also the response of the call it carries."""
 
@@ -54,10 +58,18 @@ class _Connection(asyncio.Protocol):
         self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass it
 
     def data_received(self, data: bytes) -> None:
+        if self._done:
+            # Nothing was asked on an idle connection: these bytes answer no call, and the next call
+            # must not take them for its answer (another call's data, a wrong record).
+            self._close()
+            return
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserError as exc:
-            self._fail(UpstreamError("upstream_bad_response", 502, f"the provider sent bad HTTP: {exc}"))
+            if not self._complete:
+                self._fail(UpstreamError("upstream_bad_response", 502, f"the provider sent bad HTTP: {exc}"))
+            # Else the answer was whole and more bytes followed it (on_message_begin): the call keeps
+            # its answer, and the connection, whose framing cannot be trusted, is closed.
             self._close()
         except httptools.HttpParserUpgrade:
             self._fail(UpstreamError("upstream_bad_response", 502, "the provider switched protocols (101)"))
@@ -78,6 +90,11 @@ class _Connection(asyncio.Protocol):
                 )
 
     # httptools callbacks
+
+    def on_message_begin(self) -> None:
+        if self._complete:
+            # A second answer to one request: raising stops the parser before it reads a byte of it.
+            raise _Surplus
 
     def on_header(self, name: bytes, value: bytes) -> None:
         self.headers.append((name, value))

@@ -238,3 +238,37 @@ def test_a_large_body_is_read_whole_with_flow_control(stub: UpstreamStub) -> Non
 
     assert run(work) == body
     assert stub.requests[0].header("content-length") is None
+
+
+STRAY_BODY = b'{"stray": true}'
+STRAY = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\nx-stray: 1\r\n\r\n%s" % (len(STRAY_BODY), STRAY_BODY)
+STRAYS = {
+    "in the answer's write": Reply(
+        body=b'{"n": 1}' + STRAY, headers=(("content-type", "application/json"), ("content-length", "8"))
+    ),
+    "a moment after the answer": Reply(body=b'{"n": 1}', stray=STRAY),
+}
+
+
+@pytest.mark.parametrize("case", STRAYS, ids=list(STRAYS))
+def test_bytes_after_an_answer_close_the_connection_and_never_reach_the_next_call(
+    stub: UpstreamStub, case: str
+) -> None:
+    stub.push(STRAYS[case], Reply(body=b'{"n": 2}'))
+
+    async def call(client: HTTP1Upstream) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        response = await client.send("POST", f"{stub.base_url}/x", HEADERS, b"{}", 5)
+        return response.status, response.headers, await read_all(response)
+
+    async def work(client: HTTP1Upstream) -> list[tuple[int, list[tuple[bytes, bytes]], bytes]]:
+        first = await call(client)
+        for _ in range(500):  # the client closes the connection once the stray bytes are in (5 s at most)
+            if stub.requests[0].closed.is_set():
+                break
+            await asyncio.sleep(0.01)
+        return [first, await call(client)]
+
+    (status, headers, body), second = run(work)
+    assert (status, body, (b"x-stray", b"1") in headers) == (200, b'{"n": 1}', False)
+    assert (second[0], second[2]) == (200, b'{"n": 2}')
+    assert len(stub.requests) == 2

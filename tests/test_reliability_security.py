@@ -609,3 +609,28 @@ def dechunk(body: bytes) -> bytes:
         if size == 0:
             return data
         data, body = data + body[:size], body[size + 2 :]
+
+
+def test_an_answer_nobody_asked_for_never_reaches_the_next_caller(
+    proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    """A provider that sends a second answer after the first one (a framing bug, a stray response) must
+    not have it served to the next call on its connection: another caller's data, billed to that call."""
+    other = json.dumps({"id": "chatcmpl-other", "model": "gpt-4o", "choices": [], "usage": USAGE}).encode()
+    stray = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (
+        len(other),
+        other,
+    )
+    second = json.dumps({"id": "chatcmpl-2", "model": "gpt-4o", "choices": [], "usage": USAGE}).encode()
+    stub.push(Reply(body=COMPLETION, stray=stray), Reply(body=second))
+    payload = {"model": "gpt-4o", "messages": HELLO}
+
+    first = proxy.post_json("/v1/chat/completions", payload, {"authorization": "Bearer sk-tenant-a"})
+    stub.requests[0].closed.wait(5)  # the proxy drops the connection the stray answer came on
+    after = proxy.post_json("/v1/chat/completions", payload, {"authorization": "Bearer sk-tenant-b"})
+
+    assert (first.status, first.body) == (200, COMPLETION)
+    assert (after.status, after.body) == (200, second)
+    one, two = proxy.wait_records(2)
+    assert (one["request_id"], two["request_id"]) == ("chatcmpl-1", "chatcmpl-2")
+    assert len(stub.requests) == 2

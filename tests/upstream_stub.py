@@ -22,6 +22,8 @@ Header = tuple[str, str]
 
 # A waiting stub re-checks a test's gate this often; the gate is a threading.Event set from the test thread.
 _GATE_POLL_SECONDS = 0.01
+# A stray answer follows the real one this much later, so that it arrives in a read of its own.
+_STRAY_SECONDS = 0.05
 
 
 @dataclass(frozen=True)
@@ -29,6 +31,7 @@ class Reply:
     """A whole response sent with its Content-Length, `stall` seconds after the request arrived.
 
     `interim`: 1xx responses, (status, headers) each, sent as soon as the request has arrived.
+    `stray`: bytes sent a moment after the response, in a write of their own: an answer nobody asked for.
     """
 
     status: int = 200
@@ -36,6 +39,7 @@ class Reply:
     headers: Sequence[Header] = (("content-type", "application/json"),)
     stall: float = 0.0
     interim: Sequence[tuple[int, Sequence[Header]]] = ()
+    stray: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -241,6 +245,10 @@ class _Connection(asyncio.Protocol):
             )
             self._write(_head(script.status, [*script.headers, *length]) + script.body)
             seen.answered.set()
+            if script.stray:
+                if await self._left_within(_STRAY_SECONDS):
+                    return False
+                self._write(script.stray)
             return True
         self._write(_head(script.status, [*script.headers, ("transfer-encoding", "chunked")]))
         for index, chunk in enumerate(script.chunks):
