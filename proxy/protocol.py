@@ -1,12 +1,17 @@
 """The HTTP/1.1 server protocol uvicorn runs for every client connection.
 
-It is uvicorn's own (httptools) protocol with two changes, both below the app:
+It is uvicorn's own (httptools) protocol with three changes, all below the app:
 
 - Reads are bounded. uvloop reads up to 256,000 bytes from a socket at a time and uvicorn reads on
   until more than 64 KiB of a request body wait unread, so a proxy refusing a body over its limit
   could already have taken in about 314 KiB more. Here every socket read takes at most `READ_SIZE`
   bytes and reading pauses once more than `BODY_HIGH_WATER` bytes of body wait unread: the proxy
   holds at most their sum (56 KiB) beyond what it has looked at (issue 6, case 11).
+- Request heads are bounded. uvicorn's httptools protocol takes a request line and headers of any
+  size, and httptools joins a header value's pieces anew at every read: a client sending a head
+  without end makes the process hold every byte (about 16 bytes of memory per byte, for many small
+  headers) and spend CPU that grows with the square of the head's size. Here a head over `MAX_HEAD`
+  gets a 431 and its connection is closed, having taken in at most one read more than that.
 - A response's head is written together with its body. uvicorn writes the status line and headers
   the moment the app sends `http.response.start`, and the body in a second write: two system calls
   and two TCP segments for every answer, where nginx sends one. Here the head waits for the next
@@ -17,12 +22,18 @@ It is uvicorn's own (httptools) protocol with two changes, both below the app:
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from proxy.errors import error_body
+
+log = logging.getLogger("meterproxy")
+
 READ_SIZE = 16 << 10  # the most one socket read takes in
 BODY_HIGH_WATER = 40 << 10  # unread request body (bytes) past which reading pauses
+MAX_HEAD = 64 << 10  # the largest request head (request line and headers) taken, in bytes
 _HEAD = b"HTTP/1.1 "  # how every status line uvicorn writes begins
 
 # Every read lands here and is copied out at once (uvloop and asyncio call get_buffer, read, then
@@ -72,11 +83,42 @@ class _HeadHoldingTransport:
 
 
 class _HttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, writing heads with bodies and pausing at a smaller unread body."""
+    """uvicorn's httptools protocol, writing heads with bodies, pausing at a smaller unread body and
+    refusing a request head over MAX_HEAD."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         held = _HeadHoldingTransport(cast(asyncio.Transport, transport), self.loop)
         super().connection_made(cast(asyncio.Transport, held))
+        self.heading = True  # the next bytes are a request head's
+        self.head_size = 0  # bytes taken in since that head began (and a read's worth before)
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        if self.heading and not self.transport.is_closing():
+            self.head_size += len(data)
+            if self.head_size > MAX_HEAD:
+                self._refuse_head()
+
+    def on_headers_complete(self) -> None:
+        self.heading = False
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self.heading, self.head_size = True, 0
+
+    def _refuse_head(self) -> None:
+        client = self.client[0] if self.client else "?"
+        log.warning("refused a request head over %d KiB from %s: 431", MAX_HEAD >> 10, client)
+        if self.cycle is None or self.cycle.response_complete:  # else an answer is on its way: cut it
+            body = error_body(
+                431, "head_too_large", f"the request line and headers are over {MAX_HEAD >> 10} KiB"
+            )
+            self.transport.write(
+                b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+            )
+        self.transport.close()
 
     def on_body(self, body: bytes) -> None:
         super().on_body(body)

@@ -19,6 +19,8 @@ import pytest
 from conftest import CLIENT_KEY, MakeConfig, ProxyLauncher, RunningProxy, settled, wait_until
 from upstream_stub import SSE_DONE, Reply, Stream, UpstreamStub, sse
 
+from proxy.protocol import MAX_HEAD
+
 HELLO = [{"role": "user", "content": "Say hello"}]
 USAGE = {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}
 COMPLETION = json.dumps({"id": "chatcmpl-1", "model": "gpt-4o", "choices": [], "usage": USAGE}).encode()
@@ -130,6 +132,45 @@ def test_declared_length_over_the_limit_is_refused_without_reading_the_body(
     print(f"\n[case 11] Content-Length 10 MiB, limit 1 MiB: the proxy read {read} bytes")
     assert read <= READ_AHEAD
     assert stub.requests == [] and small_body_proxy.records() == []
+
+
+HUGE_HEADS = {
+    # 8 MiB each, sent until the proxy stops taking them
+    "one header value": (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: ", b"a" * 65536),
+    "many headers": (b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n", b"X-A: b\r\n" * 8192),
+    "a long URL": (b"POST /v1/chat/completions?", b"a" * 65536),
+}
+
+
+@pytest.mark.parametrize("case", HUGE_HEADS, ids=list(HUGE_HEADS))
+def test_a_request_head_over_the_limit_gets_431_after_little_more_than_it_is_read(
+    proxy: RunningProxy, stub: UpstreamStub, case: str
+) -> None:
+    probe = proxy.probe()
+    before = probe.bytes_read()
+    head, piece = HUGE_HEADS[case]
+    answer = push_body(proxy.port, head, (piece for _ in range((8 << 20) // len(piece))))
+    read = probe.bytes_read() - before
+
+    assert status_of(answer) == 431
+    assert b"connection: close" in head_of(answer)
+    error = json.loads(answer.partition(b"\r\n\r\n")[2])["error"]
+    assert (error["code"], error["type"]) == ("head_too_large", "invalid_request_error")
+    print(f"\n[case 11] an 8 MiB request head ({case}): the proxy read {read} bytes")
+    assert read <= MAX_HEAD + READ_AHEAD
+    proxy.wait_log("refused a request head over 64 KiB from 127.0.0.1: 431")
+    assert stub.requests == [] and proxy.records() == []
+
+
+def test_a_request_head_under_the_limit_is_served(proxy: RunningProxy, stub: UpstreamStub) -> None:
+    stub.always(Reply(body=COMPLETION))
+    large = "a" * (MAX_HEAD - 8192)
+    response = proxy.post_json(
+        "/v1/chat/completions", {"model": "gpt-4o", "messages": HELLO}, {"x-large": large}
+    )
+
+    assert response.status == 200
+    assert stub.requests[0].header("x-large") == large
 
 
 def test_slow_and_lying_clients_hold_a_connection_not_the_worker(
