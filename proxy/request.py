@@ -42,6 +42,7 @@ _IDENTITY = (b"accept-encoding", b"identity")
 _OPENAI_SHAPED = frozenset({"chat", "responses", "embeddings", "images", "transcriptions"})
 _FORM_FIELDS = frozenset({b"model", b"stream"})
 _KEY_HEADER = {"openai": b"authorization", "anthropic": b"x-api-key", "gemini": b"x-goog-api-key"}
+_MODEL_KEY = re.compile(rb'"model"\s*:\s*')
 
 
 class ClientGone(Exception):
@@ -158,9 +159,13 @@ def rename_model(
         field = text_fields(body, boundary, _FORM_FIELDS)[b"model"]
         plain: str = renamed["model"]
         return body[: field.start] + plain.encode() + body[field.end :]
-    pattern = re.compile(rb'("model"\s*:\s*)' + re.escape(orjson.dumps(model)))
-    if len(pattern.findall(body)) == 1:
-        return pattern.sub(lambda match: match.group(1) + orjson.dumps(renamed["model"]), body)
+    # The model's bytes are compared after each "model" key, never compiled into a pattern: the name is
+    # the client's, and compiling a long one held the event loop for seconds (10 s for 4 MB), its
+    # pattern then kept in re's cache.
+    named = orjson.dumps(model)
+    found = [key.end() for key in _MODEL_KEY.finditer(body) if body.startswith(named, key.end())]
+    if len(found) == 1:
+        return body[: found[0]] + orjson.dumps(renamed["model"]) + body[found[0] + len(named) :]
     return orjson.dumps(renamed)
 
 

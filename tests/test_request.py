@@ -1,5 +1,7 @@
 """The request on its way upstream: its body parsed and edited, and the headers sent with it."""
 
+import tracemalloc
+
 import orjson
 import pytest
 
@@ -141,6 +143,20 @@ def test_a_model_in_a_form_is_renamed_in_place() -> None:
     assert rename_model(FORM, renamed, "openai/gpt-4o-transcribe", FORM_TYPE) == FORM.replace(
         b"openai/gpt-4o-transcribe", b"gpt-4o-transcribe"
     )
+
+
+def test_a_long_model_name_is_renamed_leaving_nothing_behind() -> None:
+    # A model name is the client's, up to the body limit: nothing made from it may outlive the call.
+    model = "openai/" + "x" * (64 << 10)
+    body = orjson.dumps({"model": model, "messages": []})
+    renamed = {"model": model.removeprefix("openai/"), "messages": []}
+    tracemalloc.start()
+    try:
+        assert rename_model(body, renamed, model) == orjson.dumps(renamed)
+        left = tracemalloc.get_traced_memory()[0]
+    finally:
+        tracemalloc.stop()
+    assert left < len(model)
 
 
 def test_a_body_is_parsed_or_refused_only_where_it_must_be_json() -> None:
