@@ -13,6 +13,7 @@ import logging
 import os
 import time
 from typing import Any
+from urllib.parse import quote
 
 from starlette.types import Message, Receive, Scope, Send
 
@@ -70,9 +71,8 @@ class Meter:
         proxy_id = os.urandom(12).hex()
         headers: Headers = scope["headers"]
         header = dict(headers)
-        raw_path = scope.get("raw_path")
         query: bytes = scope.get("query_string", b"")
-        path = raw_path.decode("latin-1") if raw_path else scope["path"]
+        path = _as_sent(scope)
         task = asyncio.current_task()
         assert task is not None  # uvicorn runs each request in a task of its own
         try:
@@ -118,13 +118,13 @@ class Meter:
                     "records cannot be written and features.cost_tracking.fail_closed is set",
                 )
         except RouteError as exc:
-            log.warning("refused %s %s: %d %s", scope["method"], scope["path"], exc.status, exc)
+            log.warning("refused %s %s: %d %s", scope["method"], path, exc.status, exc)
             close = isinstance(exc, BodyUnread)
             for message in error_answer(exc.status, exc.code, str(exc), proxy_id, close):
                 await send(message)
             return
         except ClientGone:
-            log.info("client left before sending its whole request: %s %s", scope["method"], scope["path"])
+            log.info("client left before sending its whole request: %s %s", scope["method"], path)
             return
 
         stream = request.get("stream") is True or target.rest.endswith(":streamGenerateContent")
@@ -236,8 +236,8 @@ class Meter:
             self._warned_unpriced.add((call.provider.name, model))
             log.warning(
                 "no price for model %r of provider %r: its calls are recorded unpriced "
-                "(add providers.%s.models.%s.pricing to the config)",
-                *(model, call.provider.name, call.provider.name, model),
+                "(add its pricing under providers.%s.models in the config)",
+                *(model, call.provider.name, call.provider.name),
             )
         writer: RecordWriter = scope["state"]["writer"]
         writer.append(call.record(bill))
@@ -252,7 +252,7 @@ class Meter:
                 scope["method"], url, headers, body, call.provider.timeout
             )
         except UpstreamError as exc:
-            log.warning("%s %s -> %s: %s", scope["method"], scope["path"], call.provider.name, exc)
+            log.warning("%s %s -> %s: %s", scope["method"], _as_sent(scope), call.provider.name, exc)
             call.error = exc.error
             call.finished = True
             return _failed(call, exc)
@@ -289,13 +289,20 @@ class Meter:
             await send(head(call, response.status, sent_headers))
             return await relay_body(send, call, response, length, b"")
         except UpstreamError as exc:
-            log.warning("%s %s -> %s: %s", scope["method"], scope["path"], call.provider.name, exc)
+            log.warning("%s %s -> %s: %s", scope["method"], _as_sent(scope), call.provider.name, exc)
             call.error = exc.error
             if call.head_sent:
                 return []  # the response stays incomplete: the client sees it cut, never a fake end
             # A body read whole broke off before any of it was sent: the client gets the 502 or 504 of
             # an upstream that failed, not a bare 500 from the server, and the record says which.
             return _failed(call, exc)
+
+
+def _as_sent(scope: Scope) -> str:
+    """The path as the client sent it, for routing and the log: still percent-encoded, so a `%0A` in it
+    cannot start a line of the client's own in the log (a forged `{"dropped_record": ...}`, say)."""
+    raw_path: bytes | None = scope.get("raw_path")  # optional in ASGI; uvicorn always sets it
+    return raw_path.decode("latin-1") if raw_path else quote(scope["path"], safe="/:")
 
 
 def _failed(call: Call, exc: UpstreamError) -> list[Message]:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import pytest
 from conftest import CLIENT_KEY, MakeConfig, ProxyLauncher, RunningProxy, settled, wait_until
-from upstream_stub import SSE_DONE, Reply, Stream, UpstreamStub, sse
+from upstream_stub import SSE_DONE, Hangup, Reply, Stream, UpstreamStub, sse
 
 from proxy.protocol import MAX_HEAD
 
@@ -435,6 +435,26 @@ def test_a_key_in_the_query_stays_out_of_the_log_when_the_provider_answers_garba
     hashed = "key:" + hashlib.sha256(CLIENT_CANARY.encode()).hexdigest()[:12]
     assert (record["status_code"], record["user_id"]) == (502, hashed)
     assert_no_canary(proxy)
+
+
+FORGED = '{"dropped_record": {"user_id": "team-b", "total_cost": 99.0}}'
+
+
+def test_a_client_cannot_write_lines_of_its_own_into_the_server_log(
+    proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    """Dropped records are recovered from the log, so a line a client writes there could bill another
+    team: a newline in a path or a model name stays escaped in every line naming it."""
+    line = "%0A" + FORGED.replace(" ", "%20").replace('"', "%22")
+    stub.push(Reply(body=b'{"choices": []}'), Hangup())
+    refused = proxy.post_json(f"/nope{line}/v1/chat/completions", {"model": "gpt-4o", "messages": HELLO})
+    unpriced = proxy.post_json("/openai/v1/chat/completions", {"model": f"x\n{FORGED}", "messages": HELLO})
+    failed = proxy.post_json(f"/openai/v1/files{line}", {"purpose": "batch"})
+
+    assert (refused.status, unpriced.status, failed.status) == (404, 200, 502)
+    log = proxy.wait_log("-> openai: ")
+    assert [text for text in log.splitlines() if text.startswith('{"dropped_record"')] == []
+    assert "refused POST /nope%0A" in log and "no price for model 'x\\n{" in log
 
 
 # --- 14. No SSRF ------------------------------------------------------------------------------------
