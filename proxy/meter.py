@@ -48,6 +48,8 @@ _KEEP = frozenset[bytes]()
 _PLAIN = (b"", b"identity")
 # Gemini names the model in the path; the model of OpenAI's images API is optional: the provider decides.
 _MODEL_OPTIONAL = frozenset({"gemini", "images"})
+_NAME_SHOWN = 200  # characters of a model name that a log line shows
+_UNPRICED_KEPT = 1024  # unpriced models remembered as warned of
 
 
 class Meter:
@@ -222,22 +224,22 @@ class Meter:
                 *(call.proxy_id, MAX_READ_BODY >> 20),
             )
         model = call.model
+        # The client names the model, as long as its body allows: the log and the warned set get a part.
+        shown = model if model is None or len(model) <= _NAME_SHOWN else model[:_NAME_SHOWN] + "..."
         if bill.facts is not None and bill.facts.not_a_count is not None:
             log.warning(
                 "provider %r, model %r, call %s: %s; the usage it came in is not trusted",
-                *(call.provider.name, model, call.proxy_id, bill.facts.not_a_count),
+                *(call.provider.name, shown, call.proxy_id, bill.facts.not_a_count),
             )
-        if (
-            bill.price is None
-            and model
-            and call.api
-            and (call.provider.name, model) not in self._warned_unpriced
-        ):
-            self._warned_unpriced.add((call.provider.name, model))
+        unpriced = (call.provider.name, shown or "")
+        if bill.price is None and shown and call.api and unpriced not in self._warned_unpriced:
+            if len(self._warned_unpriced) >= _UNPRICED_KEPT:
+                self._warned_unpriced.clear()  # its models are warned of again, once each
+            self._warned_unpriced.add(unpriced)
             log.warning(
                 "no price for model %r of provider %r: its calls are recorded unpriced "
                 "(add its pricing under providers.%s.models in the config)",
-                *(model, call.provider.name, call.provider.name),
+                *(shown, call.provider.name, call.provider.name),
             )
         writer: RecordWriter = scope["state"]["writer"]
         writer.append(call.record(bill))

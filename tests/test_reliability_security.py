@@ -457,6 +457,26 @@ def test_a_client_cannot_write_lines_of_its_own_into_the_server_log(
     assert "refused POST /nope%0A" in log and "no price for model 'x\\n{" in log
 
 
+def test_long_model_names_are_shortened_in_the_log_and_not_kept(
+    proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    """Each model without a price is named in the log once, so the proxy remembers the names it warned
+    of: a client sending a new long name with each call must not make it keep them all."""
+    stub.always(Reply(status=401, body=b'{"error": {"message": "Incorrect API key provided", "code": null}}'))
+    probe = proxy.probe()
+    names = [f"openai/{n}-" + "x" * (2 << 20) for n in range(21)]
+    proxy.post_json("/v1/chat/completions", {"model": names[0], "messages": HELLO})  # warms the process up
+    before = probe.rss_kib()
+    for name in names[1:]:
+        assert proxy.post_json("/v1/chat/completions", {"model": name, "messages": HELLO}).status == 401
+    grown = probe.rss_kib() - before
+    print(f"\n[case 11] 20 unpriced model names of 2 MiB each: the proxy grew by {grown} KiB")
+
+    warnings = [line for line in proxy.wait_log("'20-xxx").splitlines() if "no price for model" in line]
+    assert len(warnings) == 21 and max(len(line) for line in warnings) < 500
+    assert grown < 10 << 10  # KiB: the names kept would be 40 MiB
+
+
 # --- 14. No SSRF ------------------------------------------------------------------------------------
 
 
