@@ -1,6 +1,6 @@
 """The HTTP/1.1 server protocol uvicorn runs for every client connection.
 
-It is uvicorn's own (httptools) protocol with three changes, all below the app:
+It is uvicorn's own (httptools) protocol with four changes, all below the app:
 
 - Reads are bounded. uvloop reads up to 256,000 bytes from a socket at a time and uvicorn reads on
   until more than 64 KiB of a request body wait unread, so a proxy refusing a body over its limit
@@ -12,6 +12,8 @@ It is uvicorn's own (httptools) protocol with three changes, all below the app:
   without end makes the process hold every byte (about 16 bytes of memory per byte, for many small
   headers) and spend CPU that grows with the square of the head's size. Here a head over `MAX_HEAD`
   gets a 431 and its connection is closed, having taken in at most one read more than that.
+- Its refusals are OpenAI-shaped: a request its parser cannot read gets `{"error": {...}}` with a
+  400, where uvicorn answers in plain text; SDKs read the error from that JSON.
 - A response's head is written together with its body. uvicorn writes the status line and headers
   the moment the app sends `http.response.start`, and the body in a second write: two system calls
   and two TCP segments for every answer, where nginx sends one. Here the head waits for the next
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from http import HTTPStatus
 from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -83,8 +86,8 @@ class _HeadHoldingTransport:
 
 
 class _HttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol, writing heads with bodies, pausing at a smaller unread body and
-    refusing a request head over MAX_HEAD."""
+    """uvicorn's httptools protocol, writing heads with bodies, pausing at a smaller unread body,
+    refusing a request head over MAX_HEAD, and answering errors of its own in OpenAI's shape."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         held = _HeadHoldingTransport(cast(asyncio.Transport, transport), self.loop)
@@ -110,13 +113,20 @@ class _HttpProtocol(HttpToolsProtocol):
     def _refuse_head(self) -> None:
         client = self.client[0] if self.client else "?"
         log.warning("refused a request head over %d KiB from %s: 431", MAX_HEAD >> 10, client)
+        self._refuse(431, "head_too_large", f"the request line and headers are over {MAX_HEAD >> 10} KiB")
+
+    def send_400_response(self, msg: str) -> None:
+        # uvicorn's answer to a request its parser refuses (ambiguous framing, a malformed header), in
+        # plain text there: every error the proxy answers is OpenAI-shaped, for the SDKs to read.
+        self._refuse(400, "invalid_http", "the request is not valid HTTP/1.1")
+
+    def _refuse(self, status: int, code: str, message: str) -> None:
+        """Answer an OpenAI-shaped error and close the connection."""
         if self.cycle is None or self.cycle.response_complete:  # else an answer is on its way: cut it
-            body = error_body(
-                431, "head_too_large", f"the request line and headers are over {MAX_HEAD >> 10} KiB"
-            )
+            body = error_body(status, code, message)
             self.transport.write(
-                b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
-                b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+                b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+                b"connection: close\r\n\r\n%s" % (status, HTTPStatus(status).phrase.encode(), len(body), body)
             )
         self.transport.close()
 

@@ -648,6 +648,9 @@ def test_ambiguous_request_framing_gets_400_and_no_upstream_call(
 
     assert status_of(answer) == 400
     assert answer.count(b"HTTP/1.1 ") == 1, "a smuggled second request was answered"
+    assert b"connection: close" in head_of(answer)
+    error = json.loads(answer.partition(b"\r\n\r\n")[2])["error"]
+    assert (error["code"], error["type"]) == ("invalid_http", "invalid_request_error")
     assert stub.requests == []
 
 
