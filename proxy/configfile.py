@@ -27,6 +27,7 @@ from proxy.configreader import ConfigReader, line_map, show
 DEFAULT_RECORD_FILE = "logs/cost-tracking.jsonl"
 _PROVIDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
 _RESERVED_PROVIDER_NAMES = frozenset({"v1", "health"})
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 _TOP_KEYS = {"server", "currency", "exchange_rates", "features", "providers", "auth", "budgets"}
 _SERVER_KEYS = {
@@ -168,6 +169,13 @@ def _provider(r: ConfigReader, name: str, value: Any) -> Provider:
     api_key = None
     if raw.get("api_key") is not None:
         key = r.text(raw["api_key"], (*path, "api_key"))
+        if _CONTROL.search(key):
+            # It goes into a header as it is: a line break there would end the header (and the key) early.
+            raise r.fail(
+                (*path, "api_key"),
+                "has a control character (often a line break at its end, from a file); remove it from the "
+                "key or from the environment variable it comes from",
+            )
         api_key = Secret(key) if key else None
     kind = r.text(raw.get("kind", "openai"), (*path, "kind"))
     if kind not in _KINDS:

@@ -376,6 +376,20 @@ def test_a_set_variable_is_substituted() -> None:
     assert api_key is not None and api_key.reveal() == "sk-test-123"
 
 
+@pytest.mark.parametrize("key", ["sk-test-123\n", "sk-test-123\r", "sk-\ttest", "sk-test\r\nx-other: 1"])
+def test_a_key_with_a_control_character_is_refused_without_showing_it(key: str) -> None:
+    text = provider_with("base_url: https://api.openai.com/v1\napi_key: ${OPENAI_API_KEY}\n")
+
+    error = error_of(text, {"OPENAI_API_KEY": key})
+
+    assert error == message(
+        "providers.openai.api_key (line 4)",
+        "has a control character (often a line break at its end, from a file); remove it from the key or "
+        "from the environment variable it comes from",
+    )
+    assert "sk-" not in error
+
+
 def test_a_variable_inside_a_longer_string_is_substituted() -> None:
     text = provider_with("base_url: https://${UPSTREAM_HOST}:${UPSTREAM_PORT}/v1\n")
 
