@@ -32,7 +32,9 @@ class PathTarget:
 
 
 def api_of(rest: str) -> tuple[Api | None, str | None]:
-    """The metered API a path calls, and the model it names (Gemini puts it in the path)."""
+    """The metered API a path calls, and the model it names (Gemini puts it in the path). A trailing slash
+    calls the same API: a provider that takes it must not make the call a pass-through without usage."""
+    rest = rest.removesuffix("/")
     if rest == "messages":
         return "anthropic", None
     for suffix, api in _ENDPOINTS:

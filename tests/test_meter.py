@@ -710,6 +710,22 @@ def test_streamed_completions_get_usage_injected_and_removed(proxy: RunningProxy
     )
 
 
+def test_a_metered_path_with_a_trailing_slash_is_metered(proxy: RunningProxy, stub: UpstreamStub) -> None:
+    stub.push(Reply(body=chat_body({"prompt_tokens": 1000, "completion_tokens": 100, "total_tokens": 1100})))
+    response = proxy.post_json("/openai/v1/chat/completions/", {"model": "gpt-4o", "messages": HELLO})
+
+    assert response.status == 200
+    assert only(stub.requests).target == "/v1/chat/completions/"  # sent on as the client wrote it
+    record = only(proxy.wait_records(1))
+    # gpt-4o at 2.50 / 10.00 per 1M tokens: 1000 * 2.5e-6 + 100 * 1e-5 = 0.0025 + 0.001.
+    assert (record["input_tokens"], record["output_tokens"], record["usage_source"]) == (
+        1000,
+        100,
+        "provider",
+    )
+    assert (record["input_cost"], record["output_cost"], record["total_cost"]) == (0.0025, 0.001, 0.0035)
+
+
 def test_other_provider_paths_are_passed_through_and_recorded_without_usage(
     proxy: RunningProxy, stub: UpstreamStub
 ) -> None:

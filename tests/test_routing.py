@@ -119,6 +119,8 @@ def test_endpoints_name_the_api_whose_usage_they_carry() -> None:
     assert api_of("models/gemini-2.5-pro:streamGenerateContent") == ("gemini", "gemini-2.5-pro")
     assert api_of("models/gemini-2.5-pro:countTokens") == (None, None)
     assert api_of("files") == (None, None)
+    assert api_of("chat/completions/") == ("chat", None)
+    assert api_of("messages/") == ("anthropic", None)
 
 
 def test_a_version_segment_cuts_base_url_after_it() -> None:
