@@ -14,6 +14,9 @@ from proxy.records import CostRecord, record_time
 RULE = "=" * 60
 BAR_WIDTH = 40
 _TIME = "%Y-%m-%dT%H:%M:%S"
+# Control characters (C0, DEL, C1) in a name from a record are shown escaped, never sent to the terminal:
+# a model name is the client's, and an escape sequence in it could rewrite what the report shows.
+_ESCAPED = {code: f"\\x{code:02x}" for code in (*range(0x20), *range(0x7F, 0xA0))}
 
 
 def summary_text(summary: Summary, top: int) -> str:
@@ -52,7 +55,9 @@ def notes(summary: Summary) -> list[str]:
     lines = []
     totals = summary.totals
     if totals.unpriced:
-        models = ", ".join(f"{name} ({calls:,})" for name, calls in sorted(summary.unpriced_models.items()))
+        models = ", ".join(
+            f"{_shown(name)} ({calls:,})" for name, calls in sorted(summary.unpriced_models.items())
+        )
         count = len(summary.unpriced_models)
         lines.append(
             f"Unpriced: {_calls(totals.unpriced)} to {count} unpriced model{'s' if count != 1 else ''}"
@@ -64,7 +69,9 @@ def notes(summary: Summary) -> list[str]:
             " the total)"
         )
     if totals.unconverted:
-        amounts = ", ".join(format_money(value, code) for code, value in sorted(totals.unconverted.items()))
+        amounts = ", ".join(
+            format_money(value, _shown(code)) for code, value in sorted(totals.unconverted.items())
+        )
         lines.append(f"Not converted (no exchange rate to {summary.currency}, not in the total): {amounts}")
     if summary.skipped_lines:
         lines.append(f"Skipped lines: {summary.skipped_lines:,} (not whole JSON records)")
@@ -75,8 +82,12 @@ def _calls(count: int) -> str:
     return f"{count:,} call{'s' if count != 1 else ''}"
 
 
+def _shown(name: str) -> str:
+    return name.translate(_ESCAPED)
+
+
 def _table(table: dict[str, Tally], limit: int | None, currency: str) -> list[str]:
-    rows = list(table.items())
+    rows = [(_shown(name), tally) for name, tally in table.items()]
     shown = rows if limit is None else rows[:limit]
     if not shown:
         return ["(none)"]
@@ -98,7 +109,8 @@ def _table(table: dict[str, Tally], limit: int | None, currency: str) -> list[st
 def _extras(tally: Tally) -> str:
     extras = [f"{tally.unpriced:,} unpriced"] if tally.unpriced else []
     extras += [
-        f"+{format_money(value, code)} unconverted" for code, value in sorted(tally.unconverted.items())
+        f"+{format_money(value, _shown(code))} unconverted"
+        for code, value in sorted(tally.unconverted.items())
     ]
     return "".join(f" | {extra}" for extra in extras)
 
@@ -133,15 +145,15 @@ def detail_row(record: CostRecord) -> tuple[str, ...]:
     elif cost is None:
         shown = "no usage"  # priced, but failed or answered without usage: the notes' "Without usage"
     else:
-        shown = format_money(Decimal(repr(cost)), record["currency"])
+        shown = format_money(Decimal(repr(cost)), _shown(record["currency"]))
     return (
         (record_time(record["timestamp"]) or record["timestamp"])[:19].replace("T", " "),
-        f"{record['provider']}/{record['model'] if record['model'] is not None else NONE}",
+        _shown(f"{record['provider']}/{record['model'] if record['model'] is not None else NONE}"),
         f"{record['input_tokens']:,} in",
         f"{record['output_tokens']:,} out",
         shown,
-        str(record["user_id"]),
-        str(record["status_code"]) + (f" {record['error']}" if record["error"] else ""),
+        _shown(str(record["user_id"])),
+        _shown(str(record["status_code"]) + (f" {record['error']}" if record["error"] else "")),
     )
 
 

@@ -171,6 +171,35 @@ def test_detailed_newest_last_with_limit(tmp_path: Path, capsys: pytest.CaptureF
     assert everything.splitlines()[0].startswith("2026-11-25 07:00:00  openai/gpt-4o")
 
 
+def test_control_characters_of_a_record_reach_the_terminal_escaped(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A model name is the client's: an escape sequence in it must not rewrite the operator's screen.
+    clear = "\x1b[2J\x1b]0;owned\x07"
+    path = write(
+        tmp_path / "c.jsonl",
+        [
+            record("2026-11-25T09:00:00.000000Z", model="gpt-4o" + clear, total_cost=0.5, user_id="u\x9b1"),
+            unpriced("2026-11-25T09:10:00.000000Z", provider="openrouter", model="m\rx"),
+            record("2026-11-25T09:20:00.000000Z", currency="X\x1bZ", total_cost=2.0),
+        ],
+    )
+    outputs = [
+        run(["--file", str(path), *options], capsys)[1]
+        for options in (["--all"], ["--all", "--format", "detailed"], ["--all", "--format", "daily"])
+    ]
+
+    for out in outputs:
+        assert not any(ord(c) < 0x20 and c != "\n" or 0x7F <= ord(c) < 0xA0 for c in out)
+    summary, detailed, daily = outputs
+    assert "openai/gpt-4o\\x1b[2J\\x1b]0;owned\\x07 | $0.500000 |" in summary
+    assert "u\\x9b1" in summary and "+2.000000 X\\x1bZ unconverted" in summary
+    assert "Unpriced: 1 call to 1 unpriced model (not in the total): openrouter/m\\x0dx (1)" in summary
+    assert "2026-11-25 09:00:00  openai/gpt-4o\\x1b[2J\\x1b]0;owned\\x07" in detailed
+    assert "2.000000 X\\x1bZ" in detailed and "openrouter/m\\x0dx" in detailed
+    assert "openrouter/m\\x0dx (1)" in daily
+
+
 def test_detailed_shows_utc_times_in_time_order_whatever_the_stamps_offset(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
