@@ -17,16 +17,14 @@ from urllib.parse import quote
 
 from starlette.types import Message, Receive, Scope, Send
 
-from proxy import sse
 from proxy.auth import Gate, gemini_query
 from proxy.calls import Call
 from proxy.config import Config
 from proxy.deadlines import Deadlines, Later
 from proxy.disconnect import WATCH_AFTER, DisconnectWatch
 from proxy.errors import error_answer
-from proxy.facts import StreamFacts
-from proxy.records import RecordWriter
-from proxy.relay import MAX_READ_BODY, head, relay_body, relay_stream, relay_whole_body
+from proxy.ledger import Ledger
+from proxy.relay import head, relay_body, relay_stream, relay_whole_body
 from proxy.request import (
     BodyUnread,
     ClientGone,
@@ -48,8 +46,6 @@ _KEEP = frozenset[bytes]()
 _PLAIN = (b"", b"identity")
 # Gemini names the model in the path; the model of OpenAI's images API is optional: the provider decides.
 _MODEL_OPTIONAL = frozenset({"gemini", "images"})
-_NAME_SHOWN = 200  # characters of a model name that a log line shows
-_UNPRICED_KEPT = 1024  # unpriced models remembered as warned of
 
 
 class Meter:
@@ -57,7 +53,7 @@ class Meter:
         self.config = config
         self.routes = routes
         self.gate = Gate(config.auth_keys)
-        self._warned_unpriced: set[tuple[str, str]] = set()
+        self._ledger = Ledger(config.cost_tracking)
         # At most server.upstream_pool_size calls are with providers at once (issue 6, case 18).
         self._slots = asyncio.Semaphore(config.upstream_pool_size)
         self._body_deadlines = Deadlines(config.body_timeout)
@@ -174,7 +170,7 @@ class Meter:
             watch.stop()
             if call.response is not None:
                 call.response.close()
-            self._account(scope, call)
+            self._ledger.account(scope["state"]["writer"], call)
         # The answer's last bytes leave only once its record is written, so a client that has its
         # whole answer can count on the record, even if the proxy is killed right after (issue 6).
         for message in last:
@@ -204,45 +200,6 @@ class Meter:
             f"all {self.config.upstream_pool_size} upstream connections (server.upstream_pool_size) stayed "
             f"busy for {self.config.pool_timeout:g} s (server.pool_timeout_seconds); retry later"
         )
-
-    def _account(self, scope: Scope, call: Call) -> None:
-        if not self.config.cost_tracking or call.recorded:
-            return
-        call.recorded = True
-        bill = call.settle()
-        if isinstance(bill.facts, StreamFacts) and bill.facts.malformed:
-            log.warning("%d malformed data lines in the stream of %s", bill.facts.malformed, call.proxy_id)
-        if isinstance(bill.facts, StreamFacts) and bill.facts.unread:
-            log.warning(
-                "the stream of %s had %d events with a line over %d MiB, passed on unread: usage they "
-                "carried is not in its record",
-                *(call.proxy_id, bill.facts.unread, sse.MAX_LINE >> 20),
-            )
-        if call.unread:
-            log.warning(
-                "the answer of %s was over %d MiB, passed on unread: its usage is not in its record",
-                *(call.proxy_id, MAX_READ_BODY >> 20),
-            )
-        model = call.model
-        # The client names the model, as long as its body allows: the log and the warned set get a part.
-        shown = model if model is None or len(model) <= _NAME_SHOWN else model[:_NAME_SHOWN] + "..."
-        if bill.facts is not None and bill.facts.not_a_count is not None:
-            log.warning(
-                "provider %r, model %r, call %s: %s; the usage it came in is not trusted",
-                *(call.provider.name, shown, call.proxy_id, bill.facts.not_a_count),
-            )
-        unpriced = (call.provider.name, shown or "")
-        if bill.price is None and shown and call.api and unpriced not in self._warned_unpriced:
-            if len(self._warned_unpriced) >= _UNPRICED_KEPT:
-                self._warned_unpriced.clear()  # its models are warned of again, once each
-            self._warned_unpriced.add(unpriced)
-            log.warning(
-                "no price for model %r of provider %r: its calls are recorded unpriced "
-                "(add its pricing under providers.%s.models in the config)",
-                *(shown, call.provider.name, call.provider.name),
-            )
-        writer: RecordWriter = scope["state"]["writer"]
-        writer.append(call.record(bill))
 
     async def _forward(
         self, scope: Scope, send: Send, call: Call, url: str, headers: Headers, body: bytes, strip: bool
@@ -282,7 +239,7 @@ class Meter:
         try:
             if scanned:
                 await send(head(call, response.status, sent_headers))
-                record = functools.partial(self._account, scope, call)
+                record = functools.partial(self._ledger.account, scope["state"]["writer"], call)
                 return await relay_stream(send, call, response, strip, self.config.cost_in_response, record)
             if not sse and (metered or quoting):
                 return await relay_whole_body(

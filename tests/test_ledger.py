@@ -1,0 +1,80 @@
+import json
+import logging
+from pathlib import Path
+
+import pytest
+
+from proxy.calls import Call
+from proxy.configfile import parse_config
+from proxy.ledger import NAME_SHOWN, UNPRICED_KEPT, Ledger
+from proxy.records import RecordWriter
+
+CONFIG = json.dumps(
+    {
+        "providers": {
+            "p": {
+                "base_url": "http://upstream.invalid/v1",
+                "models": {"m": {"pricing": {"input": 2, "output": 8}}},
+            }
+        }
+    }
+)
+
+
+def answered(model: str) -> Call:
+    provider = parse_config(CONFIG, {}).providers["p"]
+    call = Call("id", 0.0, 0.0, provider, model, "chat", False, "user", {})
+    call.status = 200
+    call.body = b'{"id":"c1","usage":{"prompt_tokens":1000,"completion_tokens":100}}'
+    return call
+
+
+def lines(path: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in path.read_bytes().splitlines()]
+
+
+def test_a_call_is_recorded_once_however_often_it_is_accounted(tmp_path: Path) -> None:
+    writer = RecordWriter(tmp_path / "r.jsonl")
+    ledger, call = Ledger(enabled=True), answered("m")
+
+    ledger.account(writer, call)
+    ledger.account(writer, call)
+
+    (record,) = lines(writer.path)
+    # 1000 * 2 / 1M + 100 * 8 / 1M
+    assert (record["request_id"], record["input_cost"], record["output_cost"]) == ("c1", 0.002, 0.0008)
+
+
+def test_without_cost_tracking_nothing_is_written(tmp_path: Path) -> None:
+    writer = RecordWriter(tmp_path / "r.jsonl")
+    Ledger(enabled=False).account(writer, answered("m"))
+    assert not writer.path.exists()
+
+
+def test_an_unpriced_model_is_warned_of_once_by_a_bounded_name(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    writer, ledger = RecordWriter(tmp_path / "r.jsonl"), Ledger(enabled=True)
+    long_name = "x" * (NAME_SHOWN + 50)
+    with caplog.at_level(logging.WARNING, logger="meterproxy"):
+        for model in ("other", "other", long_name):
+            ledger.account(writer, answered(model))
+
+    warnings = [entry.getMessage() for entry in caplog.records if "no price" in entry.getMessage()]
+    assert len(warnings) == 2
+    assert "'other'" in warnings[0] and "x" * NAME_SHOWN + "..." in warnings[1]
+    assert long_name not in warnings[1]
+    assert [record["model"] for record in lines(writer.path)] == ["other", "other", long_name]
+
+
+def test_the_models_warned_of_are_forgotten_past_a_bound(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    writer, ledger = RecordWriter(tmp_path / "r.jsonl"), Ledger(enabled=True)
+    with caplog.at_level(logging.WARNING, logger="meterproxy"):
+        for number in range(UNPRICED_KEPT + 1):
+            ledger.account(writer, answered(f"model-{number}"))
+        ledger.account(writer, answered("model-0"))  # forgotten when the bound was reached: warned again
+
+    warned = [entry.getMessage() for entry in caplog.records if "no price" in entry.getMessage()]
+    assert len(warned) == UNPRICED_KEPT + 2
