@@ -10,6 +10,9 @@ import asyncio
 from typing import Protocol
 
 import aiohttp
+from aiohttp.client_reqrep import ConnectionKey
+from aiohttp.connector import Connection
+from aiohttp.tracing import Trace
 from yarl import URL
 
 from proxy.records import CallError
@@ -115,11 +118,27 @@ class _AiohttpResponse:
         self._response.release()
 
 
+class _Pool(aiohttp.TCPConnector):
+    """aiohttp's connection pool, minus connections the provider sent bytes on after an answer."""
+
+    async def _get(self, key: ConnectionKey, traces: list[Trace]) -> Connection | None:
+        # aiohttp parses what arrives on an idle pooled connection (a second answer to one request, a body
+        # longer than its Content-Length) and queues it: the next call on it, maybe another caller's, was
+        # answered with it (aio-libs/aiohttp#13656). Checked where a call takes a connection, as bytes can
+        # come any time after the answer; closing every connection instead (force_close) costs a connect,
+        # and a TLS handshake, per call. `_get` is aiohttp's (3.11 on): tests/test_upstream.py pins it down.
+        while (connection := await super()._get(key, traces)) is not None:
+            if connection.protocol is not None and not connection.protocol.should_close:
+                return connection
+            connection.close()
+        return None
+
+
 class AiohttpUpstream:
     """One pooled aiohttp session for the process; connections are reused across calls."""
 
     def __init__(self, pool_size: int = 1000) -> None:
-        connector = aiohttp.TCPConnector(limit=pool_size, ttl_dns_cache=300, enable_cleanup_closed=True)
+        connector = _Pool(limit=pool_size, ttl_dns_cache=300, enable_cleanup_closed=True)
         # auto_decompress off: bodies reach the client byte for byte, with their own Content-Encoding.
         self._session = aiohttp.ClientSession(
             connector=connector, auto_decompress=False, cookie_jar=aiohttp.DummyCookieJar()

@@ -92,6 +92,7 @@ class SeenRequest:
     headers: list[Header]
     body: bytes
     answered: threading.Event = field(default_factory=threading.Event)
+    strayed: threading.Event = field(default_factory=threading.Event)  # its Reply's stray bytes were sent
     closed: threading.Event = field(default_factory=threading.Event)
     closed_early: bool = False
     closed_at: float | None = None
@@ -249,6 +250,7 @@ class _Connection(asyncio.Protocol):
                 if await self._left_within(_STRAY_SECONDS):
                     return False
                 self._write(script.stray)
+                seen.strayed.set()
             return True
         self._write(_head(script.status, [*script.headers, ("transfer-encoding", "chunked")]))
         for index, chunk in enumerate(script.chunks):
