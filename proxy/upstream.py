@@ -171,6 +171,10 @@ class AiohttpUpstream:
             raise UpstreamError(
                 "upstream_unreachable", 502, f"cannot connect to the provider: {_described(exc)}"
             ) from exc
+        except aiohttp.ClientResponseError as exc:  # a head aiohttp's parser refused, as http1.py's
+            raise UpstreamError(
+                "upstream_bad_response", 502, f"the provider sent bad HTTP: {_described(exc)}"
+            ) from exc
         except (aiohttp.ClientError, OSError) as exc:
             raise UpstreamError(
                 "upstream_reset", 502, f"the provider closed the connection: {_described(exc)}"
