@@ -1,4 +1,6 @@
-"""The one upstream HTTP client (aiohttp, one pooled session per process) behind a small seam.
+"""The seam every upstream call goes through (`Upstream`), its errors, and the aiohttp client behind it
+(`server.upstream_client: aiohttp`, one pooled session per process); the default client, meterproxy's
+own HTTP/1.1 pool, is proxy/http1.py.
 
 Only this module imports aiohttp. Its errors become UpstreamError here and nowhere else
 (after httpx's map_httpcore_exceptions): timeout -> 504, anything else -> 502.
