@@ -1,8 +1,9 @@
 """Incremental server-sent-events scanner: feed(bytes) -> events, finish(). No I/O.
 
 Built like httpx's LineDecoder: state in, bytes in, events out. It copes with events split at any
-byte across reads, CRLF / CR / LF line endings, comment lines, multi-line data and a missing final
-blank line. Each event carries its absolute byte span so a caller can forward or drop exact bytes.
+byte across reads, CRLF / CR / LF line endings, a leading BOM, comment lines, multi-line data and a
+missing final blank line. Each event carries its absolute byte span so a caller can forward or drop
+exact bytes.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ _EOL = re.compile(rb"\r\n|\r|\n")
 # The longest line read: a Responses API `response.completed` carries the whole output, images in
 # base64 included, and its usage with it. Longer lines pass on unread, however the reads cut them.
 MAX_LINE = 16 << 20
+BOM = b"\xef\xbb\xbf"  # one at the stream's start is not part of its first line (the SSE spec ignores it)
 
 
 class SSEEvent(NamedTuple):
@@ -93,7 +95,8 @@ class SSEScanner:
         if data is not None:
             return [SSEEvent(None, data, start, self._offset)]
         events: list[SSEEvent] = []
-        if not self._within() and b"\r" not in chunk:
+        # A stream that may begin with a BOM takes the line-by-line path, which leaves the BOM out.
+        if not self._within() and b"\r" not in chunk and not (self._offset == 0 and chunk[:1] == BOM[:1]):
             chunk = self._whole_events(chunk, events)  # the common case, without a regex per line
             if not chunk:
                 return events
@@ -110,7 +113,7 @@ class SSEScanner:
         else:
             buf = self._buf + chunk if self._buf else chunk
         base = self._offset
-        pos = 0
+        pos = 3 if base == 0 and buf.startswith(BOM) else 0
         end = len(buf)
         while True:
             match = _EOL.search(buf, pos)
