@@ -222,23 +222,24 @@ def cost_comment(call: Call) -> bytes:
 async def relay_body(
     send: Send, call: Call, response: UpstreamResponse, length: int | None, first: bytes
 ) -> list[Message]:
-    """Pass a body through as it arrives (not metered, or too large to read)."""
+    """Pass a body through as it arrives (not metered, or too large to read); `first`: what was read of it."""
     size = len(first)
-    if first:
-        await send({"type": "http.response.body", "body": first, "more_body": True})
-    while True:
+    chunk = first
+    while not chunk or size != length:
+        if chunk:
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
         chunk = await response.read()
         if call.ttfb is None:
             call.ttfb = time.perf_counter()
-        size += len(chunk)
-        last = not chunk or size == length
-        if last:
+        if not chunk:
             call.finished = True
-            if chunk:  # the whole body is in: hand the connection back without another read
-                response.release()
-                call.response = None
-            return [{"type": "http.response.body", "body": chunk}]
-        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+            return [{"type": "http.response.body", "body": b""}]
+        size += len(chunk)
+    # The whole body is in (perhaps in `first` already): hand the connection back without another read.
+    response.release()
+    call.response = None
+    call.finished = True
+    return [{"type": "http.response.body", "body": chunk}]
 
 
 def head(call: Call, status: int, headers: Headers) -> Message:

@@ -11,11 +11,13 @@ import json
 import re
 from collections.abc import Callable
 from typing import Any
+from unittest import mock
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from starlette.types import Message
 
+from proxy import relay
 from proxy.calls import Call, decimal_text
 from proxy.configfile import parse_config
 from proxy.facts import StreamFacts
@@ -494,6 +496,22 @@ def test_an_error_body_has_every_copy_of_the_provider_key_taken_out_however_the_
     assert client.body == body.replace(KEY.encode(), b"[REDACTED]")
     if known_length:
         assert header(client, b"content-length") == str(len(client.body)).encode()
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.binary(min_size=1, max_size=300), st.booleans(), st.data())
+def test_a_body_too_large_to_read_passes_as_it_comes_unmetered(
+    body: bytes, known_length: bool, data: st.DataObject
+) -> None:
+    pieces, limit = data.draw(reads_of(body)), data.draw(st.integers(0, len(body) - 1))
+    call = new_call("chat", stream=False)
+    with mock.patch.object(relay, "MAX_READ_BODY", limit):
+        client, response = run_whole_body(pieces, call, len(body) if known_length else None, True)
+    assert client.body == body and call.unread
+    assert header(client, b"x-meterproxy-cost") is None
+    assert not client.messages[-1].get("more_body", False)
+    if known_length:
+        assert response.released and response.ends_read == 0
 
 
 @settings(max_examples=60, deadline=None)
