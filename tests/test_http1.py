@@ -1,4 +1,5 @@
-"""The lean HTTP/1.1 upstream client against the scripted stub on loopback."""
+"""The lean HTTP/1.1 upstream client (proxy/http1.py, its pool, and proxy/connection.py, one of its
+connections, tested together through the pool) against the scripted stub on loopback."""
 
 import asyncio
 import socket
