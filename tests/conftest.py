@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -368,3 +369,26 @@ def launch(tmp_path: Path) -> Iterator[ProxyLauncher]:
 def proxy(launch: ProxyLauncher, make_config: MakeConfig) -> RunningProxy:
     """The proxy on the base config."""
     return launch(make_config())
+
+
+@pytest.fixture
+def bad_http_port() -> Iterator[int]:
+    """A loopback server that answers every request with a head that is not HTTP, and closes."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                connection, _ = server.accept()
+            except OSError:
+                return
+            with connection:
+                connection.recv(65536)
+                connection.sendall(b"HTTP/1.1 200 OK\r\nthis is not a header\r\ncontent-length: 2\r\n\r\n{}")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    server.shutdown(socket.SHUT_RDWR)  # wakes the accept() under way (Linux)
+    server.close()
+    thread.join(5)

@@ -388,29 +388,6 @@ def test_pass_through_keys_are_hashed_and_the_clients_own_key_echoed_back_is_lef
     assert CLIENT_CANARY not in json.dumps(proxy.health())
 
 
-@pytest.fixture
-def bad_http_port() -> Iterator[int]:
-    """A server that answers every request with a head that is not HTTP, and closes."""
-    server = socket.create_server(("127.0.0.1", 0))
-
-    def serve() -> None:
-        while True:
-            try:
-                connection, _ = server.accept()
-            except OSError:
-                return
-            with connection:
-                connection.recv(65536)
-                connection.sendall(b"HTTP/1.1 200 OK\r\nthis is not a header\r\ncontent-length: 2\r\n\r\n{}")
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield server.getsockname()[1]
-    server.shutdown(socket.SHUT_RDWR)  # wakes the accept() under way (Linux)
-    server.close()
-    thread.join(5)
-
-
 @pytest.mark.parametrize("client", ["http1", "aiohttp"])
 def test_a_key_in_the_query_stays_out_of_the_log_when_the_provider_answers_garbage(
     launch: ProxyLauncher, make_config: MakeConfig, bad_http_port: int, client: str

@@ -1,9 +1,7 @@
 """The upstream seam and its aiohttp client, against the scripted stub on loopback."""
 
 import asyncio
-import socket
-import threading
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import pytest
@@ -64,29 +62,6 @@ def test_bytes_after_an_answer_never_reach_the_next_call(stub: UpstreamStub, cas
     assert (status, body, (b"x-stray", b"1") in headers) == (200, b'{"n": 1}', False)
     assert (second[0], second[2]) == (200, b'{"n": 2}')
     assert len(stub.requests) == 2
-
-
-@pytest.fixture
-def bad_http_port() -> Iterator[int]:
-    """A loopback server that answers every request with a head that is not HTTP, and closes."""
-    server = socket.create_server(("127.0.0.1", 0))
-
-    def serve() -> None:
-        while True:
-            try:
-                connection, _ = server.accept()
-            except OSError:
-                return
-            with connection:
-                connection.recv(65536)
-                connection.sendall(b"HTTP/1.1 200 OK\r\nthis is not a header\r\ncontent-length: 2\r\n\r\n{}")
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    yield server.getsockname()[1]
-    server.shutdown(socket.SHUT_RDWR)  # wakes the accept() under way (Linux)
-    server.close()
-    thread.join(5)
 
 
 def test_a_head_that_is_not_http_is_a_bad_response(bad_http_port: int) -> None:
