@@ -18,7 +18,7 @@ from msgspec import UNSET
 from proxy.filters import CountedFields, Filters
 from proxy.money import UNIT_SCALE
 from proxy.periods import Period
-from proxy.records import record_time
+from proxy.records import STAMP_LAYOUT, record_time
 from proxy.sources import Piece, read_blocks
 from proxy.tallies import CostState
 
@@ -28,7 +28,7 @@ Groups = dict[Any, list[int]]
 _TIMESTAMP_PREFIX = b'{"timestamp":"'
 _STAMP_START = len(_TIMESTAMP_PREFIX)
 _STAMP_END = _STAMP_START + len("2026-11-23T10:30:00.123456Z")
-_LAYOUT = b"--T::."  # the record format's separators, at its characters 4, 7, 10, 13, 16 and 19
+_LAYOUT = STAMP_LAYOUT.encode()
 _BLANK_AFTER_NEWLINE = re.compile(rb"\n[ \t\r]*\n")  # starts with a literal: searched quickly
 _BLANK_FIRST_LINE = re.compile(rb"[ \t\r]*\n")
 

@@ -25,8 +25,9 @@ class FormField(NamedTuple):
 
 
 def boundary_of(content_type: bytes | None) -> bytes | None:
-    """The boundary of a multipart/form-data media type, or None for any other body."""
-    found = _BOUNDARY.match(content_type.strip()) if content_type else None
+    """The boundary of a multipart/form-data media type (a header value, its spaces trimmed by the parser),
+    or None for any other body."""
+    found = _BOUNDARY.match(content_type) if content_type else None
     return (found.group(1) or found.group(2)) if found else None
 
 

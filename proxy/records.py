@@ -81,7 +81,7 @@ class CostRecord(TypedDict):
 # Bound once, as the reports call it per record: `datetime.fromisoformat` makes a bound method per look-up.
 _read_time = datetime.fromisoformat
 # The record format's separators, at its characters 4, 7, 10, 13, 16 and 19: 2026-11-23T10:30:00.123456Z.
-_LAYOUT = "--T::."
+STAMP_LAYOUT = "--T::."
 
 
 def record_time(stamp: str) -> str | None:
@@ -98,7 +98,7 @@ def record_time(stamp: str) -> str | None:
         moment = _read_time(stamp)
     except ValueError:
         return None
-    if stamp[26:] == "Z" and stamp[4:20:3] == _LAYOUT:
+    if stamp[26:] == "Z" and stamp[4:20:3] == STAMP_LAYOUT:
         return stamp  # the proxy's own
     try:
         return periods.stamp(moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC))
