@@ -63,7 +63,7 @@ class Call:
         self.head_sent = False  # the client has the response's status and headers
         self.gone = False
         self.finished = False
-        self.recorded = False  # its record is written (a stream's, as soon as its [DONE] is read)
+        self.recorded = False  # its record is written (a stream's, as soon as its last event is read)
         self.unread = False  # a non-streamed answer too large to read for its usage, passed on as it came
         self._bill: Bill | None = None
         self._bill_key: tuple[Any, ...] = ()

@@ -25,19 +25,24 @@ from proxy.usage import (
     usage_object,
 )
 
-# An event is worth parsing only if it can change what we record. Most chunks of a stream carry
-# nothing of the kind, and skipping their JSON parse keeps the scan cheap. Gemini's every chunk
-# carries running usage, so all of them are read.
+# An event is worth parsing only if it can change what we record, or ends the stream. Most chunks of a
+# stream carry nothing of the kind, and skipping their JSON parse keeps the scan cheap. Gemini's every
+# chunk carries running usage, so all of them are read.
 _WORTH_READING: dict[Api, re.Pattern[bytes]] = {
     "chat": re.compile(rb'"(?:usage|finish_reason)"\s*+:\s*+(?!null)'),  # possessive: not `": null` either
     "responses": re.compile(rb'"type"\s*:\s*"response\.(?:created|completed|incomplete|failed)"'),
-    "anthropic": re.compile(rb'"type"\s*:\s*"message_(?:start|delta)"'),
+    "anthropic": re.compile(rb'"type"\s*:\s*"message_(?:start|delta|stop)"'),
     "embeddings": re.compile(rb'"usage"'),
     "images": re.compile(rb'"type"\s*:\s*"image_(?:generation|edit)\.completed"'),
     "transcriptions": re.compile(rb'"type"\s*:\s*"transcript\.text\.done"'),
     "gemini": re.compile(rb""),
 }
 _CHAT_SHAPED = frozenset({"chat", "embeddings"})
+# The events that end a stream without [DONE], by their `type`: the answer is whole once one is read.
+_LAST_EVENTS: dict[Api, frozenset[str]] = {
+    "anthropic": frozenset({"message_stop"}),
+    "responses": frozenset({"response.completed", "response.incomplete", "response.failed"}),
+}
 
 
 @dataclass(slots=True)
@@ -53,7 +58,7 @@ class ResponseFacts:
     events: int = 0
     malformed: int = 0
     unread: int = 0  # events with a line too long to read (sse.MAX_LINE): passed on, not parsed
-    done: bool = False
+    done: bool = False  # the stream's last event is read: [DONE], or one of _LAST_EVENTS
     # Usage so far, not the final one: an Anthropic stream's message_start has the input counts and a
     # placeholder output count (1); only message_delta brings the output.
     partial: bool = False
@@ -178,7 +183,7 @@ class StreamFacts(ResponseFacts):
 
     def skim(self, data: bytes) -> bool:
         """Count an event that cannot change what is recorded and return True: not the first, not
-        [DONE], nothing worth reading. False: the event is left for observe()."""
+        [DONE], nothing worth reading (a stream's last event is). False: the event is left for observe()."""
         if self.events and data != b"[DONE]" and _WORTH_READING[self.api].search(data) is None:
             self.events += 1
             return True
@@ -222,4 +227,7 @@ class StreamFacts(ResponseFacts):
             self.malformed += 1
             return False
         self.absorb(message)
+        kind = message.get("type")
+        if isinstance(kind, str) and kind in _LAST_EVENTS.get(self.api, ()):
+            self.done = True
         return self.api == "chat" and message.get("choices") == [] and isinstance(message.get("usage"), dict)

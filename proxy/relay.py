@@ -31,8 +31,11 @@ async def relay_stream(
     record: Callable[[], None],
 ) -> list[Message]:
     """Forward an SSE stream event by event, scanning it; drop the usage chunk we asked for, and
-    put the cost comment before [DONE] (or at the end). `record` writes the call's record: it is
-    called when [DONE] is read, before the client can have it (the client's answer is whole then)."""
+    put the cost comment before the stream's last event (or at the end). `record` writes the call's
+    record: it is called when that event is read, before the client can have it (the client's answer
+    is whole then). The last event is chat's [DONE], Anthropic's message_stop, or the Responses API's
+    response.completed, .incomplete or .failed: a client may leave once it has it, before the provider
+    ends the body."""
     stream = _StreamEdit(call, strip, cost_in_response, record)
     sent = b""  # the last bytes sent: a comment may follow them directly if they end a line
     while True:
@@ -54,15 +57,18 @@ async def relay_stream(
 
 class _StreamEdit:
     """A stream's reads in, the bytes the client may have now out: every event read or counted, the
-    usage chunk we asked for dropped, the cost comment put before [DONE]."""
+    usage chunk we asked for dropped, the cost comment put before the stream's last event."""
 
-    __slots__ = ("call", "strip", "record", "cost_noted", "scanner", "facts", "held", "held_more", "held_at")
+    __slots__ = (
+        "call", "strip", "record", "cost_noted", "ended", "scanner", "facts", "held", "held_more", "held_at",
+    )  # fmt: skip
 
     def __init__(self, call: Call, strip: bool, cost_in_response: bool, record: Callable[[], None]) -> None:
         self.call = call
         self.strip = strip
         self.record = record
         self.cost_noted = not cost_in_response
+        self.ended = False  # the stream's last event is read (and the record written)
         self.scanner = SSEScanner()
         self.facts = call.facts = StreamFacts(call.api or "chat")
         self.held = b""  # bytes of an event not yet whole: kept until we know what to do with it
@@ -81,7 +87,7 @@ class _StreamEdit:
             out.append(self.scan(chunk[:position]))
         elif (data := scanner.take_event(chunk)) is not None:  # one event per read: a slow stream
             self.held_at = scanner.boundary
-            return chunk if facts.skim(data) else self._edited(chunk, facts.read(data), data)
+            return chunk if facts.skim(data) else self._edited(chunk, facts.read(data))
         while position < len(chunk):
             if self.held:  # an event is still unfinished (not LF-framed): the scanner takes the rest
                 out.append(self.scan(chunk[position:]))
@@ -100,8 +106,7 @@ class _StreamEdit:
             cut = end + 2 if end >= 0 else len(chunk)
             if end >= 0 and scanner.take_events(chunk, position, cut):  # one `data: ` line, as usual
                 self.held_at = scanner.boundary
-                data = chunk[position + 6 : end]
-                out.append(self._edited(chunk[position:cut], facts.observe(data), data))
+                out.append(self._edited(chunk[position:cut], facts.observe(chunk[position + 6 : end])))
             else:
                 out.append(self.scan(chunk[position:cut]))
             position = cut
@@ -114,19 +119,21 @@ class _StreamEdit:
         self.facts.unread = scanner.oversized
         return self._release(piece, events)
 
-    def _edited(self, event: bytes, usage_only: bool, data: bytes) -> bytes:
-        """An observed event the scanner has taken whole (its bytes and its data), edited: what
-        _release does for one event, without its bookkeeping."""
-        before = self._edit(usage_only, data)
+    def _edited(self, event: bytes, usage_only: bool) -> bytes:
+        """An observed event the scanner has taken whole (its bytes; `usage_only`: what observing its
+        data found), edited: what _release does for one event, without its bookkeeping."""
+        before = self._edit(usage_only)
         return b"" if before is None else before + event
 
-    def _edit(self, usage_only: bool, data: bytes) -> bytes | None:
-        """What goes before an observed event (the cost comment before the stream's [DONE], else
-        nothing), or None to drop it (the usage chunk the client did not ask for)."""
+    def _edit(self, usage_only: bool) -> bytes | None:
+        """What goes before an observed event (the cost comment before the stream's last event, else
+        nothing), or None to drop it (the usage chunk the client did not ask for). Events after the
+        last one pass as they came: the record is written, the comment sent."""
         if usage_only and self.strip:
             return None
-        if data != b"[DONE]":
+        if not self.facts.done or self.ended:
             return b""
+        self.ended = True
         self.record()
         if self.cost_noted:
             return b""
@@ -146,7 +153,7 @@ class _StreamEdit:
         release = self.scanner.boundary if piece else held_at + len(held)
         edits: list[tuple[int, int, bytes]] = []
         for event in events:
-            before = self._edit(self.facts.observe(event.data), event.data)
+            before = self._edit(self.facts.observe(event.data))
             if before is None:
                 edits.append((event.start, event.end, b""))
             elif before:

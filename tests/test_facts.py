@@ -78,3 +78,27 @@ def test_an_image_or_transcript_stream_is_read_at_its_completed_event_only(
     assert facts.skim(partial)  # after the first event, those before the last are only counted
     facts.observe(done + b',"usage":{"type":"tokens","input_tokens":7,"output_tokens":3}}')
     assert (facts.usage, facts.events) == (Usage(7, 3, 10), 3)
+
+
+@pytest.mark.parametrize(
+    ("api", "last"),
+    [
+        ("anthropic", b'{"type": "message_stop"}'),
+        ("responses", b'{"type":"response.completed","response":{"status":"completed"}}'),
+        ("responses", b'{"type":"response.incomplete","response":{"status":"incomplete"}}'),
+        ("responses", b'{"type":"response.failed","response":{"status":"failed"}}'),
+    ],
+)
+def test_the_last_event_of_a_stream_without_done_is_read_and_ends_it(api: Api, last: bytes) -> None:
+    facts = StreamFacts(api)
+    facts.observe(b'{"type": "message_start"}' if api == "anthropic" else b'{"type": "response.created"}')
+    assert facts.skim(b'{"type":"ping"}') and not facts.done
+    # Nested in another event, the last event's type is read, but only an event's own type ends the
+    # stream (here one that is not a string).
+    nested = b'{"type": ["x"], "item": ' + last + b"}"
+    assert not facts.skim(nested)
+    facts.observe(nested)
+    assert not facts.done
+    assert not facts.skim(last)
+    facts.observe(last)
+    assert facts.done

@@ -177,22 +177,48 @@ def test_streamed_message_through_the_sdk(providers_proxy: RunningProxy, stub: U
     # Usage injection is for chat/completions and completions only.
     assert "stream_options" not in sent and sent["stream"] is True
     record = only(providers_proxy.wait_records(1))
-    # (19993 - 18432 - 1536) * 3.00 + 18432 * 0.30 + 1536 * 3.75 + 389 * 15.00 per 1M
-    expected = {
-        **costs([(25, "3.00"), (18432, "0.30"), (1536, "3.75")], [(389, "15.00")]),
-        "request_id": "msg_014p7gG3wDgGV9EUtLvnow3U",
-        "response_model": "claude-sonnet-4-6",
-        "is_streaming": True,
-        "input_tokens": 19993,
-        "cached_input_tokens": 18432,
-        "cache_write_tokens": 1536,
-        "output_tokens": 389,
-        "finish_reason": "end_turn",
-        "usage_source": "provider",
-        "status_code": 200,
-        "error": None,
-    }
-    assert pick(record, expected) == expected
+    assert pick(record, MESSAGE_STREAM_RECORD) == MESSAGE_STREAM_RECORD
+
+
+# (19993 - 18432 - 1536) * 3.00 + 18432 * 0.30 + 1536 * 3.75 + 389 * 15.00 per 1M
+MESSAGE_STREAM_RECORD = {
+    **costs([(25, "3.00"), (18432, "0.30"), (1536, "3.75")], [(389, "15.00")]),
+    "request_id": "msg_014p7gG3wDgGV9EUtLvnow3U",
+    "response_model": "claude-sonnet-4-6",
+    "is_streaming": True,
+    "input_tokens": 19993,
+    "cached_input_tokens": 18432,
+    "cache_write_tokens": 1536,
+    "output_tokens": 389,
+    "finish_reason": "end_turn",
+    "usage_source": "provider",
+    "status_code": 200,
+    "error": None,
+}
+
+
+def test_a_client_that_closes_at_message_stop_is_recorded_as_answered(
+    providers_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    """The provider has sent message_stop but not ended its body yet; the client, holding the whole
+    answer, closes. Its record was written when message_stop was read: 200, with the whole usage."""
+    events = events_of(MESSAGE_STREAM)
+    upstream = Stream(events, headers=ANTHROPIC_SSE, hold_after=len(events))
+    stub.push(upstream)
+    try:
+        with anthropic_client(providers_proxy) as client:
+            stream = client.messages.create(
+                model="claude-sonnet-4-6", max_tokens=1024, messages=ASK, stream=True
+            )
+            with stream:
+                for event in stream:
+                    if event.type == "message_stop":
+                        break
+        assert event.type == "message_stop"
+        record = only(providers_proxy.wait_records(1))
+    finally:
+        upstream.gate.set()
+    assert pick(record, MESSAGE_STREAM_RECORD) == MESSAGE_STREAM_RECORD
 
 
 def test_streamed_message_bytes_are_the_upstreams_then_the_cost_comment(
@@ -212,9 +238,10 @@ def test_streamed_message_bytes_are_the_upstreams_then_the_cost_comment(
     )
 
     assert only(stub.requests).body == sent
-    # Anthropic streams have no [DONE]: the comment comes after message_stop.
+    # Anthropic streams have no [DONE]: message_stop ends them, and the comment comes just before it.
     before, comment, after = split_cost_comment(response.body)
-    assert (before, after) == (MESSAGE_STREAM, b"")
+    assert before + after == MESSAGE_STREAM
+    assert after == b'event: message_stop\ndata: {"type":"message_stop"}\n\n'
     # 25 * 3.00 + 18432 * 0.30 + 1536 * 3.75 + 389 * 15.00 per 1M = 0.0171996
     assert comment == {
         "total_cost": 0.0171996,
@@ -266,8 +293,8 @@ def test_the_last_message_delta_gives_the_output_count(
         {"model": "claude-sonnet-4-6", "max_tokens": 1024, "messages": ASK, "stream": True},
     )
 
-    before, comment, _ = split_cost_comment(response.body)
-    assert before == b"".join(stream)
+    before, comment, after = split_cost_comment(response.body)
+    assert before + after == b"".join(stream)
     record = only(providers_proxy.wait_records(1))
     # 25 * 3.00 + 18432 * 0.30 + 1536 * 3.75 + 389 * 15.00 per 1M
     expected = {

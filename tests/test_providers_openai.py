@@ -127,9 +127,9 @@ def test_streamed_responses_bytes_are_the_upstreams_then_the_cost_comment(
     )
 
     assert only(stub.requests).body == sent
-    # No [DONE] in a Responses stream: the comment comes after the last event.
+    # No [DONE] in a Responses stream: response.completed ends it, and the comment comes just before it.
     before, comment, after = split_cost_comment(response.body)
-    assert (before, after) == (RESPONSE_STREAM, b"")
+    assert (before + after, after) == (RESPONSE_STREAM, events_of(RESPONSE_STREAM)[-1])
     record = only(providers_proxy.wait_records(1))
     # (2310 - 1792) * 1.25 + 1792 * 0.125 + 1337 * 10.00 per 1M = 0.0142415
     assert comment == {
@@ -139,6 +139,50 @@ def test_streamed_responses_bytes_are_the_upstreams_then_the_cost_comment(
         "output_tokens": 1337,
     }
     assert record["total_cost"] == 0.0142415
+
+
+@pytest.mark.parametrize(
+    ("name", "last", "finish_reason", "output_tokens"),
+    [
+        ("responses_stream.sse", "response.completed", "completed", 1337),
+        ("responses_stream_incomplete.sse", "response.incomplete", "max_output_tokens", 256),
+        ("responses_stream_failed.sse", "response.failed", "failed", 1090),
+    ],
+)
+def test_a_client_that_closes_at_the_last_event_of_a_responses_stream_is_recorded_as_answered(
+    providers_proxy: RunningProxy,
+    stub: UpstreamStub,
+    name: str,
+    last: str,
+    finish_reason: str,
+    output_tokens: int,
+) -> None:
+    """The provider has sent the stream's last event but not ended its body yet; the client, holding the
+    whole answer, closes. Its record was written when that event was read: 200, with the whole usage."""
+    events = events_of(fixture(name))
+    upstream = Stream(events, hold_after=len(events))
+    stub.push(upstream)
+    try:
+        with (
+            providers_proxy.client(path="/openai/v1") as client,
+            client.responses.create(model="gpt-5", input="Summarise the contract.", stream=True) as stream,
+        ):
+            for event in stream:
+                if event.type == last:
+                    break
+        assert event.type == last
+        record = only(providers_proxy.wait_records(1))
+    finally:
+        upstream.gate.set()
+    expected = {
+        "status_code": 200,
+        "error": None,
+        "usage_source": "provider",
+        "input_tokens": 2310,
+        "output_tokens": output_tokens,
+        "finish_reason": finish_reason,
+    }
+    assert pick(record, expected) == expected
 
 
 @pytest.mark.parametrize(
@@ -176,7 +220,7 @@ def test_streamed_responses_that_end_incomplete_or_failed_are_priced_from_their_
     )
 
     before, comment, after = split_cost_comment(response.body)
-    assert (before, after) == (stream, b"")
+    assert (before + after, after) == (stream, events_of(stream)[-1])
     record = only(providers_proxy.wait_records(1))
     expected = {
         **costs(inputs, outputs),

@@ -162,11 +162,14 @@ def summary(facts: StreamFacts | None) -> tuple[Any, ...]:
 
 
 class Stream:
-    """A stream as blocks of bytes (an event, a keep-alive comment, a blank line), maybe after a BOM."""
+    """A stream as blocks of bytes (an event, a keep-alive comment, a blank line), maybe after a BOM;
+    `end`: the block of its last event ([DONE], message_stop, response.completed, ...), by default the
+    last block."""
 
-    def __init__(self, bom: bool, blocks: list[bytes]) -> None:
+    def __init__(self, bom: bool, blocks: list[bytes], end: int | None = None) -> None:
         self.bom = b"\xef\xbb\xbf" if bom else b""
         self.blocks = blocks
+        self.end = len(blocks) - 1 if end is None else end
 
     def bytes(self, without: int | None = None) -> bytes:
         return self.bom + b"".join(block for index, block in enumerate(self.blocks) if index != without)
@@ -275,12 +278,14 @@ def anthropic_streams(draw: st.DrawFn) -> Stream:
     payloads.append((b"message_stop", {"type": "message_stop"}))
     nl = draw(st.sampled_from([b"\n", b"\r\n", b"\r"]))
     blocks = draw(blocks_of([(event, dumps(data, spaced)) for event, data in payloads], nl))
-    return Stream(draw(st.booleans()), blocks)
+    ping = b"event: ping" + nl + b"data: " + dumps({"type": "ping"}, spaced) + nl + nl
+    return Stream(draw(st.booleans()), blocks + draw(after_the_end(nl, ping)), len(blocks) - 1)
 
 
 @st.composite
 def responses_streams(draw: st.DrawFn) -> Stream:
-    """A Responses API stream: response.created, text deltas, response.completed with the usage."""
+    """A Responses API stream: response.created, text deltas, then the response with its usage in its
+    last event: response.completed, response.incomplete or response.failed."""
     spaced = draw(st.booleans())
     response = {"id": "resp_1", "object": "response", "status": "in_progress", "model": "gpt-5-2025-08-07",
                 "incomplete_details": None, "usage": None}  # fmt: skip
@@ -292,11 +297,20 @@ def responses_streams(draw: st.DrawFn) -> Stream:
         payloads.append((b"response.output_text.delta", delta))
     usage = {"input_tokens": draw(st.integers(0, 10**6)), "output_tokens": draw(st.integers(0, 10**6))}
     usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
-    completed = {**response, "status": "completed", "usage": usage}
-    payloads.append((b"response.completed", {"type": "response.completed", "response": completed}))
+    status = draw(st.sampled_from(["completed", "incomplete", "failed"]))
+    ended = {**response, "status": status, "usage": usage}
+    payloads.append((f"response.{status}".encode(), {"type": f"response.{status}", "response": ended}))
     nl = draw(st.sampled_from([b"\n", b"\r\n", b"\r"]))
     blocks = draw(blocks_of([(event, dumps(data, spaced)) for event, data in payloads], nl))
-    return Stream(draw(st.booleans()), blocks)
+    return Stream(draw(st.booleans()), blocks + draw(after_the_end(nl, None)), len(blocks) - 1)
+
+
+@st.composite
+def after_the_end(draw: st.DrawFn, nl: bytes, ping: bytes | None) -> list[bytes]:
+    """What a provider may still send after a stream's last event, before it closes the body: keep-alive
+    comments, blank lines, an Anthropic ping."""
+    kinds = [b": keep-alive" + nl + nl, nl, *([ping] if ping is not None else [])]
+    return draw(st.lists(st.sampled_from(kinds), max_size=3))
 
 
 STREAMS: dict[Api, Callable[[], st.SearchStrategy[Stream]]] = {
@@ -398,26 +412,38 @@ def test_a_chat_stream_gets_one_cost_comment_right_before_done_with_the_record_s
     assert_recorded_at_done(relayed)
 
 
-@settings(max_examples=80, deadline=None)
+def assert_recorded_at_the_last_event(relayed: Relayed, stream: Stream) -> None:
+    """The record ran once, when the stream's last event was read: the client had none of it yet (nor the
+    cost comment before it), though it had every byte before it the reads had brought."""
+    (sent,) = relayed.sent_when_recorded
+    assert len(sent) <= stream.offset(stream.end) and relayed.client.body.startswith(sent)
+    assert relayed.record == relayed.call.record(relayed.call.settle()) | {
+        "duration_ms": relayed.record["duration_ms"]
+    }
+
+
+@settings(max_examples=120, deadline=None)
 @given(st.sampled_from(["anthropic", "responses"]), st.data())
-def test_an_anthropic_or_responses_stream_passes_whole_with_the_facts_the_spec_reads_and_its_cost_at_the_end(
+def test_an_anthropic_or_responses_stream_is_recorded_at_its_last_event_with_the_cost_just_before_it(
     api: Api, data: st.DataObject
 ) -> None:
     stream, reads = data.draw(relayed_streams(api))
     cost_in_response = data.draw(st.booleans())
     relayed = Relayed(reads, api, strip=False, cost_in_response=cost_in_response)
-    body = relayed.client.body
-    assert body[: len(stream.bytes())] == stream.bytes()
+    body, expected, at = relayed.client.body, stream.bytes(), stream.offset(stream.end)
     if cost_in_response:
-        assert cost_of(body[len(stream.bytes()) :])["total_cost"] == relayed.record["total_cost"] is not None
+        assert body[:at] == expected[:at] and body.endswith(expected[at:])
+        assert (
+            cost_of(body[at : len(body) - len(expected) + at])["total_cost"] == relayed.record["total_cost"]
+        )
+        assert relayed.record["total_cost"] is not None
     else:
-        assert body == stream.bytes()
-    assert summary(relayed.call.facts) == summary(facts_of(api, spec_events(stream.bytes())))
-    assert relayed.sent_when_recorded == []  # no [DONE]: the meter records once the relay returns
-    assert (relayed.record["usage_source"], relayed.record["finish_reason"]) == (
-        "provider",
-        "end_turn" if api == "anthropic" else "completed",
-    )
+        assert body == expected
+    assert summary(relayed.call.facts) == summary(facts_of(api, spec_events(expected)))
+    assert_recorded_at_the_last_event(relayed, stream)
+    finish_reason = relayed.record["finish_reason"]
+    assert finish_reason in ("end_turn", "completed", "incomplete", "failed")
+    assert (relayed.record["usage_source"], relayed.record["error"]) == ("provider", None)
 
 
 # Bodies read whole, and bodies passed through.
