@@ -30,8 +30,8 @@ from proxy.usage import (
 # chunk carries running usage, so all of them are read.
 _WORTH_READING: dict[Api, re.Pattern[bytes]] = {
     "chat": re.compile(rb'"(?:usage|finish_reason)"\s*+:\s*+(?!null)'),  # possessive: not `": null` either
-    "responses": re.compile(rb'"type"\s*:\s*"response\.(?:created|completed|incomplete|failed)"'),
-    "anthropic": re.compile(rb'"type"\s*:\s*"message_(?:start|delta|stop)"'),
+    "responses": re.compile(rb'"type"\s*:\s*"(?:response\.(?:created|completed|incomplete|failed)|error)"'),
+    "anthropic": re.compile(rb'"type"\s*:\s*"(?:message_(?:start|delta|stop)|error)"'),
     "embeddings": re.compile(rb'"usage"'),
     "images": re.compile(rb'"type"\s*:\s*"image_(?:generation|edit)\.completed"'),
     "transcriptions": re.compile(rb'"type"\s*:\s*"transcript\.text\.done"'),
@@ -39,9 +39,10 @@ _WORTH_READING: dict[Api, re.Pattern[bytes]] = {
 }
 _CHAT_SHAPED = frozenset({"chat", "embeddings"})
 # The events that end a stream without [DONE], by their `type`: the answer is whole once one is read.
+# An `error` event is how a provider breaks off a stream whose 200 is sent (Anthropic's overloaded_error).
 _LAST_EVENTS: dict[Api, frozenset[str]] = {
-    "anthropic": frozenset({"message_stop"}),
-    "responses": frozenset({"response.completed", "response.incomplete", "response.failed"}),
+    "anthropic": frozenset({"message_stop", "error"}),
+    "responses": frozenset({"response.completed", "response.incomplete", "response.failed", "error"}),
 }
 
 
@@ -59,6 +60,7 @@ class ResponseFacts:
     malformed: int = 0
     unread: int = 0  # events with a line too long to read (sse.MAX_LINE): passed on, not parsed
     done: bool = False  # the stream's last event is read: [DONE], or one of _LAST_EVENTS
+    broken_off: bool = False  # that event was an `error`: the provider could not finish the answer
     # Usage so far, not the final one: an Anthropic stream's message_start has the input counts and a
     # placeholder output count (1); only message_delta brings the output.
     partial: bool = False
@@ -228,6 +230,7 @@ class StreamFacts(ResponseFacts):
             return False
         self.absorb(message)
         kind = message.get("type")
-        if isinstance(kind, str) and kind in _LAST_EVENTS.get(self.api, ()):
+        if not self.done and isinstance(kind, str) and kind in _LAST_EVENTS.get(self.api, ()):
             self.done = True
+            self.broken_off = kind == "error"
         return self.api == "chat" and message.get("choices") == [] and isinstance(message.get("usage"), dict)

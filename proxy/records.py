@@ -25,6 +25,7 @@ CallError = Literal[
     "upstream_unreachable",
     "upstream_reset",
     "upstream_bad_response",
+    "stream_error",
     "client_disconnected",
     "shutdown",
     "pool_timeout",

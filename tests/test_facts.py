@@ -81,15 +81,19 @@ def test_an_image_or_transcript_stream_is_read_at_its_completed_event_only(
 
 
 @pytest.mark.parametrize(
-    ("api", "last"),
+    ("api", "last", "broken_off"),
     [
-        ("anthropic", b'{"type": "message_stop"}'),
-        ("responses", b'{"type":"response.completed","response":{"status":"completed"}}'),
-        ("responses", b'{"type":"response.incomplete","response":{"status":"incomplete"}}'),
-        ("responses", b'{"type":"response.failed","response":{"status":"failed"}}'),
+        ("anthropic", b'{"type": "message_stop"}', False),
+        ("anthropic", b'{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}', True),
+        ("responses", b'{"type":"response.completed","response":{"status":"completed"}}', False),
+        ("responses", b'{"type":"response.incomplete","response":{"status":"incomplete"}}', False),
+        ("responses", b'{"type":"response.failed","response":{"status":"failed"}}', False),
+        ("responses", b'{"type": "error", "code": "server_error", "message": "boom", "param": null}', True),
     ],
 )
-def test_the_last_event_of_a_stream_without_done_is_read_and_ends_it(api: Api, last: bytes) -> None:
+def test_the_last_event_of_a_stream_without_done_is_read_and_ends_it(
+    api: Api, last: bytes, broken_off: bool
+) -> None:
     facts = StreamFacts(api)
     facts.observe(b'{"type": "message_start"}' if api == "anthropic" else b'{"type": "response.created"}')
     assert facts.skim(b'{"type":"ping"}') and not facts.done
@@ -101,4 +105,6 @@ def test_the_last_event_of_a_stream_without_done_is_read_and_ends_it(api: Api, l
     assert not facts.done
     assert not facts.skim(last)
     facts.observe(last)
-    assert facts.done
+    assert (facts.done, facts.broken_off) == (True, broken_off)
+    facts.observe(b'{"type": "error"}')  # after the last event: the stream ended as it did
+    assert (facts.done, facts.broken_off) == (True, broken_off)

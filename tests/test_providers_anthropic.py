@@ -11,7 +11,7 @@ import http.client
 import json
 
 import pytest
-from anthropic import Anthropic
+from anthropic import Anthropic, APIStatusError
 from conftest import MakeConfig, ProxyLauncher, RunningProxy
 from test_providers import (
     all_providers,
@@ -219,6 +219,50 @@ def test_a_client_that_closes_at_message_stop_is_recorded_as_answered(
     finally:
         upstream.gate.set()
     assert pick(record, MESSAGE_STREAM_RECORD) == MESSAGE_STREAM_RECORD
+
+
+OVERLOADED = (
+    b'event: error\ndata: {"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}\n\n'
+)
+
+
+def test_a_stream_broken_off_by_an_error_event_is_recorded_as_a_stream_error_with_its_usage_so_far(
+    providers_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    """Anthropic ends a 200 stream it cannot finish with `event: error` (overloaded_error) and may keep the
+    body open; the SDK raises at the event and closes. The record, written when the event was read: the
+    status the client got, `stream_error`, message_start's exact input and cache counts and the output
+    estimated from the events seen (estimated)."""
+    events = events_of(MESSAGE_STREAM)
+    first_text = next(index for index, event in enumerate(events) if b"text_delta" in event)
+    sent = [*events[: first_text + 2], OVERLOADED]
+    upstream = Stream(sent, headers=ANTHROPIC_SSE, hold_after=len(sent))
+    stub.push(upstream)
+    try:
+        with (
+            anthropic_client(providers_proxy) as client,
+            pytest.raises(APIStatusError, match="overloaded_error"),
+            client.messages.create(
+                model="claude-sonnet-4-6", max_tokens=1024, messages=ASK, stream=True
+            ) as stream,
+        ):
+            for _ in stream:
+                pass
+        record = only(providers_proxy.wait_records(1))
+    finally:
+        upstream.gate.set()
+    # 25 * 3.00 + 18432 * 0.30 + 1536 * 3.75 + 6 * 15.00 per 1M: one output token per event of the stream
+    expected = {
+        **costs([(25, "3.00"), (18432, "0.30"), (1536, "3.75")], [(len(sent), "15.00")]),
+        "status_code": 200,
+        "error": "stream_error",
+        "usage_source": "estimated",
+        "input_tokens": 19993,
+        "cached_input_tokens": 18432,
+        "cache_write_tokens": 1536,
+        "output_tokens": len(sent),
+    }
+    assert pick(record, expected) == expected
 
 
 def test_streamed_message_bytes_are_the_upstreams_then_the_cost_comment(

@@ -185,6 +185,50 @@ def test_a_client_that_closes_at_the_last_event_of_a_responses_stream_is_recorde
     assert pick(record, expected) == expected
 
 
+def test_a_responses_stream_broken_off_by_an_error_event_is_recorded_as_a_stream_error(
+    providers_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    """The Responses API ends a 200 stream it cannot finish with an `error` event and may keep the body
+    open; the client stops there. The record, written when the event was read: the status the client got,
+    `stream_error`, and the usage estimated from the request and the events seen, as a cut stream's is."""
+    events = events_of(RESPONSE_STREAM)
+    first_text = next(index for index, event in enumerate(events) if b"output_text.delta" in event)
+    failure = {
+        "type": "error",
+        "code": "server_error",
+        "message": "boom",
+        "param": None,
+        "sequence_number": 7,
+    }
+    error = b"event: error\ndata: " + json.dumps(failure).encode() + b"\n\n"
+    sent = [*events[: first_text + 2], error]
+    upstream = Stream(sent, hold_after=len(sent))
+    stub.push(upstream)
+    try:
+        with (
+            providers_proxy.client(path="/openai/v1") as client,
+            client.responses.create(model="gpt-5", input="Summarise the contract.", stream=True) as stream,
+        ):
+            for event in stream:
+                if event.type == "error":
+                    break
+        assert (event.type, event.message) == ("error", "boom")
+        record = only(providers_proxy.wait_records(1))
+    finally:
+        upstream.gate.set()
+    # ~4 bytes a token of the input as sent, one output token per event of the stream
+    input_tokens = (len(json.dumps("Summarise the contract.")) + 3) // 4
+    expected = {
+        **costs([(input_tokens, "1.25")], [(len(sent), "10.00")]),
+        "status_code": 200,
+        "error": "stream_error",
+        "usage_source": "estimated",
+        "input_tokens": input_tokens,
+        "output_tokens": len(sent),
+    }
+    assert pick(record, expected) == expected
+
+
 @pytest.mark.parametrize(
     ("name", "inputs", "outputs", "tokens"),
     [

@@ -254,8 +254,9 @@ def usage_block(stream: Stream) -> int:
 
 
 @st.composite
-def anthropic_streams(draw: st.DrawFn) -> Stream:
-    """An Anthropic Messages stream: message_start ... message_delta, message_stop; no [DONE]."""
+def anthropic_streams(draw: st.DrawFn, error: bool = False) -> Stream:
+    """An Anthropic Messages stream: message_start ... message_delta, message_stop; no [DONE]. `error`:
+    one the provider breaks off with an `error` event (overloaded) after some text."""
     spaced = draw(st.booleans())
     start_usage = {"input_tokens": draw(st.integers(0, 10**6)), "output_tokens": 1}
     message = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-6",
@@ -271,11 +272,15 @@ def anthropic_streams(draw: st.DrawFn) -> Stream:
     for text in draw(st.lists(st.text(alphabet=TEXT, max_size=8), max_size=5)):
         delta = {"type": "text_delta", "text": text}
         payloads.append((b"content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta}))
-    payloads.append((b"content_block_stop", {"type": "content_block_stop", "index": 0}))
-    output = {"output_tokens": draw(st.integers(0, 10**6))}
-    payloads.append((b"message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
-                                        "usage": output}))  # fmt: skip
-    payloads.append((b"message_stop", {"type": "message_stop"}))
+    if error:
+        overloaded = {"type": "overloaded_error", "message": "Overloaded"}
+        payloads.append((b"error", {"type": "error", "error": overloaded}))
+    else:
+        payloads.append((b"content_block_stop", {"type": "content_block_stop", "index": 0}))
+        output = {"output_tokens": draw(st.integers(0, 10**6))}
+        payloads.append((b"message_delta", {"type": "message_delta", "delta": {"stop_reason": "end_turn"},
+                                            "usage": output}))  # fmt: skip
+        payloads.append((b"message_stop", {"type": "message_stop"}))
     nl = draw(st.sampled_from([b"\n", b"\r\n", b"\r"]))
     blocks = draw(blocks_of([(event, dumps(data, spaced)) for event, data in payloads], nl))
     ping = b"event: ping" + nl + b"data: " + dumps({"type": "ping"}, spaced) + nl + nl
@@ -283,9 +288,10 @@ def anthropic_streams(draw: st.DrawFn) -> Stream:
 
 
 @st.composite
-def responses_streams(draw: st.DrawFn) -> Stream:
+def responses_streams(draw: st.DrawFn, error: bool = False) -> Stream:
     """A Responses API stream: response.created, text deltas, then the response with its usage in its
-    last event: response.completed, response.incomplete or response.failed."""
+    last event: response.completed, response.incomplete or response.failed. `error`: one the provider
+    breaks off with an `error` event after the deltas."""
     spaced = draw(st.booleans())
     response = {"id": "resp_1", "object": "response", "status": "in_progress", "model": "gpt-5-2025-08-07",
                 "incomplete_details": None, "usage": None}  # fmt: skip
@@ -295,11 +301,20 @@ def responses_streams(draw: st.DrawFn) -> Stream:
     for text in draw(st.lists(st.text(alphabet=TEXT, max_size=8), max_size=5)):
         delta = {"type": "response.output_text.delta", "sequence_number": len(payloads), "delta": text}
         payloads.append((b"response.output_text.delta", delta))
-    usage = {"input_tokens": draw(st.integers(0, 10**6)), "output_tokens": draw(st.integers(0, 10**6))}
-    usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
-    status = draw(st.sampled_from(["completed", "incomplete", "failed"]))
-    ended = {**response, "status": status, "usage": usage}
-    payloads.append((f"response.{status}".encode(), {"type": f"response.{status}", "response": ended}))
+    if error:
+        failure = {
+            "type": "error",
+            "code": "server_error",
+            "message": "The server had an error",
+            "param": None,
+        }
+        payloads.append((b"error", {**failure, "sequence_number": len(payloads)}))
+    else:
+        usage = {"input_tokens": draw(st.integers(0, 10**6)), "output_tokens": draw(st.integers(0, 10**6))}
+        usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
+        status = draw(st.sampled_from(["completed", "incomplete", "failed"]))
+        ended = {**response, "status": status, "usage": usage}
+        payloads.append((f"response.{status}".encode(), {"type": f"response.{status}", "response": ended}))
     nl = draw(st.sampled_from([b"\n", b"\r\n", b"\r"]))
     blocks = draw(blocks_of([(event, dumps(data, spaced)) for event, data in payloads], nl))
     return Stream(draw(st.booleans()), blocks + draw(after_the_end(nl, None)), len(blocks) - 1)
@@ -313,7 +328,7 @@ def after_the_end(draw: st.DrawFn, nl: bytes, ping: bytes | None) -> list[bytes]
     return draw(st.lists(st.sampled_from(kinds), max_size=3))
 
 
-STREAMS: dict[Api, Callable[[], st.SearchStrategy[Stream]]] = {
+STREAMS: dict[Api, Callable[..., st.SearchStrategy[Stream]]] = {
     "chat": chat_streams,
     "anthropic": anthropic_streams,
     "responses": responses_streams,
@@ -341,8 +356,8 @@ def reads_of(draw: st.DrawFn, data: bytes, blocks: list[bytes] | None = None) ->
 
 
 @st.composite
-def relayed_streams(draw: st.DrawFn, api: Api) -> tuple[Stream, list[bytes]]:
-    stream = draw(STREAMS[api]())
+def relayed_streams(draw: st.DrawFn, api: Api, error: bool = False) -> tuple[Stream, list[bytes]]:
+    stream = draw(STREAMS[api](error=True) if error else STREAMS[api]())
     return stream, draw(reads_of(stream.bytes(), [stream.bom + stream.blocks[0], *stream.blocks[1:]]))
 
 
@@ -417,6 +432,10 @@ def assert_recorded_at_the_last_event(relayed: Relayed, stream: Stream) -> None:
     cost comment before it), though it had every byte before it the reads had brought."""
     (sent,) = relayed.sent_when_recorded
     assert len(sent) <= stream.offset(stream.end) and relayed.client.body.startswith(sent)
+
+
+def assert_recorded_from_the_provider_s_usage(relayed: Relayed) -> None:
+    """What came after the last event changed nothing in the record: it holds the provider's usage."""
     assert relayed.record == relayed.call.record(relayed.call.settle()) | {
         "duration_ms": relayed.record["duration_ms"]
     }
@@ -441,9 +460,34 @@ def test_an_anthropic_or_responses_stream_is_recorded_at_its_last_event_with_the
         assert body == expected
     assert summary(relayed.call.facts) == summary(facts_of(api, spec_events(expected)))
     assert_recorded_at_the_last_event(relayed, stream)
+    assert_recorded_from_the_provider_s_usage(relayed)
     finish_reason = relayed.record["finish_reason"]
     assert finish_reason in ("end_turn", "completed", "incomplete", "failed")
     assert (relayed.record["usage_source"], relayed.record["error"]) == ("provider", None)
+
+
+@settings(max_examples=80, deadline=None)
+@given(st.sampled_from(["anthropic", "responses"]), st.data())
+def test_a_stream_the_provider_ends_with_an_error_event_is_recorded_at_it_as_a_stream_error(
+    api: Api, data: st.DataObject
+) -> None:
+    """An `error` event in a 200 stream (Anthropic's overloaded_error, the Responses API's `error`) ends it:
+    the record is written when it is read, says `stream_error`, and bills the usage so far, estimated
+    where the provider gave no final count (Anthropic's input counts from message_start are exact)."""
+    stream, reads = data.draw(relayed_streams(api, error=True))
+    relayed = Relayed(reads, api, strip=False, cost_in_response=True)
+    body, expected, at = relayed.client.body, stream.bytes(), stream.offset(stream.end)
+    assert body[:at] == expected[:at] and body.endswith(expected[at:])
+    assert cost_of(body[at : len(body) - len(expected) + at])["total_cost"] == relayed.record["total_cost"]
+    assert_recorded_at_the_last_event(relayed, stream)
+    record = relayed.record
+    assert (record["status_code"], record["error"]) == (200, "stream_error")
+    # One output token per event up to the error; a ping after it came too late to count.
+    assert record["output_tokens"] == len(spec_events(expected[: stream.offset(stream.end + 1)]))
+    assert record["usage_source"] == "estimated" and record["total_cost"] is not None
+    if api == "anthropic":
+        start = json.loads(spec_events(expected)[0])
+        assert record["input_tokens"] == start["message"]["usage"]["input_tokens"]
 
 
 # Bodies read whole, and bodies passed through.
