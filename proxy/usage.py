@@ -3,7 +3,8 @@ object), and estimated for a call cut before its usage came. No I/O; proxy/facts
 rest of what an answer tells.
 
 One convention holds across providers: `input_tokens` counts every prompt token, cached and
-cache-written ones included (OpenAI's way); `cached_tokens` and `cache_write_tokens` are its parts.
+cache-written ones included (OpenAI's way); `cached_tokens` and `cache_write_tokens` are its parts,
+and `cache_write_1h_tokens` the part of `cache_write_tokens` written to a 1-hour cache (Anthropic's).
 Reasoning tokens are part of `output_tokens`.
 """
 
@@ -27,6 +28,7 @@ class Usage(NamedTuple):
     total_tokens: int
     cached_tokens: int = 0
     cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0  # the part of cache_write_tokens written with a 1-hour TTL
     reasoning_tokens: int = 0
     provider_cost: float | None = None  # what the provider says the call cost (OpenRouter's usage.cost)
 
@@ -129,6 +131,8 @@ def usage_from_transcription(usage: Any) -> Usage | None:
 def usage_from_anthropic(counts: dict[str, Any]) -> Usage:
     """Anthropic counts cache reads and writes apart from input_tokens; ours includes them.
 
+    Cache writes with a 1-hour TTL are billed at a higher price than 5-minute ones: their part of
+    cache_creation_input_tokens is in cache_creation.ephemeral_1h_input_tokens.
     A compaction (the summary the API writes of a conversation grown past a threshold) runs on the
     called model and is billed as its tokens are, but is counted only in its entry of usage.iterations,
     outside the top-level counts: those counts are added (the sampling entries are those counts again).
@@ -137,6 +141,7 @@ def usage_from_anthropic(counts: dict[str, Any]) -> Usage:
     fresh = _count(counts, "input_tokens")
     read = _count(counts, "cache_read_input_tokens")
     written = _count(counts, "cache_creation_input_tokens")
+    written_1h = _written_1h(counts, "")
     output = _count(counts, "output_tokens")
     thinking = _count(_details(counts, "output_tokens_details"), "thinking_tokens", "output_tokens_details.")
     for index, compaction in _compactions(counts.get("iterations")):
@@ -144,6 +149,7 @@ def usage_from_anthropic(counts: dict[str, Any]) -> Usage:
         fresh += _count(compaction, "input_tokens", within)
         read += _count(compaction, "cache_read_input_tokens", within)
         written += _count(compaction, "cache_creation_input_tokens", within)
+        written_1h += _written_1h(compaction, within)
         output += _count(compaction, "output_tokens", within)
     prompt = fresh + read + written
     return Usage(
@@ -152,8 +158,17 @@ def usage_from_anthropic(counts: dict[str, Any]) -> Usage:
         prompt + output,
         cached_tokens=read,
         cache_write_tokens=written,
+        # Never more than the writes: a stream's message_delta may bring a new cache_creation_input_tokens
+        # without its breakdown, leaving message_start's; writes of no known TTL are priced as 5-minute ones.
+        cache_write_1h_tokens=min(written_1h, written),
         reasoning_tokens=thinking,
     )
+
+
+def _written_1h(counts: dict[str, Any], within: str) -> int:
+    """The cache writes of an Anthropic usage (or iterations entry) that have a 1-hour TTL."""
+    ttl = usage_object(counts.get("cache_creation"), f"{within}cache_creation") or {}
+    return _count(ttl, "ephemeral_1h_input_tokens", f"{within}cache_creation.")
 
 
 def _compactions(iterations: Any) -> list[tuple[int, dict[str, Any]]]:

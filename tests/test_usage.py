@@ -140,6 +140,19 @@ SHAPES: dict[str, Shape] = {
         Usage(67, 0, 67, cached_tokens=57),
         "cache_read_input_tokens",
     ),
+    "anthropic 1-hour cache writes": (
+        "anthropic",
+        lambda count: {
+            "type": "message",
+            "usage": {
+                "input_tokens": 10,
+                "cache_creation_input_tokens": 60,
+                "cache_creation": {"ephemeral_5m_input_tokens": 3, "ephemeral_1h_input_tokens": count},
+            },
+        },
+        Usage(70, 0, 70, cache_write_tokens=60, cache_write_1h_tokens=57),
+        "cache_creation.ephemeral_1h_input_tokens",
+    ),
     "gemini": (
         "gemini",
         lambda count: {"usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": count}},
@@ -204,6 +217,7 @@ def test_an_absent_or_null_count_is_0(shape: str) -> None:
         ("responses", "input_tokens_details"),
         ("responses", "output_tokens_details"),
         ("anthropic", "output_tokens_details"),
+        ("anthropic", "cache_creation"),
     ],
 )
 @pytest.mark.parametrize("value", ["x", [], 200, True])
@@ -318,6 +332,48 @@ def test_anthropic_stream_counts_cache_parts_inside_input_and_takes_late_counts(
     assert (facts.response_id, facts.model, facts.finish_reason) == ("msg_1", "claude-sonnet-4-5", "end_turn")
 
 
+def test_anthropic_1_hour_cache_writes_are_their_part_of_the_cache_writes() -> None:
+    body = (
+        b'{"id":"msg_3","type":"message","model":"claude-sonnet-4-6","stop_reason":"end_turn",'
+        b'"usage":{"input_tokens":1000,"cache_creation_input_tokens":3000,"cache_read_input_tokens":6000,'
+        b'"cache_creation":{"ephemeral_5m_input_tokens":1000,"ephemeral_1h_input_tokens":2000},"output_tokens":742}}'
+    )
+    facts = facts_from_body(body, "anthropic")
+    assert facts is not None and facts.usage == Usage(
+        10000, 742, 10742, cached_tokens=6000, cache_write_tokens=3000, cache_write_1h_tokens=2000
+    )
+
+
+def test_anthropic_stream_keeps_message_starts_1_hour_writes_until_a_later_breakdown() -> None:
+    facts = StreamFacts("anthropic")
+    facts.observe(
+        b'{"type":"message_start","message":{"id":"msg_1","usage":{"input_tokens":25,'
+        b'"cache_creation_input_tokens":1536,"cache_read_input_tokens":18432,'
+        b'"cache_creation":{"ephemeral_5m_input_tokens":512,"ephemeral_1h_input_tokens":1024},"output_tokens":1}}}'
+    )
+    written = {"cached_tokens": 18432, "cache_write_tokens": 1536, "cache_write_1h_tokens": 1024}
+    assert facts.partial and facts.usage == Usage(19993, 1, 19994, **written)
+    # Cut here, the stream's estimate keeps the 1-hour part, as it keeps the other input counts.
+    assert estimate_usage({}, 4, facts.usage) == Usage(19993, 4, 19997, **written)
+    facts.observe(ANTHROPIC_DELTA % b'"output_tokens":389')
+    assert facts.usage == Usage(19993, 389, 20382, **written)
+    breakdown = b'"cache_creation":{"ephemeral_5m_input_tokens":0,"ephemeral_1h_input_tokens":1536}'
+    facts.observe(ANTHROPIC_DELTA % (b'"output_tokens":390,' + breakdown))
+    assert facts.usage == Usage(19993, 390, 20383, **{**written, "cache_write_1h_tokens": 1536})
+
+
+def test_anthropic_1_hour_writes_are_never_more_than_the_writes() -> None:
+    # message_delta's cumulative cache_creation_input_tokens came without a breakdown, below message_start's
+    # 1-hour count: the writes counted are the later ones, and no more of them than that are 1-hour ones.
+    facts = StreamFacts("anthropic")
+    facts.observe(
+        b'{"type":"message_start","message":{"id":"msg_1","usage":{"input_tokens":25,'
+        b'"cache_creation_input_tokens":1536,"cache_creation":{"ephemeral_1h_input_tokens":1536},"output_tokens":1}}}'
+    )
+    facts.observe(ANTHROPIC_DELTA % b'"output_tokens":389,"cache_creation_input_tokens":1000')
+    assert facts.usage == Usage(1025, 389, 1414, cache_write_tokens=1000, cache_write_1h_tokens=1000)
+
+
 ANTHROPIC_START = (
     b'{"type":"message_start","message":{"id":"msg_1","model":"claude-sonnet-4-5","usage":{"input_tokens":%s,'
     b'"cache_read_input_tokens":6000,"output_tokens":1}}}'
@@ -359,6 +415,7 @@ COMPACTION = {
     "input_tokens": 3000,
     "cache_read_input_tokens": 150000,
     "cache_creation_input_tokens": 7000,
+    "cache_creation": {"ephemeral_5m_input_tokens": 2000, "ephemeral_1h_input_tokens": 5000},
     "output_tokens": 3500,
 }
 SAMPLING = {
@@ -375,8 +432,11 @@ COMPACTED = {
     "output_tokens": 1000,
     "iterations": [COMPACTION, SAMPLING],
 }
-# The top-level counts and the compaction's: 2000 + 21000 + 3000 + 150000 + 7000 in, 1000 + 3500 out.
-WITH_COMPACTION = Usage(183000, 4500, 187500, cached_tokens=171000, cache_write_tokens=7000)
+# The top-level counts and the compaction's: 2000 + 21000 + 3000 + 150000 + 7000 in, 1000 + 3500 out;
+# the compaction's writes, 5000 of them 1-hour ones, are the call's.
+WITH_COMPACTION = Usage(
+    183000, 4500, 187500, cached_tokens=171000, cache_write_tokens=7000, cache_write_1h_tokens=5000
+)
 
 
 def test_an_anthropic_compaction_is_counted_beside_the_top_level_counts() -> None:
@@ -401,6 +461,11 @@ def test_an_anthropic_compaction_is_counted_beside_the_top_level_counts() -> Non
         ("x", "iterations is 'x', not a list"),
         ([SAMPLING, 7], "iterations[1] is 7, not an object"),
         ([{**COMPACTION, "output_tokens": -5}], "iterations[0].output_tokens is -5, not a token count"),
+        ([{**COMPACTION, "cache_creation": 7}], "iterations[0].cache_creation is 7, not an object"),
+        (
+            [{**COMPACTION, "cache_creation": {"ephemeral_1h_input_tokens": "5000"}}],
+            "iterations[0].cache_creation.ephemeral_1h_input_tokens is '5000', not a token count",
+        ),
     ],
 )
 def test_anthropic_iterations_that_cannot_be_read_leave_no_usage(iterations: Any, reason: str) -> None:
