@@ -35,7 +35,7 @@ class Secret:
 
 
 class WholePrices(NamedTuple):
-    """A Price's four prices as whole numbers of 1/`per` of a currency unit per token (`per` is 1M
+    """A Price's five prices as whole numbers of 1/`per` of a currency unit per token (`per` is 1M
     times a power of ten), so that a call is priced exactly in integers."""
 
     per: int
@@ -43,6 +43,7 @@ class WholePrices(NamedTuple):
     output: int
     cached_input: int
     cache_write: int
+    cache_write_1h: int
 
 
 @dataclass(frozen=True)
@@ -53,12 +54,18 @@ class Price:
     output: Decimal
     cached_input: Decimal
     cache_write: Decimal
+    cache_write_1h: Decimal | None = None  # cache writes with a 1-hour TTL (Anthropic's); None: cache_write
     above_input_tokens: int | None = None  # set on a tier: it prices calls with more input tokens
     tiers: tuple[Price, ...] = ()  # by above_input_tokens, ascending
 
     @functools.cached_property
+    def cache_write_1h_price(self) -> Decimal:
+        """The price of a cache write with a 1-hour TTL."""
+        return self.cache_write if self.cache_write_1h is None else self.cache_write_1h
+
+    @functools.cached_property
     def whole(self) -> WholePrices:
-        prices = (self.input, self.output, self.cached_input, self.cache_write)
+        prices = (self.input, self.output, self.cached_input, self.cache_write, self.cache_write_1h_price)
         exponent = min(int(price.as_tuple().exponent) for price in prices)
         scale = 10 ** max(-exponent, 0)
         return WholePrices(1_000_000 * scale, *(int(price * scale) for price in prices))

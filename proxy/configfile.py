@@ -41,8 +41,8 @@ _SERVER_KEYS = {
     "body_timeout_seconds",
 }
 _PROVIDER_KEYS = {"base_url", "api_key", "timeout", "currency", "stream_usage", "kind", "models"}
-_PRICE_KEYS = {"input", "output", "cached_input", "cache_write", "tiers"}
-_TIER_KEYS = {"above_input_tokens", "input", "output", "cached_input", "cache_write"}
+_PRICE_KEYS = {"input", "output", "cached_input", "cache_write", "cache_write_1h", "tiers"}
+_TIER_KEYS = {"above_input_tokens", "input", "output", "cached_input", "cache_write", "cache_write_1h"}
 _CLIENTS: dict[str, UpstreamClient] = {"http1": "http1", "aiohttp": "aiohttp"}
 _KINDS: dict[str, ProviderKind] = {"openai": "openai", "anthropic": "anthropic", "gemini": "gemini"}
 _BUDGET_KEYS = {"daily", "monthly", "warn_at", "critical_at"}
@@ -216,7 +216,9 @@ def _price(r: ConfigReader, path: tuple[str, ...], spec: Any) -> Price:
     if any(later <= earlier for earlier, later in zip(thresholds, thresholds[1:], strict=False)):
         raise r.fail((*pricing_path, "tiers"), "list the tiers by above_input_tokens, ascending, each once")
     base = _rates(r, pricing_path, {k: v for k, v in pricing.items() if k != "tiers"}, tier=False)
-    return Price(base.input, base.output, base.cached_input, base.cache_write, tiers=levels)
+    return Price(
+        base.input, base.output, base.cached_input, base.cache_write, base.cache_write_1h, tiers=levels
+    )
 
 
 def _rates(r: ConfigReader, path: tuple[str, ...], spec: Any, *, tier: bool) -> Price:
@@ -230,11 +232,13 @@ def _rates(r: ConfigReader, path: tuple[str, ...], spec: Any, *, tier: bool) -> 
             pricing.pop("above_input_tokens"), (*path, "above_input_tokens"), "a whole number of tokens"
         )
     prices = {key: r.number(value, (*path, key)) for key, value in pricing.items()}
+    cache_write = prices.get("cache_write", prices["input"])
     return Price(
         input=prices["input"],
         output=prices["output"],
         cached_input=prices.get("cached_input", prices["input"]),
-        cache_write=prices.get("cache_write", prices["input"]),
+        cache_write=cache_write,
+        cache_write_1h=prices.get("cache_write_1h", cache_write),
         above_input_tokens=above,
     )
 

@@ -22,10 +22,11 @@ class Cost(NamedTuple):
 def price_call(usage: Usage, price: Price) -> Cost:
     """Cost of one call, computed exactly and rounded to float only once, at the end.
 
-    (input - cached - cache-written) x input price + cached x cached-input price + cache-written x
-    cache-write price, and output x output price, each per 1M tokens. In whole numbers (`Price.whole`)
-    rather than Decimal, for speed: Python's int / int is correctly rounded, so each cost is the float
-    nearest the exact amount, as float(Decimal) of the exact amount is.
+    (input - cached - cache-written) x input price + cached x cached-input price + (cache-written -
+    1-hour cache-written) x cache-write price + 1-hour cache-written x 1-hour cache-write price, and
+    output x output price, each per 1M tokens. In whole numbers (`Price.whole`) rather than Decimal,
+    for speed: Python's int / int is correctly rounded, so each cost is the float nearest the exact
+    amount, as float(Decimal) of the exact amount is.
     A price with tiers prices the whole call at the highest tier its input tokens are above.
     """
     applied = price
@@ -35,8 +36,14 @@ def price_call(usage: Usage, price: Price) -> Cost:
     whole = applied.whole
     cached = usage.cached_tokens
     written = usage.cache_write_tokens
+    written_1h = min(usage.cache_write_1h_tokens, written)  # a part of the writes, whoever counted them
     uncached = max(usage.input_tokens - cached - written, 0)
-    input_units = uncached * whole.input + cached * whole.cached_input + written * whole.cache_write
+    input_units = (
+        uncached * whole.input
+        + cached * whole.cached_input
+        + (written - written_1h) * whole.cache_write
+        + written_1h * whole.cache_write_1h
+    )
     output_units = usage.output_tokens * whole.output
     per = whole.per
     return Cost(input_units / per, output_units / per, (input_units + output_units) / per, applied)

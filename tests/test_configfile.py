@@ -208,7 +208,7 @@ def test_an_unknown_provider_key_is_named_with_its_line() -> None:
 def test_an_unknown_pricing_key_is_named_with_its_line() -> None:
     assert error_of(priced("{input: 2.50, output: 10.00, cache_read: 1.25}")) == message(
         "providers.openai.models.gpt-4o.pricing.cache_read (line 5)",
-        "unknown key; known keys here: cache_write, cached_input, input, output, tiers",
+        "unknown key; known keys here: cache_write, cache_write_1h, cached_input, input, output, tiers",
     )
 
 
@@ -295,6 +295,36 @@ def test_cached_input_and_cache_write_are_kept_when_given() -> None:
     price = parse_config(priced(pricing), {}).providers["openai"].models["gpt-4o"]
 
     assert (price.cached_input, price.cache_write) == (Decimal("0.3"), Decimal("3.75"))
+
+
+def test_the_1_hour_cache_write_price_defaults_to_cache_write_and_is_kept_when_given() -> None:
+    def price_of(pricing: str) -> Decimal | None:
+        return parse_config(priced(pricing), {}).providers["openai"].models["gpt-4o"].cache_write_1h
+
+    # Without it a config prices 1-hour cache writes as it always did: as the other cache writes.
+    assert price_of("{input: 3, output: 15, cache_write: 3.75}") == Decimal("3.75")
+    assert price_of("{input: 3, output: 15}") == Decimal(3)
+    assert price_of("{input: 3, output: 15, cache_write: 3.75, cache_write_1h: 6.00}") == Decimal("6.0")
+
+
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ("-6", "must be a non-negative number, got int -6"),
+        ("'6.00'", "must be a number, got str '6.00'"),
+        ("true", "must be a number, got bool True"),
+        (".inf", "must be a non-negative number, got float inf"),
+    ],
+)
+def test_a_1_hour_cache_write_price_that_is_not_a_price_is_an_error(value: str, problem: str) -> None:
+    assert error_of(priced(f"{{input: 3, output: 15, cache_write_1h: {value}}}")) == message(
+        "providers.openai.models.gpt-4o.pricing.cache_write_1h (line 5)", problem
+    )
+    tier = f"{{above_input_tokens: 9, input: 6, output: 30, cache_write_1h: {value}}}"
+    tiered = f"{{input: 3, output: 15, tiers: [{tier}]}}"
+    assert error_of(priced(tiered)) == message(
+        "providers.openai.models.gpt-4o.pricing.tiers.0.cache_write_1h (line 5)", problem
+    )
 
 
 # Providers
@@ -664,18 +694,24 @@ def test_the_source_names_the_file_in_every_message() -> None:
 
 def test_tiers_are_read_in_order_with_their_defaults() -> None:
     config = parse_config(
-        priced("{input: 1.25, output: 10, cached_input: 0.3125, tiers: [{above_input_tokens: 200000, "
-               "input: 2.5, output: 15, cached_input: 0.625}, "
-               "{above_input_tokens: 1000000, input: 5, output: 20}]}"),
+        priced("{input: 1.25, output: 10, cached_input: 0.3125, cache_write_1h: 2.5, tiers: "
+               "[{above_input_tokens: 200000, input: 2.5, output: 15, cached_input: 0.625, "
+               "cache_write_1h: 5}, "
+               "{above_input_tokens: 1000000, input: 5, output: 20, cache_write: 6.25}]}"),
         {},
     )  # fmt: skip
     price = config.providers["openai"].models["gpt-4o"]
     assert (price.input, price.above_input_tokens) == (Decimal("1.25"), None)
+    assert price.cache_write_1h == Decimal("2.5")
     first, second = price.tiers
     assert (first.above_input_tokens, first.input, first.output, first.cached_input, first.cache_write) == (
         200000, Decimal("2.5"), Decimal("15"), Decimal("0.625"), Decimal("2.5"),
     )  # fmt: skip
-    assert (second.above_input_tokens, second.cached_input) == (1000000, Decimal("5"))
+    assert first.cache_write_1h == Decimal(5)
+    # A tier's own cache_write, not the base price's 1-hour one, is its 1-hour price when it sets none.
+    assert (second.above_input_tokens, second.cached_input, second.cache_write_1h) == (
+        1000000, Decimal("5"), Decimal("6.25"),
+    )  # fmt: skip
 
 
 def test_tiers_out_of_order_or_without_a_threshold_are_errors() -> None:
