@@ -143,6 +143,7 @@ class Call:
             "task_type": self.task_type,
             "provider_reported_cost": usage.provider_cost,
             "price": cost.applied.record if cost is not None else None,
+            "cache_write_1h_tokens": usage.cache_write_1h_tokens,
         }
 
 

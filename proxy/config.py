@@ -79,6 +79,7 @@ class Price:
             "cached_input": float(self.cached_input),
             "cache_write": float(self.cache_write),
             "tier": self.above_input_tokens,
+            "cache_write_1h": float(self.cache_write_1h_price),
         }
 
 

@@ -35,6 +35,7 @@ DEFAULTS: dict[str, Any] = dict.fromkeys(RECORD_FIELDS) | {
     "status_code": 200,
     "duration_ms": 0.0,
     "proxy_request_id": "",
+    "cache_write_1h_tokens": 0,
 }
 # The largest cost a report can add up in units of 2**-100 (about 1e278): a bigger one is not a cost.
 _MAX_COST = sys.float_info.max / UNIT_SCALE

@@ -40,6 +40,7 @@ class PriceApplied(TypedDict):
     cached_input: float
     cache_write: float
     tier: int | None  # the tier's above_input_tokens, or None for the base price
+    cache_write_1h: float  # the 1-hour cache-write price (cache_write when the config sets none)
 
 
 class CostRecord(TypedDict):
@@ -77,6 +78,7 @@ class CostRecord(TypedDict):
     task_type: str | None
     provider_reported_cost: float | None
     price: PriceApplied | None
+    cache_write_1h_tokens: int  # the part of cache_write_tokens written with a 1-hour TTL (Anthropic's)
 
 
 # Bound once, as the reports call it per record: `datetime.fromisoformat` makes a bound method per look-up.

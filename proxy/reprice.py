@@ -35,6 +35,8 @@ def reprice(record: dict[str, Any], config: Config) -> bool:
             total_tokens=_tokens(record, "total_tokens"),
             cached_tokens=_tokens(record, "cached_input_tokens"),
             cache_write_tokens=_tokens(record, "cache_write_tokens"),
+            # An older writer counted none: all its writes are priced at cache_write, as it priced them.
+            cache_write_1h_tokens=_tokens(record, "cache_write_1h_tokens"),
             reasoning_tokens=_tokens(record, "reasoning_tokens"),
         )
     status, error = record.get("status_code"), record.get("error")

@@ -42,7 +42,14 @@ def test_iso_time_has_microseconds_and_carries_a_rounded_up_second() -> None:
 def test_a_price_as_a_record_field() -> None:
     tier = Price(Decimal("5"), Decimal("20"), Decimal("2.5"), Decimal("6.25"), above_input_tokens=200_000)
     price = Price(Decimal("2.5"), Decimal("10"), Decimal("1.25"), Decimal("3.125"), tiers=(tier,))
-    expected = {"input": 2.5, "output": 10.0, "cached_input": 1.25, "cache_write": 3.125, "tier": None}
+    expected = {
+        "input": 2.5,
+        "output": 10.0,
+        "cached_input": 1.25,
+        "cache_write": 3.125,
+        "tier": None,
+        "cache_write_1h": 3.125,
+    }
     assert price.record == expected
     assert tier.record["tier"] == 200_000
     assert price.record is price.record  # worked out once per price

@@ -112,6 +112,21 @@ def test_csv_has_a_header_and_one_row_per_record(tmp_path: Path) -> None:
     assert Decimal(first["total_cost"]) + Decimal(first["input_tokens"]) == Decimal("100.1")
 
 
+def test_csv_has_the_1_hour_cache_writes_last_and_0_for_a_record_written_before_them(tmp_path: Path) -> None:
+    price = {"input": 3.0, "output": 15.0, "cached_input": 0.3, "cache_write": 3.75, "tier": None}
+    newer = record(cache_write_tokens=3000) | {
+        "price": price | {"cache_write_1h": 6.0},
+        "cache_write_1h_tokens": 2000,
+    }
+    path = write(tmp_path / "c.jsonl", [newer, record()])
+    stream = io.StringIO()
+    write_csv(RecordReader([path]), stream)
+    header, *rows = list(csv.reader(io.StringIO(stream.getvalue())))
+    assert header[-1] == "cache_write_1h_tokens"
+    assert [row[-1] for row in rows] == ["2000", "0"]
+    assert orjson.loads(rows[0][header.index("price")])["cache_write_1h"] == 6.0
+
+
 def test_csv_price_cell_is_the_records_json(tmp_path: Path) -> None:
     price = {"input": 2.5, "output": 10.0, "cached_input": 1.25, "cache_write": 2.5, "tier": None}
     path = write(tmp_path / "c.jsonl", [record() | {"price": price}])

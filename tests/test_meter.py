@@ -60,6 +60,7 @@ RECORD_FIELDS = [
     "task_type",
     "provider_reported_cost",
     "price",
+    "cache_write_1h_tokens",
 ]
 CLIENT_USER_ID = "key:" + hashlib.sha256(CLIENT_KEY.encode()).hexdigest()[:12]
 TIMESTAMP = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")

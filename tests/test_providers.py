@@ -31,7 +31,13 @@ GPT_4O_TRANSCRIBE = {"input": 6.00, "output": 10.00}  # the tests' own: audio in
 # Billed by the minute, which no price per token says: priced here to show its cost is null, never 0.
 WHISPER_1 = {"input": 6.00, "output": 10.00}
 TEXT_EMBEDDING_3_SMALL = {"input": 0.02, "output": 0}
-CLAUDE_SONNET_4_6 = {"input": 3.00, "output": 15.00, "cached_input": 0.30, "cache_write": 3.75}
+CLAUDE_SONNET_4_6 = {
+    "input": 3.00,
+    "output": 15.00,
+    "cached_input": 0.30,
+    "cache_write": 3.75,
+    "cache_write_1h": 6.00,
+}
 GEMINI_2_5_FLASH = {"input": 0.30, "output": 2.50, "cached_input": 0.03}
 DEEPSEEK_REASONER = {"input": 0.55, "output": 2.19, "cached_input": 0.14}
 OPENROUTER_GPT_4O_MINI = {"input": 0.15, "output": 0.60, "cached_input": 0.075}
@@ -455,13 +461,14 @@ def test_record_carries_the_prices_it_was_priced_at(proxy: RunningProxy, stub: U
     proxy.post_json("/v1/chat/completions", {"model": "gpt-4o", "messages": HELLO})
 
     record = only(proxy.wait_records(1))
-    # gpt-4o has no cache_write price: it defaults to input.
+    # gpt-4o has no cache_write price: it defaults to input, and the 1-hour one to cache_write.
     assert record.get("price", MISSING) == {
         "input": GPT_4O["input"],
         "output": GPT_4O["output"],
         "cached_input": GPT_4O["cached_input"],
         "cache_write": 2.5,
         "tier": None,
+        "cache_write_1h": 2.5,
     }
     assert all(isinstance(value, float) for key, value in record["price"].items() if key != "tier")
 
@@ -474,7 +481,14 @@ def test_record_carries_the_prices_it_was_priced_at(proxy: RunningProxy, stub: U
         (
             200000,
             50000,
-            {"input": 1.25, "output": 10.0, "cached_input": 0.3125, "cache_write": 1.25, "tier": None},
+            {
+                "input": 1.25,
+                "output": 10.0,
+                "cached_input": 0.3125,
+                "cache_write": 1.25,
+                "tier": None,
+                "cache_write_1h": 1.25,
+            },
             [(150000, "1.25"), (50000, "0.3125")],
             [(1000, "10.0")],
         ),
@@ -483,7 +497,14 @@ def test_record_carries_the_prices_it_was_priced_at(proxy: RunningProxy, stub: U
         (
             200001,
             50000,
-            {"input": 2.5, "output": 15.0, "cached_input": 0.625, "cache_write": 2.5, "tier": 200000},
+            {
+                "input": 2.5,
+                "output": 15.0,
+                "cached_input": 0.625,
+                "cache_write": 2.5,
+                "tier": 200000,
+                "cache_write_1h": 2.5,
+            },
             [(150001, "2.50"), (50000, "0.625")],
             [(1000, "15.0")],
         ),
@@ -539,7 +560,14 @@ def test_tier_without_cached_input_prices_cached_tokens_at_the_tiers_input(
     # (130000 - 100000) * 1.20 + 100000 * 1.20 + 2000 * 3.60 per 1M
     expected = {
         **costs([(30000, "1.20"), (100000, "1.20")], [(2000, "3.60")]),
-        "price": {"input": 1.2, "output": 3.6, "cached_input": 1.2, "cache_write": 1.2, "tier": 128000},
+        "price": {
+            "input": 1.2,
+            "output": 3.6,
+            "cached_input": 1.2,
+            "cache_write": 1.2,
+            "tier": 128000,
+            "cache_write_1h": 1.2,
+        },
     }
     assert pick(record, expected) == expected
 

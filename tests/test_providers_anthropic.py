@@ -85,7 +85,14 @@ def test_message_through_the_sdk_is_priced_with_cache_reads_and_writes(
         "finish_reason": "end_turn",
         "priced": True,
         "currency": "USD",
-        "price": {"input": 3.0, "output": 15.0, "cached_input": 0.3, "cache_write": 3.75, "tier": None},
+        "price": {
+            "input": 3.0,
+            "output": 15.0,
+            "cached_input": 0.3,
+            "cache_write": 3.75,
+            "tier": None,
+            "cache_write_1h": 6.0,
+        },
         "usage_source": "provider",
         "status_code": 200,
         "error": None,
@@ -95,6 +102,74 @@ def test_message_through_the_sdk_is_priced_with_cache_reads_and_writes(
     assert raw.headers.get("x-meterproxy-cost") == "0.02718"
     assert raw.headers.get("x-meterproxy-currency") == "USD"
     assert raw.headers.get("request-id") == "req_011CSHoEeqs5C35K2UUqR7Fy"
+
+
+def test_1_hour_cache_writes_are_priced_at_their_own_price_and_recorded(
+    providers_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    # 2000 of the 3000 cache writes with a 1-hour TTL: 2x input (6.00) rather than 1.25x (3.75).
+    body = MESSAGE.replace(
+        b'"cache_creation":{"ephemeral_5m_input_tokens":3000,"ephemeral_1h_input_tokens":0}',
+        b'"cache_creation":{"ephemeral_5m_input_tokens":1000,"ephemeral_1h_input_tokens":2000}',
+    )
+    assert body != MESSAGE
+    stub.push(Reply(body=body, headers=ANTHROPIC_JSON))
+    with anthropic_client(providers_proxy) as client:
+        raw = client.messages.with_raw_response.create(
+            model="claude-sonnet-4-6", max_tokens=1024, messages=ASK
+        )
+
+    cache_creation = raw.parse().usage.cache_creation
+    assert cache_creation is not None and cache_creation.ephemeral_1h_input_tokens == 2000
+    record = only(providers_proxy.wait_records(1))
+    # 1000 * 3.00 + 6000 * 0.30 + 1000 * 3.75 + 2000 * 6.00 = 20550 per 1M in; 742 * 15.00 = 11130 out
+    expected = {
+        "input_cost": 0.02055,
+        "output_cost": 0.01113,
+        "total_cost": 0.03168,
+        "input_tokens": 10000,
+        "cached_input_tokens": 6000,
+        "cache_write_tokens": 3000,
+        "cache_write_1h_tokens": 2000,
+    }
+    assert pick(record, expected) == expected
+    assert record["price"]["cache_write_1h"] == 6.0
+    assert raw.headers.get("x-meterproxy-cost") == "0.03168"
+
+
+def test_streamed_1_hour_cache_writes_from_message_start_are_priced_at_their_own_price(
+    providers_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    # message_start says 1024 of the 1536 cache writes are 1-hour ones; message_delta has no breakdown.
+    stream = MESSAGE_STREAM.replace(
+        b'"cache_creation":{"ephemeral_5m_input_tokens":1536,"ephemeral_1h_input_tokens":0}',
+        b'"cache_creation":{"ephemeral_5m_input_tokens":512,"ephemeral_1h_input_tokens":1024}',
+    )
+    assert stream != MESSAGE_STREAM
+    stub.push(Stream(events_of(stream), headers=ANTHROPIC_SSE))
+    with (
+        anthropic_client(providers_proxy) as client,
+        client.messages.stream(model="claude-sonnet-4-6", max_tokens=1024, messages=ASK) as events,
+    ):
+        final = events.get_final_message()
+
+    assert final.usage.cache_creation is not None
+    assert final.usage.cache_creation.ephemeral_1h_input_tokens == 1024
+    record = only(providers_proxy.wait_records(1))
+    # 25 * 3.00 + 18432 * 0.30 + 512 * 3.75 + 1024 * 6.00 = 75 + 5529.6 + 1920 + 6144 = 13668.6 per 1M in;
+    # 389 * 15.00 = 5835 out
+    expected = {
+        "input_cost": 0.0136686,
+        "output_cost": 0.005835,
+        "total_cost": 0.0195036,
+        "is_streaming": True,
+        "input_tokens": 19993,
+        "cache_write_tokens": 1536,
+        "cache_write_1h_tokens": 1024,
+        "output_tokens": 389,
+        "usage_source": "provider",
+    }
+    assert pick(record, expected) == expected
 
 
 def test_thinking_tokens_are_recorded_as_reasoning_and_priced_once_as_output(

@@ -69,7 +69,14 @@ def test_responses_call_through_the_sdk_is_returned_as_is_and_priced(
         "usage_source": "provider",
         "priced": True,
         "currency": "USD",
-        "price": {"input": 1.25, "output": 10.0, "cached_input": 0.125, "cache_write": 1.25, "tier": None},
+        "price": {
+            "input": 1.25,
+            "output": 10.0,
+            "cached_input": 0.125,
+            "cache_write": 1.25,
+            "tier": None,
+            "cache_write_1h": 1.25,
+        },
         "status_code": 200,
         "error": None,
     }
@@ -328,7 +335,14 @@ def test_responses_cache_writes_are_priced_at_cache_write(
         "cache_write_tokens": tokens[1],
         "output_tokens": tokens[2],
         "usage_source": "provider",
-        "price": {"input": 2.0, "output": 10.0, "cached_input": 0.1, "cache_write": 2.5, "tier": None},
+        "price": {
+            "input": 2.0,
+            "output": 10.0,
+            "cached_input": 0.1,
+            "cache_write": 2.5,
+            "tier": None,
+            "cache_write_1h": 2.5,
+        },
     }
     assert pick(record, expected) == expected
     assert expected["total_cost"] == (0.018886 if stream else 0.038458)

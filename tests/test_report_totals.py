@@ -35,14 +35,14 @@ NOW = datetime(2026, 11, 2, 3, 0, tzinfo=UTC)  # a Monday, the day after New Yor
 FIRST = datetime(2026, 10, 30, 0, 0, tzinfo=UTC)
 NEW_YORK = ZoneInfo("America/New_York")
 RATES = {"USD": Decimal(1), "CNY": Decimal("0.14"), "EUR": Decimal("1.08")}  # JPY has none
-# provider -> (currency, {model: (input, output, cached input, cache write) per 1M tokens})
-PROVIDERS: dict[str, tuple[str, dict[str, tuple[str, str, str, str]]]] = {
-    "openai": ("USD", {"gpt-4o": ("2.5", "10", "1.25", "2.5"),
-                       "gpt-4o-mini": ("0.15", "0.6", "0.075", "0.15")}),
-    "anthropic": ("USD", {"claude-sonnet-4-5": ("3", "15", "0.3", "3.75")}),
-    "dashscope": ("CNY", {"qwen-plus": ("0.8", "2", "0.16", "0.8")}),
-    "mistral": ("EUR", {"mistral-large-latest": ("2", "6", "2", "2")}),
-    "sakura": ("JPY", {"sakura-llm": ("150", "600", "150", "150")}),
+# provider -> (currency, {model: (input, output, cached input, cache write, 1-hour cache write) per 1M})
+PROVIDERS: dict[str, tuple[str, dict[str, tuple[str, str, str, str, str]]]] = {
+    "openai": ("USD", {"gpt-4o": ("2.5", "10", "1.25", "2.5", "2.5"),
+                       "gpt-4o-mini": ("0.15", "0.6", "0.075", "0.15", "0.15")}),
+    "anthropic": ("USD", {"claude-sonnet-4-5": ("3", "15", "0.3", "3.75", "6")}),
+    "dashscope": ("CNY", {"qwen-plus": ("0.8", "2", "0.16", "0.8", "0.8")}),
+    "mistral": ("EUR", {"mistral-large-latest": ("2", "6", "2", "2", "2")}),
+    "sakura": ("JPY", {"sakura-llm": ("150", "600", "150", "150", "150")}),
     "openrouter": ("USD", {}),
 }  # fmt: skip
 CALLED = [
@@ -62,7 +62,7 @@ OUTCOMES = {
     "timeout": (504, "upstream_timeout", False),
     "refused": (429, None, False),
 }
-Usage = tuple[int, int, int, int, int]  # input, output, cached, cache write, reasoning
+Usage = tuple[int, int, int, int, int, int]  # input, output, cached, cache write, reasoning, 1-hour writes
 
 
 def config_text(budgets: str = "{daily: 25.0, monthly: 400.0, warn_at: 0.5, critical_at: 0.8}") -> str:
@@ -80,8 +80,9 @@ def config_text(budgets: str = "{daily: 25.0, monthly: 400.0, warn_at: 0.5, crit
             f"    currency: {currency}",
         ]
         lines.append("    models:" if models else "    models: {}")
-        for model, (inp, out, cached, write) in models.items():
+        for model, (inp, out, cached, write, write_1h) in models.items():
             prices = f"input: {inp}, output: {out}, cached_input: {cached}, cache_write: {write}"
+            prices += f", cache_write_1h: {write_1h}"
             lines.append(f"      {model}: {{pricing: {{{prices}}}}}")
     return "\n".join(lines) + "\n"
 
@@ -101,12 +102,12 @@ def proxy_record(
     currency, models = PROVIDERS[provider]
     price = models.get(model) if model is not None else None
     status, error, _ = OUTCOMES[outcome]
-    inp, out, cached, written, reasoning = usage or (0, 0, 0, 0, 0)
+    inp, out, cached, written, reasoning, written_1h = usage or (0, 0, 0, 0, 0, 0)
     costs: list[float | None] = [None, None, None]
     if price is not None and (usage is not None or outcome == "refused"):
         per_token = [Fraction(value) / 1_000_000 for value in price]
         input_cost = max(inp - cached - written, 0) * per_token[0] + cached * per_token[2]
-        input_cost += written * per_token[3]
+        input_cost += (written - written_1h) * per_token[3] + written_1h * per_token[4]
         output_cost = out * per_token[1]
         costs = [float(input_cost), float(output_cost), float(input_cost + output_cost)]
     streamed = outcome in ("stream", "gone") or (outcome != "ok" and rng.random() < 0.3)
@@ -144,8 +145,9 @@ def proxy_record(
         "provider_reported_cost": costs[2] if provider == "openrouter" else None,
         "price": None
         if costs[2] is None or price is None
-        else dict(zip(("input", "output", "cached_input", "cache_write"), map(float, price), strict=True))
-        | {"tier": None},
+        else dict(zip(("input", "output", "cached_input", "cache_write"), map(float, price[:4]), strict=True))
+        | {"tier": None, "cache_write_1h": float(price[4])},
+        "cache_write_1h_tokens": written_1h,
     }
 
 
@@ -158,7 +160,9 @@ def random_call(rng: random.Random, stamp: str) -> dict[str, Any]:
         cached = rng.randint(0, inp) if rng.random() < 0.3 else 0
         written = rng.randint(0, inp - cached) if provider == "anthropic" and rng.random() < 0.4 else 0
         out = rng.randint(0, 4_000)
-        usage = (inp, out, cached, written, rng.randint(0, out) if rng.random() < 0.2 else 0)
+        reasoning = rng.randint(0, out) if rng.random() < 0.2 else 0
+        written_1h = rng.randint(0, written) if written and rng.random() < 0.5 else 0
+        usage = (inp, out, cached, written, reasoning, written_1h)
     return proxy_record(rng, stamp, provider, model, outcome, usage)
 
 
@@ -790,7 +794,7 @@ def cents_lines(seed: int, folder: Path) -> list[Line]:
         usage = None
         if OUTCOMES[outcome][2]:
             per_input, per_output = CENTS.get(model or "", (1_000, 1_000))
-            usage = (per_input * rng.randint(0, 300), per_output * rng.randint(1, 300), 0, 0, 0)
+            usage = (per_input * rng.randint(0, 300), per_output * rng.randint(1, 300), 0, 0, 0, 0)
         calls.append((moment, proxy_record(rng, stamp, provider, model, outcome, usage)))
     lines = [line for line in file_lines(rng, calls) if line.record is not None]
     (folder / "records").mkdir()

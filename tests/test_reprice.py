@@ -37,7 +37,13 @@ CONFIG = {
             "base_url": "https://api.anthropic.com/v1",
             "models": {
                 "claude-sonnet-4-6": {
-                    "pricing": {"input": 3.00, "output": 15.00, "cached_input": 0.30, "cache_write": 3.75}
+                    "pricing": {
+                        "input": 3.00,
+                        "output": 15.00,
+                        "cached_input": 0.30,
+                        "cache_write": 3.75,
+                        "cache_write_1h": 6.00,
+                    }
                 }
             },
         },
@@ -110,13 +116,47 @@ def record(**fields: Any) -> dict[str, Any]:
         "task_type": "summarise",
         "provider_reported_cost": None,
         "price": {"input": 4.5, "output": 15.0, "cached_input": 4.5, "cache_write": 4.5, "tier": None},
+        "cache_write_1h_tokens": 0,
     }
     return {**base, **fields}
 
 
+def applied(
+    input: float, output: float, cached_input: float, cache_write: float, **more: float | None
+) -> dict[str, Any]:
+    """A record's `price`: its 1-hour cache-write price is cache_write unless `more` says otherwise."""
+    return {
+        "input": input,
+        "output": output,
+        "cached_input": cached_input,
+        "cache_write": cache_write,
+        "tier": None,
+        "cache_write_1h": cache_write,
+        **more,
+    }
+
+
 def legacy(line: dict[str, Any]) -> dict[str, Any]:
-    """The same record as written before price provenance: no `price`, no `provider_reported_cost`."""
-    return {key: value for key, value in line.items() if key not in ("price", "provider_reported_cost")}
+    """The same record as written before price provenance: no `price`, `provider_reported_cost` or
+    `cache_write_1h_tokens`."""
+    dropped = ("price", "provider_reported_cost", "cache_write_1h_tokens")
+    return {key: value for key, value in line.items() if key not in dropped}
+
+
+ANTHROPIC = {
+    "request_id": "msg_01XFDUDYJgAACzvnptvVoYEL",
+    "provider": "anthropic",
+    "model": "claude-sonnet-4-6",
+    "endpoint": "/anthropic/v1/messages",
+    "response_model": "claude-sonnet-4-6",
+    "input_tokens": 10000,
+    "output_tokens": 742,
+    "total_tokens": 10742,
+    "cached_input_tokens": 6000,
+    "cache_write_tokens": 3000,
+    "reasoning_tokens": 0,
+    "finish_reason": "end_turn",
+}
 
 
 # Each record and what config C makes of it: (costs, price, currency), or None when it stays unpriced.
@@ -126,32 +166,28 @@ CASES: list[tuple[dict[str, Any], tuple[dict[str, float], dict[str, Any], str] |
         record(),
         (
             costs([(800, "2.50"), (200, "1.25")], [(500, "10.00")]),
-            {"input": 2.5, "output": 10.0, "cached_input": 1.25, "cache_write": 2.5, "tier": None},
+            applied(2.5, 10.0, 1.25, 2.5),
             "USD",
         ),
     ),
     (
-        # A line written before this issue, with Anthropic's cache parts inside input_tokens:
+        # A line written before this issue, with Anthropic's cache parts inside input_tokens, and before
+        # 1-hour cache writes were counted apart: its writes are priced at cache_write, as they were.
         # (10000 - 6000 - 3000) * 3.00 + 6000 * 0.30 + 3000 * 3.75 + 742 * 15.00 per 1M.
-        legacy(
-            record(
-                request_id="msg_01XFDUDYJgAACzvnptvVoYEL",
-                provider="anthropic",
-                model="claude-sonnet-4-6",
-                endpoint="/anthropic/v1/messages",
-                response_model="claude-sonnet-4-6",
-                input_tokens=10000,
-                output_tokens=742,
-                total_tokens=10742,
-                cached_input_tokens=6000,
-                cache_write_tokens=3000,
-                reasoning_tokens=0,
-                finish_reason="end_turn",
-            )
-        ),
+        legacy(record(**ANTHROPIC)),
         (
             costs([(1000, "3.00"), (6000, "0.30"), (3000, "3.75")], [(742, "15.00")]),
-            {"input": 3.0, "output": 15.0, "cached_input": 0.3, "cache_write": 3.75, "tier": None},
+            applied(3.0, 15.0, 0.3, 3.75, cache_write_1h=6.0),
+            "USD",
+        ),
+    ),
+    (
+        # 2000 of its 3000 cache writes with a 1-hour TTL, at their own price:
+        # 1000 * 3.00 + 6000 * 0.30 + 1000 * 3.75 + 2000 * 6.00 + 742 * 15.00 per 1M.
+        record(**ANTHROPIC, cache_write_1h_tokens=2000),
+        (
+            costs([(1000, "3.00"), (6000, "0.30"), (1000, "3.75"), (2000, "6.00")], [(742, "15.00")]),
+            applied(3.0, 15.0, 0.3, 3.75, cache_write_1h=6.0),
             "USD",
         ),
     ),
@@ -173,7 +209,7 @@ CASES: list[tuple[dict[str, Any], tuple[dict[str, float], dict[str, Any], str] |
         ),
         (
             costs([(200, "0.15")], [(100, "0.60")]),
-            {"input": 0.15, "output": 0.6, "cached_input": 0.15, "cache_write": 0.15, "tier": None},
+            applied(0.15, 0.6, 0.15, 0.15),
             "USD",
         ),
     ),
@@ -192,7 +228,7 @@ CASES: list[tuple[dict[str, Any], tuple[dict[str, float], dict[str, Any], str] |
         ),
         (
             costs([(200000, "2.50"), (50000, "0.625")], [(1000, "15.0")]),
-            {"input": 2.5, "output": 15.0, "cached_input": 0.625, "cache_write": 2.5, "tier": 200000},
+            applied(2.5, 15.0, 0.625, 2.5, tier=200000),
             "USD",
         ),
     ),
@@ -211,7 +247,7 @@ CASES: list[tuple[dict[str, Any], tuple[dict[str, float], dict[str, Any], str] |
         ),
         (
             costs([(971, "0.40"), (2048, "0.08")], [(104, "1.20")]),
-            {"input": 0.4, "output": 1.2, "cached_input": 0.08, "cache_write": 0.4, "tier": None},
+            applied(0.4, 1.2, 0.08, 0.4),
             "USD",
         ),
     ),
@@ -229,7 +265,7 @@ CASES: list[tuple[dict[str, Any], tuple[dict[str, float], dict[str, Any], str] |
         ),
         (
             costs([(971, "0.80"), (2048, "0.16")], [(104, "2.00")]),
-            {"input": 0.8, "output": 2.0, "cached_input": 0.16, "cache_write": 0.8, "tier": None},
+            applied(0.8, 2.0, 0.16, 0.8),
             "CNY",
         ),
     ),
@@ -253,7 +289,7 @@ CASES: list[tuple[dict[str, Any], tuple[dict[str, float], dict[str, Any], str] |
         ),
         (
             {"input_cost": 0.0, "output_cost": 0.0, "total_cost": 0.0},
-            {"input": 2.5, "output": 10.0, "cached_input": 1.25, "cache_write": 2.5, "tier": None},
+            applied(2.5, 10.0, 1.25, 2.5),
             "USD",
         ),
     ),
@@ -280,7 +316,7 @@ CASES: list[tuple[dict[str, Any], tuple[dict[str, float], dict[str, Any], str] |
         ),
         (
             {"input_cost": 0.0, "output_cost": 0.0, "total_cost": 0.0},
-            {"input": 2.5, "output": 10.0, "cached_input": 1.25, "cache_write": 2.5, "tier": None},
+            applied(2.5, 10.0, 1.25, 2.5),
             "USD",
         ),
     ),
@@ -436,8 +472,13 @@ def test_reprice_with_the_proxys_own_config_changes_no_record_it_wrote(
     providers = all_providers(stub)
     config = make_config(providers=providers)
     proxy = launch(config)
+    # 2000 of the Anthropic call's 3000 cache writes are 1-hour ones, priced apart from the others.
+    anthropic_body = fixture("anthropic_messages.json").replace(
+        b'"ephemeral_5m_input_tokens":3000,"ephemeral_1h_input_tokens":0',
+        b'"ephemeral_5m_input_tokens":1000,"ephemeral_1h_input_tokens":2000',
+    )
     stub.push(
-        Reply(body=fixture("anthropic_messages.json")),
+        Reply(body=anthropic_body),
         Stream([fixture("responses_stream.sse")]),
         Reply(body=fixture("gemini_generate_content.json")),
         Reply(body=fixture("hunyuan_chat.json")),
@@ -456,7 +497,9 @@ def test_reprice_with_the_proxys_own_config_changes_no_record_it_wrote(
     assert result.returncode == 0, result.stderr
     assert read_records(tmp_path / "records.repriced.jsonl") == written
     # Then with Anthropic's price corrected: only that record changes, by the hand-computed amount.
-    providers["anthropic"]["models"]["claude-sonnet-4-6"]["pricing"]["cached_input"] = 0.15
+    # A copy: the pricing is test_providers' own, shared with the tests that run after this one.
+    model = providers["anthropic"]["models"]["claude-sonnet-4-6"]
+    model["pricing"] = {**model["pricing"], "cached_input": 0.15}
     corrected = make_config(providers=providers)
     result = reprice(
         tmp_path, "--file", str(proxy.records_path), "--config", str(corrected), "--output", "b.jsonl"
@@ -465,7 +508,7 @@ def test_reprice_with_the_proxys_own_config_changes_no_record_it_wrote(
     assert result.returncode == 0, result.stderr
     anthropic, *others = read_records(tmp_path / "b.jsonl")
     assert others == written[1:]
-    # (10000 - 6000 - 3000) * 3.00 + 6000 * 0.15 + 3000 * 3.75 + 742 * 15.00 per 1M
-    expected = costs([(1000, "3.00"), (6000, "0.15"), (3000, "3.75")], [(742, "15.00")])
+    # (10000 - 6000 - 3000) * 3.00 + 6000 * 0.15 + 1000 * 3.75 + 2000 * 6.00 + 742 * 15.00 per 1M
+    expected = costs([(1000, "3.00"), (6000, "0.15"), (1000, "3.75"), (2000, "6.00")], [(742, "15.00")])
     assert {key: anthropic[key] for key in expected} == expected
     assert anthropic["price"]["cached_input"] == 0.15

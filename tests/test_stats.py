@@ -52,6 +52,26 @@ def test_sums_the_last_24_hours_exactly(tmp_path: Path) -> None:
     assert snapshot["model_costs"] == {"deepseek/deepseek-chat": 0.7, "openai/gpt-4o": 0.2}
 
 
+def test_a_record_with_1_hour_cache_writes_is_summed_as_any_other(tmp_path: Path) -> None:
+    path = tmp_path / "r.jsonl"
+    price = {"input": 3.0, "output": 15.0, "cached_input": 0.3, "cache_write": 3.75, "tier": None}
+    path.write_bytes(
+        line(timedelta(hours=1), total_cost=0.2)
+        + line(
+            timedelta(minutes=1),
+            provider="anthropic",
+            model="claude-sonnet-4-6",
+            total_cost=0.03168,
+            cache_write_tokens=3000,
+            price=price | {"cache_write_1h": 6.0},
+            cache_write_1h_tokens=2000,
+        )
+    )
+    snapshot = totals(path).snapshot()
+    assert (snapshot["requests"], snapshot["total_cost"]) == (2, 0.23168)
+    assert snapshot["provider_costs"] == {"anthropic": 0.03168, "openai": 0.2}
+
+
 def test_a_stamp_with_an_offset_is_in_the_window_by_its_utc_moment(tmp_path: Path) -> None:
     # The window starts at 2026-11-22 12:00 UTC. 08:00 in New York is 13:00 UTC, inside it; 12:30 in
     # Cairo is 10:30 UTC, outside; their text says the opposite.
