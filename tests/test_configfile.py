@@ -96,6 +96,24 @@ def test_shipped_config_has_the_seed_providers_with_priced_models() -> None:
     assert config.providers["hunyuan"].currency == "CNY"
 
 
+def test_shipped_config_prices_anthropic_1_hour_cache_writes_at_twice_input() -> None:
+    # Anthropic bills cache writes with a 1-hour TTL at 2x input, 5-minute ones at 1.25x.
+    config = load_config(SHIPPED_CONFIG, {})
+    claudes = {
+        f"{provider.name}/{name}": price
+        for provider in config.providers.values()
+        for name, price in provider.models.items()
+        if provider.kind == "anthropic" or name.startswith("anthropic/")
+    }
+
+    assert len(claudes) == 11
+    for name, price in claudes.items():
+        assert (price.cache_write, price.cache_write_1h) == (
+            price.input * Decimal("1.25"),
+            price.input * 2,
+        ), name
+
+
 def test_shipped_config_lists_a_plain_model_name_under_one_provider_except_dashscopes() -> None:
     config = load_config(SHIPPED_CONFIG, {})
     owners: dict[str, list[str]] = {}

@@ -41,7 +41,13 @@ CLAUDE_SONNET_4_6 = {
 GEMINI_2_5_FLASH = {"input": 0.30, "output": 2.50, "cached_input": 0.03}
 DEEPSEEK_REASONER = {"input": 0.55, "output": 2.19, "cached_input": 0.14}
 OPENROUTER_GPT_4O_MINI = {"input": 0.15, "output": 0.60, "cached_input": 0.075}
-OPENROUTER_CLAUDE_SONNET_4_6 = {"input": 3.00, "output": 15.00, "cached_input": 0.30, "cache_write": 3.75}
+OPENROUTER_CLAUDE_SONNET_4_6 = {
+    "input": 3.00,
+    "output": 15.00,
+    "cached_input": 0.30,
+    "cache_write": 3.75,
+    "cache_write_1h": 6.00,
+}
 KIMI_K2_5 = {"input": 0.60, "output": 3.00, "cached_input": 0.10}
 QWEN_PLUS = {"input": 0.40, "output": 1.20, "cached_input": 0.08}
 QWEN3_MAX_CNY = {"input": 2.50, "output": 10.00, "cached_input": 0.50}
