@@ -24,6 +24,7 @@ from proxy.deadlines import Deadlines, Later
 from proxy.disconnect import WATCH_AFTER, DisconnectWatch
 from proxy.errors import error_answer
 from proxy.ledger import Ledger
+from proxy.redaction import RedactedResponse, hidden_key, without_length
 from proxy.relay import head, relay_body, relay_stream, relay_whole_body
 from proxy.request import (
     BodyUnread,
@@ -227,21 +228,26 @@ class Meter:
             elif lowered == b"content-encoding":
                 call.encoding = value.lower()
         sse = content_type.lower().startswith(b"text/event-stream")  # media types ignore case
-        # An error may quote the provider key it was sent: it is read whole to take the key out.
-        quoting = response.status >= 400 and call.provider.api_key is not None
+        plain = call.encoding in _PLAIN
         # Only a plain-text stream is scanned (and edited) as it passes: a compressed one, sent although
         # we asked for identity, goes on as it came, so its Content-Encoding stays true of its bytes.
         metered = self._metering and call.api is not None
-        scanned = sse and metered and call.encoding in _PLAIN
+        scanned = sse and metered and plain
         # A scanned body may change length (a chunk removed, the cost added): let the server chunk it.
         sent_headers = end_to_end(response.headers, _NO_LENGTH if scanned else _KEEP)
         sent_headers.append((b"x-meterproxy-request-id", call.proxy_id.encode()))
+        # An error may quote the provider key it was sent: a stream has it taken out as it passes, any
+        # other body is read whole for it. A 2xx is never searched.
+        secret = hidden_key(call.provider, response.status)
+        if secret is not None and sse and plain:
+            response = RedactedResponse(response, secret)
+            sent_headers, length = without_length(sent_headers), None
         try:
             if scanned:
                 await send(head(call, response.status, sent_headers))
                 record = functools.partial(self._ledger.account, scope["state"]["writer"], call)
                 return await relay_stream(send, call, response, strip, self.config.cost_in_response, record)
-            if not sse and (metered or quoting):
+            if not sse and (metered or secret is not None):
                 return await relay_whole_body(
                     send, call, response, sent_headers, length, self.config.cost_in_response
                 )

@@ -15,11 +15,11 @@ from starlette.types import Message, Send
 
 from proxy.calls import Bill, Call, decimal_text
 from proxy.facts import StreamFacts
+from proxy.redaction import hidden_key, redact
 from proxy.sse import SSEEvent, SSEScanner
 from proxy.upstream import Headers, UpstreamResponse
 
 MAX_READ_BODY = 64 << 20  # the largest non-streamed answer read for its usage
-_REDACTED = b"[REDACTED]"
 
 
 async def relay_stream(
@@ -197,10 +197,8 @@ async def relay_whole_body(
         response.release()  # the whole body is in: hand the connection back without another read
         call.response = None
     call.body = body
-    if response.status >= 400 and call.provider.api_key is not None:
-        # Some providers quote the key they were sent in their errors; a client must never learn
-        # the provider's key (issue 6, case 13).
-        body = redact(body, headers, call.provider.api_key.reveal().encode("latin-1"))
+    if (secret := hidden_key(call.provider, response.status)) is not None:
+        body = redact(body, headers, secret)
     if cost_in_response and call.api is not None:
         bill = call.settle()
         if bill.cost is not None:
@@ -252,14 +250,3 @@ async def relay_body(
 def head(call: Call, status: int, headers: Headers) -> Message:
     call.head_sent = True
     return {"type": "http.response.start", "status": status, "headers": headers}
-
-
-def redact(body: bytes, headers: Headers, secret: bytes) -> bytes:
-    """`body` with every copy of `secret` replaced, its Content-Length in `headers` set to match."""
-    if secret not in body:
-        return body
-    body = body.replace(secret, _REDACTED)
-    for index, (name, _) in enumerate(headers):
-        if name.lower() == b"content-length":
-            headers[index] = (name, str(len(body)).encode())
-    return body

@@ -15,8 +15,9 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+import openai
 import pytest
-from conftest import CLIENT_KEY, MakeConfig, ProxyLauncher, RunningProxy, settled, wait_until
+from conftest import CLIENT_KEY, MakeConfig, ProxyLauncher, RawResponse, RunningProxy, settled, wait_until
 from upstream_stub import SSE_DONE, Hangup, Reply, Stream, UpstreamStub, sse
 
 from proxy.protocol import MAX_HEAD
@@ -386,6 +387,54 @@ def test_pass_through_keys_are_hashed_and_the_clients_own_key_echoed_back_is_lef
     for where, text in {"records": proxy.records_path.read_text(), "server log": proxy.log()}.items():
         assert CLIENT_CANARY not in text, f"the client's key leaked into the {where}"
     assert CLIENT_CANARY not in json.dumps(proxy.health())
+
+
+REDACTED = b"[REDACTED]"
+CANARY_BYTES = UPSTREAM_CANARY.encode()
+
+
+@pytest.fixture(params=["http1", "aiohttp"])
+def keyed_proxy(
+    request: pytest.FixtureRequest, launch: ProxyLauncher, make_config: MakeConfig
+) -> RunningProxy:
+    """The proxy in front of a provider with its own api_key (a canary), through either upstream client."""
+    config = make_config(
+        server={"upstream_client": request.param}, providers={"openai": {"api_key": "${CANARY_UPSTREAM_KEY}"}}
+    )
+    return launch(config, env={"CANARY_UPSTREAM_KEY": UPSTREAM_CANARY})
+
+
+def cut_in_the_key(body: bytes, status: int, headers: tuple[tuple[str, str], ...]) -> Stream:
+    """`body` as two chunked writes a moment apart, the provider key cut between them."""
+    at = body.index(CANARY_BYTES) + len(CANARY_BYTES) // 2
+    return Stream([body[:at], body[at:]], status=status, headers=headers, delay=0.05)
+
+
+def assert_redacted(response: RawResponse, status: int, body: bytes) -> None:
+    """The answer the client got is `body` with every copy of the key replaced, its length (if any) true."""
+    assert (response.status, response.body) == (status, body.replace(CANARY_BYTES, REDACTED))
+    assert response.header("content-length") in (None, str(len(response.body)))
+
+
+def test_a_streamed_error_has_the_provider_key_taken_out_even_cut_across_reads(
+    keyed_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    event = b"event: error\ndata: " + echo(401, UPSTREAM_CANARY).body + b"\n\n"
+    stub.always(cut_in_the_key(event, 401, (("content-type", "text/event-stream"),)))
+    payload = {"model": "gpt-4o", "messages": HELLO, "stream": True}
+
+    metered = keyed_proxy.post_json("/v1/chat/completions", payload)
+    passed_through = keyed_proxy.post_json("/openai/v1/files", payload)
+    with keyed_proxy.client() as client, pytest.raises(openai.AuthenticationError) as raised:
+        client.chat.completions.create(model="gpt-4o", messages=HELLO, stream=True)
+
+    nothing_billed = {"total_cost": 0.0, "currency": "USD", "input_tokens": 0, "output_tokens": 0}
+    cost = b": meterproxy-cost " + json.dumps(nothing_billed).encode() + b"\n\n"
+    assert_redacted(metered, 401, event + cost)
+    assert_redacted(passed_through, 401, event)
+    assert raised.value.body == event.replace(CANARY_BYTES, REDACTED).decode() + cost.decode().strip()
+    assert [record["status_code"] for record in keyed_proxy.wait_records(3)] == [401] * 3
+    assert_no_canary(keyed_proxy)
 
 
 @pytest.mark.parametrize("client", ["http1", "aiohttp"])
