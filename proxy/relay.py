@@ -15,7 +15,7 @@ from starlette.types import Message, Send
 
 from proxy.calls import Bill, Call, decimal_text
 from proxy.facts import StreamFacts
-from proxy.redaction import hidden_key, redact
+from proxy.redaction import RedactedResponse, hidden_key, redact, without_length
 from proxy.sse import SSEEvent, SSEScanner
 from proxy.upstream import Headers, UpstreamResponse
 
@@ -178,6 +178,7 @@ async def relay_whole_body(
 ) -> list[Message]:
     """Read a non-streamed body whole: a metered one, so its cost can go back in the headers; an
     error, so that the provider key it may quote can be taken out."""
+    secret = hidden_key(call.provider, response.status)
     parts: list[bytes] = []
     size = 0
     while size != length:
@@ -190,14 +191,18 @@ async def relay_whole_body(
         size += len(chunk)
         if size > MAX_READ_BODY:  # too large to read for usage: pass it through as it comes
             call.unread = True
+            first = b"".join(parts)
+            if secret is not None:  # an error: the key is taken out as it passes
+                response = RedactedResponse(response, secret)
+                first, headers, length = response.take(first), without_length(headers), None
             await send(head(call, response.status, headers))
-            return await relay_body(send, call, response, length, b"".join(parts))
+            return await relay_body(send, call, response, length, first)
     body = parts[0] if len(parts) == 1 else b"".join(parts)
     if size == length:
         response.release()  # the whole body is in: hand the connection back without another read
         call.response = None
     call.body = body
-    if (secret := hidden_key(call.provider, response.status)) is not None:
+    if secret is not None:
         body = redact(body, headers, secret)
     if cost_in_response and call.api is not None:
         bill = call.settle()

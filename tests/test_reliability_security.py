@@ -21,6 +21,7 @@ from conftest import CLIENT_KEY, MakeConfig, ProxyLauncher, RawResponse, Running
 from upstream_stub import SSE_DONE, Hangup, Reply, Stream, UpstreamStub, sse
 
 from proxy.protocol import MAX_HEAD
+from proxy.relay import MAX_READ_BODY
 
 HELLO = [{"role": "user", "content": "Say hello"}]
 USAGE = {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}
@@ -391,6 +392,7 @@ def test_pass_through_keys_are_hashed_and_the_clients_own_key_echoed_back_is_lef
 
 REDACTED = b"[REDACTED]"
 CANARY_BYTES = UPSTREAM_CANARY.encode()
+JSON_HEAD = (("content-type", "application/json"),)
 
 
 @pytest.fixture(params=["http1", "aiohttp"])
@@ -435,6 +437,20 @@ def test_a_streamed_error_has_the_provider_key_taken_out_even_cut_across_reads(
     assert raised.value.body == event.replace(CANARY_BYTES, REDACTED).decode() + cost.decode().strip()
     assert [record["status_code"] for record in keyed_proxy.wait_records(3)] == [401] * 3
     assert_no_canary(keyed_proxy)
+
+
+def test_an_error_too_large_to_read_whole_has_the_provider_key_taken_out_as_it_passes(
+    keyed_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    body = b'{"error": {"message": "' + b"x" * MAX_READ_BODY + b" is not a key: " + CANARY_BYTES + b'"}}'
+    stub.push(cut_in_the_key(body, 400, JSON_HEAD), Reply(status=400, body=body))
+    payload = {"model": "gpt-4o", "messages": HELLO}
+
+    chunked = keyed_proxy.post_json("/v1/chat/completions", payload)
+    with_length = keyed_proxy.post_json("/v1/chat/completions", payload)
+
+    assert_redacted(chunked, 400, body)
+    assert_redacted(with_length, 400, body)
 
 
 @pytest.mark.parametrize("client", ["http1", "aiohttp"])
