@@ -236,18 +236,19 @@ class Meter:
         # A scanned body may change length (a chunk removed, the cost added): let the server chunk it.
         sent_headers = end_to_end(response.headers, _NO_LENGTH if scanned else _KEEP)
         sent_headers.append((b"x-meterproxy-request-id", call.proxy_id.encode()))
-        # An error may quote the provider key it was sent: a stream has it taken out as it passes, any
-        # other body is read whole for it. A 2xx is never searched.
+        # An error may quote the provider key it was sent: a plain-text stream has it taken out as it
+        # passes, any other body (a compressed stream too) is read whole for it. A 2xx is never searched.
         secret = hidden_key(call.provider, response.status)
         if secret is not None and sse and plain:
             response = RedactedResponse(response, secret)
             sent_headers, length = without_length(sent_headers), None
+            secret = None  # searched read by read: not read whole for it
         try:
             if scanned:
                 await send(head(call, response.status, sent_headers))
                 record = functools.partial(self._ledger.account, scope["state"]["writer"], call)
                 return await relay_stream(send, call, response, strip, self.config.cost_in_response, record)
-            if not sse and (metered or secret is not None):
+            if (not sse and metered) or secret is not None:
                 return await relay_whole_body(
                     send, call, response, sent_headers, length, self.config.cost_in_response
                 )

@@ -3,14 +3,26 @@ they were sent, and a client must never learn the provider's key (issue 6, case 
 
 Only an answer with a status of 400 or more from a provider with its own api_key is searched: a 2xx
 passes as it came, at no cost (no provider quotes keys there).
+
+A compressed error (the proxy asks for identity, but a provider may compress all the same) is searched
+decoded. Asking for identity only on such calls would not help: a client's 2xx would change too.
 """
 
 from __future__ import annotations
 
+import zlib
+
 from proxy.config import Provider
+from proxy.errors import error_body
 from proxy.upstream import Headers, UpstreamResponse
 
 REDACTED = b"[REDACTED]"
+MAX_DECODED = 16 << 20  # an error larger than this decoded is not searched, but withheld: errors are small
+_ZLIB_CODINGS = frozenset({b"gzip", b"x-gzip", b"deflate"})
+_WITHHELD = (
+    "the provider's error body is compressed in a way the proxy cannot read (an unknown Content-Encoding, "
+    "a corrupt body, or too large), so the provider's key cannot be taken out of it: it is withheld"
+)
 
 
 def hidden_key(provider: Provider, status: int) -> bytes | None:
@@ -20,20 +32,74 @@ def hidden_key(provider: Provider, status: int) -> bytes | None:
     return provider.api_key.reveal().encode("latin-1")
 
 
-def redact(body: bytes, headers: Headers, secret: bytes) -> bytes:
-    """`body` with every copy of `secret` replaced, its Content-Length in `headers` set to match."""
-    if secret not in body:
+def redact(body: bytes, headers: Headers, secret: bytes, status: int) -> bytes:
+    """A whole error body with every copy of `secret` replaced, `headers` set to match. A compressed body
+    is searched decoded: one without the key goes as it came, one with it goes decoded (every client
+    takes identity), and one that cannot be decoded here is withheld."""
+    codings = compressed(headers)
+    if codings:
+        decoded = _decoded(body, codings)
+        if decoded is None:
+            return withheld(headers, status)
+        if secret not in decoded:
+            return body
+        body = decoded
+        headers[:] = _without(headers, b"content-encoding")
+    elif secret not in body:
         return body
     body = body.replace(secret, REDACTED)
-    for index, (name, _) in enumerate(headers):
-        if name.lower() == b"content-length":
-            headers[index] = (name, str(len(body)).encode())
+    headers[:] = [*_without(headers, b"content-length"), (b"content-length", str(len(body)).encode())]
+    return body
+
+
+def compressed(headers: Headers) -> list[bytes]:
+    """The codings a body was sent in (Content-Encoding, every one of them), in the order applied."""
+    codings = [
+        coding.strip().lower()
+        for name, value in headers
+        if name.lower() == b"content-encoding"
+        for coding in value.split(b",")
+    ]
+    return [coding for coding in codings if coding not in (b"", b"identity")]
+
+
+def withheld(headers: Headers, status: int) -> bytes:
+    """The body that stands for an error the key cannot be looked for in (an OpenAI-shaped one of the
+    proxy's own; the status and the provider's other headers stay), `headers` set to match."""
+    body = error_body(status, "upstream_error_withheld", _WITHHELD)
+    kept = _without(headers, b"content-encoding", b"content-length", b"content-type")
+    headers[:] = [*kept, (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     return body
 
 
 def without_length(headers: Headers) -> Headers:
     """`headers` without Content-Length: a body the key is taken out of as it passes changes length."""
-    return [(name, value) for name, value in headers if name.lower() != b"content-length"]
+    return _without(headers, b"content-length")
+
+
+def _without(headers: Headers, *names: bytes) -> Headers:
+    return [(name, value) for name, value in headers if name.lower() not in names]
+
+
+def _decoded(body: bytes, codings: list[bytes]) -> bytes | None:
+    """`body` as a client decodes it; None when it cannot be decoded here, or not within MAX_DECODED."""
+    for coding in reversed(codings):
+        if coding not in _ZLIB_CODINGS:
+            return None  # br, zstd, compress: no decoder for them in the standard library
+        decoded: list[bytes] = []
+        size = 0
+        while body:  # gzip members may follow one another
+            decoder = zlib.decompressobj(wbits=47)  # 47: a gzip or a zlib header, detected
+            try:
+                decoded.append(decoder.decompress(body, MAX_DECODED + 1 - size))
+            except zlib.error:
+                return None
+            size += len(decoded[-1])
+            if size > MAX_DECODED:
+                return None
+            body = decoder.unused_data
+        body = b"".join(decoded)
+    return body
 
 
 class RedactedResponse:

@@ -15,7 +15,7 @@ from starlette.types import Message, Send
 
 from proxy.calls import Bill, Call, decimal_text
 from proxy.facts import StreamFacts
-from proxy.redaction import RedactedResponse, hidden_key, redact, without_length
+from proxy.redaction import RedactedResponse, compressed, hidden_key, redact, withheld, without_length
 from proxy.sse import SSEEvent, SSEScanner
 from proxy.upstream import Headers, UpstreamResponse
 
@@ -192,6 +192,10 @@ async def relay_whole_body(
         if size > MAX_READ_BODY:  # too large to read for usage: pass it through as it comes
             call.unread = True
             first = b"".join(parts)
+            if secret is not None and compressed(headers):  # an error the key cannot be looked for in
+                call.finished = True
+                body = withheld(headers, response.status)
+                return [head(call, response.status, headers), {"type": "http.response.body", "body": body}]
             if secret is not None:  # an error: the key is taken out as it passes
                 response = RedactedResponse(response, secret)
                 first, headers, length = response.take(first), without_length(headers), None
@@ -203,7 +207,7 @@ async def relay_whole_body(
         call.response = None
     call.body = body
     if secret is not None:
-        body = redact(body, headers, secret)
+        body = redact(body, headers, secret, response.status)
     if cost_in_response and call.api is not None:
         bill = call.settle()
         if bill.cost is not None:

@@ -1,16 +1,20 @@
-"""The provider key taken out of error answers: bodies read whole, and bodies read as they pass however
-the reads cut them (a key cut across two reads, copies that touch or overlap, a body that ends mid-key)."""
+"""The provider key taken out of error answers: bodies read whole (compressed ones decoded, or withheld
+when they cannot be), and bodies read as they pass however the reads cut them (a key cut across two
+reads, copies that touch or overlap, a body that ends mid-key)."""
 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
+import zlib
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.configfile import parse_config
-from proxy.redaction import RedactedResponse, hidden_key, redact
+from proxy.redaction import MAX_DECODED, RedactedResponse, hidden_key, redact
 from proxy.upstream import Headers
 
 KEY = b"sk-provider-secret"
@@ -84,9 +88,49 @@ def test_a_body_read_whole_has_every_copy_taken_out_and_its_length_set() -> None
     headers: Headers = [(b"content-type", b"application/json"), (b"Content-Length", b"56")]
     body = b'{"message": "' + KEY + b" and " + KEY + b'"}'
 
-    assert redact(body, headers, KEY) == b'{"message": "[REDACTED] and [REDACTED]"}'
-    assert headers[1] == (b"Content-Length", b"40")
-    assert redact(b'{"message": "slow down"}', headers, KEY) == b'{"message": "slow down"}'
+    assert redact(body, headers, KEY, 401) == b'{"message": "[REDACTED] and [REDACTED]"}'
+    assert headers == [(b"content-type", b"application/json"), (b"content-length", b"40")]
+    assert redact(b'{"message": "slow down"}', headers, KEY, 401) == b'{"message": "slow down"}'
+
+
+def test_a_compressed_body_is_searched_decoded_and_goes_decoded_only_when_it_held_the_key() -> None:
+    body = b'{"message": "' + KEY + b'"}'
+    twice = gzip.compress(zlib.compress(body))  # deflate applied first, then gzip
+    headers: Headers = [(b"Content-Encoding", b"deflate"), (b"content-encoding", b"gzip"), (b"x-id", b"1")]
+    untouched = gzip.compress(b'{"message": "slow down"}')
+    members = gzip.compress(b'{"message": "') + gzip.compress(KEY + b'"}')  # read on by every gzip reader
+
+    assert redact(untouched, [(b"content-encoding", b"gzip")], KEY, 429) == untouched
+    assert redact(twice, headers, KEY, 401) == b'{"message": "[REDACTED]"}'
+    assert headers == [(b"x-id", b"1"), (b"content-length", b"25")]
+    assert redact(members, [(b"content-encoding", b"GZIP")], KEY, 401) == b'{"message": "[REDACTED]"}'
+
+
+@pytest.mark.parametrize(
+    "coding, body",
+    [
+        (b"br", b'{"message": "' + KEY + b'"}'),  # no decoder for it here
+        (b"gzip", b"not gzip at all"),
+        (b"gzip", gzip.compress(b"x" * (MAX_DECODED + 1))),
+        (b"gzip", gzip.compress(b"{}") + b"trailing bytes"),
+    ],
+)
+def test_a_compressed_body_that_cannot_be_decoded_is_withheld(coding: bytes, body: bytes) -> None:
+    headers: Headers = [
+        (b"content-type", b"text/plain"),
+        (b"content-encoding", coding),
+        (b"retry-after", b"3"),
+    ]
+
+    answer = redact(body, headers, KEY, 401)
+
+    assert json.loads(answer)["error"]["code"] == "upstream_error_withheld"
+    length = str(len(answer)).encode()
+    assert headers == [
+        (b"retry-after", b"3"),
+        (b"content-type", b"application/json"),
+        (b"content-length", length),
+    ]
 
 
 def test_only_an_error_from_a_provider_with_its_own_key_is_searched() -> None:

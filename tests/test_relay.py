@@ -7,6 +7,7 @@ and compared with what an SSE parser written from the spec finds in them, howeve
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import re
 from collections.abc import Callable
@@ -501,11 +502,18 @@ def chat_body(spaced: bool, prompt: int, output: int) -> bytes:
 
 
 def run_whole_body(
-    pieces: list[bytes], call: Call, length: int | None, cost_in_response: bool, status: int = 200
+    pieces: list[bytes],
+    call: Call,
+    length: int | None,
+    cost_in_response: bool,
+    status: int = 200,
+    encoding: bytes | None = None,
 ) -> tuple[Client, Reads]:
     client, response = Client(), Reads(pieces, status)
     call.status = status
     headers: Headers = [(b"content-type", b"application/json")]
+    if encoding is not None:
+        headers.append((b"content-encoding", encoding))
     if length is not None:
         headers.append((b"content-length", str(length).encode()))
 
@@ -597,6 +605,16 @@ def test_an_error_too_large_to_read_has_every_copy_of_the_key_taken_out_as_it_pa
         )
     assert client.body == body.replace(KEY.encode(), b"[REDACTED]")
     assert header(client, b"content-length") is None  # its length changes as it passes
+
+
+def test_a_compressed_error_too_large_to_read_is_withheld() -> None:
+    body = gzip.compress(b'{"error": {"message": "bad key ' + KEY.encode() + b'"}}')
+    with mock.patch.object(relay, "MAX_READ_BODY", 10):
+        client, response = run_whole_body(
+            [body[:20], body[20:]], new_call("chat", False), None, False, 401, b"gzip"
+        )
+    assert json.loads(client.body)["error"]["code"] == "upstream_error_withheld"
+    assert header(client, b"content-encoding") is None and response.ends_read == 0  # the rest is never read
 
 
 @settings(max_examples=60, deadline=None)

@@ -12,6 +12,7 @@ import select
 import socket
 import threading
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -451,6 +452,49 @@ def test_an_error_too_large_to_read_whole_has_the_provider_key_taken_out_as_it_p
 
     assert_redacted(chunked, 400, body)
     assert_redacted(with_length, 400, body)
+
+
+def test_a_compressed_error_is_searched_decoded_and_one_that_cannot_be_is_withheld(
+    keyed_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    """Asked for identity, a provider may still compress: a body that quotes the key goes decoded (every
+    client takes identity), one without it as it came, one in a coding the proxy cannot read not at all."""
+    quoting = echo(401, UPSTREAM_CANARY).body
+    other = b'{"error": {"message": "slow down", "code": "rate_limit"}}'
+
+    event = b"event: error\ndata: " + quoting + b"\n\n"
+
+    def encoded(coding: str, body: bytes, status: int = 401, kind: str = "application/json") -> Reply:
+        return Reply(status=status, body=body, headers=(("content-type", kind), ("content-encoding", coding)))
+
+    stub.push(
+        encoded("gzip", gzip.compress(quoting)),
+        encoded("deflate", zlib.compress(quoting)),
+        encoded("gzip", gzip.compress(event), kind="text/event-stream"),
+        encoded("gzip", gzip.compress(other), 429),
+        encoded("br", quoting),  # no decoder for it here: it cannot be searched
+        encoded("gzip", gzip.compress(quoting)),
+    )
+    payload = {"model": "gpt-4o", "messages": HELLO}
+
+    gzipped = keyed_proxy.post_json("/v1/chat/completions", payload)
+    deflated = keyed_proxy.post_json("/openai/v1/files", payload)
+    streamed = keyed_proxy.post_json("/v1/chat/completions", {**payload, "stream": True})
+    untouched = keyed_proxy.post_json("/v1/chat/completions", payload)
+    withheld = keyed_proxy.post_json("/v1/chat/completions", payload)
+    with keyed_proxy.client() as client, pytest.raises(openai.AuthenticationError) as raised:
+        client.chat.completions.create(model="gpt-4o", messages=HELLO)
+
+    for response, body in ((gzipped, quoting), (deflated, quoting), (streamed, event)):
+        assert_redacted(response, 401, body)
+        assert response.header("content-encoding") is None
+    assert (untouched.status, untouched.body) == (429, gzip.compress(other))
+    assert untouched.header("content-encoding") == "gzip"
+    assert withheld.status == 401 and withheld.header("content-encoding") is None
+    assert withheld.json()["error"]["code"] == "upstream_error_withheld"
+    assert withheld.header("content-length") == str(len(withheld.body))
+    assert "Incorrect API key provided: [REDACTED]." in str(raised.value)
+    assert_no_canary(keyed_proxy)
 
 
 @pytest.mark.parametrize("client", ["http1", "aiohttp"])
