@@ -24,7 +24,7 @@ from proxy.deadlines import Deadlines, Later
 from proxy.disconnect import WATCH_AFTER, DisconnectWatch
 from proxy.errors import error_answer
 from proxy.ledger import Ledger
-from proxy.redaction import RedactedResponse, hidden_key, without_length
+from proxy.redaction import RedactedResponse, hidden_key, redact_headers, without_length
 from proxy.relay import head, relay_body, relay_stream, relay_whole_body
 from proxy.request import (
     BodyUnread,
@@ -236,9 +236,12 @@ class Meter:
         # A scanned body may change length (a chunk removed, the cost added): let the server chunk it.
         sent_headers = end_to_end(response.headers, _NO_LENGTH if scanned else _KEEP)
         sent_headers.append((b"x-meterproxy-request-id", call.proxy_id.encode()))
-        # An error may quote the provider key it was sent: a plain-text stream has it taken out as it
-        # passes, any other body (a compressed stream too) is read whole for it. A 2xx is never searched.
+        # An error may quote the provider key it was sent, in its headers or its body: a plain-text stream
+        # has it taken out as it passes, any other body (a compressed stream too) is read whole for it.
+        # A 2xx is never searched.
         secret = hidden_key(call.provider, response.status)
+        if secret is not None:
+            sent_headers = redact_headers(sent_headers, secret)
         if secret is not None and sse and plain:
             response = RedactedResponse(response, secret)
             sent_headers, length = without_length(sent_headers), None

@@ -32,6 +32,16 @@ def hidden_key(provider: Provider, status: int) -> bytes | None:
     return provider.api_key.reveal().encode("latin-1")
 
 
+def redact_headers(headers: Headers, secret: bytes) -> Headers:
+    """An error's headers with every copy of `secret` in a value replaced; a header whose name holds it
+    goes (no name could hold `[REDACTED]`)."""
+    return [
+        (name, value.replace(secret, REDACTED) if secret in value else value)
+        for name, value in headers
+        if secret not in name
+    ]
+
+
 def redact(body: bytes, headers: Headers, secret: bytes, status: int) -> bytes:
     """A whole error body with every copy of `secret` replaced, `headers` set to match. A compressed body
     is searched decoded: one without the key goes as it came, one with it goes decoded (every client

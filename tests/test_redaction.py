@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.configfile import parse_config
-from proxy.redaction import MAX_DECODED, RedactedResponse, hidden_key, redact
+from proxy.redaction import MAX_DECODED, RedactedResponse, hidden_key, redact, redact_headers
 from proxy.upstream import Headers
 
 KEY = b"sk-provider-secret"
@@ -141,3 +141,16 @@ def test_only_an_error_from_a_provider_with_its_own_key_is_searched() -> None:
 
     assert [hidden_key(keyed, status) for status in (200, 304, 399, 400, 401, 500)] == [None] * 3 + [KEY] * 3
     assert hidden_key(open_, 401) is None
+
+
+def test_an_errors_headers_have_the_key_taken_out_of_values_and_a_name_holding_it_dropped() -> None:
+    headers: Headers = [
+        (b"www-authenticate", b'Bearer error_description="' + KEY + b' is revoked"'),
+        (b"x-" + KEY, b"1"),
+        (b"retry-after", b"3"),
+    ]
+
+    assert redact_headers(headers, KEY) == [
+        (b"www-authenticate", b'Bearer error_description="[REDACTED] is revoked"'),
+        (b"retry-after", b"3"),
+    ]

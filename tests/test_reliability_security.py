@@ -497,6 +497,32 @@ def test_a_compressed_error_is_searched_decoded_and_one_that_cannot_be_is_withhe
     assert_no_canary(keyed_proxy)
 
 
+def test_an_error_answers_headers_have_the_provider_key_taken_out(
+    keyed_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    quoting = echo(401, UPSTREAM_CANARY).body
+    challenge = f'Bearer error="invalid_token", error_description="{UPSTREAM_CANARY} is revoked"'
+    named = f"x-{UPSTREAM_CANARY}"
+    quoted = (("www-authenticate", challenge), ("x-request-key", UPSTREAM_CANARY), (named, "1"))
+    stub.push(
+        Reply(status=401, body=quoting, headers=(*JSON_HEAD, *quoted)),
+        cut_in_the_key(quoting, 401, (*JSON_HEAD, *quoted)),  # chunked, no Content-Length
+        cut_in_the_key(quoting, 401, (("content-type", "text/event-stream"), *quoted)),  # not metered
+    )
+    payload = {"model": "gpt-4o", "messages": HELLO}
+    paths = ["/v1/chat/completions", "/v1/chat/completions", "/openai/v1/files"]
+
+    answers = [keyed_proxy.post_json(path, payload) for path in paths]
+
+    for response in answers:
+        assert_redacted(response, 401, quoting)
+        assert response.header("www-authenticate") == challenge.replace(UPSTREAM_CANARY, "[REDACTED]")
+        assert response.header("x-request-key") == "[REDACTED]"
+        assert all(
+            UPSTREAM_CANARY.lower() not in f"{name}: {value}".lower() for name, value in response.headers
+        )
+
+
 @pytest.mark.parametrize("client", ["http1", "aiohttp"])
 def test_a_key_in_the_query_stays_out_of_the_log_when_the_provider_answers_garbage(
     launch: ProxyLauncher, make_config: MakeConfig, bad_http_port: int, client: str
