@@ -24,7 +24,7 @@ from proxy.deadlines import Deadlines, Later
 from proxy.disconnect import WATCH_AFTER, DisconnectWatch
 from proxy.errors import error_answer
 from proxy.ledger import Ledger
-from proxy.redaction import RedactedResponse, hidden_key, redact_headers, without_length
+from proxy.redaction import RedactedResponse, hidden_key, redact_headers, without_key, without_length
 from proxy.relay import head, relay_body, relay_stream, relay_whole_body
 from proxy.request import (
     BodyUnread,
@@ -212,10 +212,11 @@ class Meter:
                 scope["method"], url, headers, body, call.provider.timeout
             )
         except UpstreamError as exc:
-            log.warning("%s %s -> %s: %s", scope["method"], _as_sent(scope), call.provider.name, exc)
-            call.error = exc.error
+            failure = without_key(exc, call.provider)
+            log.warning("%s %s -> %s: %s", scope["method"], _as_sent(scope), call.provider.name, failure)
+            call.error = failure.error
             call.finished = True
-            return _failed(call, exc)
+            return _failed(call, failure)
         call.status = response.status
         content_type = b""
         length: int | None = None
@@ -258,13 +259,14 @@ class Meter:
             await send(head(call, response.status, sent_headers))
             return await relay_body(send, call, response, length, b"")
         except UpstreamError as exc:
-            log.warning("%s %s -> %s: %s", scope["method"], _as_sent(scope), call.provider.name, exc)
-            call.error = exc.error
+            failure = without_key(exc, call.provider)
+            log.warning("%s %s -> %s: %s", scope["method"], _as_sent(scope), call.provider.name, failure)
+            call.error = failure.error
             if call.head_sent:
                 return []  # the response stays incomplete: the client sees it cut, never a fake end
             # A body read whole broke off before any of it was sent: the client gets the 502 or 504 of
             # an upstream that failed, not a bare 500 from the server, and the record says which.
-            return _failed(call, exc)
+            return _failed(call, failure)
 
 
 def _as_sent(scope: Scope) -> str:

@@ -14,7 +14,7 @@ import zlib
 
 from proxy.config import Provider
 from proxy.errors import error_body
-from proxy.upstream import Headers, UpstreamResponse
+from proxy.upstream import Headers, UpstreamError, UpstreamResponse
 
 REDACTED = b"[REDACTED]"
 MAX_DECODED = 16 << 20  # an error larger than this decoded is not searched, but withheld: errors are small
@@ -40,6 +40,14 @@ def redact_headers(headers: Headers, secret: bytes) -> Headers:
         for name, value in headers
         if secret not in name
     ]
+
+
+def without_key(exc: UpstreamError, provider: Provider) -> UpstreamError:
+    """`exc` with the provider's key taken out of its message, which the client and the log get: aiohttp
+    quotes the bytes of a head it could not parse, a key the provider put there too."""
+    if provider.api_key is None or (secret := provider.api_key.reveal()) not in str(exc):
+        return exc
+    return UpstreamError(exc.error, exc.status, str(exc).replace(secret, REDACTED.decode()))
 
 
 def redact(body: bytes, headers: Headers, secret: bytes, status: int) -> bytes:

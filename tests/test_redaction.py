@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.configfile import parse_config
-from proxy.redaction import MAX_DECODED, RedactedResponse, hidden_key, redact, redact_headers
-from proxy.upstream import Headers
+from proxy.redaction import MAX_DECODED, RedactedResponse, hidden_key, redact, redact_headers, without_key
+from proxy.upstream import Headers, UpstreamError
 
 KEY = b"sk-provider-secret"
 
@@ -154,3 +154,19 @@ def test_an_errors_headers_have_the_key_taken_out_of_values_and_a_name_holding_i
         (b"www-authenticate", b'Bearer error_description="[REDACTED] is revoked"'),
         (b"retry-after", b"3"),
     ]
+
+
+def test_a_failure_quoting_the_provider_key_is_told_without_it() -> None:
+    providers = {"keyed": {"base_url": "http://a.invalid/v1", "api_key": KEY.decode()}}
+    provider = parse_config(json.dumps({"providers": providers}), {}).providers["keyed"]
+    quoting = UpstreamError("upstream_bad_response", 502, f"bad HTTP: b'Content-Length: {KEY.decode()}'")
+    plain = UpstreamError("upstream_timeout", 504, "no data from the provider in 5 s")
+
+    told = without_key(quoting, provider)
+
+    assert (told.error, told.status, str(told)) == (
+        quoting.error,
+        502,
+        "bad HTTP: b'Content-Length: [REDACTED]'",
+    )
+    assert without_key(plain, provider) is plain

@@ -523,6 +523,53 @@ def test_an_error_answers_headers_have_the_provider_key_taken_out(
         )
 
 
+@contextlib.contextmanager
+def answering(head: bytes) -> Iterator[int]:
+    """A loopback server that answers every request with `head`, and closes; its port."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        while True:
+            try:
+                connection, _ = server.accept()
+            except OSError:
+                return
+            with connection:
+                connection.recv(65536)
+                connection.sendall(head)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        server.shutdown(socket.SHUT_RDWR)  # wakes the accept() under way (Linux)
+        server.close()
+        thread.join(5)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [b"HTTP/1.1 40%s\r\n\r\n", b"HTTP/1.1 401 Unauthorized\r\nContent-Length: %s\r\n\r\n"],
+    ids=["in-the-status-line", "in-a-header"],
+)
+@pytest.mark.parametrize("client", ["http1", "aiohttp"])
+def test_bad_http_that_quotes_the_provider_key_is_a_502_without_it(
+    launch: ProxyLauncher, make_config: MakeConfig, head: bytes, client: str
+) -> None:
+    """aiohttp quotes the bytes it could not parse in its errors, and the proxy quotes the error."""
+    with answering(head % CANARY_BYTES) as port:
+        openai_ = {"base_url": f"http://127.0.0.1:{port}/v1", "api_key": "${CANARY_UPSTREAM_KEY}"}
+        config = make_config(server={"upstream_client": client}, providers={"openai": openai_})
+        proxy = launch(config, env={"CANARY_UPSTREAM_KEY": UPSTREAM_CANARY})
+        response = proxy.post_json("/v1/chat/completions", {"model": "gpt-4o", "messages": HELLO})
+
+    assert response.status == 502 and response.json()["error"]["code"] == "upstream_bad_response"
+    assert CANARY_BYTES not in response.body
+    proxy.wait_records(1)
+    assert_no_canary(proxy)
+
+
 @pytest.mark.parametrize("client", ["http1", "aiohttp"])
 def test_a_key_in_the_query_stays_out_of_the_log_when_the_provider_answers_garbage(
     launch: ProxyLauncher, make_config: MakeConfig, bad_http_port: int, client: str
