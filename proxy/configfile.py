@@ -84,7 +84,7 @@ def parse_config(
 
     server = r.mapping(top.get("server"), ("server",), _SERVER_KEYS)
     host = r.text(server.get("host", "127.0.0.1"), ("server", "host"))
-    port_value = server.get("port", 9002)
+    port_value = r.scalar(server.get("port", 9002), ("server", "port"))
     if isinstance(port_value, bool) or not isinstance(port_value, int) or not 0 < port_value < 65536:
         raise r.fail(("server", "port"), f"must be a port number from 1 to 65535, got {show(port_value)}")
     max_body_mb = r.number(server.get("max_body_mb", 32), ("server", "max_body_mb"), positive=True)

@@ -55,20 +55,37 @@ class ConfigReader:
             raise self.fail(path, f"must be text, got {show(value)}")
         return self.expand(str(value), path)
 
-    def expand(self, value: str, path: tuple[str, ...]) -> str:
+    def expand(self, value: str, path: tuple[str, ...], *, keep_unset: bool | None = None) -> str:
+        keep = self.keep_unset if keep_unset is None else keep_unset
+
         def substitute(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
             if name in self.environ:
                 return self.environ[name]
             if default is not None:
                 return default
-            if self.keep_unset:
+            if keep:
                 return match.group(0)
             raise self.fail(path, f"${{{name}}} names an unset environment variable; set {name} or remove it")
 
         return _ENV_REF.sub(substitute, value)
 
+    def scalar(self, value: Any, path: tuple[str, ...]) -> Any:
+        """A number or true/false given as ${VAR}: the variable's value, read as YAML reads a plain one.
+
+        An unset variable without a default fails even for reports: no text stands in for a number.
+        """
+        if not isinstance(value, str) or _ENV_REF.search(value) is None:
+            return value
+        text = self.expand(value, path, keep_unset=False)
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError:
+            return text
+        return loaded if isinstance(loaded, (bool, int, float)) else text
+
     def number(self, value: Any, path: tuple[str, ...], *, positive: bool = False) -> Decimal:
+        value = self.scalar(value, path)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.fail(path, f"must be a number, got {show(value)}")
         # repr() of a float is its shortest round-trip form: 2.5 -> Decimal('2.5'), not 2.5000000000000000001.
@@ -80,11 +97,13 @@ class ConfigReader:
 
     def whole(self, value: Any, path: tuple[str, ...], what: str, minimum: int = 0) -> int:
         """An int of at least `minimum`; `what` names it in the error ("a whole number of seconds")."""
+        value = self.scalar(value, path)
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise self.fail(path, f"must be {what}, got {show(value)}")
         return value
 
     def boolean(self, value: Any, path: tuple[str, ...]) -> bool:
+        value = self.scalar(value, path)
         if not isinstance(value, bool):
             raise self.fail(path, f"must be true or false, got {show(value)}")
         return value

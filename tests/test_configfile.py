@@ -469,6 +469,40 @@ def test_a_substituted_value_is_not_expanded_again() -> None:
     assert api_key is not None and api_key.reveal() == "${HOME}"
 
 
+def test_a_number_or_a_flag_can_come_from_a_variable() -> None:
+    text = (
+        "server:\n  port: ${PORT:-9100}\n  drain_seconds: ${DRAIN}\n"
+        "features:\n  cost_in_response: {enabled: '${COST_HEADERS:-false}'}\n"
+        "budgets:\n  daily: ${DAILY_BUDGET}\n" + MINIMAL
+    )
+
+    config = parse_config(text, {"DRAIN": "5", "DAILY_BUDGET": "12.5"})
+
+    assert (config.port, config.drain_seconds) == (9100, 5)
+    assert config.cost_in_response is False
+    assert config.budgets is not None and config.budgets.daily == Decimal("12.5")
+    assert parse_config(text, {"PORT": "9200", "DRAIN": "5", "DAILY_BUDGET": "1"}).port == 9200
+
+
+def test_an_unset_variable_for_a_number_names_the_variable_even_for_reports() -> None:
+    text = "server:\n  port: ${PORT}\n" + MINIMAL
+
+    with pytest.raises(ConfigError) as caught:
+        parse_config(text, {}, source="team.yml", keep_unset=True)
+
+    assert str(caught.value) == message(
+        "server.port (line 2)", "${PORT} names an unset environment variable; set PORT or remove it"
+    )
+
+
+def test_a_variable_that_is_not_a_number_is_named_by_its_value() -> None:
+    text = "server:\n  port: ${PORT}\n" + MINIMAL
+
+    assert error_of(text, {"PORT": "http"}) == message(
+        "server.port (line 2)", "must be a port number from 1 to 65535, got str 'http'"
+    )
+
+
 def test_the_api_key_is_kept_in_a_secret_that_never_shows_it() -> None:
     text = provider_with("base_url: https://api.openai.com/v1\napi_key: ${OPENAI_API_KEY}\n")
 
