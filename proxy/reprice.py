@@ -66,6 +66,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, type=Path, help="the config with the prices to apply")
     parser.add_argument("--output", type=Path, help="where to write the copy (default: FILE.repriced.jsonl)")
     args = parser.parse_args(argv)
+    if not args.config.exists():
+        # load_config's hint (METERPROXY_CONFIG) is serve's and report's: reprice reads only --config.
+        print(
+            f"meterproxy reprice: --config {args.config}: no such file; "
+            "give the config with the prices to apply",
+            file=sys.stderr,
+        )
+        return 2
     try:
         config = load_config(args.config, os.environ)
     except ConfigError as exc:
@@ -73,10 +81,16 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     output: Path = args.output or default_output(args.file)
     problem = None
-    if args.file.is_dir():
+    if not args.file.exists():
+        problem = f"--file {args.file}: no such file; give the record file to re-price"
+    elif args.file.is_dir():
         problem = f"--file {args.file} is a folder; give the record file to re-price"
     elif output.is_dir():
         problem = f"--output {output} is a folder; give the path of the copy to write"
+    elif not output.parent.is_dir():
+        problem = (
+            f"--output {output}: there is no folder {output.parent}; create it or choose another --output"
+        )
     elif output.resolve() == args.file.resolve():
         problem = "--output must differ from --file; the original stays untouched"
     if problem is not None:
@@ -98,8 +112,8 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     unpriced += 1
                 target.write(orjson.dumps(record) + b"\n")
-    except FileNotFoundError as exc:
-        print(f"meterproxy reprice: no such file: {exc.filename}", file=sys.stderr)
+    except OSError as exc:
+        print(f"meterproxy reprice: {exc.filename}: {(exc.strerror or str(exc)).lower()}", file=sys.stderr)
         return 2
     print(f"{priced} record{'s' if priced != 1 else ''} repriced, {unpriced} unpriced, written to {output}")
     return 0

@@ -438,6 +438,33 @@ def test_reprice_of_a_missing_file_exits_2_with_one_line(tmp_path: Path) -> None
     assert list(tmp_path.iterdir()) == [config]
 
 
+def test_reprice_names_the_option_whose_path_is_wrong_and_writes_nothing(tmp_path: Path) -> None:
+    config = write_config(tmp_path / "corrected.yml", CONFIG)
+    records_path = tmp_path / "cost.jsonl"
+    write_lines(records_path, [json.dumps(record()).encode()])
+    missing = tmp_path / "nope"
+
+    for args, line in (
+        (
+            ["--file", str(records_path), "--config", str(missing / "new.yml")],
+            f"--config {missing / 'new.yml'}: no such file; give the config with the prices to apply",
+        ),
+        (
+            ["--file", str(missing / "cost.jsonl"), "--config", str(config)],
+            f"--file {missing / 'cost.jsonl'}: no such file; give the record file to re-price",
+        ),
+        (
+            ["--file", str(records_path), "--config", str(config), "--output", str(missing / "out.jsonl")],
+            f"--output {missing / 'out.jsonl'}: there is no folder {missing}; "
+            "create it or choose another --output",
+        ),
+    ):
+        result = reprice(tmp_path, *args)
+        assert (result.returncode, result.stdout) == (2, "")
+        assert result.stderr.splitlines() == [f"meterproxy reprice: {line}"]
+    assert sorted(tmp_path.iterdir()) == sorted([config, records_path])
+
+
 def test_reprice_without_its_options_exits_2_with_one_line_naming_them(tmp_path: Path) -> None:
     result = reprice(tmp_path, "--file", str(tmp_path / "cost.jsonl"))
 
