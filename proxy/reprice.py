@@ -75,7 +75,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     try:
-        config = load_config(args.config, os.environ)
+        # Re-pricing never uses the provider keys: an unset ${VAR} naming one stays as written, as in reports.
+        config = load_config(args.config, os.environ, keep_unset=True)
     except ConfigError as exc:
         print(f"meterproxy reprice: config error: {exc}", file=sys.stderr)
         return 2

@@ -426,6 +426,19 @@ def test_reprice_of_a_record_of_the_first_writer_prices_its_usage(tmp_path: Path
     assert (after["priced"], after["price"]["input"], after["price"]["output"]) == (True, 2.5, 10.0)
 
 
+def test_reprice_with_a_config_naming_an_unset_key_variable_reprices(tmp_path: Path) -> None:
+    # The proxy's own config may take its keys from variables only the server sets; prices need none.
+    openai = {**CONFIG["providers"]["openai"], "api_key": "${REPRICE_TEST_UNSET_KEY}"}
+    config = write_config(tmp_path / "proxy.yml", {**CONFIG, "providers": {"openai": openai}})
+    records_path = tmp_path / "cost.jsonl"
+    write_lines(records_path, [json.dumps(record()).encode()])
+
+    result = reprice(tmp_path, "--file", str(records_path), "--config", str(config))
+
+    assert (result.returncode, result.stderr) == (0, "")
+    assert only(read_records(tmp_path / "cost.repriced.jsonl"))["total_cost"] == 0.00725
+
+
 def test_reprice_of_a_missing_file_exits_2_with_one_line(tmp_path: Path) -> None:
     config = write_config(tmp_path / "corrected.yml", CONFIG)
     missing = tmp_path / "nope.jsonl"
