@@ -37,7 +37,7 @@ from proxy.request import (
     rename_model,
     upstream_headers,
 )
-from proxy.routing import RouteError, Routes
+from proxy.routing import RouteError, Routes, no_model
 from proxy.upstream import Headers, Upstream, UpstreamError, end_to_end
 
 log = logging.getLogger("meterproxy")
@@ -97,8 +97,8 @@ class Meter:
             model = request.get("model") if isinstance(request.get("model"), str) else None
             provider, base, upstream_model = target.provider, target.base, target.path_model or model
             if provider is None:
-                if model is None:
-                    raise RouteError(400, "missing_model", "the body has no 'model'; name the model to call")
+                if not model:
+                    raise no_model(request.get("model"))
                 provider, upstream_model = self.routes.for_model(model)
                 base = provider.base_url
                 if upstream_model != model:
@@ -106,7 +106,7 @@ class Meter:
                     request = {**request, "model": upstream_model}
                     body = rename_model(body, request, model, content_type)
             elif api is not None and api not in _MODEL_OPTIONAL and model is None:
-                raise RouteError(400, "missing_model", "the body has no 'model'; name the model to call")
+                raise no_model(request.get("model"))
             if query and provider.kind == "gemini":
                 forwarding = forwards_client_keys(provider, passing=not self.gate.closed)
                 user, query = gemini_query(user, query, forwarding, checked=target.provider is not None)

@@ -149,3 +149,19 @@ class Routes:
         # OpenRouter's `openai/gpt-4o-mini` would be read as the openai provider's gpt-4o-mini.
         prefix, slash, name = model.partition("/")
         return not (slash and prefix in self.providers and name) and len(self._serving[model]) == 1
+
+
+def no_model(value: object) -> RouteError:
+    """The 400 for a body whose `model` names no model: absent, empty, or not text (never echoed: a client's
+    value reaches the server log through this message)."""
+    if value is None:
+        problem = "the body has no 'model'"
+    elif value == "":
+        problem = "the body's 'model' is empty"
+    else:
+        kind = _JSON_KINDS.get(type(value), "not text")
+        problem = f"the body's 'model' is {kind}, not a model's name"
+    return RouteError(400, "missing_model", f'{problem}; name the model to call, e.g. "model": "gpt-4o-mini"')
+
+
+_JSON_KINDS = {bool: "true or false", int: "a number", float: "a number", list: "a list", dict: "an object"}

@@ -1179,7 +1179,10 @@ def two_provider_proxy(launch: ProxyLauncher, make_config: MakeConfig, stub: Ups
 
 BAD_REQUESTS = {
     "body not json": ("/v1/chat/completions", b'{"model": "gpt-4o", ', 400, []),
-    "no model": ("/v1/chat/completions", b'{"messages": []}', 400, []),
+    "no model": ("/v1/chat/completions", b'{"messages": []}', 400, ["has no 'model'"]),
+    "model not a name": ("/v1/chat/completions", b'{"model": 4}', 400, ["'model' is a number"]),
+    "model a list": ("/openai/v1/chat/completions", b'{"model": ["gpt-4o"]}', 400, ["'model' is a list"]),
+    "empty model": ("/v1/chat/completions", b'{"model": ""}', 400, ["'model' is empty"]),
     "model nobody serves": (
         "/v1/chat/completions",
         b'{"model": "nonexistent-model-9"}',
