@@ -110,7 +110,8 @@ class Routes:
                 raise RouteError(
                     404,
                     "unknown_version",
-                    f"{segments[2]!r} is not in providers.{provider.name}.base_url; call /v1/",
+                    f"{segments[2]!r} is neither v1 nor a segment of providers.{provider.name}.base_url; "
+                    f"a client's base_url for this provider ends in /{provider.name}/v1",
                 )
             rest = "/".join(segments[3:])
             return PathTarget(provider, base, rest, *api_of(rest))

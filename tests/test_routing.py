@@ -137,3 +137,17 @@ def test_a_version_segment_cuts_base_url_after_it() -> None:
     with pytest.raises(RouteError) as raised:
         routes.for_path("/gemini/v2/models")
     assert raised.value.status == 404
+
+
+def test_a_path_without_its_version_says_where_a_client_points() -> None:
+    # OpenAI(base_url="http://127.0.0.1:9002/openai"), without /v1, calls /openai/chat/completions.
+    openai = Provider("openai", "https://api.openai.com/v1", None, 600, "USD", True, "openai", {})
+
+    with pytest.raises(RouteError) as raised:
+        Routes({"openai": openai}).for_path("/openai/chat/completions")
+
+    assert (raised.value.status, str(raised.value)) == (
+        404,
+        "'chat' is neither v1 nor a segment of providers.openai.base_url; "
+        "a client's base_url for this provider ends in /openai/v1",
+    )
