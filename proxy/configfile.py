@@ -61,6 +61,8 @@ def load_config(path: str | Path, environ: Mapping[str, str], *, keep_unset: boo
         raise ConfigError(
             f"{source}: config file not found; pass --config PATH or set METERPROXY_CONFIG"
         ) from None
+    except IsADirectoryError:
+        raise ConfigError(f"{source}: is a folder, not a config file; give the path of one") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{source}: cannot read config file: {exc}") from exc
     return parse_config(text, environ, source=source, keep_unset=keep_unset)

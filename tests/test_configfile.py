@@ -137,6 +137,13 @@ def test_a_missing_file_names_the_file_and_how_to_choose_another(tmp_path: Path)
     )
 
 
+def test_a_folder_is_named_as_one(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load_config(tmp_path, {})
+
+    assert str(caught.value) == f"{tmp_path}: is a folder, not a config file; give the path of one"
+
+
 # Not a config at all
 
 
