@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import http.client
 import json
@@ -371,9 +372,9 @@ def proxy(launch: ProxyLauncher, make_config: MakeConfig) -> RunningProxy:
     return launch(make_config())
 
 
-@pytest.fixture
-def bad_http_port() -> Iterator[int]:
-    """A loopback server that answers every request with a head that is not HTTP, and closes."""
+@contextlib.contextmanager
+def answering(head: bytes) -> Iterator[int]:
+    """A loopback server that answers every request with `head`, and closes; its port."""
     server = socket.create_server(("127.0.0.1", 0))
 
     def serve() -> None:
@@ -384,11 +385,20 @@ def bad_http_port() -> Iterator[int]:
                 return
             with connection:
                 connection.recv(65536)
-                connection.sendall(b"HTTP/1.1 200 OK\r\nthis is not a header\r\ncontent-length: 2\r\n\r\n{}")
+                connection.sendall(head)
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
-    yield server.getsockname()[1]
-    server.shutdown(socket.SHUT_RDWR)  # wakes the accept() under way (Linux)
-    server.close()
-    thread.join(5)
+    try:
+        yield server.getsockname()[1]
+    finally:
+        server.shutdown(socket.SHUT_RDWR)  # wakes the accept() under way (Linux)
+        server.close()
+        thread.join(5)
+
+
+@pytest.fixture
+def bad_http_port() -> Iterator[int]:
+    """A loopback server that answers every request with a head that is not HTTP, and closes."""
+    with answering(b"HTTP/1.1 200 OK\r\nthis is not a header\r\ncontent-length: 2\r\n\r\n{}") as port:
+        yield port

@@ -18,7 +18,16 @@ from dataclasses import dataclass
 
 import openai
 import pytest
-from conftest import CLIENT_KEY, MakeConfig, ProxyLauncher, RawResponse, RunningProxy, settled, wait_until
+from conftest import (
+    CLIENT_KEY,
+    MakeConfig,
+    ProxyLauncher,
+    RawResponse,
+    RunningProxy,
+    answering,
+    settled,
+    wait_until,
+)
 from upstream_stub import SSE_DONE, Hangup, Reply, Stream, UpstreamStub, sse
 
 from proxy.protocol import MAX_HEAD
@@ -521,31 +530,6 @@ def test_an_error_answers_headers_have_the_provider_key_taken_out(
         assert all(
             UPSTREAM_CANARY.lower() not in f"{name}: {value}".lower() for name, value in response.headers
         )
-
-
-@contextlib.contextmanager
-def answering(head: bytes) -> Iterator[int]:
-    """A loopback server that answers every request with `head`, and closes; its port."""
-    server = socket.create_server(("127.0.0.1", 0))
-
-    def serve() -> None:
-        while True:
-            try:
-                connection, _ = server.accept()
-            except OSError:
-                return
-            with connection:
-                connection.recv(65536)
-                connection.sendall(head)
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    try:
-        yield server.getsockname()[1]
-    finally:
-        server.shutdown(socket.SHUT_RDWR)  # wakes the accept() under way (Linux)
-        server.close()
-        thread.join(5)
 
 
 @pytest.mark.parametrize(
