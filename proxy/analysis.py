@@ -172,7 +172,7 @@ def _summary(
                 state,
                 exchange,
             )
-        if state == "unpriced":
+        if state == "unpriced" or state == "forwarded":  # forwarded calls have no price either
             summary.unpriced_models[model_name] = summary.unpriced_models.get(model_name, 0) + counts[0]
     for (hour, currency, state), counts in sorted(hours.items()):
         add_group(summary.by_hour.setdefault(hour, Tally()), counts, currency, state, exchange)

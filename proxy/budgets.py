@@ -26,7 +26,7 @@ class BudgetStatus:
 
     unpriced, no_usage and unconverted are what the spend leaves out: calls without a price, calls that
     reported no usage, and sums in currencies without a rate (per currency); a report lists them apart
-    so that an alert is not fooled by them.
+    so that an alert is not fooled by them. forwarded is the part of unpriced forwarded as is, unmetered.
     """
 
     name: BudgetName
@@ -38,6 +38,7 @@ class BudgetStatus:
     unpriced: int = 0
     no_usage: int = 0
     unconverted: dict[str, Decimal] = field(default_factory=dict)
+    forwarded: int = 0
 
     @property
     def remaining(self) -> Decimal:
@@ -108,6 +109,7 @@ def budget_statuses(
                 tally.unpriced,
                 tally.no_usage,
                 dict(tally.unconverted),
+                tally.forwarded,
             )
         )
     return statuses

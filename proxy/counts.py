@@ -20,7 +20,7 @@ from proxy.money import UNIT_SCALE
 from proxy.periods import Period
 from proxy.records import STAMP_LAYOUT, record_time
 from proxy.sources import Piece, read_blocks
-from proxy.tallies import CostState
+from proxy.tallies import CostState, forwarded_as_is
 
 # Counts per (provider, model, user, task_type, currency, state) and per (hour, currency, state):
 # [requests, input tokens, output tokens, total tokens, cached input tokens, errors, cost units].
@@ -122,7 +122,8 @@ def count(piece: Piece, filters: Filters) -> Counts:
                 priced = cost is not None
             state: CostState
             if not priced:
-                state, units = "unpriced", 0
+                forwarded = forwarded_as_is(record.model, record.usage_source, record.endpoint)
+                state, units = ("forwarded" if forwarded else "unpriced"), 0
             elif cost is None:
                 state, units = "no_usage", 0
             else:

@@ -29,6 +29,7 @@ class TallyJSON(TypedDict):
     errors: int
     unpriced_requests: int
     no_usage_requests: int
+    forwarded_requests: int
     unconverted: dict[str, float]
 
 
@@ -55,6 +56,7 @@ class BudgetJSON(TypedDict):
     end: str
     unpriced_requests: int
     no_usage_requests: int
+    forwarded_requests: int
     unconverted: dict[str, float]
 
 
@@ -84,6 +86,7 @@ def tally_json(tally: Tally) -> TallyJSON:
         "errors": tally.errors,
         "unpriced_requests": tally.unpriced,
         "no_usage_requests": tally.no_usage,
+        "forwarded_requests": tally.forwarded,
         "unconverted": {currency: amount(value) for currency, value in sorted(tally.unconverted.items())},
     }
 
@@ -138,6 +141,7 @@ def budget_json(status: BudgetStatus) -> BudgetJSON:
         "end": status.end.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "unpriced_requests": status.unpriced,
         "no_usage_requests": status.no_usage,
+        "forwarded_requests": status.forwarded,
         "unconverted": {currency: amount(value) for currency, value in sorted(status.unconverted.items())},
     }
 

@@ -54,6 +54,8 @@ class CountedFields(msgspec.Struct, gc=False):
     user_id: str = DEFAULTS["user_id"]
     provider: str = DEFAULTS["provider"]
     model: str | None = DEFAULTS["model"]
+    # Read, never checked: a line is not turned away for a field that only tells a forwarded call apart.
+    endpoint: object = DEFAULTS["endpoint"]
     input_tokens: int = DEFAULTS["input_tokens"]
     output_tokens: int = DEFAULTS["output_tokens"]
     total_tokens: int = DEFAULTS["total_tokens"]
@@ -62,6 +64,7 @@ class CountedFields(msgspec.Struct, gc=False):
     currency: str = DEFAULTS["currency"]
     # UNSET when an older writer left it out: then a record is priced when it has a cost.
     priced: bool | msgspec.UnsetType = msgspec.UNSET
+    usage_source: object = DEFAULTS["usage_source"]  # read, never checked, as `endpoint`
     status_code: int = DEFAULTS["status_code"]
     error: str | None = DEFAULTS["error"]
     session_id: str | None = DEFAULTS["session_id"]

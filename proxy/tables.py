@@ -10,6 +10,7 @@ from proxy.analysis import NONE, Summary, Tally, TimeUnit
 from proxy.budgets import BudgetStatus, Projection
 from proxy.money import format_money
 from proxy.records import CostRecord, record_time
+from proxy.tallies import forwarded_as_is
 
 RULE = "=" * 60
 BAR_WIDTH = 40
@@ -51,17 +52,29 @@ def summary_text(summary: Summary, top: int) -> str:
 
 
 def notes(summary: Summary) -> list[str]:
-    """What the total leaves out: unpriced calls, calls without usage, amounts without a rate, bad lines."""
+    """What the total leaves out: unpriced calls, calls forwarded as is, calls without usage, amounts
+    without a rate, bad lines."""
     lines = []
     totals = summary.totals
-    if totals.unpriced:
-        models = ", ".join(
-            f"{_shown(name)} ({calls:,})" for name, calls in sorted(summary.unpriced_models.items())
-        )
-        count = len(summary.unpriced_models)
+    # Forwarded calls are unpriced too, but there is no model whose price is missing: they are told apart.
+    unpriced = {
+        name: calls - summary.by_model.get(name, Tally()).forwarded
+        for name, calls in sorted(summary.unpriced_models.items())
+    }
+    unpriced = {name: calls for name, calls in unpriced.items() if calls}
+    if unpriced:
+        models = ", ".join(f"{_shown(name)} ({calls:,})" for name, calls in unpriced.items())
         lines.append(
-            f"Unpriced: {_calls(totals.unpriced)} to {count} unpriced model{'s' if count != 1 else ''}"
-            f" (not in the total): {models}"
+            f"Unpriced: {_calls(sum(unpriced.values()))} to {len(unpriced)} unpriced"
+            f" model{'s' if len(unpriced) != 1 else ''} (not in the total): {models}"
+        )
+    if totals.forwarded:
+        forwarded = {name: tally.forwarded for name, tally in sorted(summary.by_provider.items())}
+        providers = ", ".join(f"{_shown(name)} ({calls:,})" for name, calls in forwarded.items() if calls)
+        count = sum(1 for calls in forwarded.values() if calls)
+        lines.append(
+            f"Forwarded as is: {_calls(totals.forwarded)} to {count} provider{'s' if count != 1 else ''}"
+            f" (not metered, so nothing to price; not in the total): {providers}"
         )
     if totals.no_usage:
         lines.append(
@@ -107,7 +120,9 @@ def _table(table: dict[str, Tally], limit: int | None, currency: str) -> list[st
 
 
 def _extras(tally: Tally) -> str:
-    extras = [f"{tally.unpriced:,} unpriced"] if tally.unpriced else []
+    unpriced = tally.unpriced - tally.forwarded
+    extras = [f"{unpriced:,} unpriced"] if unpriced else []
+    extras += [f"{tally.forwarded:,} forwarded"] if tally.forwarded else []
     extras += [
         f"+{format_money(value, _shown(code))} unconverted"
         for code, value in sorted(tally.unconverted.items())
@@ -141,7 +156,8 @@ def detail_row(record: CostRecord) -> tuple[str, ...]:
     """Time, provider/model, tokens, cost in the record's own currency, user, status of one call."""
     cost = record["total_cost"]
     if record["priced"] is False:
-        shown = "unpriced"
+        forwarded = forwarded_as_is(record["model"], record["usage_source"], record["endpoint"])
+        shown = "forwarded" if forwarded else "unpriced"
     elif cost is None:
         shown = "no usage"  # priced, but failed or answered without usage: the notes' "Without usage"
     else:
@@ -182,12 +198,15 @@ def budgets_text(statuses: list[BudgetStatus], currency: str) -> str:
 
 
 def budget_notes(statuses: list[BudgetStatus], currency: str) -> list[str]:
-    """What each budget's spend leaves out: unpriced calls, amounts without a rate."""
+    """What each budget's spend leaves out: unpriced calls, calls forwarded as is, amounts without a rate."""
     lines = []
     for status in statuses:
         parts = []
-        if status.unpriced:
-            parts.append(f"{status.unpriced:,} unpriced call{'s' if status.unpriced != 1 else ''}")
+        unpriced = status.unpriced - status.forwarded
+        if unpriced:
+            parts.append(f"{unpriced:,} unpriced call{'s' if unpriced != 1 else ''}")
+        if status.forwarded:
+            parts.append(f"{_calls(status.forwarded)} forwarded as is (not metered)")
         if status.no_usage:
             parts.append(f"{_calls(status.no_usage)} without usage")
         if status.unconverted:

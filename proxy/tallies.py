@@ -9,16 +9,35 @@ from typing import Literal
 
 from proxy.money import Exchange, units_to_decimal
 from proxy.periods import LAST_MOMENT
+from proxy.routing import api_of
 
 TimeUnit = Literal["hour", "day"]
-# What a group's cost is: summed ("cost"), none as the model has no price ("unpriced"), or none as the
-# call reported no usage, a failed one say ("no_usage": priced, cost null).
-CostState = Literal["cost", "unpriced", "no_usage"]
+# What a group's cost is: summed ("cost"), none as the model has no price ("unpriced"), none as the call
+# was forwarded as is, not metered ("forwarded": no model and no usage, so nothing to price; counted among
+# the unpriced too), or none as the call reported no usage, a failed one say ("no_usage": priced, cost null).
+CostState = Literal["cost", "unpriced", "forwarded", "no_usage"]
+
+
+def forwarded_as_is(model: str | None, usage_source: object, endpoint: object) -> bool:
+    """Whether an unpriced call is one the proxy forwarded as is, without metering it (README, "The record").
+
+    Its record names no model and says its usage source is `none`. A metered call names its model, except
+    on the images API, where the model is optional: such a call without usage was still billed, so it stays
+    an unpriced one. A record without `usage_source` (an older writer's) does not say, and stays unpriced.
+    """
+    return (
+        model is None
+        and usage_source == "none"
+        and not (isinstance(endpoint, str) and api_of(endpoint)[0] == "images")
+    )
 
 
 @dataclass
 class Tally:
-    """Counts of a group of calls; `cost` holds only priced calls with usage in currencies with a rate."""
+    """Counts of a group of calls; `cost` holds only priced calls with usage in currencies with a rate.
+
+    `unpriced` counts every call without a price; `forwarded` the part of them forwarded as is, unmetered.
+    """
 
     requests: int = 0
     input_tokens: int = 0
@@ -27,6 +46,7 @@ class Tally:
     cached_input_tokens: int = 0
     errors: int = 0
     unpriced: int = 0
+    forwarded: int = 0
     no_usage: int = 0
     cost: Decimal = Decimal(0)
     costed_requests: int = 0
@@ -49,6 +69,7 @@ class Tally:
         self.cached_input_tokens += other.cached_input_tokens
         self.errors += other.errors
         self.unpriced += other.unpriced
+        self.forwarded += other.forwarded
         self.no_usage += other.no_usage
         self.cost += other.cost
         self.costed_requests += other.costed_requests
@@ -66,8 +87,10 @@ def add_group(tally: Tally, counts: list[int], currency: str, state: CostState, 
     tally.total_tokens += total_tokens
     tally.cached_input_tokens += cached
     tally.errors += errors
-    if state == "unpriced":
+    if state == "unpriced" or state == "forwarded":
         tally.unpriced += requests
+        if state == "forwarded":
+            tally.forwarded += requests
         return
     if state == "no_usage":
         tally.no_usage += requests

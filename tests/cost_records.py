@@ -53,6 +53,13 @@ def unpriced(timestamp: str = "2026-11-23T10:30:00.000000Z", **fields: Any) -> d
     return record(timestamp, input_cost=None, output_cost=None, total_cost=None, priced=False, **fields)
 
 
+def forwarded(timestamp: str = "2026-11-23T10:30:00.000000Z", **fields: Any) -> dict[str, Any]:
+    """A call the proxy forwarded as is, without metering it (a GET of /openai/v1/files, say)."""
+    passed = {"model": None, "endpoint": "/openai/v1/files", "input_tokens": 0, "output_tokens": 0}
+    passed |= {"total_tokens": 0, "finish_reason": None, "response_model": None, "usage_source": "none"}
+    return unpriced(timestamp, **(passed | fields))
+
+
 def lines(records: Iterable[dict[str, Any] | bytes]) -> bytes:
     """JSONL of the records; bytes items are written as they are (torn lines, garbage)."""
     return b"".join(item if isinstance(item, bytes) else orjson.dumps(item) + b"\n" for item in records)

@@ -3,7 +3,7 @@ from decimal import Decimal
 from pathlib import Path
 
 import pytest
-from cost_records import record, write
+from cost_records import forwarded, record, unpriced, write
 
 from proxy import periods
 from proxy.analysis import Filters, Summary, summarise
@@ -137,3 +137,19 @@ def test_spent_budget_has_run_out_already(tmp_path: Path) -> None:
     statuses = budget_statuses(BUDGETS, "USD", USD, month, NOW)
     projection = project(month, month, statuses, NOW)
     assert projection.runs_out_in_days["daily"] == 0
+
+
+def test_calls_forwarded_as_is_are_counted_apart_among_the_unpriced(tmp_path: Path) -> None:
+    path = write(
+        tmp_path / "c.jsonl",
+        [
+            record("2026-11-11T09:00:00.000000Z", total_cost=1.0),
+            unpriced("2026-11-11T09:10:00.000000Z", model="new-model"),
+            forwarded("2026-11-11T09:20:00.000000Z"),
+            forwarded("2026-11-02T10:00:00.000000Z", endpoint="/openai/v1/models"),
+        ],
+    )
+    month = summarise([path], Filters(periods.this_month(NOW)))
+    daily, monthly = budget_statuses(BUDGETS, "USD", USD, month, NOW)
+    assert (daily.spent, daily.unpriced, daily.forwarded) == (Decimal(1), 2, 1)
+    assert (monthly.spent, monthly.unpriced, monthly.forwarded) == (Decimal(1), 3, 2)

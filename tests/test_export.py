@@ -15,7 +15,7 @@ from proxy.money import Exchange
 NOW = datetime(2026, 11, 25, 10, 30, tzinfo=UTC)
 GROUP_KEYS = {
     "cost", "requests", "input_tokens", "output_tokens", "total_tokens", "cached_input_tokens", "errors",
-    "unpriced_requests", "no_usage_requests", "unconverted",
+    "unpriced_requests", "no_usage_requests", "forwarded_requests", "unconverted",
 }  # fmt: skip
 
 
@@ -52,7 +52,7 @@ def test_summary_json_schema(tmp_path: Path) -> None:
     assert document["by_model"]["openai/gpt-4o"] == {
         "cost": 0.3, "requests": 2, "input_tokens": 200, "output_tokens": 100, "total_tokens": 300,
         "cached_input_tokens": 0, "errors": 1, "unpriced_requests": 0, "no_usage_requests": 0,
-        "unconverted": {},
+        "forwarded_requests": 0, "unconverted": {},
     }  # fmt: skip
     assert set(document["by_task_type"]) == {"chat", "(none)"}
     assert set(document["by_user"]) == {"team-a", "team-b"}

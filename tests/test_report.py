@@ -7,7 +7,7 @@ from pathlib import Path
 
 import orjson
 import pytest
-from cost_records import record, unpriced, write
+from cost_records import forwarded, record, unpriced, write
 
 from proxy.report import main
 
@@ -425,6 +425,65 @@ def test_a_failed_call_to_a_priced_model_is_not_an_unpriced_model(
     assert document["unpriced_models"] == {}
     totals = document["totals"]
     assert (totals["unpriced_requests"], totals["no_usage_requests"], totals["errors"]) == (0, 1, 1)
+
+
+def test_calls_forwarded_as_is_are_told_apart_from_unpriced_models(
+    records: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Forwarded calls name no model: there is no price to add for them. An images call without a model
+    # was metered (the model is optional there) and billed, and a record of an older writer without
+    # usage_source does not say it was forwarded: both stay unpriced, as openai/(none).
+    older = unpriced("2026-11-25T10:03:00.000000Z", model=None)
+    del older["usage_source"]
+    write(
+        records,
+        [
+            *RECORDS,
+            forwarded("2026-11-25T10:00:00.000000Z"),
+            forwarded("2026-11-25T10:01:00.000000Z", provider="anthropic", endpoint="/anthropic/v1/models"),
+            forwarded("2026-11-25T10:02:00.000000Z", endpoint="/openai/v1/chat/completions", status_code=404),
+            forwarded("2026-11-25T10:02:30.000000Z", endpoint="/openai/v1/images/generations/"),
+            older,
+        ],
+    )
+    code, out, err = run(["--today"], capsys)
+    assert code == 0
+    lines = out.splitlines()
+    assert lines[4:6] == ["Total Cost: $3.150000", "Total Requests: 9"]
+    assert lines[10:12] == [
+        "Unpriced: 3 calls to 2 unpriced models (not in the total): openai/(none) (2),"
+        " openrouter/mystery (1)",
+        "Forwarded as is: 3 calls to 2 providers (not metered, so nothing to price; not in the total):"
+        " anthropic (1), openai (2)",
+    ]
+    assert "openai       | $1.750000 |     6 req |      1,500 tokens | 2 unpriced | 2 forwarded" in lines
+    assert "anthropic    | $0.000000 |     1 req |          0 tokens | 1 forwarded" in lines
+
+    code, out, _ = run(["--today", "--format", "detailed"], capsys)
+    shown = [line.split()[-3:-1] for line in out.splitlines() if "(none)" in line]
+    assert shown == [["forwarded", "team-a"]] * 3 + [["unpriced", "team-a"]] * 2
+
+    code, out, _ = run(["--today", "--format", "json"], capsys)
+    document = orjson.loads(out)
+    totals = document["totals"]
+    assert (totals["requests"], totals["unpriced_requests"], totals["forwarded_requests"]) == (9, 6, 3)
+    # unpriced_models keeps its meaning, every call without a price: by_model says which were forwarded.
+    assert document["unpriced_models"] == {"openrouter/mystery": 1, "openai/(none)": 4, "anthropic/(none)": 1}
+    assert document["by_model"]["openai/(none)"]["forwarded_requests"] == 2
+    assert document["by_provider"]["anthropic"]["forwarded_requests"] == 1
+
+    budget_notes = [
+        "Not in the daily spend: 3 unpriced calls; 3 calls forwarded as is (not metered)",
+        "Not in the monthly spend: 3 unpriced calls; 3 calls forwarded as is (not metered)",
+    ]
+    code, out, _ = run(["--budget", "--project"], capsys)
+    assert out.splitlines()[3:5] == budget_notes
+    assert run(["--budget", "-q"], capsys)[2].splitlines()[1:] == budget_notes
+    document = orjson.loads(run(["--budget", "--format", "json"], capsys)[1])
+    counts = [(b["unpriced_requests"], b["forwarded_requests"]) for b in document["budgets"]]
+    assert counts == [(6, 3), (6, 3)]
+    code, out, _ = run(["--today", "--project", "--format", "json"], capsys)
+    assert [b["forwarded_requests"] for b in orjson.loads(out)["budgets"]] == [3, 3]
 
 
 def test_budget_without_budgets_in_the_config(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

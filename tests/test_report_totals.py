@@ -49,7 +49,14 @@ CALLED = [
     *((provider, model) for provider, (_, models) in PROVIDERS.items() for model in models),
     ("openai", "gpt-5-preview"),  # no price
     ("openrouter", "some/new-model"),  # no price
-    ("openai", None),  # a body without a model: no price, shown as (none)
+    ("openai", None),  # an images call without a model (optional there): metered, no price, (none)
+]
+# Calls forwarded as is, not metered: no model, no usage; the GET of chat/completions lists stored ones.
+FORWARDED = [
+    ("openai", "/openai/v1/files"),
+    ("openai", "/openai/v1/chat/completions"),
+    ("anthropic", "/anthropic/v1/models"),
+    ("dashscope", "/dashscope/v1/files/file-1"),
 ]
 USERS = ["team-a", "team-b", "key:0123456789ab"]
 # outcome -> (status, error, has usage); "refused" is priced at 0, "gone" has an estimated usage.
@@ -118,7 +125,7 @@ def proxy_record(
         "ip_address": "10.0.0.7",
         "provider": provider,
         "model": model,
-        "endpoint": "/v1/chat/completions",
+        "endpoint": "/openai/v1/images/generations" if model is None else "/v1/chat/completions",
         "is_streaming": streamed,
         "input_tokens": inp,
         "output_tokens": out,
@@ -152,6 +159,10 @@ def proxy_record(
 
 
 def random_call(rng: random.Random, stamp: str) -> dict[str, Any]:
+    if rng.random() < 0.05:
+        provider, endpoint = rng.choice(FORWARDED)
+        outcome = rng.choice(["no_usage", "refused"])
+        return proxy_record(rng, stamp, provider, None, outcome, None) | {"endpoint": endpoint}
     provider, model = rng.choice(CALLED)
     outcome = rng.choices(list(OUTCOMES), weights=(10, 8, 1, 1, 1, 1, 1))[0]
     usage = None
@@ -291,6 +302,7 @@ class Group:
     errors: int = 0
     unpriced_requests: int = 0
     no_usage_requests: int = 0
+    forwarded_requests: int = 0  # of the unpriced, the calls forwarded as is
     unconverted: dict[str, Decimal] = field(default_factory=dict)
     costed_requests: int = 0  # the calls in `cost`, for the averages
     costed_tokens: int = 0
@@ -302,6 +314,7 @@ class Group:
         self.errors += record["error"] is not None or record["status_code"] >= 400
         if not record["priced"]:
             self.unpriced_requests += 1
+            self.forwarded_requests += forwarded(record)
         elif record["total_cost"] is None:
             self.no_usage_requests += 1
         elif record["currency"] in rates:
@@ -353,6 +366,13 @@ def total(records: list[dict[str, Any]], rates: dict[str, Decimal] = RATES) -> G
     return group
 
 
+def forwarded(record: dict[str, Any]) -> bool:
+    """A call forwarded as is, as docs/reports.md tells it: no model, no usage, not on the images API."""
+    images = record["endpoint"].removesuffix("/").endswith(("/images/generations", "/images/edits"))
+    unmetered = record["model"] is None and record["usage_source"] == "none"
+    return not record["priced"] and unmetered and not images
+
+
 def model_name(record: dict[str, Any]) -> str:
     return f"{record['provider']}/{record['model'] if record['model'] is not None else '(none)'}"
 
@@ -395,13 +415,23 @@ def expected_notes(records: list[dict[str, Any]], skipped: int) -> list[str]:
     """What a text report says its total leaves out, in the words of docs/reports.md."""
     group, notes = total(records), []
     unpriced: dict[str, int] = {}
+    passed: dict[str, int] = {}
     for record in records:
-        if not record["priced"]:
+        if forwarded(record):
+            passed[record["provider"]] = passed.get(record["provider"], 0) + 1
+        elif not record["priced"]:
             unpriced[model_name(record)] = unpriced.get(model_name(record), 0) + 1
     if unpriced:
         names = ", ".join(f"{name} ({count:,})" for name, count in sorted(unpriced.items()))
         models = f"{len(unpriced)} unpriced model{'s' if len(unpriced) != 1 else ''}"
         notes.append(f"Unpriced: {calls(sum(unpriced.values()))} to {models} (not in the total): {names}")
+    if passed:
+        names = ", ".join(f"{name} ({count:,})" for name, count in sorted(passed.items()))
+        providers = f"{len(passed)} provider{'s' if len(passed) != 1 else ''}"
+        notes.append(
+            f"Forwarded as is: {calls(sum(passed.values()))} to {providers}"
+            f" (not metered, so nothing to price; not in the total): {names}"
+        )
     if group.no_usage_requests:
         notes.append(
             f"Without usage: {calls(group.no_usage_requests)} (failed, or answered without usage; no cost,"
@@ -562,7 +592,7 @@ def test_filters_and_another_currency(generated: tuple[list[Line], Report]) -> N
 def test_summary_text_against_the_lines(generated: tuple[list[Line], Report]) -> None:
     lines, report = generated
     start, end = datetime(2026, 11, 1, tzinfo=UTC), datetime(2026, 11, 2, tzinfo=UTC)
-    code, out, err = report("--yesterday")
+    code, out, err = report("--yesterday", "--limit", "20")  # every model: forwarded calls add (none)s
     assert code == 0
     records, skipped = records_in(lines, start, end), skipped_in(lines, start, end)
     assert err == skipped_note(skipped)
@@ -591,7 +621,9 @@ def test_summary_text_against_the_lines(generated: tuple[list[Line], Report]) ->
             shown[name] = (cost, requests, tokens, extras)
         expected = {}
         for name, g in grouped(records, key, RATES).items():
-            extras = [f"{g.unpriced_requests:,} unpriced"] if g.unpriced_requests else []
+            priceless = g.unpriced_requests - g.forwarded_requests
+            extras = [f"{priceless:,} unpriced"] if priceless else []
+            extras += [f"{g.forwarded_requests:,} forwarded"] if g.forwarded_requests else []
             extras += [f"+{value:,.6f} {code} unconverted" for code, value in sorted(g.unconverted.items())]
             expected[name] = (usd(g.cost), f"{g.requests:,} req", f"{g.total_tokens:,} tokens", extras)
         assert shown == expected, title
@@ -647,8 +679,10 @@ def test_quiet_totals(generated: tuple[list[Line], Report]) -> None:
         group = total(records_in(lines, start, end))
         code, out, err = report("-q", *args)
         assert (code, out) == (0, f"{group.total_tokens}\t{group.cost:.6f}\t{group.requests}\n")
-        if group.unpriced_requests:
-            assert f"Unpriced: {calls(group.unpriced_requests)} to " in err
+        if group.unpriced_requests - group.forwarded_requests:
+            assert f"Unpriced: {calls(group.unpriced_requests - group.forwarded_requests)} to " in err
+        if group.forwarded_requests:
+            assert f"Forwarded as is: {calls(group.forwarded_requests)} to " in err
 
 
 def test_csv_rows_are_the_records_of_the_period(generated: tuple[list[Line], Report]) -> None:
@@ -685,7 +719,7 @@ def detail(record: dict[str, Any]) -> list[str]:
     """A call's line of --format detailed: UTC time, model, tokens, cost in its own currency, user, status."""
     cost = record["total_cost"]
     if not record["priced"]:
-        shown = "unpriced"
+        shown = "forwarded" if forwarded(record) else "unpriced"
     elif cost is None:
         shown = "no usage"
     else:
@@ -780,7 +814,7 @@ CENTS = {
 
 
 def cents_lines(seed: int, folder: Path) -> list[Line]:
-    """This month's calls (and last month's) costing whole cents, with unpriced and failed ones."""
+    """This month's calls (and last month's) costing whole cents, with unpriced, forwarded and failed ones."""
     rng = random.Random(seed)
     calls = []
     start = datetime(2026, 10, 31, 12, tzinfo=UTC)
@@ -789,6 +823,11 @@ def cents_lines(seed: int, folder: Path) -> list[Line]:
     moments += [datetime(2026, 11, 2, tzinfo=UTC), NOW - timedelta(microseconds=1), NOW]
     for index, moment in enumerate(moments):
         stamp = new_york_stamp(moment) if rng.random() < 0.2 else utc_stamp(moment)
+        if index % 9 == 4:
+            provider, endpoint = rng.choice(FORWARDED)
+            passed = proxy_record(rng, stamp, provider, None, "no_usage", None) | {"endpoint": endpoint}
+            calls.append((moment, passed))
+            continue
         provider, model = ("openai", "gpt-4o") if index % 5 == 0 else rng.choice(CALLED)
         outcome = "ok" if index % 5 == 0 else rng.choice(["ok", "ok", "stream", "failed", "refused"])
         usage = None
@@ -816,8 +855,11 @@ def decimal_spend(records: list[dict[str, Any]], rates: dict[str, Decimal]) -> D
 
 def budget_notes(name: str, group: Group, currency: str) -> list[str]:
     parts = []
-    if group.unpriced_requests:
-        parts.append(f"{group.unpriced_requests} unpriced call{'s' if group.unpriced_requests != 1 else ''}")
+    priceless = group.unpriced_requests - group.forwarded_requests
+    if priceless:
+        parts.append(f"{priceless} unpriced call{'s' if priceless != 1 else ''}")
+    if group.forwarded_requests:
+        parts.append(f"{calls(group.forwarded_requests)} forwarded as is (not metered)")
     if group.no_usage_requests:
         parts.append(f"{calls(group.no_usage_requests)} without usage")
     if group.unconverted:
@@ -900,7 +942,7 @@ def assert_budgets(
     assert document["currency"] == currency
     assert [
         {key: budget[key] for key in ("name", "limit", "spent", "remaining", "percent", "level")}
-        | {"unpriced_requests": budget["unpriced_requests"], "unconverted": budget["unconverted"]}
+        | {key: budget[key] for key in ("unpriced_requests", "forwarded_requests", "unconverted")}
         for budget in document["budgets"]
     ] == [
         {
@@ -911,6 +953,7 @@ def assert_budgets(
             "percent": places(fraction * 100, 2),
             "level": level,
             "unpriced_requests": group.unpriced_requests,
+            "forwarded_requests": group.forwarded_requests,
             "unconverted": group.as_json()["unconverted"],
         }
         for name, limit, group, fraction, level in expected
