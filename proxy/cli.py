@@ -116,6 +116,7 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     import uvicorn
     from uvicorn.config import STARTUP_FAILURE
 
+    from proxy.serverlog import log_config
     from proxy.supervisor import Supervisor
 
     path = config_path(args.config, environ)
@@ -133,19 +134,8 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
     if problem is not None:
         print(f"meterproxy: {problem}", file=sys.stderr)
         return 2
-    for warning in startup_warnings(config, host):
-        log.warning("WARNING: %s", warning)
     # Every worker builds its app from this validated file (uvicorn needs an import string for workers).
     os.environ[CONFIG_ENV] = str(path.resolve())
-    records = config.record_file if config.cost_tracking else "off"
-    log.info(
-        "meterproxy %s on http://%s:%d, %d worker(s), records: %s",
-        __version__,
-        host,
-        port,
-        args.workers,
-        records,
-    )
     settings = uvicorn.Config(
         "proxy.app:create_app_from_environ",
         factory=True,
@@ -161,7 +151,19 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
         proxy_headers=False,
         server_header=False,
         date_header=False,
+        log_config=log_config(args.log_level),  # applied at once: the lines below are written with it
         log_level=args.log_level,
+    )
+    for warning in startup_warnings(config, host):
+        log.warning("%s", warning)
+    records = config.record_file if config.cost_tracking else "off"
+    log.info(
+        "meterproxy %s on http://%s:%d, %d worker(s), records: %s",
+        __version__,
+        host,
+        port,
+        args.workers,
+        records,
     )
     if args.workers > 1:
         Supervisor(settings, sockets=[settings.bind_socket()]).run()
@@ -175,7 +177,6 @@ def serve(args: argparse.Namespace, environ: Mapping[str, str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s:     %(message)s", stream=sys.stderr)
     if argv[:1] == ["report"]:
         from proxy.report import main as report
 
