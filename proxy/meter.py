@@ -38,6 +38,7 @@ from proxy.request import (
     upstream_headers,
 )
 from proxy.routing import RouteError, Routes, no_model
+from proxy.serverlog import mark_cut
 from proxy.upstream import Headers, Upstream, UpstreamError, end_to_end
 
 log = logging.getLogger("meterproxy")
@@ -155,12 +156,16 @@ class Meter:
                 last = error_answer(503, "pool_timeout", self._overloaded, call.proxy_id)
         except asyncio.CancelledError:
             task.uncancel()
-            if not call.gone:
+            if call.gone:
+                _cut(scope, call, "the client went away", logging.INFO)
+            else:
                 # The server is stopping and server.drain_seconds is over (uvicorn cancels what still
                 # runs), or a force quit cut it (`cut`). The call is recorded as cut; one not answered
                 # yet gets a 503 to retry elsewhere.
                 call.error = "shutdown"
-                if not call.head_sent:
+                if call.head_sent:
+                    _cut(scope, call, "the proxy is stopping")
+                else:
                     call.status = 503
                     last = error_answer(503, "shutdown", "the proxy is shutting down", call.proxy_id)
         finally:
@@ -260,10 +265,11 @@ class Meter:
             return await relay_body(send, call, response, length, b"")
         except UpstreamError as exc:
             failure = without_key(exc, call.provider)
-            log.warning("%s %s -> %s: %s", scope["method"], _as_sent(scope), call.provider.name, failure)
             call.error = failure.error
             if call.head_sent:
+                _cut(scope, call, str(failure))
                 return []  # the response stays incomplete: the client sees it cut, never a fake end
+            log.warning("%s %s -> %s: %s", scope["method"], _as_sent(scope), call.provider.name, failure)
             # A body read whole broke off before any of it was sent: the client gets the 502 or 504 of
             # an upstream that failed, not a bare 500 from the server, and the record says which.
             return _failed(call, failure)
@@ -274,6 +280,18 @@ def _as_sent(scope: Scope) -> str:
     cannot start a line of the client's own in the log (a forged `{"dropped_record": ...}`, say)."""
     raw_path: bytes | None = scope.get("raw_path")  # optional in ASGI; uvicorn always sets it
     return raw_path.decode("latin-1") if raw_path else quote(scope["path"], safe="/:")
+
+
+def _cut(scope: Scope, call: Call, why: str, level: int = logging.WARNING) -> None:
+    """Log, in one line naming the call, why its answer ends cut short, in place of uvicorn's error
+    for a response left incomplete, which read like a crash."""
+    error = "client_disconnected" if call.gone else call.error
+    log.log(
+        level,
+        "%s %s -> %s: %s; its answer is cut short (error %s, call %s)",
+        *(scope["method"], _as_sent(scope), call.provider.name, why, error, call.proxy_id),
+    )
+    mark_cut()
 
 
 def _failed(call: Call, exc: UpstreamError) -> list[Message]:
