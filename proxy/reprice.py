@@ -64,7 +64,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="meterproxy reprice", description=__doc__)
     parser.add_argument("--file", required=True, type=Path, help="the record file to re-price")
     parser.add_argument("--config", required=True, type=Path, help="the config with the prices to apply")
-    parser.add_argument("--output", type=Path, help="where to write the copy (default: FILE.repriced.jsonl)")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="where to write the copy (default: next to FILE, with .repriced before its last extension: "
+        "logs/cost.jsonl gives logs/cost.repriced.jsonl)",
+    )
     args = parser.parse_args(argv)
     if not args.config.exists():
         # load_config's hint (METERPROXY_CONFIG) is serve's and report's: reprice reads only --config.
