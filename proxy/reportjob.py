@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -38,7 +39,7 @@ def build_parser(prog: str = "meterproxy report") -> argparse.ArgumentParser:
         "--file", nargs="+", metavar="PATH", help="record files or globs; .gz files are read too"
     )
     period = parser.add_argument_group("period (one of; default: the last 24 hours)")
-    period.add_argument("--since", type=float, metavar="HOURS", help="the last HOURS hours")
+    period.add_argument("--since", type=_hours, metavar="HOURS", help="the last HOURS hours")
     for name, text in (
         ("today", "this UTC day"),
         ("yesterday", "the previous UTC day"),
@@ -91,6 +92,16 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: give a number of at least 1")
     return value
+
+
+def _hours(text: str) -> float:
+    try:
+        hours = float(text)
+    except ValueError:
+        hours = math.nan
+    if not hours > 0:  # nan too
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive number of hours, e.g. --since 24")
+    return hours
 
 
 @dataclass(frozen=True)

@@ -567,7 +567,11 @@ def test_config_variables_take_their_defaults_as_in_the_proxy(
     [
         (["--today", "--week"], "--today and --week: choose one period"),
         (["--since", "2", "--start", "2026-01-01"], "--since and --start/--end: choose one period"),
-        (["--since", "soon"], "argument --since: invalid float value: 'soon' (see --help)"),
+        (["--since", "soon"], "argument --since: 'soon': give a positive number of hours, e.g. --since 24"),
+        # Echoed back as -1.0 and 0.0, with no option's name.
+        (["--since", "-1"], "argument --since: '-1': give a positive number of hours, e.g. --since 24 (see"),
+        (["--since", "0"], "argument --since: '0': give a positive number of hours, e.g. --since 24 (see"),
+        (["--since", "nan"], "argument --since: 'nan': give a positive number of hours, e.g. --since 24"),
         (["--format", "xml"], "argument --format: invalid choice: 'xml'"),
         (["--limit", "0"], "argument --limit: '0': give a number of at least 1 (see --help)"),
         (["--start", "yesterday"], "--start 'yesterday': not a date or time"),
