@@ -93,7 +93,7 @@ class Call:
         source: UsageSource = "provider" if usage is not None else "none"
         if isinstance(facts, StreamFacts):
             if facts.broken_off and ok and error is None:
-                error = "stream_error"  # a 200 whose stream the provider ended with an `error` event
+                error = "stream_error"  # a 200 whose stream the provider broke off with an error
             if facts.events == 0 and ok and error is None:
                 error = "upstream_bad_response"
             elif facts.partial and facts.events:

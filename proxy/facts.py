@@ -29,7 +29,8 @@ from proxy.usage import (
 # stream carry nothing of the kind, and skipping their JSON parse keeps the scan cheap. Gemini's every
 # chunk carries running usage, so all of them are read.
 _WORTH_READING: dict[Api, re.Pattern[bytes]] = {
-    "chat": re.compile(rb'"(?:usage|finish_reason)"\s*+:\s*+(?!null)'),  # possessive: not `": null` either
+    # `"error":` is a key (a string holding the word has its quotes escaped); the parse checks its level.
+    "chat": re.compile(rb'"(?:usage|finish_reason|error)"\s*+:\s*+(?!null)'),  # possessive: not `": null`
     "responses": re.compile(rb'"type"\s*:\s*"(?:response\.(?:created|completed|incomplete|failed)|error)"'),
     "anthropic": re.compile(rb'"type"\s*:\s*"(?:message_(?:start|delta|stop)|error)"'),
     "embeddings": re.compile(rb'"usage"'),
@@ -59,8 +60,8 @@ class ResponseFacts:
     events: int = 0
     malformed: int = 0
     unread: int = 0  # events with a line too long to read (sse.MAX_LINE): passed on, not parsed
-    done: bool = False  # the stream's last event is read: [DONE], or one of _LAST_EVENTS
-    broken_off: bool = False  # that event was an `error`: the provider could not finish the answer
+    done: bool = False  # the stream's last event is read: [DONE], one of _LAST_EVENTS, a chat error chunk
+    broken_off: bool = False  # the provider could not finish the answer: it sent an error
     # Usage so far, not the final one: an Anthropic stream's message_start has the input counts and a
     # placeholder output count (1); only message_delta brings the output.
     partial: bool = False
@@ -219,7 +220,8 @@ class StreamFacts(ResponseFacts):
         self.events += 1
         if self.api in _CHAT_SHAPED and (typed := chat_message(data)) is not None:
             self.absorb_chat(typed)
-            return self.api == "chat" and typed.choices == [] and typed.usage is not None
+            usage_only = typed.choices == [] and typed.usage is not None
+            return self.api == "chat" and self._chat_chunk(usage_only, typed.error)
         try:
             message = orjson.loads(data)
         except orjson.JSONDecodeError:
@@ -229,8 +231,22 @@ class StreamFacts(ResponseFacts):
             self.malformed += 1
             return False
         self.absorb(message)
+        if self.api == "chat":
+            usage_only = message.get("choices") == [] and isinstance(message.get("usage"), dict)
+            return self._chat_chunk(usage_only, message.get("error"))
         kind = message.get("type")
         if not self.done and isinstance(kind, str) and kind in _LAST_EVENTS.get(self.api, ()):
             self.done = True
             self.broken_off = kind == "error"
-        return self.api == "chat" and message.get("choices") == [] and isinstance(message.get("usage"), dict)
+        return False
+
+    def _chat_chunk(self, usage_only: bool, error: Any) -> bool:
+        """After a chat chunk is absorbed: whether it is the usage-only chunk we may drop (no choices, a
+        usage, no error). A chunk with an `error` at its top level, which the openai SDK raises at, breaks
+        the stream off and ends it: the client stops there, and a [DONE] may never come. A choice that
+        finishes with "error" (no such key) breaks it off too, but the client reads on to usage and [DONE]."""
+        if not self.done and error:
+            self.done = self.broken_off = True
+        elif not self.done and self.finish_reason == "error":
+            self.broken_off = True
+        return usage_only and not error

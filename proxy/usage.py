@@ -257,6 +257,7 @@ class ChatMessage(msgspec.Struct):
     model: str | None = None
     choices: list[_Choice] | None = None
     usage: _ChatUsage | None = None
+    error: Any = None  # a stream broken off by the provider: its chunk has an error object
 
 
 _NO_DETAILS = _PromptDetails()

@@ -1,5 +1,6 @@
 """StreamFacts: which events of a stream are read, skimmed or counted unread, and what is gathered."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -62,6 +63,69 @@ def test_unread_until_stops_before_anything_worth_reading() -> None:
     gemini = StreamFacts("gemini")  # every Gemini chunk carries running usage: all are read
     gemini.count(1)
     assert gemini.unread_until(plain, 0) == 0
+
+
+def content(text: str) -> bytes:
+    return json.dumps({"choices": [{"delta": {"content": text}, "finish_reason": None}]}).encode()
+
+
+def test_a_content_chunk_that_names_an_error_is_only_counted() -> None:
+    """A string's quotes are escaped in JSON: content holding the word, or text like a key, is no
+    `"error":` key, and its chunk is not parsed; an `"error": null` is none either."""
+    facts = StreamFacts("chat")
+    facts.observe(content(""))
+    named = [content(text) for text in ["error", '"error": {"message": "x"}', "error:", '{"error":1}']]
+    named.append(b'{"choices": [{"delta": {"content": "a"}, "finish_reason": null}], "error": null}')
+    assert all(facts.skim(chunk) for chunk in named)
+    run = b"".join(b"data: " + chunk + b"\n\n" for chunk in named)
+    assert facts.unread_until(run, 0) == len(run)
+    assert (facts.events, facts.done, facts.broken_off) == (1 + len(named), False, False)
+
+
+OPENROUTER_ERROR = (
+    b'{"id":"gen-1","object":"chat.completion.chunk","model":"openai/gpt-4o","provider":"OpenAI",'
+    b'"error":{"code":"server_error","message":"Provider disconnected"},'
+    b'"choices":[{"index":0,"delta":{"content":""},"finish_reason":"error"}]}'
+)
+
+
+@pytest.mark.parametrize(
+    "chunk",
+    [
+        OPENROUTER_ERROR,
+        b'{"error": {"message": "boom", "type": "server_error", "param": null, "code": null}}',
+        b'{"error":{"message":"boom","code":500},"choices":[],"usage":{"prompt_tokens":9}}',
+        b'{"error": {"message": "boom"}, "usage": {"prompt_tokens": 57.0}}',  # read as a dict
+    ],
+    ids=["openrouter", "error-only", "with-usage", "untyped"],
+)
+def test_a_chat_chunk_with_an_error_breaks_the_stream_off_and_ends_it(chunk: bytes) -> None:
+    facts = StreamFacts("chat")
+    facts.observe(content("Sixty"))
+    assert not facts.skim(chunk)
+    assert facts.observe(chunk) is False  # never the usage chunk we may drop: the client must see it
+    assert (facts.done, facts.broken_off, facts.events) == (True, True, 2)
+    facts.observe(b"[DONE]")
+    assert (facts.done, facts.broken_off) == (True, True)
+
+
+def test_a_choice_finished_with_error_breaks_the_stream_off_but_leaves_it_to_its_done() -> None:
+    """Without an `error` key the openai SDK reads on: the usage chunk and [DONE] may still come."""
+    facts = StreamFacts("chat")
+    facts.observe(content("Sixty"))
+    facts.observe(b'{"choices": [{"delta": {}, "finish_reason": "error"}]}')
+    assert (facts.done, facts.broken_off, facts.finish_reason) == (False, True, "error")
+    assert facts.observe(b'{"choices": [], "usage": {"prompt_tokens": 9, "completion_tokens": 2}}')
+    facts.observe(b"[DONE]")
+    assert (facts.done, facts.usage) == (True, Usage(9, 2, 11))
+
+
+def test_an_error_chunk_after_done_changes_nothing() -> None:
+    facts = StreamFacts("chat")
+    facts.observe(content("Sixty"))
+    facts.observe(b"[DONE]")
+    facts.observe(b'{"error": {"message": "late"}}')
+    assert (facts.done, facts.broken_off) == (True, False)
 
 
 IMAGE_EDIT = (b'{"type":"image_edit.partial_image","b64_json":"AAAA"}', b'{"type":"image_edit.completed"')

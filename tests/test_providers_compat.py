@@ -4,9 +4,11 @@ own cost, Moonshot's top-level cached_tokens, DashScope (USD and CNY) and Tencen
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from conftest import MakeConfig, ProxyLauncher, RunningProxy
+from openai import APIError
 from test_providers import (
     all_providers,
     assert_cost_headers,
@@ -17,7 +19,7 @@ from test_providers import (
     pick,
     split_cost_comment,
 )
-from upstream_stub import SSE_DONE, Reply, Stream, UpstreamStub
+from upstream_stub import SSE_DONE, Reply, Stream, UpstreamStub, sse
 
 ASK = [{"role": "user", "content": "What notice does clause 9 require?"}]
 
@@ -125,6 +127,59 @@ def test_openrouter_stream_keeps_its_comments_and_usage_chunk_and_its_cost(
     }
     assert pick(record, expected) == expected
     assert comment["total_cost"] == expected["total_cost"] == 0.0322152
+
+
+# How an OpenAI-compatible server breaks off a chat stream whose 200 is sent: a chunk with an `error` at
+# its top level. OpenRouter's keeps the chunk's fields and ends its choice with finish_reason "error";
+# OpenAI's, vLLM's and SGLang's chunk is the error object alone. The `openai` SDK raises at either.
+OPENROUTER_ERROR = {
+    "id": "gen-1756481177-T7vKm2Qp9XsLw4RzNb8D",
+    "object": "chat.completion.chunk",
+    "created": 1756481177,
+    "model": "anthropic/claude-sonnet-4.6",
+    "provider": "Anthropic",
+    "error": {"code": "server_error", "message": "Provider disconnected unexpectedly"},
+    "choices": [{"index": 0, "delta": {"content": ""}, "finish_reason": "error"}],
+}
+PLAIN_ERROR = {
+    "error": {"message": "Provider disconnected unexpectedly", "type": "server_error", "code": None}
+}
+
+
+@pytest.mark.parametrize("failure", [OPENROUTER_ERROR, PLAIN_ERROR], ids=["openrouter", "error-only"])
+def test_a_chat_stream_broken_off_by_an_error_chunk_is_recorded_as_a_stream_error_with_its_usage_so_far(
+    providers_proxy: RunningProxy, stub: UpstreamStub, failure: dict[str, Any]
+) -> None:
+    """The provider breaks the stream off with an error chunk and keeps the body open; the SDK raises at the
+    chunk and closes. The record, written when the chunk was read: the status the client got,
+    `stream_error`, and the usage estimated from the request and the chunks seen, as a cut stream's is."""
+    events = [event for event in events_of(fixture("openrouter_chat_stream.sse")) if b"Sixty days" in event]
+    sent = [*events, sse(failure)]
+    upstream = Stream(sent, hold_after=len(sent))
+    stub.push(upstream)
+    try:
+        with (
+            providers_proxy.client(path="/openrouter/v1") as client,
+            pytest.raises(APIError, match="Provider disconnected unexpectedly"),
+        ):
+            for _ in client.chat.completions.create(
+                model="anthropic/claude-sonnet-4.6", messages=ASK, stream=True
+            ):
+                pass
+        record = only(providers_proxy.wait_records(1))
+    finally:
+        upstream.gate.set()
+    # ~4 bytes a token of the messages as sent, one output token per chunk of the stream
+    input_tokens = (len(json.dumps(ASK, separators=(",", ":"))) + 3) // 4
+    expected = {
+        **costs([(input_tokens, "3.00")], [(len(sent), "15.00")]),
+        "status_code": 200,
+        "error": "stream_error",
+        "usage_source": "estimated",
+        "input_tokens": input_tokens,
+        "output_tokens": len(sent),
+    }
+    assert pick(record, expected) == expected
 
 
 def test_a_provider_that_reports_no_cost_records_null(

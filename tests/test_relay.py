@@ -213,11 +213,17 @@ def dumps(value: Any, spaced: bool) -> bytes:
     return json.dumps(value, separators=separators, ensure_ascii=False).encode()
 
 
+# Content that names an error, as text: escaped in its JSON string, it is no `"error":` key.
+ERROR_WORDS = st.sampled_from(["error", '"error": {"message": "x"}', "error: null", '{"error":1}'])
+
+
 @st.composite
-def chat_streams(draw: st.DrawFn) -> Stream:
+def chat_streams(draw: st.DrawFn, error: bool = False) -> Stream:
     """An OpenAI chat stream: maybe Azure's prompt-filter chunk (no choices, no usage, id and model ""),
     a role chunk, content chunks (`"finish_reason": null`, and maybe `"usage": null`, with and without
-    spaces), a finish chunk, the usage-only chunk and [DONE]."""
+    spaces), a finish chunk, the usage-only chunk and [DONE]. `error`: one the provider breaks off after
+    the content with an error chunk, OpenRouter's (the chunk's fields, the error, a choice finished with
+    "error") or OpenAI's and vLLM's (the error alone), maybe followed by [DONE]."""
     spaced = draw(st.booleans())
     head: dict[str, Any] = {
         "id": "chatcmpl-1",
@@ -236,14 +242,24 @@ def chat_streams(draw: st.DrawFn) -> Stream:
         filtered = {"choices": [], "id": "", "model": "", "prompt_filter_results": [{"prompt_index": 0}]}
         payloads.append((None, dumps(filtered, spaced)))
     payloads.append((None, chunk({"role": "assistant", "content": ""}, None)))
-    for text in draw(st.lists(st.text(alphabet=TEXT, max_size=8), max_size=6)):
+    for text in draw(st.lists(st.text(alphabet=TEXT, max_size=8) | ERROR_WORDS, max_size=6)):
         payloads.append((None, chunk({"content": text}, None)))
+    nl = draw(st.sampled_from([b"\n", b"\r\n", b"\r"]))
+    if error:
+        failure = {"message": "The server had an error", "type": "server_error", "code": None}
+        if draw(st.booleans()):
+            ended = {"index": 0, "delta": {"content": ""}, "finish_reason": "error"}
+            payloads.append((None, dumps({**head, "error": failure, "choices": [ended]}, spaced)))
+        else:
+            payloads.append((None, dumps({"error": failure}, spaced)))
+        blocks = draw(blocks_of(payloads, nl))
+        late = b"data: [DONE]" + nl + nl
+        return Stream(draw(st.booleans()), blocks + draw(after_the_end(nl, late)), len(blocks) - 1)
     payloads.append((None, chunk({}, draw(st.sampled_from(["stop", "length"])))))
     usage = {"prompt_tokens": draw(st.integers(0, 10**6)), "completion_tokens": draw(st.integers(0, 10**6))}
     usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
     payloads.append((None, dumps({**head, "choices": [], "usage": usage}, spaced)))
     payloads.append((None, b"[DONE]"))
-    nl = draw(st.sampled_from([b"\n", b"\r\n", b"\r"]))
     return Stream(draw(st.booleans()), draw(blocks_of(payloads, nl)))
 
 
@@ -322,10 +338,10 @@ def responses_streams(draw: st.DrawFn, error: bool = False) -> Stream:
 
 
 @st.composite
-def after_the_end(draw: st.DrawFn, nl: bytes, ping: bytes | None) -> list[bytes]:
+def after_the_end(draw: st.DrawFn, nl: bytes, late: bytes | None) -> list[bytes]:
     """What a provider may still send after a stream's last event, before it closes the body: keep-alive
-    comments, blank lines, an Anthropic ping."""
-    kinds = [b": keep-alive" + nl + nl, nl, *([ping] if ping is not None else [])]
+    comments, blank lines, a `late` event (an Anthropic ping, a chat stream's [DONE] after its error)."""
+    kinds = [b": keep-alive" + nl + nl, nl, *([late] if late is not None else [])]
     return draw(st.lists(st.sampled_from(kinds), max_size=3))
 
 
@@ -467,23 +483,24 @@ def test_an_anthropic_or_responses_stream_is_recorded_at_its_last_event_with_the
     assert (relayed.record["usage_source"], relayed.record["error"]) == ("provider", None)
 
 
-@settings(max_examples=80, deadline=None)
-@given(st.sampled_from(["anthropic", "responses"]), st.data())
+@settings(max_examples=120, deadline=None)
+@given(st.sampled_from(["chat", "anthropic", "responses"]), st.data())
 def test_a_stream_the_provider_ends_with_an_error_event_is_recorded_at_it_as_a_stream_error(
     api: Api, data: st.DataObject
 ) -> None:
-    """An `error` event in a 200 stream (Anthropic's overloaded_error, the Responses API's `error`) ends it:
-    the record is written when it is read, says `stream_error`, and bills the usage so far, estimated
-    where the provider gave no final count (Anthropic's input counts from message_start are exact)."""
+    """An `error` event in a 200 stream (Anthropic's overloaded_error, the Responses API's `error`, a chat
+    chunk with an `error`) ends it: the record is written when it is read, says `stream_error`, and bills
+    the usage so far, estimated where the provider gave no final count (Anthropic's input counts from
+    message_start are exact). The error reaches the client even where the usage chunk would be dropped."""
     stream, reads = data.draw(relayed_streams(api, error=True))
-    relayed = Relayed(reads, api, strip=False, cost_in_response=True)
+    relayed = Relayed(reads, api, strip=data.draw(st.booleans()), cost_in_response=True)
     body, expected, at = relayed.client.body, stream.bytes(), stream.offset(stream.end)
     assert body[:at] == expected[:at] and body.endswith(expected[at:])
     assert cost_of(body[at : len(body) - len(expected) + at])["total_cost"] == relayed.record["total_cost"]
     assert_recorded_at_the_last_event(relayed, stream)
     record = relayed.record
     assert (record["status_code"], record["error"]) == (200, "stream_error")
-    # One output token per event up to the error; a ping after it came too late to count.
+    # One output token per event up to the error; a ping (or [DONE]) after it came too late to count.
     assert record["output_tokens"] == len(spec_events(expected[: stream.offset(stream.end + 1)]))
     assert record["usage_source"] == "estimated" and record["total_cost"] is not None
     if api == "anthropic":

@@ -442,9 +442,10 @@ def test_a_streamed_error_has_the_provider_key_taken_out_even_cut_across_reads(
 
     nothing_billed = {"total_cost": 0.0, "currency": "USD", "input_tokens": 0, "output_tokens": 0}
     cost = b": meterproxy-cost " + json.dumps(nothing_billed).encode() + b"\n\n"
-    assert_redacted(metered, 401, event + cost)
+    # The error chunk is the stream's last event: the cost comment goes just before it.
+    assert_redacted(metered, 401, cost + event)
     assert_redacted(passed_through, 401, event)
-    assert raised.value.body == event.replace(CANARY_BYTES, REDACTED).decode() + cost.decode().strip()
+    assert raised.value.body == cost.decode() + event.replace(CANARY_BYTES, REDACTED).decode().strip()
     assert [record["status_code"] for record in keyed_proxy.wait_records(3)] == [401] * 3
     assert_no_canary(keyed_proxy)
 

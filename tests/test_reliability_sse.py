@@ -1,7 +1,8 @@
 """Issue 6, case 8, SSE chaos: however a stream is cut into reads, with CRLF, comments, a multi-byte
 character split across reads, `event: error` mid-stream or a 10 MB data line, the client gets the
-upstream's bytes (less the usage chunk the proxy asked for), the usage found is the same, and the
-scanner's buffer stays bounded (a line over `sse.MAX_LINE` is passed on unread).
+upstream's bytes (less the usage chunk the proxy asked for), the record is the same (a stream broken
+off by an error chunk is recorded there), and the scanner's buffer stays bounded (a line over
+`sse.MAX_LINE` is passed on unread).
 
 Most of it drives the meter in-process with a fake upstream at its seam (the `Upstream` protocol), so
 that hypothesis can try hundreds of chunkings; one case runs the real proxy against the stub.
@@ -38,6 +39,7 @@ from proxy.sse import SSEScanner
 from proxy.upstream import Headers, UpstreamError
 
 HELLO = [{"role": "user", "content": "Say hello"}]
+PROMPT = (len(json.dumps(HELLO, separators=(",", ":"))) + 3) // 4  # HELLO's tokens, estimated
 TEXT = 'aé你🙂 \n"\\'  # one, two, three and four UTF-8 bytes; JSON escapes
 BIG = 10 << 20
 LIMIT = 1 << 20  # sse.MAX_LINE, lowered where a test needs a line too long to read
@@ -169,10 +171,18 @@ def split(data: bytes, cuts: list[int]) -> list[bytes]:
     return [data[start:end] for start, end in zip(bounds, bounds[1:], strict=False) if end > start]
 
 
+def broken_off(stream: bytes) -> tuple[bytes, int] | None:
+    """Where the provider broke `stream` off with its error chunk, and the events up to it (the error
+    included): the call is recorded there, its usage estimated, whatever follows. None: not broken off."""
+    at = stream.find(b"event: error")
+    return None if at < 0 else (stream[at:], stream[:at].count(b"data: ") + 1)
+
+
 @st.composite
 def chaotic_streams(draw: st.DrawFn) -> tuple[bytes, bytes, tuple[int, int], list[bytes]]:
-    """A chat stream with CRLF or LF, keep-alive comments, multi-byte text, maybe `event: error`, its
-    usage chunk and [DONE]; and the pieces it arrives in."""
+    """A chat stream with CRLF or LF, keep-alive comments, multi-byte text, maybe `event: error` (the
+    error chunk OpenAI-compatible servers break a stream off with; the rest of the stream follows it
+    anyway), its usage chunk and [DONE]; and the pieces it arrives in."""
     nl = draw(st.sampled_from([b"\n", b"\r\n"]))
     parts = []
     for index, text in enumerate(draw(st.lists(st.text(alphabet=TEXT, max_size=12), min_size=1, max_size=6))):
@@ -197,6 +207,10 @@ def test_any_chunking_of_a_chaotic_stream_reaches_the_client_whole_with_the_same
     received, record = through_the_meter(pieces)
 
     assert received == stream.replace(asked_for, b"")
+    if (error := broken_off(stream)) is not None:
+        assert (record["input_tokens"], record["output_tokens"]) == (PROMPT, error[1])
+        assert (record["usage_source"], record["error"]) == ("estimated", "stream_error")
+        return
     assert (record["input_tokens"], record["output_tokens"]) == (prompt, output)
     assert (record["usage_source"], record["error"]) == ("provider", None)
 
@@ -209,7 +223,8 @@ def test_the_cost_comment_is_the_only_other_change(
     stream, asked_for, _, pieces = case
     received, record = through_the_meter(pieces, cost_in_response=True)
 
-    head, done, tail = stream.replace(asked_for, b"").rpartition(b"data: [DONE]")
+    last = b"event: error" if broken_off(stream) else b"data: [DONE]"  # the comment goes just before it
+    head, done, tail = stream.replace(asked_for, b"").rpartition(last)
     comment, _, rest = received[len(head) :].partition(b"\n\n")
     assert received[: len(head)] == head and rest == done + tail
     assert comment.startswith(b": meterproxy-cost {") and json.loads(
@@ -228,19 +243,21 @@ def test_a_stream_cut_off_is_estimated_from_every_event_it_delivered_whatever_th
     case: tuple[bytes, bytes, tuple[int, int], list[bytes]], data: st.DataObject
 ) -> None:
     """The estimate of a call cut before its usage counts one output token per event received (a few
-    are read, the rest only counted): however the stream was read, every whole event counts once."""
+    are read, the rest only counted): however the stream was read, every whole event counts once. One
+    broken off by an error chunk before the cut was recorded at that chunk."""
     stream, asked_for, _, _ = case
     before_usage = stream[: stream.index(asked_for)]
     nl = b"\r\n" if b"\r\n" in stream else b"\n"
-    events = before_usage.count(b"data: ")
+    events, error = before_usage.count(b"data: "), "upstream_reset"
+    if (broken := broken_off(before_usage)) is not None:
+        events, error = broken[1], "stream_error"
     cuts = data.draw(st.lists(st.integers(1, len(before_usage) - 1), max_size=30))
-    prompt = (len(json.dumps(HELLO, separators=(",", ":"))) + 3) // 4
 
     received, record = through_the_meter(split(before_usage, cuts), reset=True)
 
     assert received == before_usage and before_usage.endswith(nl + nl)
-    assert (record["usage_source"], record["error"]) == ("estimated", "upstream_reset")
-    assert (record["input_tokens"], record["output_tokens"]) == (prompt, events)
+    assert (record["usage_source"], record["error"]) == ("estimated", error)
+    assert (record["input_tokens"], record["output_tokens"]) == (PROMPT, events)
 
 
 def test_a_stream_that_ends_inside_a_line_gets_its_cost_comment_on_a_line_of_its_own() -> None:
@@ -396,7 +413,8 @@ def test_an_event_too_long_to_read_is_passed_on_and_logged(caplog: Any) -> None:
 
 
 def test_a_chaotic_stream_through_the_real_proxy(proxy: RunningProxy, stub: UpstreamStub) -> None:
-    """The same over real sockets: the stub writes the stream in odd pieces (a character split in two)."""
+    """The same over real sockets: the stub writes the stream in odd pieces (a character split in two).
+    Its error chunk broke it off: the record and the comment are there; what follows passes on."""
     nl = b"\r\n"
     asked_for = usage_event(12, 5, nl)
     stream = b"".join(
@@ -421,9 +439,10 @@ def test_a_chaotic_stream_through_the_real_proxy(proxy: RunningProxy, stub: Upst
 
     record = proxy.wait_records(1)[0]
     comment = (
-        b': meterproxy-cost {"total_cost": %s, "currency": "USD", "input_tokens": 12, "output_tokens": 5}\n\n'
-        % format(Decimal(repr(record["total_cost"])), "f").encode()
+        b': meterproxy-cost {"total_cost": %s, "currency": "USD", "input_tokens": %d, "output_tokens": 2}\n\n'
+        % (format(Decimal(repr(record["total_cost"])), "f").encode(), PROMPT)
     )
-    head, done, tail = stream.replace(asked_for, b"").rpartition(b"data: [DONE]")
-    assert response.body == head + comment + done + tail
-    assert (record["input_tokens"], record["output_tokens"], record["usage_source"]) == (12, 5, "provider")
+    head, error, tail = stream.replace(asked_for, b"").partition(b"event: error")
+    assert response.body == head + comment + error + tail
+    assert (record["input_tokens"], record["output_tokens"]) == (PROMPT, 2)
+    assert (record["usage_source"], record["error"]) == ("estimated", "stream_error")
