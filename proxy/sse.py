@@ -113,7 +113,9 @@ class SSEScanner:
         else:
             buf = self._buf + chunk if self._buf else chunk
         base = self._offset
-        pos = 3 if base == 0 and buf.startswith(BOM) else 0
+        pos = 0
+        if base == 0 and buf.startswith(BOM):
+            pos = self._start = 3  # the first event starts after it: a comment put before the event too
         end = len(buf)
         while True:
             match = _EOL.search(buf, pos)

@@ -231,5 +231,8 @@ def test_a_run_of_one_line_data_events_is_taken_whole_or_not_at_all() -> None:
 def test_a_bom_at_the_stream_s_start_is_not_part_of_its_first_line_however_it_is_cut() -> None:
     stream = sse.BOM + b'data: {"a":1}\n\ndata: b\n\n'
     for cut in range(len(stream) + 1):
-        assert [event.data for event in scan([stream[:cut], stream[cut:]])] == [b'{"a":1}', b"b"], cut
+        events = scan([stream[:cut], stream[cut:]])
+        assert [event.data for event in events] == [b'{"a":1}', b"b"], cut
+        # The first event starts after the BOM: what goes before it (a cost comment) leaves the BOM first.
+        assert events[0].start == len(sse.BOM), cut
     assert [event.data for event in scan([b"data: a\n\n" + sse.BOM + b"data: b\n\n"])] == [b"a"]
