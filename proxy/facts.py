@@ -44,6 +44,8 @@ _CHAT_SHAPED = frozenset({"chat", "embeddings"})
 _LAST_EVENTS: dict[Api, frozenset[str]] = {
     "anthropic": frozenset({"message_stop", "error"}),
     "responses": frozenset({"response.completed", "response.incomplete", "response.failed", "error"}),
+    "images": frozenset({"image_generation.completed", "image_edit.completed"}),
+    "transcriptions": frozenset({"transcript.text.done"}),
 }
 
 

@@ -34,8 +34,10 @@ async def relay_stream(
     put the cost comment before the stream's last event (or at the end). `record` writes the call's
     record: it is called when that event is read, before the client can have it (the client's answer
     is whole then). The last event is chat's [DONE], Anthropic's message_stop, the Responses API's
-    response.completed, .incomplete or .failed, or the error that breaks a stream off (an `error` event,
-    a chat chunk with an `error`): a client may leave once it has it, before the provider ends the body."""
+    response.completed, .incomplete or .failed, an image stream's image_generation.completed or
+    image_edit.completed, a transcript's transcript.text.done, or the error that breaks a stream off (an
+    `error` event, a chat chunk with an `error`): a client may leave once it has it, before the provider
+    ends the body."""
     stream = _StreamEdit(call, strip, cost_in_response, record)
     sent = b""  # the last bytes sent: a comment may follow them directly if they end a line
     while True:

@@ -153,6 +153,9 @@ def test_an_image_or_transcript_stream_is_read_at_its_completed_event_only(
         ("responses", b'{"type":"response.incomplete","response":{"status":"incomplete"}}', False),
         ("responses", b'{"type":"response.failed","response":{"status":"failed"}}', False),
         ("responses", b'{"type": "error", "code": "server_error", "message": "boom", "param": null}', True),
+        ("images", b'{"type":"image_generation.completed","usage":{"input_tokens":7}}', False),
+        ("images", b'{"type": "image_edit.completed", "b64_json": "AAAA"}', False),
+        ("transcriptions", b'{"type":"transcript.text.done","text":"Hi"}', False),
     ],
 )
 def test_the_last_event_of_a_stream_without_done_is_read_and_ends_it(

@@ -5,9 +5,12 @@ from __future__ import annotations
 import base64
 import json
 import struct
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 from conftest import MakeConfig, ProxyLauncher, RunningProxy
+from openai import OpenAI
 from test_providers import (
     PLAIN_DECIMAL,
     all_providers,
@@ -575,6 +578,62 @@ def test_a_streamed_transcription_is_priced_from_its_done_event(
         "error": None,
     }
     assert pick(record, expected) == expected
+
+
+def generate(client: OpenAI) -> Iterator[Any]:
+    return client.images.generate(
+        model="gpt-image-2", prompt="A lighthouse at dusk", stream=True, partial_images=1
+    )
+
+
+def edit(client: OpenAI) -> Iterator[Any]:
+    image = ("lighthouse.png", b"\x89PNG\r\n")
+    return client.images.edit(model="gpt-image-2", image=image, prompt="At night", stream=True)
+
+
+def transcribe(client: OpenAI) -> Iterator[Any]:
+    return client.audio.transcriptions.create(model="gpt-4o-transcribe", file=("clip.wav", CLIP), stream=True)
+
+
+@pytest.mark.parametrize(
+    ("call", "stream", "last", "expected"),
+    [
+        (generate, IMAGES_STREAM, "image_generation.completed", IMAGE_COSTS),
+        (
+            edit,
+            IMAGES_STREAM.replace(b"image_generation.", b"image_edit."),
+            "image_edit.completed",
+            IMAGE_COSTS,
+        ),
+        (transcribe, TRANSCRIPTION_STREAM, "transcript.text.done", TRANSCRIPTION_COSTS),
+    ],
+    ids=["generation", "edit", "transcription"],
+)
+def test_a_client_that_closes_at_the_completed_event_of_an_image_or_transcript_stream_is_answered(
+    providers_proxy: RunningProxy,
+    stub: UpstreamStub,
+    call: Callable[[OpenAI], Iterator[Any]],
+    stream: bytes,
+    last: str,
+    expected: dict[str, float],
+) -> None:
+    """No [DONE] in an image or transcript stream: its completed event is its last. The provider has sent
+    it but not ended its body; the client, holding the whole answer, closes. Its record was written when
+    that event was read: 200, with the provider's usage."""
+    events = events_of(stream)
+    upstream = Stream(events, hold_after=len(events))
+    stub.push(upstream)
+    try:
+        with providers_proxy.client(path="/openai/v1") as client:
+            for event in call(client):
+                if event.type == last:
+                    break
+        assert event.type == last
+        record = only(providers_proxy.wait_records(1))
+    finally:
+        upstream.gate.set()
+    answered = {**expected, "status_code": 200, "error": None, "usage_source": "provider"}
+    assert pick(record, answered) == answered
 
 
 @pytest.mark.parametrize(

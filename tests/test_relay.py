@@ -29,7 +29,13 @@ from proxy.upstream import Headers
 from proxy.usage import Api
 
 KEY = "sk-provider-secret"
-MODELS = {"chat": "gpt-4o-mini", "anthropic": "claude-sonnet-4-6", "responses": "gpt-5"}
+MODELS = {
+    "chat": "gpt-4o-mini",
+    "anthropic": "claude-sonnet-4-6",
+    "responses": "gpt-5",
+    "images": "gpt-image-2",
+    "transcriptions": "gpt-4o-transcribe",
+}
 COMMENT = re.compile(rb": meterproxy-cost (\{[^\n]*\})\n\n")
 TEXT = 'ab é你🙂\\"\n'  # one to four UTF-8 bytes, and characters JSON escapes
 
@@ -338,6 +344,45 @@ def responses_streams(draw: st.DrawFn, error: bool = False) -> Stream:
 
 
 @st.composite
+def image_streams(draw: st.DrawFn) -> Stream:
+    """An image generation or edit stream: partial images, then the image with its usage in the completed
+    event, its last; no [DONE]."""
+    spaced = draw(st.booleans())
+    kind = draw(st.sampled_from(["image_generation", "image_edit"]))
+    payloads: list[tuple[bytes | None, dict[str, Any]]] = []
+    for index in range(draw(st.integers(0, 3))):
+        partial = {"type": f"{kind}.partial_image", "b64_json": "iVBORw0KGgo=", "partial_image_index": index}
+        payloads.append((f"{kind}.partial_image".encode(), partial))
+    usage = {"input_tokens": draw(st.integers(0, 10**6)), "output_tokens": draw(st.integers(0, 10**6))}
+    usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
+    completed = {"type": f"{kind}.completed", "b64_json": "iVBORw0KGgo=", "usage": usage}
+    payloads.append((f"{kind}.completed".encode(), completed))
+    nl = draw(st.sampled_from([b"\n", b"\r\n", b"\r"]))
+    blocks = draw(blocks_of([(event, dumps(data, spaced)) for event, data in payloads], nl))
+    return Stream(draw(st.booleans()), blocks + draw(after_the_end(nl, None)), len(blocks) - 1)
+
+
+@st.composite
+def transcript_streams(draw: st.DrawFn) -> Stream:
+    """A transcription stream: text deltas, then the whole text with its usage in transcript.text.done,
+    its last event; no [DONE], maybe no `event:` lines."""
+    spaced = draw(st.booleans())
+    named = draw(st.booleans())
+    texts = draw(st.lists(st.text(alphabet=TEXT, max_size=8), max_size=5))
+    payloads: list[tuple[bytes | None, dict[str, Any]]] = [
+        (b"transcript.text.delta" if named else None, {"type": "transcript.text.delta", "delta": text})
+        for text in texts
+    ]
+    usage = {"type": "tokens", "input_tokens": draw(st.integers(0, 10**6)),
+             "output_tokens": draw(st.integers(0, 10**6))}  # fmt: skip
+    done = {"type": "transcript.text.done", "text": "".join(texts), "usage": usage}
+    payloads.append((b"transcript.text.done" if named else None, done))
+    nl = draw(st.sampled_from([b"\n", b"\r\n", b"\r"]))
+    blocks = draw(blocks_of([(event, dumps(data, spaced)) for event, data in payloads], nl))
+    return Stream(draw(st.booleans()), blocks + draw(after_the_end(nl, None)), len(blocks) - 1)
+
+
+@st.composite
 def after_the_end(draw: st.DrawFn, nl: bytes, late: bytes | None) -> list[bytes]:
     """What a provider may still send after a stream's last event, before it closes the body: keep-alive
     comments, blank lines, a `late` event (an Anthropic ping, a chat stream's [DONE] after its error)."""
@@ -349,6 +394,8 @@ STREAMS: dict[Api, Callable[..., st.SearchStrategy[Stream]]] = {
     "chat": chat_streams,
     "anthropic": anthropic_streams,
     "responses": responses_streams,
+    "images": image_streams,
+    "transcriptions": transcript_streams,
 }
 
 
@@ -458,11 +505,13 @@ def assert_recorded_from_the_provider_s_usage(relayed: Relayed) -> None:
     }
 
 
-@settings(max_examples=120, deadline=None)
-@given(st.sampled_from(["anthropic", "responses"]), st.data())
-def test_an_anthropic_or_responses_stream_is_recorded_at_its_last_event_with_the_cost_just_before_it(
+@settings(max_examples=160, deadline=None)
+@given(st.sampled_from(["anthropic", "responses", "images", "transcriptions"]), st.data())
+def test_a_stream_without_done_is_recorded_at_its_last_event_with_the_cost_just_before_it(
     api: Api, data: st.DataObject
 ) -> None:
+    """Anthropic's message_stop, the Responses API's response.completed (.incomplete, .failed), an image
+    stream's completed event, a transcript's transcript.text.done: each ends its stream as [DONE] does."""
     stream, reads = data.draw(relayed_streams(api))
     cost_in_response = data.draw(st.booleans())
     relayed = Relayed(reads, api, strip=False, cost_in_response=cost_in_response)
@@ -479,7 +528,7 @@ def test_an_anthropic_or_responses_stream_is_recorded_at_its_last_event_with_the
     assert_recorded_at_the_last_event(relayed, stream)
     assert_recorded_from_the_provider_s_usage(relayed)
     finish_reason = relayed.record["finish_reason"]
-    assert finish_reason in ("end_turn", "completed", "incomplete", "failed")
+    assert finish_reason in ("end_turn", "completed", "incomplete", "failed", None)
     assert (relayed.record["usage_source"], relayed.record["error"]) == ("provider", None)
 
 
