@@ -118,9 +118,9 @@ class RecordWriter:
     """Appends records to a JSONL file opened with O_APPEND, so workers can share it.
 
     Each record is a single write() of a whole line: concurrent writers never interleave inside a
-    line, and a crash can at worst leave the last line torn, which the next record, whoever writes it,
-    starts after on a line of its own. A failed write never stops the proxy: the record goes to stderr
-    as JSON and is counted.
+    line, and a crash can at worst leave the last line torn. The next record, whoever writes it, finds
+    the torn line before it once written, and is written again on a line of its own (`_write`). A failed
+    write never stops the proxy: the record goes to stderr as JSON and is counted.
     """
 
     # Only a write tells whether the file takes records again (a full disk, a quota): after a failed
@@ -190,13 +190,29 @@ class RecordWriter:
         opened = os.fstat(self._fd)
         return (at_path.st_dev, at_path.st_ino) != (opened.st_dev, opened.st_ino)
 
-    def _after_torn_line(self, fd: int) -> tuple[int, bool]:
-        """The file's size, and whether its last line is torn (no newline at its end). A writer killed
-        inside its write, or stopped by a full disk, leaves it so: this process before a restart, or
-        another worker while this one writes on. Only when another write came since this writer's last
-        is the byte read (lseek 0.5 us, pread 1.5 us per record measured)."""
-        size = os.lseek(fd, 0, os.SEEK_END)
-        return size, size != self._end and size > 0 and os.pread(fd, 1, size - 1) != b"\n"
+    def _write(self, fd: int, line: bytes) -> int:
+        """Append `line`; the bytes written. A writer killed inside its write, or stopped by a full disk,
+        leaves its line torn (this process before a restart, or another worker while this one writes
+        on), and a line written after it joins it. So the byte before the line is looked at once the
+        line is written: writes to an O_APPEND file are whole and one at a time, so that byte is final.
+        (Looked at before, the file's end may be inside another worker's write under way, as the file
+        grows page by page, and a whole line be taken for a torn one.) A line that joined a torn one,
+        which stays unreadable, is written again on a line of its own. The byte is read only when
+        another write came since this writer's last one (lseek 0.5 us, pread 1.5 us per record)."""
+        previous, self._end = self._end, -1  # unknown until found below: the next record looks before it
+        written = os.write(fd, line)
+        if written != len(line):  # cut short (a full disk): a torn line itself
+            return written
+        try:  # the line is in: a failure to look must not drop its record
+            end = os.lseek(fd, 0, os.SEEK_CUR)  # O_APPEND: where this write ended
+            start = end - written
+            joined = start != previous and start > 0 and os.pread(fd, 1, start - 1) != b"\n"
+        except OSError:
+            return written
+        if joined:
+            return os.write(fd, line)  # an error here drops the record: its first copy is unreadable
+        self._end = end
+        return written
 
     def append(self, record: CostRecord) -> None:
         try:
@@ -213,19 +229,16 @@ class RecordWriter:
             self.open()
         if self._fd is not None:
             try:
-                size, torn = self._after_torn_line(self._fd)
-                data = b"\n" + line if torn else line  # one write still: the newline and the record
-                written = os.write(self._fd, data)
+                written = self._write(self._fd, line)
             except OSError as exc:
                 self._fail(exc, writing=True)
             else:
-                if written == len(data):
-                    self._end = size + written
+                if written == len(line):
                     if self._write_failed_at is not None:
                         self._write_failed_at = self.problem = None
                     return
                 # The disk filled up inside this line: the torn part stays, the next record closes it off.
-                self._fail(OSError(f"disk full, wrote {written} of {len(data)} bytes"), writing=True)
+                self._fail(OSError(f"disk full, wrote {written} of {len(line)} bytes"), writing=True)
         self._drop(line)
 
     def _drop(self, line: bytes) -> None:

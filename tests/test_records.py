@@ -1,4 +1,5 @@
 import json
+import multiprocessing
 from pathlib import Path
 
 import orjson
@@ -64,6 +65,7 @@ def test_a_torn_last_line_is_closed_before_the_next_record(tmp_path: Path) -> No
     lines = path.read_bytes().splitlines()
     assert len(lines) == 3
     assert orjson.loads(lines[2])["request_id"] == "r2"
+    assert lines[1].startswith(b'{"timestamp": "2026-11-23T1{')  # joined by r2's first write
 
 
 def test_two_writers_on_one_file_never_interleave(tmp_path: Path) -> None:
@@ -162,5 +164,36 @@ def test_a_line_another_writer_left_torn_is_closed_before_the_next_record(tmp_pa
     writer.append(record(3))
     writer.close()
     first, torn, *rest = path.read_bytes().splitlines()
-    assert torn == b'{"timestamp": "2026-11-23T1'
+    # The next record joined the torn line, which stays unreadable, and was written again on its own.
+    assert torn.startswith(b'{"timestamp": "2026-11-23T1{')
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(torn)
     assert [orjson.loads(line)["request_id"] for line in (first, *rest)] == ["r1", "r2", "r3"]
+
+
+def _append_many(path: Path, tag: str, count: int) -> None:
+    writer = RecordWriter(path)
+    writer.open()
+    for n in range(count):
+        # Records over several pages: a write of one is long enough for another writer to look at the
+        # file while it is under way.
+        writer.append({**record(n), "request_id": f"{tag}{n}", "task_type": "x" * 20_000})
+    writer.close()
+
+
+def test_writers_in_several_processes_leave_no_blank_line_and_every_record_once(tmp_path: Path) -> None:
+    # Workers are processes: one looks at the file's end while another's write is under way, and the
+    # file's size then grows page by page, so the byte before that size is inside the other's record.
+    path = tmp_path / "records.jsonl"
+    context = multiprocessing.get_context("fork")
+    workers = [context.Process(target=_append_many, args=(path, tag, 300)) for tag in "ab"]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert [worker.exitcode for worker in workers] == [0, 0]
+    lines = path.read_bytes().split(b"\n")
+    assert lines.pop() == b""
+    assert sorted(orjson.loads(line)["request_id"] for line in lines) == sorted(
+        f"{tag}{n}" for tag in "ab" for n in range(300)
+    )
