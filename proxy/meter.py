@@ -13,7 +13,6 @@ import logging
 import os
 import time
 from typing import Any
-from urllib.parse import quote
 
 from starlette.types import Message, Receive, Scope, Send
 
@@ -38,7 +37,7 @@ from proxy.request import (
     upstream_headers,
 )
 from proxy.routing import RouteError, Routes, no_model
-from proxy.serverlog import mark_cut
+from proxy.serverlog import as_sent, log_cut
 from proxy.upstream import Headers, Upstream, UpstreamError, end_to_end
 
 log = logging.getLogger("meterproxy")
@@ -72,7 +71,7 @@ class Meter:
         headers: Headers = scope["headers"]
         header = dict(headers)
         query: bytes = scope.get("query_string", b"")
-        path = _as_sent(scope)
+        path = as_sent(scope)
         task = asyncio.current_task()
         assert task is not None  # uvicorn runs each request in a task of its own
         try:
@@ -157,14 +156,14 @@ class Meter:
         except asyncio.CancelledError:
             task.uncancel()
             if call.gone:
-                _cut(scope, call, "the client went away", logging.INFO)
+                log_cut(scope, call, "the client went away", logging.INFO)
             else:
                 # The server is stopping and server.drain_seconds is over (uvicorn cancels what still
                 # runs), or a force quit cut it (`cut`). The call is recorded as cut; one not answered
                 # yet gets a 503 to retry elsewhere.
                 call.error = "shutdown"
                 if call.head_sent:
-                    _cut(scope, call, "the proxy is stopping")
+                    log_cut(scope, call, "the proxy is stopping")
                 else:
                     call.status = 503
                     last = error_answer(503, "shutdown", "the proxy is shutting down", call.proxy_id)
@@ -218,7 +217,7 @@ class Meter:
             )
         except UpstreamError as exc:
             failure = without_key(exc, call.provider)
-            log.warning("%s %s -> %s: %s", scope["method"], _as_sent(scope), call.provider.name, failure)
+            log.warning("%s %s -> %s: %s", scope["method"], as_sent(scope), call.provider.name, failure)
             call.error = failure.error
             call.finished = True
             return _failed(call, failure)
@@ -267,31 +266,12 @@ class Meter:
             failure = without_key(exc, call.provider)
             call.error = failure.error
             if call.head_sent:
-                _cut(scope, call, str(failure))
+                log_cut(scope, call, str(failure))
                 return []  # the response stays incomplete: the client sees it cut, never a fake end
-            log.warning("%s %s -> %s: %s", scope["method"], _as_sent(scope), call.provider.name, failure)
+            log.warning("%s %s -> %s: %s", scope["method"], as_sent(scope), call.provider.name, failure)
             # A body read whole broke off before any of it was sent: the client gets the 502 or 504 of
             # an upstream that failed, not a bare 500 from the server, and the record says which.
             return _failed(call, failure)
-
-
-def _as_sent(scope: Scope) -> str:
-    """The path as the client sent it, for routing and the log: still percent-encoded, so a `%0A` in it
-    cannot start a line of the client's own in the log (a forged `{"dropped_record": ...}`, say)."""
-    raw_path: bytes | None = scope.get("raw_path")  # optional in ASGI; uvicorn always sets it
-    return raw_path.decode("latin-1") if raw_path else quote(scope["path"], safe="/:")
-
-
-def _cut(scope: Scope, call: Call, why: str, level: int = logging.WARNING) -> None:
-    """Log, in one line naming the call, why its answer ends cut short, in place of uvicorn's error
-    for a response left incomplete, which read like a crash."""
-    error = "client_disconnected" if call.gone else call.error
-    log.log(
-        level,
-        "%s %s -> %s: %s; its answer is cut short (error %s, call %s)",
-        *(scope["method"], _as_sent(scope), call.provider.name, why, error, call.proxy_id),
-    )
-    mark_cut()
 
 
 def _failed(call: Call, exc: UpstreamError) -> list[Message]:
