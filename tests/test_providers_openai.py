@@ -151,6 +151,22 @@ def test_streamed_responses_bytes_are_the_upstreams_then_the_cost_comment(
     assert record["total_cost"] == 0.0142415
 
 
+def read_until(proxy: RunningProxy, stub: UpstreamStub, sent: list[bytes], last: str) -> tuple[Any, Any]:
+    """A Responses stream whose provider sends `sent` and then holds its body open; the client reads to
+    the first event of type `last` and closes. That event, and the call's record."""
+    upstream = Stream(sent, hold_after=len(sent))
+    stub.push(upstream)
+    try:
+        with (
+            proxy.client(path="/openai/v1") as client,
+            client.responses.create(model="gpt-5", input="Summarise the contract.", stream=True) as stream,
+        ):
+            event = next(event for event in stream if event.type == last)
+        return event, only(proxy.wait_records(1))
+    finally:
+        upstream.gate.set()
+
+
 @pytest.mark.parametrize(
     ("name", "last", "finish_reason", "output_tokens"),
     [
@@ -169,21 +185,8 @@ def test_a_client_that_closes_at_the_last_event_of_a_responses_stream_is_recorde
 ) -> None:
     """The provider has sent the stream's last event but not ended its body yet; the client, holding the
     whole answer, closes. Its record was written when that event was read: 200, with the whole usage."""
-    events = events_of(fixture(name))
-    upstream = Stream(events, hold_after=len(events))
-    stub.push(upstream)
-    try:
-        with (
-            providers_proxy.client(path="/openai/v1") as client,
-            client.responses.create(model="gpt-5", input="Summarise the contract.", stream=True) as stream,
-        ):
-            for event in stream:
-                if event.type == last:
-                    break
-        assert event.type == last
-        record = only(providers_proxy.wait_records(1))
-    finally:
-        upstream.gate.set()
+    event, record = read_until(providers_proxy, stub, events_of(fixture(name)), last)
+    assert event.type == last
     expected = {
         "status_code": 200,
         "error": None,
@@ -212,20 +215,8 @@ def test_a_responses_stream_broken_off_by_an_error_event_is_recorded_as_a_stream
     }
     error = b"event: error\ndata: " + json.dumps(failure).encode() + b"\n\n"
     sent = [*events[: first_text + 2], error]
-    upstream = Stream(sent, hold_after=len(sent))
-    stub.push(upstream)
-    try:
-        with (
-            providers_proxy.client(path="/openai/v1") as client,
-            client.responses.create(model="gpt-5", input="Summarise the contract.", stream=True) as stream,
-        ):
-            for event in stream:
-                if event.type == "error":
-                    break
-        assert (event.type, event.message) == ("error", "boom")
-        record = only(providers_proxy.wait_records(1))
-    finally:
-        upstream.gate.set()
+    event, record = read_until(providers_proxy, stub, sent, "error")
+    assert (event.type, event.message) == ("error", "boom")
     # ~4 bytes a token of the input as sent, one output token per event of the stream
     input_tokens = (len(json.dumps("Summarise the contract.")) + 3) // 4
     expected = {
