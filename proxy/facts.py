@@ -39,6 +39,9 @@ _WORTH_READING: dict[Api, re.Pattern[bytes]] = {
     "gemini": re.compile(rb""),
 }
 _CHAT_SHAPED = frozenset({"chat", "embeddings"})
+# A Responses API response's statuses that end it: `queued` and `in_progress` (response.created's) are
+# not how a response finished, so a stream cut before its end has no finish reason, as a chat one has.
+_ENDED = frozenset({"completed", "incomplete", "failed", "cancelled"})
 # The events that end a stream without [DONE], by their `type`: the answer is whole once one is read.
 # An `error` event is how a provider breaks off a stream whose 200 is sent (Anthropic's overloaded_error).
 _LAST_EVENTS: dict[Api, frozenset[str]] = {
@@ -132,7 +135,7 @@ class ResponseFacts:
         self._note(response.get("id"), response.get("model"))
         status = response.get("status")
         reason = _part(response, "incomplete_details").get("reason")
-        if isinstance(reason, str) or isinstance(status, str):
+        if isinstance(reason, str) or status in _ENDED:
             self.finish_reason = reason if isinstance(reason, str) else status
         self.usage = usage_from_responses(response.get("usage")) or self.usage
 

@@ -483,6 +483,16 @@ def test_anthropic_body() -> None:
     assert facts.finish_reason == "max_tokens"
 
 
+def test_a_responses_stream_cut_before_its_end_has_no_finish_reason() -> None:
+    facts = StreamFacts("responses")
+    facts.observe(b'{"type":"response.queued","response":{"id":"resp_1","status":"queued"}}')
+    facts.observe(
+        b'{"type":"response.created","response":{"id":"resp_1","model":"o3","status":"in_progress"}}'
+    )
+    facts.observe(b'{"type":"response.output_text.delta","delta":"Hi"}')
+    assert (facts.response_id, facts.model, facts.finish_reason) == ("resp_1", "o3", None)
+
+
 def test_responses_stream_reads_the_completed_event() -> None:
     facts = StreamFacts("responses")
     facts.observe(
