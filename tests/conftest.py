@@ -14,16 +14,18 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import aiohttp
 import pytest
 from openai import OpenAI
 from upstream_stub import UpstreamStub
+
+from proxy.upstream import Upstream, UpstreamResponse
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 START_DEADLINE_SECONDS = 30.0
@@ -370,6 +372,31 @@ def launch(tmp_path: Path) -> Iterator[ProxyLauncher]:
 def proxy(launch: ProxyLauncher, make_config: MakeConfig) -> RunningProxy:
     """The proxy on the base config."""
     return launch(make_config())
+
+
+C = TypeVar("C", bound=Upstream)
+T = TypeVar("T")
+
+
+def run_client(make: Callable[[], C], work: Callable[[C], Awaitable[T]]) -> T:
+    """`work` done with a new upstream client on an event loop of its own; the client closed after."""
+
+    async def main() -> T:
+        client = make()
+        try:
+            return await work(client)
+        finally:
+            await client.close()
+
+    return asyncio.run(main())
+
+
+async def read_all(response: UpstreamResponse) -> bytes:
+    """An upstream response's body, read to its end."""
+    parts = []
+    while chunk := await response.read():
+        parts.append(chunk)
+    return b"".join(parts)
 
 
 @contextlib.contextmanager

@@ -7,7 +7,8 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import pytest
-from upstream_stub import Hangup, Reply, Stream, UpstreamStub
+from conftest import read_all, run_client
+from upstream_stub import STRAYS, Hangup, Reply, Stream, UpstreamStub
 
 from proxy.http1 import HTTP1Upstream
 from proxy.upstream import UpstreamError, UpstreamResponse
@@ -17,21 +18,7 @@ HEADERS = [(b"content-type", b"application/json"), (b"x-trace", b"abc")]
 
 
 def run(work: Callable[[HTTP1Upstream], Awaitable[T]]) -> T:
-    async def main() -> T:
-        client = HTTP1Upstream()
-        try:
-            return await work(client)
-        finally:
-            await client.close()
-
-    return asyncio.run(main())
-
-
-async def read_all(response: UpstreamResponse) -> bytes:
-    parts = []
-    while chunk := await response.read():
-        parts.append(chunk)
-    return b"".join(parts)
+    return run_client(HTTP1Upstream, work)
 
 
 def test_request_bytes_and_response_reach_each_side_whole(stub: UpstreamStub) -> None:
@@ -239,16 +226,6 @@ def test_a_large_body_is_read_whole_with_flow_control(stub: UpstreamStub) -> Non
 
     assert run(work) == body
     assert stub.requests[0].header("content-length") is None
-
-
-STRAY_BODY = b'{"stray": true}'
-STRAY = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\nx-stray: 1\r\n\r\n%s" % (len(STRAY_BODY), STRAY_BODY)
-STRAYS = {
-    "in the answer's write": Reply(
-        body=b'{"n": 1}' + STRAY, headers=(("content-type", "application/json"), ("content-length", "8"))
-    ),
-    "a moment after the answer": Reply(body=b'{"n": 1}', stray=STRAY),
-}
 
 
 @pytest.mark.parametrize("case", STRAYS, ids=list(STRAYS))

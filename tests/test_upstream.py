@@ -5,41 +5,17 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import pytest
-from conftest import free_port
-from upstream_stub import Hangup, Reply, Stream, UpstreamStub
+from conftest import free_port, read_all, run_client
+from upstream_stub import STRAYS, Hangup, Reply, Stream, UpstreamStub
 
-from proxy.upstream import AiohttpUpstream, Headers, UpstreamError, UpstreamResponse, end_to_end
+from proxy.upstream import AiohttpUpstream, Headers, UpstreamError, end_to_end
 
 T = TypeVar("T")
 HEADERS = [(b"content-type", b"application/json"), (b"x-trace", b"abc")]
 
 
 def run(work: Callable[[AiohttpUpstream], Awaitable[T]]) -> T:
-    async def main() -> T:
-        client = AiohttpUpstream()
-        try:
-            return await work(client)
-        finally:
-            await client.close()
-
-    return asyncio.run(main())
-
-
-async def read_all(response: UpstreamResponse) -> bytes:
-    parts = []
-    while chunk := await response.read():
-        parts.append(chunk)
-    return b"".join(parts)
-
-
-STRAY_BODY = b'{"stray": true}'
-STRAY = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\nx-stray: 1\r\n\r\n%s" % (len(STRAY_BODY), STRAY_BODY)
-STRAYS = {
-    "in the answer's write": Reply(
-        body=b'{"n": 1}' + STRAY, headers=(("content-type", "application/json"), ("content-length", "8"))
-    ),
-    "a moment after the answer": Reply(body=b'{"n": 1}', stray=STRAY),
-}
+    return run_client(AiohttpUpstream, work)
 
 
 @pytest.mark.parametrize("case", STRAYS, ids=list(STRAYS))

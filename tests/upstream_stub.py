@@ -83,6 +83,18 @@ def sse(payload: dict[str, Any]) -> bytes:
 SSE_DONE = b"data: [DONE]\n\n"
 
 
+# A second response after an answer: sent in the answer's own write (beyond its Content-Length), or a
+# moment later on the same connection. A client must never take it for the next call's answer.
+STRAY_BODY = b'{"stray": true}'
+STRAY = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\nx-stray: 1\r\n\r\n%s" % (len(STRAY_BODY), STRAY_BODY)
+STRAYS = {
+    "in the answer's write": Reply(
+        body=b'{"n": 1}' + STRAY, headers=(("content-type", "application/json"), ("content-length", "8"))
+    ),
+    "a moment after the answer": Reply(body=b'{"n": 1}', stray=STRAY),
+}
+
+
 @dataclass
 class SeenRequest:
     """One request as the stub received it, and what became of its connection."""
