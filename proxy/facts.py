@@ -135,7 +135,7 @@ class ResponseFacts:
         self._note(response.get("id"), response.get("model"))
         status = response.get("status")
         reason = _part(response, "incomplete_details").get("reason")
-        if isinstance(reason, str) or status in _ENDED:
+        if isinstance(reason, str) or (isinstance(status, str) and status in _ENDED):
             self.finish_reason = reason if isinstance(reason, str) else status
         self.usage = usage_from_responses(response.get("usage")) or self.usage
 

@@ -490,6 +490,7 @@ def test_a_responses_stream_cut_before_its_end_has_no_finish_reason() -> None:
         b'{"type":"response.created","response":{"id":"resp_1","model":"o3","status":"in_progress"}}'
     )
     facts.observe(b'{"type":"response.output_text.delta","delta":"Hi"}')
+    facts.observe(b'{"type":"response.created","response":{"id":"resp_1","status":["not", "text"]}}')
     assert (facts.response_id, facts.model, facts.finish_reason) == ("resp_1", "o3", None)
 
 
