@@ -38,7 +38,8 @@ from proxy.request import (
 )
 from proxy.routing import RouteError, Routes, no_model
 from proxy.serverlog import as_sent, log_cut
-from proxy.upstream import Headers, Upstream, UpstreamError, end_to_end
+from proxy.slots import UpstreamSlots
+from proxy.upstream import Headers, Upstream, UpstreamError, body_headers, end_to_end
 
 log = logging.getLogger("meterproxy")
 
@@ -55,8 +56,7 @@ class Meter:
         self.routes = routes
         self.gate = Gate(config.auth_keys)
         self._ledger = Ledger(config.cost_tracking)
-        # At most server.upstream_pool_size calls are with providers at once (issue 6, case 18).
-        self._slots = asyncio.Semaphore(config.upstream_pool_size)
+        self._slots = UpstreamSlots(config.upstream_pool_size, config.pool_timeout)
         self._body_deadlines = Deadlines(config.body_timeout)
         self._watches: Later[DisconnectWatch] = Later(WATCH_AFTER, DisconnectWatch.start)
         self._running: set[asyncio.Task[Any]] = set()  # the calls that reach a provider, until recorded
@@ -146,13 +146,13 @@ class Meter:
         holding = False
         self._running.add(task)
         try:
-            holding = await self._take_slot()
+            holding = await self._slots.take()
             if holding:
                 forwarded = upstream_headers(headers, provider, target.api, passing=not self.gate.closed)
                 last = await self._forward(scope, send, call, url, forwarded, body, strip)
             else:
                 call.error, call.status = "pool_timeout", 503
-                last = error_answer(503, "pool_timeout", self._overloaded, call.proxy_id)
+                last = error_answer(503, "pool_timeout", self._slots.overloaded, call.proxy_id)
         except asyncio.CancelledError:
             task.uncancel()
             if call.gone:
@@ -170,7 +170,7 @@ class Meter:
         finally:
             self._running.discard(task)
             if holding:
-                self._slots.release()
+                self._slots.give_back()
             call.finished = True
             watch.stop()
             if call.response is not None:
@@ -188,24 +188,6 @@ class Meter:
             task.cancel()
         return running
 
-    async def _take_slot(self) -> bool:
-        """One of the upstream slots; False when none came free within server.pool_timeout_seconds, so
-        that an overloaded proxy answers the excess at once rather than letting it hang."""
-        if not self._slots.locked():
-            return await self._slots.acquire()
-        try:
-            async with asyncio.timeout(self.config.pool_timeout):
-                return await self._slots.acquire()
-        except TimeoutError:
-            return False
-
-    @property
-    def _overloaded(self) -> str:
-        return (
-            f"all {self.config.upstream_pool_size} upstream connections (server.upstream_pool_size) stayed "
-            f"busy for {self.config.pool_timeout:g} s (server.pool_timeout_seconds); retry later"
-        )
-
     async def _forward(
         self, scope: Scope, send: Send, call: Call, url: str, headers: Headers, body: bytes, strip: bool
     ) -> list[Message]:
@@ -222,17 +204,7 @@ class Meter:
             call.finished = True
             return _failed(call, failure)
         call.status = response.status
-        content_type = b""
-        length: int | None = None
-        for name, value in response.headers:
-            lowered = name.lower()
-            if lowered == b"content-type":
-                content_type = value
-            elif lowered == b"content-length" and value.isdigit():
-                length = int(value)
-            elif lowered == b"content-encoding":
-                call.encoding = value.lower()
-        sse = content_type.lower().startswith(b"text/event-stream")  # media types ignore case
+        sse, length, call.encoding = body_headers(response.headers)
         plain = call.encoding in _PLAIN
         # Only a plain-text stream is scanned (and edited) as it passes: a compressed one, sent although
         # we asked for identity, goes on as it came, so its Content-Encoding stays true of its bytes.

@@ -46,6 +46,22 @@ def end_to_end(headers: Headers, also_drop: frozenset[bytes] = frozenset()) -> H
     return [(name, value) for name, value in headers if name.lower() not in drop]
 
 
+def body_headers(headers: Headers) -> tuple[bool, int | None, bytes]:
+    """What a response's headers say of its body: whether it is an event stream (media types ignore
+    case), its Content-Length (None: not given, or not a number), its Content-Encoding lowercased."""
+    content_type = encoding = b""
+    length: int | None = None
+    for name, value in headers:
+        lowered = name.lower()
+        if lowered == b"content-type":
+            content_type = value
+        elif lowered == b"content-length" and value.isdigit():
+            length = int(value)
+        elif lowered == b"content-encoding":
+            encoding = value.lower()
+    return content_type.lower().startswith(b"text/event-stream"), length, encoding
+
+
 class UpstreamError(Exception):
     """The upstream could not be reached, timed out, or broke off; `error` names which for the record."""
 
