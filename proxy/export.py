@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 from collections.abc import Iterable
 from datetime import timedelta
 from decimal import Context, Decimal
@@ -170,9 +171,24 @@ def write_csv(records: Iterable[CostRecord], stream: IO[str]) -> int:
     writer.writerow(RECORD_FIELDS)
     rows = 0
     for record in records:
-        writer.writerow([_cell(record.get(name)) for name in RECORD_FIELDS])
+        cells = [_cell(record.get(name)) for name in RECORD_FIELDS]
+        if any("\r" in cell for cell in cells if isinstance(cell, str)):
+            stream.write(_row_with_cr(cells))
+        else:
+            writer.writerow(cells)
         rows += 1
     return rows
+
+
+def _row_with_cr(cells: list[object]) -> str:
+    """The row with each field holding a carriage return quoted, as Python 3.11.9 and later write it.
+
+    Before 3.11.9 the csv module quoted only the line terminator's characters (CPython gh-67044), so the
+    carriage return in a model `gpt-4o<CR>=1+1` ended the row and the next one began with a formula.
+    """
+    row = io.StringIO()
+    csv.writer(row, lineterminator="\r\n").writerow(cells)
+    return row.getvalue()[:-2] + "\n"
 
 
 def _cell(value: object) -> object:

@@ -134,3 +134,19 @@ def test_csv_price_cell_is_the_records_json(tmp_path: Path) -> None:
     write_csv(RecordReader([path]), stream)
     row = next(csv.DictReader(io.StringIO(stream.getvalue())))
     assert row["price"] == '{"input":2.5,"output":10.0,"cached_input":1.25,"cache_write":2.5,"tier":null}'
+
+
+def csv_rows(path: Path) -> list[dict[str, str]]:
+    stream = io.StringIO()
+    write_csv(RecordReader([path]), stream)
+    return list(csv.DictReader(io.StringIO(stream.getvalue(), newline="")))
+
+
+def test_csv_a_carriage_return_inside_a_text_stays_in_its_cell(tmp_path: Path) -> None:
+    # Unquoted, the \r ends the row in a spreadsheet and the formula after it starts the next one.
+    model = "gpt-4o\r=1+1"
+    rows = csv_rows(write(tmp_path / "c.jsonl", [record(model=model, task_type="a\rb"), record()]))
+    assert [(row["timestamp"], row["model"], row["task_type"]) for row in rows] == [
+        ("2026-11-23T10:30:00.000000Z", model, "a\rb"),
+        ("2026-11-23T10:30:00.000000Z", "gpt-4o", ""),
+    ]
