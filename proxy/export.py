@@ -18,6 +18,8 @@ from proxy.records import CostRecord
 SCHEMA_VERSION = 1
 COST_PLACES = 10  # JSON costs are rounded here: sums are exact, but a float cannot print them so.
 HOURLY_UP_TO_HOURS = 48  # longer periods get by_day instead of by_hour
+# A spreadsheet reads a cell starting with one of these as a formula (OWASP "CSV Injection").
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 class TallyJSON(TypedDict):
@@ -192,6 +194,10 @@ def _row_with_cr(cells: list[object]) -> str:
 
 
 def _cell(value: object) -> object:
+    if isinstance(value, str):
+        # A model, session or task type is the client's text, a request id the provider's: a leading quote
+        # keeps `=HYPERLINK(...)` text in the sheet instead of a formula run there.
+        return "'" + value if value.startswith(FORMULA_STARTS) else value
     if value is None:
         return ""
     if isinstance(value, bool):

@@ -136,10 +136,40 @@ def test_csv_price_cell_is_the_records_json(tmp_path: Path) -> None:
     assert row["price"] == '{"input":2.5,"output":10.0,"cached_input":1.25,"cache_write":2.5,"tier":null}'
 
 
+FORMULA_STARTS = ["=", "+", "-", "@", "\t", "\r"]  # what a spreadsheet reads as the start of a formula
+
+
 def csv_rows(path: Path) -> list[dict[str, str]]:
     stream = io.StringIO()
     write_csv(RecordReader([path]), stream)
     return list(csv.DictReader(io.StringIO(stream.getvalue(), newline="")))
+
+
+def test_csv_text_a_spreadsheet_would_read_as_a_formula_starts_with_a_quote(tmp_path: Path) -> None:
+    hyperlink = '=HYPERLINK("http://x","click")'
+    client_text = [
+        record(model=f"{start}1+1", session_id=f"{start}s", task_type=f"{start}cmd|' /C calc'!A0")
+        for start in FORMULA_STARTS
+    ]
+    other_text = {"endpoint": "@/v1/chat/completions", "request_id": "-1", "response_model": "+m"}
+    provider_text = record(model=hyperlink, finish_reason="=1", **other_text)
+    plain = record(session_id="s-1", task_type="chat", total_cost=-0.25, input_tokens=-3, ttfb_ms=None)
+    rows = csv_rows(write(tmp_path / "c.jsonl", [*client_text, provider_text, plain]))
+    assert [(row["model"], row["session_id"], row["task_type"]) for row in rows[:6]] == [
+        (f"'{start}1+1", f"'{start}s", f"'{start}cmd|' /C calc'!A0") for start in FORMULA_STARTS
+    ]
+    names = ["model", "endpoint", "request_id", "response_model", "finish_reason"]
+    assert {name: rows[6][name] for name in names} == {
+        "model": "'" + hyperlink, "endpoint": "'@/v1/chat/completions", "request_id": "'-1",
+        "response_model": "'+m", "finish_reason": "'=1",
+    }  # fmt: skip
+    names += ["session_id", "task_type", "total_cost", "input_tokens", "ttfb_ms", "is_streaming"]
+    assert {name: rows[7][name] for name in names} == {
+        "model": "gpt-4o", "endpoint": "/v1/chat/completions", "request_id": "chatcmpl-1",
+        "response_model": "gpt-4o-2024-08-06", "finish_reason": "stop", "session_id": "s-1",
+        "task_type": "chat", "total_cost": "-0.25", "input_tokens": "-3", "ttfb_ms": "",
+        "is_streaming": "false",
+    }  # fmt: skip
 
 
 def test_csv_a_carriage_return_inside_a_text_stays_in_its_cell(tmp_path: Path) -> None:

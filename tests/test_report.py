@@ -261,6 +261,22 @@ def test_csv_to_an_output_file(records: Path, capsys: pytest.CaptureFixture[str]
     assert sum(Decimal(row["total_cost"]) for row in rows) == Decimal("1.75")
 
 
+def test_csv_quotes_a_clients_formula_and_json_keeps_it(
+    records: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    formula = '=HYPERLINK("http://x","click")'
+    write(records, [record("2026-11-25T08:10:00.000000Z", model=formula, session_id="@s", task_type="-t")])
+    code, out, _ = run(["--all", "--format", "csv", "--output", "report.csv"], capsys)
+    assert (code, out) == (0, "")
+    with open("report.csv", newline="") as file:
+        rows = list(csv.DictReader(file))
+    assert [(row["model"], row["session_id"], row["task_type"]) for row in rows] == [
+        ("'" + formula, "'@s", "'-t")
+    ]
+    document = orjson.loads(run(["--all", "--format", "json"], capsys)[1])
+    assert (list(document["by_model"]), list(document["by_task_type"])) == ([f"openai/{formula}"], ["-t"])
+
+
 def test_a_csv_export_that_fails_partway_writes_nothing(
     records: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
