@@ -34,8 +34,8 @@ _WORTH_READING: dict[Api, re.Pattern[bytes]] = {
     "responses": re.compile(rb'"type"\s*:\s*"(?:response\.(?:created|completed|incomplete|failed)|error)"'),
     "anthropic": re.compile(rb'"type"\s*:\s*"(?:message_(?:start|delta|stop)|error)"'),
     "embeddings": re.compile(rb'"usage"'),
-    "images": re.compile(rb'"type"\s*:\s*"image_(?:generation|edit)\.completed"'),
-    "transcriptions": re.compile(rb'"type"\s*:\s*"transcript\.text\.done"'),
+    "images": re.compile(rb'"type"\s*:\s*"(?:image_(?:generation|edit)\.completed|error)"'),
+    "transcriptions": re.compile(rb'"type"\s*:\s*"(?:transcript\.text\.done|error)"'),
     "gemini": re.compile(rb""),
 }
 _CHAT_SHAPED = frozenset({"chat", "embeddings"})
@@ -43,12 +43,13 @@ _CHAT_SHAPED = frozenset({"chat", "embeddings"})
 # not how a response finished, so a stream cut before its end has no finish reason, as a chat one has.
 _ENDED = frozenset({"completed", "incomplete", "failed", "cancelled"})
 # The events that end a stream without [DONE], by their `type`: the answer is whole once one is read.
-# An `error` event is how a provider breaks off a stream whose 200 is sent (Anthropic's overloaded_error).
+# An `error` event is how a provider breaks off a stream whose 200 is sent (Anthropic's overloaded_error,
+# the Responses API's error); an image or transcription stream that gets one has no completed event to come.
 _LAST_EVENTS: dict[Api, frozenset[str]] = {
     "anthropic": frozenset({"message_stop", "error"}),
     "responses": frozenset({"response.completed", "response.incomplete", "response.failed", "error"}),
-    "images": frozenset({"image_generation.completed", "image_edit.completed"}),
-    "transcriptions": frozenset({"transcript.text.done"}),
+    "images": frozenset({"image_generation.completed", "image_edit.completed", "error"}),
+    "transcriptions": frozenset({"transcript.text.done", "error"}),
 }
 
 

@@ -156,6 +156,8 @@ def test_an_image_or_transcript_stream_is_read_at_its_completed_event_only(
         ("images", b'{"type":"image_generation.completed","usage":{"input_tokens":7}}', False),
         ("images", b'{"type": "image_edit.completed", "b64_json": "AAAA"}', False),
         ("transcriptions", b'{"type":"transcript.text.done","text":"Hi"}', False),
+        ("images", b'{"type": "error", "error": {"code": "server_error", "message": "boom"}}', True),
+        ("transcriptions", b'{"type":"error","error":{"type":"server_error","message":"boom"}}', True),
     ],
 )
 def test_the_last_event_of_a_stream_without_done_is_read_and_ends_it(

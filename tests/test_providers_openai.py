@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from conftest import MakeConfig, ProxyLauncher, RunningProxy
-from openai import OpenAI
+from openai import APIError, OpenAI
 from test_providers import (
     PLAIN_DECIMAL,
     all_providers,
@@ -626,6 +626,90 @@ def test_a_client_that_closes_at_the_completed_event_of_an_image_or_transcript_s
         upstream.gate.set()
     answered = {**expected, "status_code": 200, "error": None, "usage_source": "provider"}
     assert pick(record, answered) == answered
+
+
+# How OpenAI's streaming APIs break off a 200 stream they cannot finish: an `error` event carrying the
+# error object, which the `openai` SDK raises at.
+STREAM_FAILURE = {
+    "type": "error",
+    "error": {"type": "server_error", "code": "server_error", "message": "boom"},
+}
+
+
+def broken_off(stream: bytes) -> list[bytes]:
+    """`stream`'s events up to its completed one, then the error event instead, framed as the stream's."""
+    events = events_of(stream)
+    named = b"event: error\n" if b"event: " in stream else b""
+    return [*events[:-1], named + b"data: " + json.dumps(STREAM_FAILURE).encode() + b"\n\n"]
+
+
+@pytest.mark.parametrize(
+    ("call", "stream", "input_tokens", "prices"),
+    [
+        # ~4 bytes a token of the prompt as sent; a form's prompt is not read, so the estimate's is empty
+        (generate, IMAGES_STREAM, (len(json.dumps("A lighthouse at dusk")) + 3) // 4, ("5.00", "40.00")),
+        (edit, IMAGES_STREAM.replace(b"image_generation.", b"image_edit."), 1, ("5.00", "40.00")),
+        (transcribe, TRANSCRIPTION_STREAM, 1, ("6.00", "10.00")),
+    ],
+    ids=["generation", "edit", "transcription"],
+)
+def test_an_image_or_transcript_stream_broken_off_by_an_error_event_is_recorded_at_it_as_a_stream_error(
+    providers_proxy: RunningProxy,
+    stub: UpstreamStub,
+    call: Callable[[OpenAI], Iterator[Any]],
+    stream: bytes,
+    input_tokens: int,
+    prices: tuple[str, str],
+) -> None:
+    """The provider sends an `error` event instead of the completed one and keeps the body open; the SDK
+    raises at it and the client closes. The record, written when the event was read: the status the
+    client got, `stream_error`, and the usage estimated from the request and the events seen, as a cut
+    stream's is."""
+    sent = broken_off(stream)
+    upstream = Stream(sent, hold_after=len(sent))
+    stub.push(upstream)
+    seen = []
+    try:
+        with providers_proxy.client(path="/openai/v1") as client, pytest.raises(APIError, match="boom"):
+            for event in call(client):
+                seen.append(event.type)
+        record = only(providers_proxy.wait_records(1))
+    finally:
+        upstream.gate.set()
+    assert seen == [json.loads(event.partition(b"data: ")[2])["type"] for event in sent[:-1]]
+    input_price, output_price = prices
+    expected = {
+        **costs([(input_tokens, input_price)], [(len(sent), output_price)]),
+        "status_code": 200,
+        "error": "stream_error",
+        "usage_source": "estimated",
+        "input_tokens": input_tokens,
+        "output_tokens": len(sent),
+    }
+    assert pick(record, expected) == expected
+
+
+def test_an_image_stream_broken_off_by_an_error_event_has_its_cost_comment_just_before_it(
+    providers_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    """The error event is the stream's last, whether or not the provider ends its body after it."""
+    sent = broken_off(IMAGES_STREAM)
+    stub.push(Stream(sent))
+    response = providers_proxy.post_json(
+        "/openai/v1/images/generations",
+        {"model": "gpt-image-2", "prompt": "A lighthouse at dusk", "stream": True, "partial_images": 1},
+    )
+
+    before, comment, after = split_cost_comment(response.body)
+    assert (before, after) == (b"".join(sent[:-1]), sent[-1])
+    record = only(providers_proxy.wait_records(1))
+    assert (record["status_code"], record["error"], record["output_tokens"]) == (200, "stream_error", 2)
+    assert comment == {
+        "total_cost": record["total_cost"],
+        "currency": "USD",
+        "input_tokens": record["input_tokens"],
+        "output_tokens": 2,
+    }
 
 
 @pytest.mark.parametrize(

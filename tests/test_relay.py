@@ -343,10 +343,17 @@ def responses_streams(draw: st.DrawFn, error: bool = False) -> Stream:
     return Stream(draw(st.booleans()), blocks + draw(after_the_end(nl, None)), len(blocks) - 1)
 
 
+# How an OpenAI stream without [DONE] may be broken off: an `error` event with the error object in it.
+STREAM_ERROR = (
+    b"error",
+    {"type": "error", "error": {"code": "server_error", "message": "The server had an error"}},
+)
+
+
 @st.composite
-def image_streams(draw: st.DrawFn) -> Stream:
+def image_streams(draw: st.DrawFn, error: bool = False) -> Stream:
     """An image generation or edit stream: partial images, then the image with its usage in the completed
-    event, its last; no [DONE]."""
+    event, its last; no [DONE]. `error`: one the provider breaks off with an `error` event instead."""
     spaced = draw(st.booleans())
     kind = draw(st.sampled_from(["image_generation", "image_edit"]))
     payloads: list[tuple[bytes | None, dict[str, Any]]] = []
@@ -356,16 +363,17 @@ def image_streams(draw: st.DrawFn) -> Stream:
     usage = {"input_tokens": draw(st.integers(0, 10**6)), "output_tokens": draw(st.integers(0, 10**6))}
     usage["total_tokens"] = usage["input_tokens"] + usage["output_tokens"]
     completed = {"type": f"{kind}.completed", "b64_json": "iVBORw0KGgo=", "usage": usage}
-    payloads.append((f"{kind}.completed".encode(), completed))
+    payloads.append(STREAM_ERROR if error else (f"{kind}.completed".encode(), completed))
     nl = draw(st.sampled_from([b"\n", b"\r\n", b"\r"]))
     blocks = draw(blocks_of([(event, dumps(data, spaced)) for event, data in payloads], nl))
     return Stream(draw(st.booleans()), blocks + draw(after_the_end(nl, None)), len(blocks) - 1)
 
 
 @st.composite
-def transcript_streams(draw: st.DrawFn) -> Stream:
+def transcript_streams(draw: st.DrawFn, error: bool = False) -> Stream:
     """A transcription stream: text deltas, then the whole text with its usage in transcript.text.done,
-    its last event; no [DONE], maybe no `event:` lines."""
+    its last event; no [DONE], maybe no `event:` lines. `error`: one the provider breaks off with an
+    `error` event instead."""
     spaced = draw(st.booleans())
     named = draw(st.booleans())
     texts = draw(st.lists(st.text(alphabet=TEXT, max_size=8), max_size=5))
@@ -376,7 +384,7 @@ def transcript_streams(draw: st.DrawFn) -> Stream:
     usage = {"type": "tokens", "input_tokens": draw(st.integers(0, 10**6)),
              "output_tokens": draw(st.integers(0, 10**6))}  # fmt: skip
     done = {"type": "transcript.text.done", "text": "".join(texts), "usage": usage}
-    payloads.append((b"transcript.text.done" if named else None, done))
+    payloads.append(STREAM_ERROR if error else (b"transcript.text.done" if named else None, done))
     nl = draw(st.sampled_from([b"\n", b"\r\n", b"\r"]))
     blocks = draw(blocks_of([(event, dumps(data, spaced)) for event, data in payloads], nl))
     return Stream(draw(st.booleans()), blocks + draw(after_the_end(nl, None)), len(blocks) - 1)
@@ -533,14 +541,15 @@ def test_a_stream_without_done_is_recorded_at_its_last_event_with_the_cost_just_
 
 
 @settings(max_examples=120, deadline=None)
-@given(st.sampled_from(["chat", "anthropic", "responses"]), st.data())
+@given(st.sampled_from(["chat", "anthropic", "responses", "images", "transcriptions"]), st.data())
 def test_a_stream_the_provider_ends_with_an_error_event_is_recorded_at_it_as_a_stream_error(
     api: Api, data: st.DataObject
 ) -> None:
-    """An `error` event in a 200 stream (Anthropic's overloaded_error, the Responses API's `error`, a chat
-    chunk with an `error`) ends it: the record is written when it is read, says `stream_error`, and bills
-    the usage so far, estimated where the provider gave no final count (Anthropic's input counts from
-    message_start are exact). The error reaches the client even where the usage chunk would be dropped."""
+    """An `error` event in a 200 stream (Anthropic's overloaded_error, the Responses API's `error`, an image
+    or transcription stream's, a chat chunk with an `error`) ends it: the record is written when it is
+    read, says `stream_error`, and bills the usage so far, estimated where the provider gave no final count
+    (Anthropic's input counts from message_start are exact). The error reaches the client even where the
+    usage chunk would be dropped."""
     stream, reads = data.draw(relayed_streams(api, error=True))
     relayed = Relayed(reads, api, strip=data.draw(st.booleans()), cost_in_response=True)
     body, expected, at = relayed.client.body, stream.bytes(), stream.offset(stream.end)
