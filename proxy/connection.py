@@ -164,6 +164,11 @@ class Connection(asyncio.Protocol):
             self._waiter = asyncio.get_running_loop().create_future()
             await self._wait(self._waiter)
 
+    @property
+    def ended(self) -> bool:
+        """The whole body is in and taken: the next read() returns b"" at once."""
+        return self._complete and not self._body
+
     def release(self) -> None:
         if self._done:
             return
@@ -251,6 +256,9 @@ class Exchange:
         if not chunk:
             self._connection = None  # it went back to the pool, or was closed
         return chunk
+
+    def ended(self) -> bool:
+        return self._connection is None or self._connection.ended
 
     def release(self) -> None:
         connection, self._connection = self._connection, None

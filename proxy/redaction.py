@@ -161,6 +161,9 @@ class RedactedResponse:
         out.append(text[position:keep])
         return out[0] if len(out) == 1 else b"".join(out)
 
+    def ended(self) -> bool:
+        return False  # the bytes held back for the key's search come with the next read
+
     def close(self) -> None:
         self._response.close()
 

@@ -44,14 +44,18 @@ async def relay_stream(
         chunk = await response.read()
         if call.ttfb is None:
             call.ttfb = time.perf_counter()
-        if not chunk:
-            out = stream.scan(b"")
+        out = stream.take(chunk) if chunk else b""
+        if not chunk or response.ended():
+            # The body is in whole: its last bytes go with the answer's end, in one write.
+            if chunk:
+                response.release()
+                call.response = None
+            out += stream.scan(b"")
             if not stream.cost_noted:
                 line_ended = (out or sent)[-1:] in (b"", b"\n", b"\r")
                 out += (b"" if line_ended else b"\n") + cost_comment(call)
             call.finished = True
             return [{"type": "http.response.body", "body": out}]
-        out = stream.take(chunk)
         if out:
             sent = out
             await send({"type": "http.response.body", "body": out, "more_body": True})
@@ -241,7 +245,7 @@ async def relay_body(
     """Pass a body through as it arrives (not metered, or too large to read); `first`: what was read of it."""
     size = len(first)
     chunk = first
-    while not chunk or size != length:
+    while not chunk or (size != length and not response.ended()):
         if chunk:
             await send({"type": "http.response.body", "body": chunk, "more_body": True})
         chunk = await response.read()
@@ -251,7 +255,8 @@ async def relay_body(
             call.finished = True
             return [{"type": "http.response.body", "body": b""}]
         size += len(chunk)
-    # The whole body is in (perhaps in `first` already): hand the connection back without another read.
+    # The whole body is in (perhaps in `first` already): hand the connection back without another read,
+    # and send its last bytes with the answer's end, in one write.
     response.release()
     call.response = None
     call.finished = True

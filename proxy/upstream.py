@@ -79,6 +79,10 @@ class UpstreamResponse(Protocol):
         """The next piece of the body as it arrives; b"" at its end. Raises UpstreamError."""
         ...
 
+    def ended(self) -> bool:
+        """The whole body is in and read: read() would return b"" at once. False when that is not known."""
+        ...
+
     def close(self) -> None:
         """Stop reading and drop the connection (the provider stops generating)."""
         ...
@@ -128,6 +132,9 @@ class _AiohttpResponse:
             raise UpstreamError(
                 "upstream_reset", 502, f"the provider broke off the response: {_described(exc)}"
             ) from exc
+
+    def ended(self) -> bool:
+        return self._response.content.at_eof()
 
     def close(self) -> None:
         self._response.close()

@@ -55,6 +55,27 @@ def test_keep_alive_connections_are_reused(stub: UpstreamStub) -> None:
     assert len(stub.requests) == 5
 
 
+def test_a_body_read_whole_has_ended_and_released_its_connection_carries_the_next_call(
+    stub: UpstreamStub,
+) -> None:
+    stub.always(Reply(body=b'{"ok": true}'))
+
+    async def work(client: HTTP1Upstream) -> list[tuple[bool, bytes, bool]]:
+        seen = []
+        for _ in range(2):
+            response = await client.send("POST", f"{stub.base_url}/x", HEADERS, b"{}", 5)
+            before, body = response.ended(), b""
+            while len(body) < 12:  # the reply is one write: its end comes with its last bytes
+                body += await response.read()
+            seen.append((before, body, response.ended()))
+            response.release()  # no read of b"" first: the relay does without it
+        assert client.idle_connections == 1
+        return seen
+
+    assert run(work) == [(False, b'{"ok": true}', True)] * 2
+    assert len(stub.requests) == 2 and not stub.requests[0].closed.is_set()
+
+
 def test_a_call_after_the_provider_closed_the_idle_connection_goes_out_once_on_a_new_one(
     stub: UpstreamStub,
 ) -> None:

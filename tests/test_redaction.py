@@ -34,6 +34,9 @@ class Reads:
         self.past_end += not piece
         return piece
 
+    def ended(self) -> bool:
+        return False  # known only once a read finds the body over
+
     def close(self) -> None:
         pass
 

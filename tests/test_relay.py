@@ -54,17 +54,25 @@ def new_call(api: Api, stream: bool, priced: bool = True) -> Call:
 class Reads:
     """An upstream response read in exactly the pieces given (the `UpstreamResponse` protocol)."""
 
-    def __init__(self, pieces: list[bytes], status: int = 200) -> None:
+    def __init__(self, pieces: list[bytes], status: int = 200, ends_known: bool = False) -> None:
         self.status = status
         self.headers: Headers = []
         self._pieces = iter(pieces)
+        self._left = len(pieces)
+        # With the end known, the read that brings the body's last bytes ends it (`ended()`), as the
+        # HTTP/1.1 client's does when the end of the body comes with them; else only a read of b"" does.
+        self._ends_known = ends_known
         self.ends_read = 0  # reads that found the body over: with a known length, none is needed
         self.released = False
 
     async def read(self) -> bytes:
         piece = next(self._pieces, b"")
+        self._left -= bool(piece)
         self.ends_read += not piece
         return piece
+
+    def ended(self) -> bool:
+        return self._ends_known and not self._left
 
     def close(self) -> None:
         pass
@@ -100,8 +108,11 @@ class Records:
 class Relayed:
     """One streamed call relayed: what the client got, the call, and each time `record` ran."""
 
-    def __init__(self, pieces: list[bytes], api: Api, strip: bool, cost_in_response: bool) -> None:
+    def __init__(
+        self, pieces: list[bytes], api: Api, strip: bool, cost_in_response: bool, ends_known: bool = False
+    ) -> None:
         self.call = new_call(api, stream=True)
+        self.response = Reads(pieces, ends_known=ends_known)
         self.client = Client()
         self.records = Records()
         self.sent_when_recorded: list[bytes] = []
@@ -113,7 +124,7 @@ class Relayed:
 
         async def run() -> None:
             last = await relay_stream(
-                self.client.send, self.call, Reads(pieces), strip, cost_in_response, record
+                self.client.send, self.call, self.response, strip, cost_in_response, record
             )
             ledger.account(self.records, self.call)  # as the meter's `finally` does
             for message in last:
@@ -450,12 +461,12 @@ def assert_recorded_at_done(relayed: Relayed) -> None:
 
 
 @settings(max_examples=120, deadline=None)
-@given(relayed_streams("chat"))
+@given(relayed_streams("chat"), st.booleans())
 def test_a_chat_stream_reaches_the_client_byte_for_byte_with_the_facts_the_spec_reads(
-    case: tuple[Stream, list[bytes]],
+    case: tuple[Stream, list[bytes]], ends_known: bool
 ) -> None:
     stream, reads = case
-    relayed = Relayed(reads, "chat", strip=False, cost_in_response=False)
+    relayed = Relayed(reads, "chat", strip=False, cost_in_response=False, ends_known=ends_known)
     assert relayed.client.body == stream.bytes()
     assert summary(relayed.call.facts) == summary(facts_of("chat", spec_events(stream.bytes())))
     assert_recorded_at_done(relayed)
@@ -463,12 +474,12 @@ def test_a_chat_stream_reaches_the_client_byte_for_byte_with_the_facts_the_spec_
 
 
 @settings(max_examples=120, deadline=None)
-@given(relayed_streams("chat"))
+@given(relayed_streams("chat"), st.booleans())
 def test_a_stripped_chat_stream_loses_its_usage_event_and_nothing_else(
-    case: tuple[Stream, list[bytes]],
+    case: tuple[Stream, list[bytes]], ends_known: bool
 ) -> None:
     stream, reads = case
-    relayed = Relayed(reads, "chat", strip=True, cost_in_response=False)
+    relayed = Relayed(reads, "chat", strip=True, cost_in_response=False, ends_known=ends_known)
     usage = usage_block(stream)
     assert relayed.client.body == stream.bytes(without=usage)
     assert summary(relayed.call.facts) == summary(facts_of("chat", spec_events(stream.bytes())))
@@ -477,12 +488,12 @@ def test_a_stripped_chat_stream_loses_its_usage_event_and_nothing_else(
 
 
 @settings(max_examples=120, deadline=None)
-@given(relayed_streams("chat"), st.booleans())
+@given(relayed_streams("chat"), st.booleans(), st.booleans())
 def test_a_chat_stream_gets_one_cost_comment_right_before_done_with_the_record_s_cost(
-    case: tuple[Stream, list[bytes]], strip: bool
+    case: tuple[Stream, list[bytes]], strip: bool, ends_known: bool
 ) -> None:
     stream, reads = case
-    relayed = Relayed(reads, "chat", strip=strip, cost_in_response=True)
+    relayed = Relayed(reads, "chat", strip=strip, cost_in_response=True, ends_known=ends_known)
     without = usage_block(stream) if strip else None
     expected = stream.bytes(without)
     at = stream.offset(len(stream.blocks) - 1, without)
@@ -497,6 +508,25 @@ def test_a_chat_stream_gets_one_cost_comment_right_before_done_with_the_record_s
     }
     assert relayed.record["total_cost"] is not None
     assert_recorded_at_done(relayed)
+
+
+def test_a_stream_whose_last_read_ends_its_body_ends_with_that_read_in_one_message() -> None:
+    """When the read that brings a stream's last bytes also brings the end of its body, those bytes go
+    with the answer's end, one message (one write) rather than two, and the body is not read again."""
+    chunk = (
+        b'data: {"id":"c1","model":"gpt-4o-mini","choices":[{"index":0,"delta":%s,"finish_reason":%s}]}\n\n'
+    )
+    first = chunk % (b'{"content":"Hi"}', b"null")
+    last = (
+        chunk % (b"{}", b'"stop"')
+        + b'data: {"id":"c1","choices":[],"usage":{"prompt_tokens":12,"completion_tokens":24}}\n\n'
+        + b"data: [DONE]\n\n"
+    )
+    relayed = Relayed([first, last], "chat", strip=False, cost_in_response=False, ends_known=True)
+    assert [message["body"] for message in relayed.client.messages] == [first, last]
+    assert [message.get("more_body", False) for message in relayed.client.messages] == [True, False]
+    assert relayed.response.released and relayed.response.ends_read == 0
+    assert (relayed.record["input_tokens"], relayed.record["output_tokens"]) == (12, 24)
 
 
 def assert_recorded_at_the_last_event(relayed: Relayed, stream: Stream) -> None:
@@ -522,7 +552,9 @@ def test_a_stream_without_done_is_recorded_at_its_last_event_with_the_cost_just_
     stream's completed event, a transcript's transcript.text.done: each ends its stream as [DONE] does."""
     stream, reads = data.draw(relayed_streams(api))
     cost_in_response = data.draw(st.booleans())
-    relayed = Relayed(reads, api, strip=False, cost_in_response=cost_in_response)
+    relayed = Relayed(
+        reads, api, strip=False, cost_in_response=cost_in_response, ends_known=data.draw(st.booleans())
+    )
     body, expected, at = relayed.client.body, stream.bytes(), stream.offset(stream.end)
     if cost_in_response:
         assert body[:at] == expected[:at] and body.endswith(expected[at:])
@@ -551,7 +583,9 @@ def test_a_stream_the_provider_ends_with_an_error_event_is_recorded_at_it_as_a_s
     (Anthropic's input counts from message_start are exact). The error reaches the client even where the
     usage chunk would be dropped."""
     stream, reads = data.draw(relayed_streams(api, error=True))
-    relayed = Relayed(reads, api, strip=data.draw(st.booleans()), cost_in_response=True)
+    relayed = Relayed(
+        reads, api, strip=data.draw(st.booleans()), cost_in_response=True, ends_known=data.draw(st.booleans())
+    )
     body, expected, at = relayed.client.body, stream.bytes(), stream.offset(stream.end)
     assert body[:at] == expected[:at] and body.endswith(expected[at:])
     assert cost_of(body[at : len(body) - len(expected) + at])["total_cost"] == relayed.record["total_cost"]
@@ -693,12 +727,12 @@ def test_a_compressed_error_too_large_to_read_is_withheld() -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(st.binary(max_size=300), st.booleans(), st.data())
+@given(st.binary(max_size=300), st.booleans(), st.booleans(), st.data())
 def test_a_body_passed_through_is_byte_for_byte_and_not_read_past_its_length(
-    body: bytes, known_length: bool, data: st.DataObject
+    body: bytes, known_length: bool, ends_known: bool, data: st.DataObject
 ) -> None:
     pieces = data.draw(reads_of(body)) if body else []
-    call, client, response = new_call("chat", stream=False), Client(), Reads(pieces)
+    call, client, response = new_call("chat", stream=False), Client(), Reads(pieces, ends_known=ends_known)
 
     async def run() -> None:
         for message in await relay_body(
@@ -710,5 +744,5 @@ def test_a_body_passed_through_is_byte_for_byte_and_not_read_past_its_length(
     assert client.body == body and call.finished
     assert all(message["more_body"] for message in client.messages[:-1])
     assert not client.messages[-1].get("more_body", False)
-    if known_length and body:
+    if (known_length or ends_known) and body:
         assert response.released and response.ends_read == 0

@@ -76,6 +76,9 @@ class Pieces:
             raise UpstreamError("upstream_reset", 502, "the upstream closed the connection mid-stream")
         return piece
 
+    def ended(self) -> bool:
+        return False  # known only once a read finds the body over
+
     def close(self) -> None:
         pass
 

@@ -103,6 +103,21 @@ def test_a_released_connection_carries_the_next_call(stub: UpstreamStub) -> None
     assert not any(seen.closed.is_set() for seen in stub.requests[:2])  # the first two stayed open
 
 
+def test_a_body_read_whole_has_ended(stub: UpstreamStub) -> None:
+    stub.always(Reply(body=b'{"ok": true}'))
+
+    async def work(client: AiohttpUpstream) -> tuple[bool, bytes, bool]:
+        response = await client.send("POST", f"{stub.base_url}/x", HEADERS, b"{}", 5)
+        before, body = response.ended(), b""
+        while len(body) < 12:
+            body += await response.read()
+        ended = response.ended()
+        response.release()
+        return before, body, ended
+
+    assert run(work) == (False, b'{"ok": true}', True)
+
+
 def test_closing_a_response_mid_stream_drops_its_connection(stub: UpstreamStub) -> None:
     stream = Stream([b"data: 1\n\n", b"data: 2\n\n"], hold_after=1)
     stub.push(stream, Reply(body=b"{}"))
