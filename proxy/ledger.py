@@ -4,11 +4,12 @@ the record written, exactly once per call. No HTTP."""
 from __future__ import annotations
 
 import logging
+from typing import Protocol
 
 from proxy import sse
 from proxy.calls import Call
 from proxy.facts import StreamFacts
-from proxy.records import RecordWriter
+from proxy.records import CostRecord
 from proxy.relay import MAX_READ_BODY
 
 log = logging.getLogger("meterproxy")
@@ -17,12 +18,18 @@ NAME_SHOWN = 200  # characters of a model name that a log line shows
 UNPRICED_KEPT = 1024  # unpriced models remembered as warned of
 
 
+class RecordSink(Protocol):
+    """What the ledger writes a record to: the proxy's RecordWriter, or any other taker of records."""
+
+    def append(self, record: CostRecord) -> None: ...
+
+
 class Ledger:
     def __init__(self, enabled: bool) -> None:
         self.enabled = enabled  # features.cost_tracking: without it, no record is written
         self._warned_unpriced: set[tuple[str, str]] = set()
 
-    def account(self, writer: RecordWriter, call: Call) -> None:
+    def account(self, writer: RecordSink, call: Call) -> None:
         """Write the call's record, once: the first time for a call writes it, later times do nothing."""
         if not self.enabled or call.recorded:
             return
