@@ -10,18 +10,20 @@ import json
 import re
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 from conftest import GPT_4O, MakeConfig, ProxyLauncher, RawResponse, RunningProxy
+from openai.types.chat import ChatCompletionMessageParam
 from upstream_stub import SSE_DONE, Reply, Stream, UpstreamStub, sse
 
 FIXTURES = Path(__file__).parent / "fixtures"
 COST_COMMENT = re.compile(rb": meterproxy-cost (\{[^\n]*\})\n\n")
 # A plain decimal: digits, an optional fraction, never an exponent.
 PLAIN_DECIMAL = re.compile(r"\d+(\.\d+)?")
-HELLO = [{"role": "user", "content": "Say hello"}]
+HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say hello"}]
 MISSING = "<missing>"
+T = TypeVar("T")
 
 # Prices per 1M tokens of the providers below (the shipped config.yml's list prices where it has the model).
 GPT_5 = {"input": 1.25, "output": 10.00, "cached_input": 0.125}
@@ -84,9 +86,10 @@ def pick(record: dict[str, Any], expected: dict[str, Any]) -> dict[str, Any]:
     return {key: record.get(key, MISSING) for key in expected}
 
 
-def only(records: list[dict[str, Any]]) -> dict[str, Any]:
-    assert len(records) == 1, records
-    return records[0]
+def only(items: list[T]) -> T:
+    """The one item of a list (a file's records, the requests the stub saw); fails the test if not one."""
+    assert len(items) == 1, items
+    return items[0]
 
 
 def split_cost_comment(body: bytes) -> tuple[bytes, dict[str, Any], bytes]:
@@ -256,7 +259,7 @@ def test_a_version_that_is_not_in_base_url_is_404_and_never_reaches_upstream(
     assert only(providers_proxy.wait_records(1))["endpoint"] == "/v1/chat/completions"
 
 
-V1_BY_MODEL = {
+V1_BY_MODEL: dict[str, tuple[dict[str, Any], str, str, str]] = {
     "responses": (
         {"model": "gpt-5", "input": "What is the capital of France?"},
         "responses_create.json",

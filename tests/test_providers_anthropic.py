@@ -12,6 +12,7 @@ import json
 
 import pytest
 from anthropic import Anthropic, APIStatusError
+from anthropic.types import MessageParam
 from conftest import MakeConfig, ProxyLauncher, RunningProxy
 from test_providers import (
     all_providers,
@@ -32,7 +33,7 @@ MESSAGE_STREAM = fixture("anthropic_messages_stream.sse")
 LATE_USAGE_STREAM = fixture("anthropic_messages_stream_late_usage.sse")
 COMPACTED_MESSAGE = fixture("anthropic_messages_compaction.json")
 COMPACTED_STREAM = fixture("anthropic_messages_stream_compaction.sse")
-ASK = [{"role": "user", "content": "What does the liability clause cap?"}]
+ASK: list[MessageParam] = [{"role": "user", "content": "What does the liability clause cap?"}]
 ANTHROPIC_JSON = (("content-type", "application/json"), ("request-id", "req_011CSHoEeqs5C35K2UUqR7Fy"))
 ANTHROPIC_SSE = (("content-type", "text/event-stream; charset=utf-8"),)
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from conftest import MakeConfig, ProxyLauncher, RunningProxy
 from openai import APIError
+from openai.types.chat import ChatCompletionMessageParam
 from test_providers import (
     all_providers,
     assert_cost_headers,
@@ -21,7 +22,7 @@ from test_providers import (
 )
 from upstream_stub import SSE_DONE, Reply, Stream, UpstreamStub, sse
 
-ASK = [{"role": "user", "content": "What notice does clause 9 require?"}]
+ASK: list[ChatCompletionMessageParam] = [{"role": "user", "content": "What notice does clause 9 require?"}]
 
 
 @pytest.fixture

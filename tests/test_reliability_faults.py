@@ -42,9 +42,10 @@ from conftest import (
     settled,
     wait_until,
 )
+from openai.types.chat import ChatCompletionMessageParam
 from upstream_stub import SSE_DONE, Hangup, Reply, Script, SeenRequest, Stream, UpstreamStub, sse
 
-HELLO = [{"role": "user", "content": "Say hello"}]
+HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say hello"}]
 AUTH = {"authorization": f"Bearer {CLIENT_KEY}"}
 SLACK = 4.0  # seconds added to every time bound of the issue before a test fails on it
 
@@ -606,7 +607,7 @@ async def exchange(port: int, request: bytes) -> tuple[int, bytes, bool]:
 # --- 7. A 200 that is not what it should be -------------------------------------------------------
 
 NO_USAGE = json.dumps({"id": "chatcmpl-n", "model": "gpt-4o-mini", "choices": []}).encode()
-BAD_200: dict[str, tuple[bool, Script]] = {
+BAD_200: dict[str, tuple[bool, Reply | Stream]] = {
     "not json": (False, Reply(body=b"<html>oops</html>", headers=(("content-type", "text/html"),))),
     "truncated json": (False, Reply(body=completion()[:-25])),
     "json without usage": (False, Reply(body=NO_USAGE)),
@@ -639,7 +640,7 @@ def test_a_200_with_a_body_we_cannot_read_reaches_the_client_and_is_recorded_wit
 
 # --- 9. Client disconnects -----------------------------------------------------------------------
 
-LEAVING = {
+LEAVING: dict[str, tuple[bool, Reply | Stream]] = {
     "mid-stream": (True, Stream(RUNNING, hold_after=2)),
     "before the first byte": (True, Stream(RUNNING, stall=60)),
     "during a non-streamed call": (False, Reply(body=completion(), stall=60)),

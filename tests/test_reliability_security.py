@@ -28,12 +28,13 @@ from conftest import (
     settled,
     wait_until,
 )
+from openai.types.chat import ChatCompletionMessageParam
 from upstream_stub import SSE_DONE, Hangup, Reply, Stream, UpstreamStub, sse
 
 from proxy.protocol import MAX_HEAD
 from proxy.relay import MAX_READ_BODY
 
-HELLO = [{"role": "user", "content": "Say hello"}]
+HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say hello"}]
 USAGE = {"prompt_tokens": 5, "completion_tokens": 7, "total_tokens": 12}
 COMPLETION = json.dumps({"id": "chatcmpl-1", "model": "gpt-4o", "choices": [], "usage": USAGE}).encode()
 CHAT = json.dumps({"model": "gpt-4o", "messages": HELLO}).encode()

@@ -22,7 +22,7 @@ REPRICED_FIELDS = ("input_cost", "output_cost", "total_cost", "priced", "price",
 TORN_LINE = b'{"timestamp": "2026-11-23T09:14:07.118204Z", "request_id": "chatcmpl-to'
 NOT_JSON = b"meterproxy restarted here"
 
-CONFIG = {
+CONFIG: dict[str, Any] = {
     "currency": "USD",
     "providers": {
         "openai": {
@@ -378,7 +378,7 @@ def test_reprice_writes_a_repriced_copy_and_leaves_the_file_untouched(tmp_path: 
         unchanged = {key: value for key, value in before.items() if key not in REPRICED_FIELDS}
         assert {key: value for key, value in after.items() if key not in REPRICED_FIELDS} == unchanged
         if outcome is None:
-            expected = {
+            expected: dict[str, Any] = {
                 "input_cost": None,
                 "output_cost": None,
                 "total_cost": None,
