@@ -118,7 +118,7 @@ def test_corrupt_lines_are_skipped_and_counted(tmp_path: Path) -> None:
             b"[1, 2]\n",
             b'"just text"\n',
             orjson.dumps(record(input_tokens="many")) + b"\n",
-            orjson.dumps(record(timestamp=None)) + b"\n",
+            orjson.dumps(record() | {"timestamp": None}) + b"\n",
             record(timestamp="not-a-time"),  # would sort after every record, and no hour holds it
             record(timestamp="2026-11-23T25:00:00.000000Z"),
             record(total_cost=0.25),

@@ -69,13 +69,13 @@ def test_a_level_is_reached_at_exactly_its_threshold_whatever_the_binary_digits(
 def test_spend_remaining_and_tightest(tmp_path: Path) -> None:
     _, month = month_of(tmp_path, 6.0, 40.0)
     daily, monthly = budget_statuses(BUDGETS, "USD", USD, month, NOW)
-    assert (daily.name, round(daily.spent, 9), round(daily.remaining, 9)) == ("daily", 6, 4)
+    assert (daily.name, round(daily.spent, 9), round(daily.remaining, 9)) == ("daily", Decimal(6), Decimal(4))
     assert round(daily.fraction, 9) == Decimal("0.6")
     assert (daily.start, daily.end) == (
         datetime(2026, 11, 11, tzinfo=UTC),
         datetime(2026, 11, 12, tzinfo=UTC),
     )
-    assert (round(monthly.spent, 9), round(monthly.remaining, 9)) == (46, 154)
+    assert (round(monthly.spent, 9), round(monthly.remaining, 9)) == (Decimal(46), Decimal(154))
     assert monthly.end == datetime(2026, 12, 1, tzinfo=UTC)
     assert tightest([daily, monthly]) is daily
     assert today_tally(month, NOW).cost == daily.spent

@@ -40,6 +40,16 @@ def record(n: int) -> CostRecord:
         "proxy_request_id": f"p{n}",
         "session_id": None,
         "task_type": None,
+        "provider_reported_cost": None,
+        "price": {
+            "input": 2.5,
+            "output": 10.0,
+            "cached_input": 1.25,
+            "cache_write": 2.5,
+            "tier": None,
+            "cache_write_1h": 2.5,
+        },
+        "cache_write_1h_tokens": 0,
     }
 
 

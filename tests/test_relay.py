@@ -21,7 +21,7 @@ from starlette.types import Message
 from proxy import relay
 from proxy.calls import Call, decimal_text
 from proxy.configfile import parse_config
-from proxy.facts import StreamFacts
+from proxy.facts import ResponseFacts, StreamFacts
 from proxy.ledger import Ledger
 from proxy.records import CostRecord
 from proxy.relay import relay_body, relay_stream, relay_whole_body
@@ -165,8 +165,8 @@ def facts_of(api: Api, events: list[bytes]) -> StreamFacts:
     return facts
 
 
-def summary(facts: StreamFacts | None) -> tuple[Any, ...]:
-    assert facts is not None
+def summary(facts: ResponseFacts | None) -> tuple[Any, ...]:
+    assert isinstance(facts, StreamFacts)
     return (
         facts.usage,
         facts.finish_reason,
@@ -293,8 +293,9 @@ def anthropic_streams(draw: st.DrawFn, error: bool = False) -> Stream:
     one the provider breaks off with an `error` event (overloaded) after some text."""
     spaced = draw(st.booleans())
     start_usage = {"input_tokens": draw(st.integers(0, 10**6)), "output_tokens": 1}
-    message = {"id": "msg_1", "type": "message", "role": "assistant", "model": "claude-sonnet-4-6",
-               "content": [], "stop_reason": None, "usage": start_usage}  # fmt: skip
+    message: dict[str, Any] = {"id": "msg_1", "type": "message", "role": "assistant",
+                               "model": "claude-sonnet-4-6", "content": [], "stop_reason": None,
+                               "usage": start_usage}  # fmt: skip
     payloads: list[tuple[bytes | None, dict[str, Any]]] = [
         (b"message_start", {"type": "message_start", "message": message}),
         (
@@ -657,6 +658,7 @@ def test_a_body_read_whole_passes_byte_for_byte_with_its_cost_in_the_headers(
     assert (record["input_tokens"], record["output_tokens"]) == (prompt, output)
     cost = header(client, b"x-meterproxy-cost")
     if cost_in_response:
+        assert record["total_cost"] is not None
         assert cost == decimal_text(record["total_cost"]).encode()
         assert header(client, b"x-meterproxy-currency") == b"USD"
     else:

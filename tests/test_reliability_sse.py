@@ -158,7 +158,7 @@ def through_the_meter(
 
 
 def chunk(content: str, nl: bytes) -> bytes:
-    payload = {"id": "chatcmpl-x", "object": "chat.completion.chunk", "model": "gpt-4o-mini", "choices": []}
+    payload: dict[str, Any] = {"id": "chatcmpl-x", "object": "chat.completion.chunk", "model": "gpt-4o-mini"}
     payload["choices"] = [{"index": 0, "delta": {"content": content}, "finish_reason": None}]
     return b"data: " + json.dumps(payload, ensure_ascii=False).encode() + nl + nl
 
@@ -351,8 +351,8 @@ def responses_stream(image_bytes: int) -> bytes:
     """A Responses API stream whose `response.completed` carries a generated image (base64) and the usage."""
     image = base64.b64encode(b"\x89PNG" + b"\x00" * image_bytes).decode()
     response = {"id": "resp_1", "model": "gpt-image-x", "status": "in_progress", "usage": None}
-    created = {"type": "response.created", "response": response}
-    completed = {
+    created: dict[str, Any] = {"type": "response.created", "response": response}
+    completed: dict[str, Any] = {
         "type": "response.completed",
         "response": {
             **response,

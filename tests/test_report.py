@@ -4,6 +4,7 @@ import sys
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -26,7 +27,7 @@ providers:
     models:
       gpt-4o: {pricing: {input: 2.5, output: 10}}
 """
-RECORDS = [
+RECORDS: list[dict[str, Any] | bytes] = [
     record("2026-11-25T08:10:00.000000Z", total_cost=1.5, input_tokens=1000, output_tokens=200,
            total_tokens=1200, cached_input_tokens=100, task_type="chat"),
     record("2026-11-25T08:40:00.000000Z", model="gpt-4o-mini", total_cost=0.25, user_id="team-b"),

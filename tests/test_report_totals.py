@@ -273,6 +273,7 @@ def records_in(
         line.record
         for line in lines
         if line.record is not None
+        and line.moment is not None  # a record's line always has its moment (read_back)
         and within(start, end, line.moment)
         and all(test(line.record[name]) for name, test in only.items())
     ]
@@ -509,16 +510,16 @@ def assert_summary_json(
     assert [period["start"], period["end"]] == [None if at is None else utc_stamp(at) for at in (start, end)]
     assert [moment_of(period["first_record"]), moment_of(period["last_record"])] == [moments[0], moments[-1]]
     low, high = start or moments[0], end or moments[-1] + timedelta(microseconds=1)
-    unit, key, width = (
+    unit, series_name, width = (
         (timedelta(hours=1), "by_hour", 13)
         if high - low <= timedelta(hours=48)
         else (timedelta(days=1), "by_day", 10)
     )
-    assert key in document and ({"by_hour", "by_day"} - {key}).isdisjoint(document)
+    assert series_name in document and ({"by_hour", "by_day"} - {series_name}).isdisjoint(document)
     series = [
         (utc_stamp(moment)[:width], group.as_json()) for moment, group in buckets(records, low, high, unit)
     ]
-    assert list(document[key].items()) == series
+    assert list(document[series_name].items()) == series
     return records
 
 

@@ -5,12 +5,13 @@ import tracemalloc
 import orjson
 import pytest
 
-from proxy.config import Provider, Secret
+from proxy.config import Provider, ProviderKind, Secret
 from proxy.request import ask_for_usage, parse_request, rename_model, upstream_headers
 from proxy.routing import RouteError
+from proxy.usage import Api
 
 
-def provider(kind: str, api_key: str | None = None) -> Provider:
+def provider(kind: ProviderKind, api_key: str | None = None) -> Provider:
     key = Secret(api_key) if api_key else None
     return Provider(kind, f"https://{kind}.example", key, 600, "USD", True, kind, {})
 
@@ -59,7 +60,7 @@ def test_a_key_header_the_connection_header_names_is_not_forwarded_in_pass_throu
 )
 @pytest.mark.parametrize("passing", [True, False])
 def test_a_provider_key_replaces_every_client_key(
-    kind: str, api: str, header: tuple[bytes, bytes], passing: bool
+    kind: ProviderKind, api: Api, header: tuple[bytes, bytes], passing: bool
 ) -> None:
     sent = upstream_headers(CLIENT, provider(kind, "sk-provider"), api, passing=passing)
     assert sent == [

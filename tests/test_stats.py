@@ -236,10 +236,8 @@ def test_a_record_stamped_far_in_the_past_does_not_end_the_read_back_at_start_up
     )  # lines after it: the block starts inside the one before
     path.write_bytes(recent * 2_000 + ancient + recent * after)
     snapshot = totals(path).snapshot()
-    assert (snapshot["requests"], snapshot["total_cost"]) == (
-        2_000 + after,
-        pytest.approx(0.1 * (2_000 + after)),
-    )
+    assert snapshot["requests"] == 2_000 + after
+    assert snapshot["total_cost"] == pytest.approx(0.1 * (2_000 + after))
 
 
 def test_a_file_copied_and_emptied_under_the_proxy_is_summed_again_from_its_start(tmp_path: Path) -> None:
