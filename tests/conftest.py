@@ -25,18 +25,22 @@ import pytest
 from openai import OpenAI
 from upstream_stub import UpstreamStub
 
+from proxy.records import CostRecord, PriceApplied
 from proxy.upstream import Upstream, UpstreamResponse
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 START_DEADLINE_SECONDS = 30.0
 WAIT_SECONDS = 10.0
 CLIENT_KEY = "sk-test"
+MISSING = "<missing>"  # what `pick` shows for a field the record lacks
 
 # Prices per 1M tokens that tests compute expected costs from.
 GPT_4O = {"input": 2.50, "output": 10.00, "cached_input": 1.25}
 GPT_4O_MINI = {"input": 0.15, "output": 0.60}
 
 MakeConfig = Callable[..., Path]
+C = TypeVar("C", bound=Upstream)
+T = TypeVar("T")
 
 
 def free_port() -> int:
@@ -87,7 +91,7 @@ class RawResponse:
         return json.loads(self.body)
 
 
-def read_records(path: Path) -> list[dict[str, Any]]:
+def read_records(path: Path) -> list[CostRecord]:
     """Every whole line of a cost-tracking file as a record; a line that is not JSON fails the test.
 
     A last line without its newline is still being written (one write() per record), so it is left out.
@@ -96,6 +100,23 @@ def read_records(path: Path) -> list[dict[str, Any]]:
         return []
     data = path.read_bytes()
     return [json.loads(line) for line in data[: data.rfind(b"\n") + 1].splitlines() if line]
+
+
+def only(items: list[T]) -> T:
+    """The one item of a list (a file's records, the requests the stub saw); fails the test if not one."""
+    assert len(items) == 1, items
+    return items[0]
+
+
+def pick(record: Mapping[str, object], expected: Mapping[str, object]) -> dict[str, object]:
+    """The record's values for the keys of `expected`, so one comparison shows every difference."""
+    return {key: record.get(key, MISSING) for key in expected}
+
+
+def price_of(record: CostRecord) -> PriceApplied:
+    """The prices a record was computed at; fails the test for a record without them."""
+    assert record["price"] is not None, record
+    return record["price"]
 
 
 def wait_until(check: Callable[[], bool], what: str, timeout: float = WAIT_SECONDS) -> None:
@@ -147,7 +168,7 @@ def settled(count: Callable[[], int]) -> int:
     return counts[-1]
 
 
-def recount(records: list[dict[str, Any]]) -> dict[str, Any]:
+def recount(records: list[CostRecord]) -> dict[str, Any]:
     """The /health totals that a file of USD records must give (all of it within the last 24 hours)."""
     costs = [Decimal(repr(r["total_cost"])) for r in records if r["total_cost"] is not None]
     return {
@@ -219,10 +240,10 @@ class RunningProxy:
         health: dict[str, Any] = response.json()
         return health
 
-    def records(self) -> list[dict[str, Any]]:
+    def records(self) -> list[CostRecord]:
         return read_records(self.records_path)
 
-    def wait_records(self, count: int, timeout: float = WAIT_SECONDS) -> list[dict[str, Any]]:
+    def wait_records(self, count: int, timeout: float = WAIT_SECONDS) -> list[CostRecord]:
         """The records once at least `count` are in the file."""
         wait_until(
             lambda: len(self.records()) >= count, f"{count} records in {self.records_path.name}", timeout
@@ -372,10 +393,6 @@ def launch(tmp_path: Path) -> Iterator[ProxyLauncher]:
 def proxy(launch: ProxyLauncher, make_config: MakeConfig) -> RunningProxy:
     """The proxy on the base config."""
     return launch(make_config())
-
-
-C = TypeVar("C", bound=Upstream)
-T = TypeVar("T")
 
 
 def run_client(make: Callable[[], C], work: Callable[[C], Awaitable[T]]) -> T:

@@ -10,20 +10,30 @@ import json
 import re
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
-from conftest import GPT_4O, MakeConfig, ProxyLauncher, RawResponse, RunningProxy
+from conftest import (
+    GPT_4O,
+    MISSING,
+    MakeConfig,
+    ProxyLauncher,
+    RawResponse,
+    RunningProxy,
+    only,
+    pick,
+    price_of,
+)
 from openai.types.chat import ChatCompletionMessageParam
 from upstream_stub import SSE_DONE, Reply, Stream, UpstreamStub, sse
+
+from proxy.records import CostRecord
 
 FIXTURES = Path(__file__).parent / "fixtures"
 COST_COMMENT = re.compile(rb": meterproxy-cost (\{[^\n]*\})\n\n")
 # A plain decimal: digits, an optional fraction, never an exponent.
 PLAIN_DECIMAL = re.compile(r"\d+(\.\d+)?")
 HELLO: list[ChatCompletionMessageParam] = [{"role": "user", "content": "Say hello"}]
-MISSING = "<missing>"
-T = TypeVar("T")
 
 # Prices per 1M tokens of the providers below (the shipped config.yml's list prices where it has the model).
 GPT_5 = {"input": 1.25, "output": 10.00, "cached_input": 0.125}
@@ -81,17 +91,6 @@ def costs(inputs: list[tuple[int, str]], outputs: list[tuple[int, str]]) -> dict
     }
 
 
-def pick(record: dict[str, Any], expected: dict[str, Any]) -> dict[str, Any]:
-    """The record's values for the keys of `expected`, so one comparison shows every difference."""
-    return {key: record.get(key, MISSING) for key in expected}
-
-
-def only(items: list[T]) -> T:
-    """The one item of a list (a file's records, the requests the stub saw); fails the test if not one."""
-    assert len(items) == 1, items
-    return items[0]
-
-
 def split_cost_comment(body: bytes) -> tuple[bytes, dict[str, Any], bytes]:
     """A streamed body around its one `: meterproxy-cost {...}` comment: the bytes before, its JSON, after."""
     found = list(COST_COMMENT.finditer(body))
@@ -101,7 +100,7 @@ def split_cost_comment(body: bytes) -> tuple[bytes, dict[str, Any], bytes]:
     return body[: match.start()], comment, body[match.end() :]
 
 
-def assert_cost_headers(response: RawResponse, record: dict[str, Any], cost: str, currency: str) -> None:
+def assert_cost_headers(response: RawResponse, record: CostRecord, cost: str, currency: str) -> None:
     """The cost handed back on a non-streamed response: the record's total as a plain decimal string."""
     returned = (response.header("x-meterproxy-cost"), response.header("x-meterproxy-currency"))
     assert returned == (cost, currency)
@@ -479,7 +478,7 @@ def test_record_carries_the_prices_it_was_priced_at(proxy: RunningProxy, stub: U
         "tier": None,
         "cache_write_1h": 2.5,
     }
-    assert all(isinstance(value, float) for key, value in record["price"].items() if key != "tier")
+    assert all(isinstance(value, float) for key, value in price_of(record).items() if key != "tier")
 
 
 @pytest.mark.parametrize(
@@ -606,7 +605,7 @@ def test_of_several_tiers_the_highest_one_the_input_is_above_prices_the_call(
         proxy.post_json("/v1/chat/completions", {"model": "qwen3-max", "messages": HELLO})
 
     records = proxy.wait_records(3)
-    assert [(record["total_cost"], record["price"]["tier"]) for record in records] == [
+    assert [(record["total_cost"], price_of(record)["tier"]) for record in records] == [
         # (30000 - 1000) * 1.20 + 1000 * 0.24 + 500 * 6.00 per 1M
         (per_million((29000, "1.20"), (1000, "0.24"), (500, "6.00")), None),
         # (100000 - 20000) * 2.40 + 20000 * 0.48 + 500 * 12.00 per 1M

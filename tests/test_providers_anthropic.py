@@ -13,15 +13,13 @@ import json
 import pytest
 from anthropic import Anthropic, APIStatusError
 from anthropic.types import MessageParam
-from conftest import MakeConfig, ProxyLauncher, RunningProxy
+from conftest import MakeConfig, ProxyLauncher, RunningProxy, only, pick, price_of
 from test_providers import (
     all_providers,
     assert_cost_headers,
     costs,
     events_of,
     fixture,
-    only,
-    pick,
     split_cost_comment,
 )
 from upstream_stub import Reply, Stream, UpstreamStub
@@ -134,7 +132,7 @@ def test_1_hour_cache_writes_are_priced_at_their_own_price_and_recorded(
         "cache_write_1h_tokens": 2000,
     }
     assert pick(record, expected) == expected
-    assert record["price"]["cache_write_1h"] == 6.0
+    assert price_of(record)["cache_write_1h"] == 6.0
     assert raw.headers.get("x-meterproxy-cost") == "0.03168"
 
 

@@ -7,7 +7,7 @@ import json
 from typing import Any
 
 import pytest
-from conftest import MakeConfig, ProxyLauncher, RunningProxy
+from conftest import MakeConfig, ProxyLauncher, RunningProxy, only, pick
 from openai import APIError
 from openai.types.chat import ChatCompletionMessageParam
 from test_providers import (
@@ -16,8 +16,6 @@ from test_providers import (
     costs,
     events_of,
     fixture,
-    only,
-    pick,
     split_cost_comment,
 )
 from upstream_stub import SSE_DONE, Reply, Stream, UpstreamStub, sse

@@ -9,15 +9,13 @@ import hashlib
 import json
 
 import pytest
-from conftest import MakeConfig, ProxyLauncher, RunningProxy
+from conftest import MakeConfig, ProxyLauncher, RunningProxy, only, pick
 from test_providers import (
     all_providers,
     assert_cost_headers,
     costs,
     events_of,
     fixture,
-    only,
-    pick,
     split_cost_comment,
 )
 from upstream_stub import Reply, Stream, UpstreamStub

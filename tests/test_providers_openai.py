@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import MakeConfig, ProxyLauncher, RunningProxy
+from conftest import MakeConfig, ProxyLauncher, RunningProxy, only, pick
 from openai import APIError, OpenAI
 from test_providers import (
     PLAIN_DECIMAL,
@@ -18,8 +18,6 @@ from test_providers import (
     costs,
     events_of,
     fixture,
-    only,
-    pick,
     split_cost_comment,
 )
 from upstream_stub import Reply, Stream, UpstreamStub

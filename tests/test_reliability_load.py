@@ -13,6 +13,7 @@ import os
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -28,6 +29,8 @@ from conftest import (
     wait_until,
 )
 from upstream_stub import SSE_DONE, Reply, Script, SeenRequest, Stream, UpstreamStub, sse
+
+from proxy.records import CostRecord
 
 AUTH = {"authorization": f"Bearer {CLIENT_KEY}"}
 HELLO = [{"role": "user", "content": "Say hello"}]
@@ -67,11 +70,12 @@ def whole(prompt: int, output: int) -> Reply:
     return Reply(body=json.dumps(body).encode())
 
 
-def file_lines(path: Any) -> tuple[list[dict[str, Any]], int, bytes]:
+def file_lines(path: Path) -> tuple[list[CostRecord], int, bytes]:
     """The records of a file, how many of its whole lines are not records, and its unfinished tail."""
     data = path.read_bytes()
     cut = data.rfind(b"\n") + 1
-    records, unparsable = [], 0
+    records: list[CostRecord] = []
+    unparsable = 0
     for line in data[:cut].splitlines():
         try:
             records.append(json.loads(line))
@@ -116,7 +120,7 @@ def test_counter_parity_at_a_thousand_concurrent_calls_half_of_them_streamed(
 
     assert [status for status, _, _ in answers] == [200] * calls
     assert all(body.endswith(SSE_DONE) for _, _, body in answers[::2]), "a stream did not end"
-    records = proxy.wait_records(calls, timeout=60)
+    proxy.wait_records(calls, timeout=60)
     records, unparsable, tail = file_lines(proxy.records_path)
     assert (len(records), unparsable, tail) == (calls, 0, b"")
     ids = {record["proxy_request_id"] for record in records}
