@@ -26,7 +26,7 @@ from openai import OpenAI
 from upstream_stub import UpstreamStub
 
 from proxy.records import CostRecord, PriceApplied
-from proxy.upstream import Upstream, UpstreamResponse
+from proxy.upstream import Headers, Upstream, UpstreamError, UpstreamResponse
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 START_DEADLINE_SECONDS = 30.0
@@ -393,6 +393,47 @@ def launch(tmp_path: Path) -> Iterator[ProxyLauncher]:
 def proxy(launch: ProxyLauncher, make_config: MakeConfig) -> RunningProxy:
     """The proxy on the base config."""
     return launch(make_config())
+
+
+class Reads:
+    """An upstream response read in exactly the pieces given (the `UpstreamResponse` protocol); reads that
+    found the body over are counted. With `ends_known`, the read that brings the last piece ends the body
+    (`ended()`), as the HTTP/1.1 client's does when the body's end comes with its last bytes; else only a
+    read of b"" does. With `reset`, that read raises the provider's reset instead."""
+
+    def __init__(
+        self,
+        pieces: list[bytes],
+        status: int = 200,
+        headers: Headers | None = None,
+        ends_known: bool = False,
+        reset: bool = False,
+    ) -> None:
+        self.status = status
+        self.headers: Headers = headers or []
+        self._pieces = iter(pieces)
+        self._left = len(pieces)
+        self._ends_known = ends_known
+        self._reset = reset
+        self.ends_read = 0
+        self.released = False
+
+    async def read(self) -> bytes:
+        piece = next(self._pieces, b"")
+        self._left -= bool(piece)
+        self.ends_read += not piece
+        if not piece and self._reset:
+            raise UpstreamError("upstream_reset", 502, "the upstream closed the connection mid-stream")
+        return piece
+
+    def ended(self) -> bool:
+        return self._ends_known and not self._left
+
+    def close(self) -> None:
+        pass
+
+    def release(self) -> None:
+        self.released = True
 
 
 def run_client(make: Callable[[], C], work: Callable[[C], Awaitable[T]]) -> T:

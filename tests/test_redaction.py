@@ -10,6 +10,7 @@ import json
 import zlib
 
 import pytest
+from conftest import Reads
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,30 +19,6 @@ from proxy.redaction import MAX_DECODED, RedactedResponse, hidden_key, redact, r
 from proxy.upstream import Headers, UpstreamError
 
 KEY = b"sk-provider-secret"
-
-
-class Reads:
-    """An upstream response read in exactly the pieces given; reads past its end are counted."""
-
-    def __init__(self, pieces: list[bytes], status: int = 401) -> None:
-        self.status = status
-        self.headers: Headers = []
-        self._pieces = iter(pieces)
-        self.past_end = 0
-
-    async def read(self) -> bytes:
-        piece = next(self._pieces, b"")
-        self.past_end += not piece
-        return piece
-
-    def ended(self) -> bool:
-        return False  # known only once a read finds the body over
-
-    def close(self) -> None:
-        pass
-
-    def release(self) -> None:
-        pass
 
 
 def read_all(response: RedactedResponse) -> list[bytes]:
@@ -72,16 +49,16 @@ def test_a_body_read_as_it_passes_has_every_copy_of_the_key_taken_out_however_th
     cuts = sorted(set(data.draw(st.lists(st.integers(0, len(body)), max_size=10))))
     bounds = zip([0, *cuts], [*cuts, len(body)], strict=True)
     pieces = [body[start:end] for start, end in bounds if end > start]
-    upstream = Reads(pieces)
+    upstream = Reads(pieces, status=401)
 
     reads = read_all(RedactedResponse(upstream, key))
 
     assert b"".join(reads) == body.replace(key, b"[REDACTED]")
-    assert upstream.past_end == 1  # the end is read once, never again
+    assert upstream.ends_read == 1  # the end is read once, never again
 
 
 def test_a_key_cut_across_two_reads_is_held_back_until_it_is_whole() -> None:
-    response = RedactedResponse(Reads([]), KEY)
+    response = RedactedResponse(Reads([], status=401), KEY)
 
     assert response.take(b"Incorrect API key provided: sk-prov") == b"Incorrect API key "
     assert response.take(b"ider-secret. Check it.") == b"provided: [REDACTED]"

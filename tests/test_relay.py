@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Any
 from unittest import mock
 
+from conftest import Reads
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from starlette.types import Message
@@ -49,36 +50,6 @@ def new_call(api: Api, stream: bool, priced: bool = True) -> Call:
     call = Call("proxy-id", 0.0, 0.0, config.providers["p"], MODELS[api], api, stream, "user", request)
     call.status = 200
     return call
-
-
-class Reads:
-    """An upstream response read in exactly the pieces given (the `UpstreamResponse` protocol)."""
-
-    def __init__(self, pieces: list[bytes], status: int = 200, ends_known: bool = False) -> None:
-        self.status = status
-        self.headers: Headers = []
-        self._pieces = iter(pieces)
-        self._left = len(pieces)
-        # With the end known, the read that brings the body's last bytes ends it (`ended()`), as the
-        # HTTP/1.1 client's does when the end of the body comes with them; else only a read of b"" does.
-        self._ends_known = ends_known
-        self.ends_read = 0  # reads that found the body over: with a known length, none is needed
-        self.released = False
-
-    async def read(self) -> bytes:
-        piece = next(self._pieces, b"")
-        self._left -= bool(piece)
-        self.ends_read += not piece
-        return piece
-
-    def ended(self) -> bool:
-        return self._ends_known and not self._left
-
-    def close(self) -> None:
-        pass
-
-    def release(self) -> None:
-        self.released = True
 
 
 class Client:

@@ -21,7 +21,7 @@ from decimal import Decimal
 from typing import Any
 from unittest import mock
 
-from conftest import CLIENT_KEY, RunningProxy
+from conftest import CLIENT_KEY, Reads, RunningProxy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.types import Message
@@ -36,7 +36,7 @@ from proxy.records import CostRecord
 from proxy.relay import _StreamEdit
 from proxy.routing import Routes
 from proxy.sse import SSEScanner
-from proxy.upstream import Headers, UpstreamError
+from proxy.upstream import Headers
 
 HELLO = [{"role": "user", "content": "Say hello"}]
 PROMPT = (len(json.dumps(HELLO, separators=(",", ":"))) + 3) // 4  # HELLO's tokens, estimated
@@ -60,32 +60,6 @@ def config(cost_in_response: bool = False) -> Config:
     return parse_config(text, {})
 
 
-class Pieces:
-    """An upstream response read in exactly the pieces given (the `UpstreamResponse` protocol)."""
-
-    status = 200
-    headers: Headers = [(b"content-type", b"text/event-stream")]
-
-    def __init__(self, pieces: list[bytes], reset: bool = False) -> None:
-        self._pieces = iter(pieces)
-        self._reset = reset
-
-    async def read(self) -> bytes:
-        piece = next(self._pieces, b"")
-        if not piece and self._reset:
-            raise UpstreamError("upstream_reset", 502, "the upstream closed the connection mid-stream")
-        return piece
-
-    def ended(self) -> bool:
-        return False  # known only once a read finds the body over
-
-    def close(self) -> None:
-        pass
-
-    def release(self) -> None:
-        pass
-
-
 class PiecesUpstream:
     """The `Upstream` seam: every call is answered with the same pieces."""
 
@@ -93,8 +67,8 @@ class PiecesUpstream:
         self.pieces = pieces
         self.reset = reset
 
-    async def send(self, method: str, url: str, headers: Headers, body: bytes, timeout: float) -> Pieces:
-        return Pieces(self.pieces, self.reset)
+    async def send(self, method: str, url: str, headers: Headers, body: bytes, timeout: float) -> Reads:
+        return Reads(self.pieces, headers=[(b"content-type", b"text/event-stream")], reset=self.reset)
 
     async def close(self) -> None:
         pass
