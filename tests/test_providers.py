@@ -91,6 +91,21 @@ def costs(inputs: list[tuple[int, str]], outputs: list[tuple[int, str]]) -> dict
     }
 
 
+def stream_error_record(
+    input_tokens: int, input_price: str, events: int, output_price: str
+) -> dict[str, object]:
+    """The record of a 200 stream the provider broke off: `stream_error`, with its usage estimated (the
+    input from the request as sent, one output token per event of the stream), priced as given."""
+    return {
+        **costs([(input_tokens, input_price)], [(events, output_price)]),
+        "status_code": 200,
+        "error": "stream_error",
+        "usage_source": "estimated",
+        "input_tokens": input_tokens,
+        "output_tokens": events,
+    }
+
+
 def split_cost_comment(body: bytes) -> tuple[bytes, dict[str, Any], bytes]:
     """A streamed body around its one `: meterproxy-cost {...}` comment: the bytes before, its JSON, after."""
     found = list(COST_COMMENT.finditer(body))

@@ -17,6 +17,7 @@ from test_providers import (
     events_of,
     fixture,
     split_cost_comment,
+    stream_error_record,
 )
 from upstream_stub import SSE_DONE, Reply, Stream, UpstreamStub, sse
 
@@ -170,14 +171,7 @@ def test_a_chat_stream_broken_off_by_an_error_chunk_is_recorded_as_a_stream_erro
         upstream.gate.set()
     # ~4 bytes a token of the messages as sent, one output token per chunk of the stream
     input_tokens = (len(json.dumps(ASK, separators=(",", ":"))) + 3) // 4
-    expected = {
-        **costs([(input_tokens, "3.00")], [(len(sent), "15.00")]),
-        "status_code": 200,
-        "error": "stream_error",
-        "usage_source": "estimated",
-        "input_tokens": input_tokens,
-        "output_tokens": len(sent),
-    }
+    expected = stream_error_record(input_tokens, "3.00", len(sent), "15.00")
     assert pick(record, expected) == expected
 
 

@@ -19,6 +19,7 @@ from test_providers import (
     events_of,
     fixture,
     split_cost_comment,
+    stream_error_record,
 )
 from upstream_stub import Reply, Stream, UpstreamStub
 
@@ -218,12 +219,7 @@ def test_a_responses_stream_broken_off_by_an_error_event_is_recorded_as_a_stream
     # ~4 bytes a token of the input as sent, one output token per event of the stream
     input_tokens = (len(json.dumps("Summarise the contract.")) + 3) // 4
     expected = {
-        **costs([(input_tokens, "1.25")], [(len(sent), "10.00")]),
-        "status_code": 200,
-        "error": "stream_error",
-        "usage_source": "estimated",
-        "input_tokens": input_tokens,
-        "output_tokens": len(sent),
+        **stream_error_record(input_tokens, "1.25", len(sent), "10.00"),
         "finish_reason": None,  # response.created's `in_progress` is not how it finished
     }
     assert pick(record, expected) == expected
@@ -676,14 +672,7 @@ def test_an_image_or_transcript_stream_broken_off_by_an_error_event_is_recorded_
         upstream.gate.set()
     assert seen == [json.loads(event.partition(b"data: ")[2])["type"] for event in sent[:-1]]
     input_price, output_price = prices
-    expected = {
-        **costs([(input_tokens, input_price)], [(len(sent), output_price)]),
-        "status_code": 200,
-        "error": "stream_error",
-        "usage_source": "estimated",
-        "input_tokens": input_tokens,
-        "output_tokens": len(sent),
-    }
+    expected = stream_error_record(input_tokens, input_price, len(sent), output_price)
     assert pick(record, expected) == expected
 
 
