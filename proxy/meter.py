@@ -230,7 +230,7 @@ class Meter:
                 return await relay_stream(send, call, response, strip, self.config.cost_in_response, record)
             if (not sse and metered) or secret is not None:
                 return await relay_whole_body(
-                    send, call, response, sent_headers, length, self.config.cost_in_response
+                    send, call, response, sent_headers, length, self.config.cost_in_response, secret
                 )
             await send(head(call, response.status, sent_headers))
             return await relay_body(send, call, response, length, b"")

@@ -15,7 +15,7 @@ from starlette.types import Message, Send
 
 from proxy.calls import Bill, Call, decimal_text
 from proxy.facts import StreamFacts
-from proxy.redaction import RedactedResponse, compressed, hidden_key, redact, withheld, without_length
+from proxy.redaction import RedactedResponse, compressed, redact, withheld, without_length
 from proxy.sse import SSEEvent, SSEScanner
 from proxy.upstream import Headers, UpstreamResponse
 
@@ -181,10 +181,10 @@ async def relay_whole_body(
     headers: Headers,
     length: int | None,
     cost_in_response: bool,
+    secret: bytes | None,
 ) -> list[Message]:
     """Read a non-streamed body whole: a metered one, so its cost can go back in the headers; an
-    error, so that the provider key it may quote can be taken out."""
-    secret = hidden_key(call.provider, response.status)
+    error, so that the provider key it may quote (`secret`, see redaction.hidden_key) can be taken out."""
     parts: list[bytes] = []
     size = 0
     while size != length:

@@ -25,6 +25,7 @@ from proxy.configfile import parse_config
 from proxy.facts import ResponseFacts, StreamFacts
 from proxy.ledger import Ledger
 from proxy.records import CostRecord
+from proxy.redaction import hidden_key
 from proxy.relay import relay_body, relay_stream, relay_whole_body
 from proxy.upstream import Headers
 from proxy.usage import Api
@@ -599,7 +600,10 @@ def run_whole_body(
         headers.append((b"content-length", str(length).encode()))
 
     async def run() -> None:
-        for message in await relay_whole_body(client.send, call, response, headers, length, cost_in_response):
+        secret = hidden_key(call.provider, status)
+        for message in await relay_whole_body(
+            client.send, call, response, headers, length, cost_in_response, secret
+        ):
             await client.send(message)
 
     asyncio.run(run())
