@@ -11,6 +11,7 @@ from typing import IO, Any, TypedDict
 
 import orjson
 
+from proxy import periods
 from proxy.analysis import RECORD_FIELDS, Summary, Tally, TimeUnit
 from proxy.budgets import BudgetStatus, Projection
 from proxy.records import CostRecord
@@ -140,8 +141,8 @@ def budget_json(status: BudgetStatus) -> BudgetJSON:
         "remaining": amount(status.remaining),
         "percent": amount(status.fraction * 100, 2),
         "level": status.level,
-        "start": status.start.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        "end": status.end.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "start": periods.stamp(status.start),
+        "end": periods.stamp(status.end),
         "unpriced_requests": status.unpriced,
         "no_usage_requests": status.no_usage,
         "forwarded_requests": status.forwarded,

@@ -376,6 +376,11 @@ def test_budget_exit_codes(
     assert status == code
     budgets = orjson.loads(out)["budgets"]
     assert [(b["name"], b["level"]) for b in budgets] == [("daily", level.lower()), ("monthly", "ok")]
+    # Each budget's window [start, end) in the record timestamp format, so it compares with records as text.
+    assert [(b["start"], b["end"]) for b in budgets] == [
+        ("2026-11-25T00:00:00.000000Z", "2026-11-26T00:00:00.000000Z"),
+        ("2026-11-01T00:00:00.000000Z", "2026-12-01T00:00:00.000000Z"),
+    ]
 
 
 def test_budget_lists_apart_what_its_spend_leaves_out(
