@@ -31,12 +31,12 @@ _NOT_FORWARDED = frozenset(
         b"accept-encoding",
         b"expect",
         b"forwarded",
-        b"x-forwarded-for",
-        b"x-forwarded-host",
-        b"x-forwarded-proto",
         b"x-real-ip",
     }
 )
+# Every X-Forwarded-* header, not only -For, -Host and -Proto: front servers also build URLs and
+# trust from -Port, -Prefix, -Server and more, and a client could spoof any of them.
+_FORWARDING = b"x-forwarded-"
 _NOT_FORWARDED_PASSING_KEYS = _NOT_FORWARDED - frozenset(KEY_HEADERS)
 _IDENTITY = (b"accept-encoding", b"identity")
 _OPENAI_SHAPED = frozenset({"chat", "responses", "embeddings", "images", "transcriptions"})
@@ -131,6 +131,7 @@ def upstream_headers(headers: Headers, provider: Provider, api: Api | None, *, p
         forwarded = end_to_end(headers, _NOT_FORWARDED_PASSING_KEYS)
     else:
         forwarded = end_to_end(headers, _NOT_FORWARDED)
+    forwarded = [header for header in forwarded if not header[0].startswith(_FORWARDING)]
     if provider.api_key is not None:
         key = provider.api_key.reveal().encode("latin-1")
         # OpenAI-shaped endpoints (Gemini's and Anthropic's compatible ones too) take a bearer token.
