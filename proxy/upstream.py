@@ -9,6 +9,7 @@ Only this module imports aiohttp. Its errors become UpstreamError here and nowhe
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import Protocol
 
 import aiohttp
@@ -103,13 +104,25 @@ class Upstream(Protocol):
 
 
 def _described(exc: BaseException) -> str:
-    """An aiohttp error for the log and the client, without the URL some of them quote: its query may
-    carry a key (Gemini's `?key=`)."""
+    """An aiohttp error for the log and the client, without the URL some of them quote (its query may
+    carry a key, Gemini's `?key=`) or the bytes of a head its parser refused."""
     if isinstance(exc, aiohttp.ClientResponseError):
-        return f"{exc.status}, {exc.message}"
+        return f"{exc.status}, {_reason(exc.message)}"
     if isinstance(exc, aiohttp.InvalidURL):
         return "invalid URL"
     return str(exc)
+
+
+_QUOTED = re.compile(r"b?['\"]")  # where a Python literal (str or bytes) begins
+
+
+def _reason(message: str) -> str:
+    """The reason of aiohttp's parser for refusing a head, without the bytes it quotes: the provider's head
+    may echo a key it was sent, a pass-through client's own, which the log must not hold. The parser
+    quotes them in several shapes (after a colon and a blank line, or inline: a bad status line, a line
+    over 8190 bytes), each as a Python literal, so everything from the first quote on is left out."""
+    before = _QUOTED.split(message, maxsplit=1)[0]
+    return " ".join(before.split()).rstrip(":")
 
 
 class _AiohttpResponse:

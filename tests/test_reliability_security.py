@@ -557,6 +557,36 @@ def test_bad_http_that_quotes_the_provider_key_is_a_502_without_it(
     assert_no_canary(proxy)
 
 
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"HTTP/1.1 40%s\r\n\r\n",
+        b"HTTP/1.1 401 Unauthorized\r\nContent-Length: %s\r\n\r\n",
+        b"HTTP/1.1 401 Unauthorized\r\nX-Key: %s" + b"x" * 9000 + b"\r\n\r\n",
+    ],
+    ids=["in-the-status-line", "in-a-header", "in-a-header-too-long"],
+)
+def test_bad_http_that_quotes_a_pass_through_clients_key_keeps_it_out_of_the_log(
+    launch: ProxyLauncher, make_config: MakeConfig, head: bytes
+) -> None:
+    """The client's own key goes upstream in pass-through, and a provider's head may quote it back: the
+    key must not reach the server log by way of aiohttp's error, which quotes the bytes it refused, in
+    more than one shape (the default client's errors quote none, and it takes a header of any length)."""
+    with answering(head % CLIENT_CANARY.encode()) as port:
+        openai_ = {"base_url": f"http://127.0.0.1:{port}/v1"}
+        proxy = launch(make_config(server={"upstream_client": "aiohttp"}, providers={"openai": openai_}))
+        payload = {"model": "gpt-4o", "messages": HELLO}
+        response = proxy.post_json(
+            "/v1/chat/completions", payload, {"authorization": f"Bearer {CLIENT_CANARY}"}
+        )
+
+    assert response.status == 502 and response.json()["error"]["code"] == "upstream_bad_response"
+    assert response.json()["error"]["message"].startswith("openai: the provider sent bad HTTP: ")
+    [record] = proxy.wait_records(1)
+    assert record["user_id"] == "key:" + hashlib.sha256(CLIENT_CANARY.encode()).hexdigest()[:12]
+    assert_no_canary(proxy)
+
+
 @pytest.mark.parametrize("client", ["http1", "aiohttp"])
 def test_a_key_in_the_query_stays_out_of_the_log_when_the_provider_answers_garbage(
     launch: ProxyLauncher, make_config: MakeConfig, bad_http_port: int, client: str
