@@ -22,6 +22,7 @@ from proxy.config import Config
 from proxy.deadlines import Deadlines, Later
 from proxy.disconnect import WATCH_AFTER, DisconnectWatch
 from proxy.errors import error_answer
+from proxy.form import boundary_of
 from proxy.ledger import Ledger
 from proxy.redaction import RedactedResponse, hidden_key, redact_headers, without_key, without_length
 from proxy.relay import head, relay_body, relay_stream, relay_whole_body
@@ -128,7 +129,9 @@ class Meter:
 
         stream = request.get("stream") is True or target.rest.endswith(":streamGenerateContent")
         strip = False
-        if self._metering and api == "chat" and stream and provider.stream_usage:
+        # Usage is asked for in a JSON body: a form, which a chat call's never is, has no place for it.
+        json_body = boundary_of(content_type) is None
+        if self._metering and api == "chat" and stream and provider.stream_usage and json_body:
             options = request.get("stream_options")
             if not (isinstance(options, dict) and options.get("include_usage") is True):
                 body = ask_for_usage(body, request)

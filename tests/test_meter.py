@@ -354,6 +354,26 @@ def test_request_body_is_forwarded_byte_for_byte(proxy: RunningProxy, stub: Upst
     assert seen.header("content-length") == str(len(sent))
 
 
+@pytest.mark.parametrize("model", [b"gpt-4o-mini", b"gpt-{4o}-mini"], ids=["no-brace", "a-brace"])
+def test_a_streamed_chat_sent_as_a_form_is_forwarded_as_sent(
+    proxy: RunningProxy, stub: UpstreamStub, model: bytes
+) -> None:
+    """Usage is asked for by adding stream_options to a JSON body. A form has no place for it: it goes on
+    as sent, neither with stream_options written in at its first brace nor refused with a bare 500."""
+    stub.push(Stream(STREAM_CHUNKS))
+    form = (
+        b'--xYz\r\nContent-Disposition: form-data; name="model"\r\n\r\n' + model + b"\r\n"
+        b'--xYz\r\nContent-Disposition: form-data; name="stream"\r\n\r\ntrue\r\n--xYz--\r\n'
+    )
+    headers = {"content-type": "multipart/form-data; boundary=xYz", "authorization": f"Bearer {CLIENT_KEY}"}
+    response = proxy.request("POST", "/openai/v1/chat/completions", form, headers)
+
+    assert response.status == 200
+    assert only(stub.requests).body == form
+    record = only(proxy.wait_records(1))
+    assert (record["model"], record["is_streaming"], record["status_code"]) == (model.decode(), True, 200)
+
+
 @pytest.mark.parametrize("stream_options", [None, {"include_usage": False}])
 def test_stream_without_usage_asked_gets_usage_injected_and_its_chunk_removed(
     proxy: RunningProxy, stub: UpstreamStub, stream_options: dict[str, bool] | None
