@@ -11,10 +11,10 @@ from proxy.calls import Call
 from proxy.facts import StreamFacts
 from proxy.records import CostRecord
 from proxy.relay import MAX_READ_BODY
+from proxy.routing import shortened
 
 log = logging.getLogger("meterproxy")
 
-NAME_SHOWN = 200  # characters of a model name that a log line shows
 UNPRICED_KEPT = 1024  # unpriced models remembered as warned of
 
 
@@ -50,7 +50,7 @@ class Ledger:
             )
         model = call.model
         # The client names the model, as long as its body allows: the log and the warned set get a part.
-        shown = model if model is None or len(model) <= NAME_SHOWN else model[:NAME_SHOWN] + "..."
+        shown = None if model is None else shortened(model)
         if bill.facts is not None and bill.facts.not_a_count is not None:
             log.warning(
                 "provider %r, model %r, call %s: %s; the usage it came in is not trusted",

@@ -13,6 +13,14 @@ from proxy.usage import Api
 _SUSPICIOUS = re.compile(r"%(?:2e|2f|5c|25)|\\", re.IGNORECASE)
 
 
+NAME_SHOWN = 200  # characters of a client's model name that a message, and so a log line, shows
+
+
+def shortened(model: str) -> str:
+    """A client's model name as a message shows it: its first NAME_SHOWN characters."""
+    return model if len(model) <= NAME_SHOWN else model[:NAME_SHOWN] + "..."
+
+
 class RouteError(Exception):
     """A request that no provider can take; status and code say why, for an OpenAI-shaped error."""
 
@@ -130,10 +138,12 @@ class Routes:
             raise RouteError(
                 400, "ambiguous_model", f"model {model!r} is served by several providers; use one of: {names}"
             )
+        # The name is the client's, as long as its body allows, and this message is logged too.
+        shown = shortened(model)
         raise RouteError(
             404,
             "model_not_found",
-            f"model {model!r} is not configured under any provider; call it as provider/{model} "
+            f"model {shown!r} is not configured under any provider; call it as provider/{shown} "
             "(it is forwarded unpriced) or add it to that provider's models in the config",
         )
 

@@ -6,8 +6,9 @@ import pytest
 
 from proxy.calls import Call
 from proxy.configfile import parse_config
-from proxy.ledger import NAME_SHOWN, UNPRICED_KEPT, Ledger
+from proxy.ledger import UNPRICED_KEPT, Ledger
 from proxy.records import RecordWriter
+from proxy.routing import NAME_SHOWN
 
 CONFIG = json.dumps(
     {

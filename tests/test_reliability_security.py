@@ -653,6 +653,21 @@ def test_long_model_names_are_shortened_in_the_log_and_not_kept(
     assert grown < 10 << 10  # KiB: the names kept would be 40 MiB
 
 
+def test_a_long_model_name_no_provider_serves_is_shortened_in_the_refusal_and_its_log_line(
+    proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    """A model name is the client's, as long as the body allows: the line logging its refusal shows a
+    part of it, as every line naming a model does, never a megabyte per call."""
+    name = "nowhere/" + "x" * (1 << 20)
+    refused = proxy.post_json("/v1/chat/completions", {"model": name, "messages": HELLO})
+
+    assert refused.status == 404 and refused.json()["error"]["code"] == "model_not_found"
+    assert len(refused.body) < 1000 and "'nowhere/xxx" in refused.json()["error"]["message"]
+    [line] = [line for line in proxy.wait_log("refused POST").splitlines() if "refused POST" in line]
+    assert len(line) < 1000 and "'nowhere/xxx" in line
+    assert stub.requests == []
+
+
 # --- 14. No SSRF ------------------------------------------------------------------------------------
 
 
