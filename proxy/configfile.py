@@ -22,7 +22,7 @@ from proxy.config import (
     Secret,
     UpstreamClient,
 )
-from proxy.configreader import ConfigReader, line_map, show
+from proxy.configreader import ConfigReader, line_map, load_yaml, show
 
 DEFAULT_RECORD_FILE = "logs/cost-tracking.jsonl"
 _PROVIDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -72,7 +72,7 @@ def parse_config(
     text: str, environ: Mapping[str, str], source: str = "config.yml", *, keep_unset: bool = False
 ) -> Config:
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping
-from decimal import Decimal
+from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import yaml
@@ -12,6 +13,30 @@ import yaml
 from proxy.config import ConfigError
 
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML as safe_load reads it, but a decimal number with a point (a price, a rate) is the Decimal of
+    its text: a float keeps 17 digits, so 0.28571428571428571428 (2/7, as bc writes it) would price calls
+    at 0.2857142857142857."""
+
+
+def _decimal_or_float(loader: yaml.SafeLoader, node: yaml.ScalarNode) -> Decimal | float:
+    try:
+        number = Decimal(loader.construct_scalar(node).replace("_", ""))
+    except InvalidOperation:
+        number = None
+    if number is not None and number.is_finite():
+        return number
+    return loader.construct_yaml_float(node)  # .inf, .nan and the base-60 forms, as YAML reads them
+
+
+_Loader.add_constructor("tag:yaml.org,2002:float", _decimal_or_float)
+
+
+def load_yaml(text: str) -> Any:
+    """The YAML document in `text`, its decimal numbers as Decimals (see _Loader)."""
+    return yaml.load(text, Loader=_Loader)
 
 
 class ConfigReader:
@@ -51,7 +76,7 @@ class ConfigReader:
         return value
 
     def text(self, value: Any, path: tuple[str, ...]) -> str:
-        if isinstance(value, bool) or not isinstance(value, (str, int, float)):
+        if isinstance(value, bool) or not isinstance(value, (str, int, float, Decimal)):
             raise self.fail(path, f"must be text, got {show(value)}")
         return self.expand(str(value), path)
 
@@ -79,18 +104,20 @@ class ConfigReader:
             return value
         text = self.expand(value, path, keep_unset=False)
         try:
-            loaded = yaml.safe_load(text)
+            loaded = load_yaml(text)
         except yaml.YAMLError:
             return text
-        return loaded if isinstance(loaded, (bool, int, float)) else text
+        return loaded if isinstance(loaded, (bool, int, float, Decimal)) else text
 
     def number(self, value: Any, path: tuple[str, ...], *, positive: bool = False) -> Decimal:
         value = self.scalar(value, path)
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
             raise self.fail(path, f"must be a number, got {show(value)}")
-        # repr() of a float is its shortest round-trip form: 2.5 -> Decimal('2.5'), not 2.5000000000000000001.
+        # A float is a default here, or .inf or .nan from the file; repr() is its shortest round-trip form:
+        # 2.5 -> Decimal('2.5'), not 2.5000000000000000001.
         number = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
-        if not number.is_finite() or number < 0 or (positive and number == 0):
+        # Past a float's range is infinite too: a timeout is used as a float, and a cost cannot be written.
+        if not number.is_finite() or math.isinf(number) or number < 0 or (positive and number == 0):
             kind = "a positive" if positive else "a non-negative"
             raise self.fail(path, f"must be {kind} number, got {show(value)}")
         return number
@@ -116,7 +143,10 @@ class ConfigReader:
 
 
 def show(value: Any) -> str:
-    """A value as a problem names it: its type and repr ("str 'abc'"), or "nothing"."""
+    """A value as a problem names it: its type and repr ("str 'abc'"; a decimal number is YAML's float:
+    "float 1.5"), or "nothing"."""
+    if isinstance(value, Decimal):
+        return f"float {value}"
     return f"{type(value).__name__} {value!r}" if value is not None else "nothing"
 
 

@@ -9,6 +9,8 @@ import pytest
 
 from proxy.config import ConfigError, Secret
 from proxy.configfile import load_config, parse_config
+from proxy.pricing import price_call
+from proxy.usage import Usage
 
 SHIPPED_CONFIG = Path(__file__).resolve().parent.parent / "config.yml"
 
@@ -270,7 +272,9 @@ def test_a_boolean_price_is_an_error() -> None:
     )
 
 
-@pytest.mark.parametrize(("value", "shown"), [(".nan", "float nan"), (".inf", "float inf")])
+@pytest.mark.parametrize(
+    ("value", "shown"), [(".nan", "float nan"), (".inf", "float inf"), ("1.0e+400", "float 1.0E+400")]
+)
 def test_a_price_that_is_not_finite_is_an_error(value: str, shown: str) -> None:
     assert error_of(priced(f"{{input: {value}, output: 10.00}}")) == message(
         "providers.openai.models.gpt-4o.pricing.input (line 5)", f"must be a non-negative number, got {shown}"
@@ -307,6 +311,25 @@ def test_prices_are_exact_decimals() -> None:
         Decimal("2.5"),
         Decimal("0.075"),
     )
+
+
+def test_a_price_keeps_every_digit_written_and_a_call_is_priced_at_it() -> None:
+    # 2/7 per 1M tokens to 20 places, as bc writes it: more digits than a float keeps (read as one, the
+    # price was 0.2857142857142857 and 1,000 tokens cost 0.0002857142857142857).
+    two_sevenths = "0.28571428571428571428"
+    text = priced(f"{{input: {two_sevenths}, output: '${{OUTPUT}}'}}")
+    price = parse_config(text, {"OUTPUT": two_sevenths}).providers["openai"].models["gpt-4o"]
+
+    assert (price.input, price.output) == (Decimal(two_sevenths), Decimal(two_sevenths))
+    cost = price_call(Usage(1000, 1000, 2000), price)
+    exact = float(Decimal(two_sevenths) / 1000)
+    assert (cost.input_cost, cost.output_cost) == (exact, exact) == (0.00028571428571428574,) * 2
+
+
+def test_an_exchange_rate_keeps_every_digit_written() -> None:
+    config = parse_config("exchange_rates: {CNY: 0.13888888888888888889}\n" + MINIMAL, {})
+
+    assert config.exchange_rates == {"CNY": Decimal("0.13888888888888888889")}
 
 
 def test_cached_input_and_cache_write_default_to_input() -> None:
@@ -603,6 +626,7 @@ def test_the_body_timeout_defaults_to_30_seconds_and_can_be_set() -> None:
         ("'30'", "must be a number, got str '30'"),
         ("true", "must be a number, got bool True"),
         (".inf", "must be a positive number, got float inf"),
+        ("1.0e+400", "must be a positive number, got float 1.0E+400"),
     ],
 )
 def test_a_body_timeout_that_is_not_a_positive_number_is_an_error(value: str, problem: str) -> None:
