@@ -68,7 +68,10 @@ class Price:
         prices = (self.input, self.output, self.cached_input, self.cache_write, self.cache_write_1h_price)
         exponent = min(int(price.as_tuple().exponent) for price in prices)
         scale = 10 ** max(-exponent, 0)
-        return WholePrices(1_000_000 * scale, *(int(price * scale) for price in prices))
+        # Not int(price * scale): Decimal arithmetic keeps 28 digits, and a price may have more. Each
+        # denominator is a power of ten up to scale, so the division is exact.
+        ratios = (price.as_integer_ratio() for price in prices)
+        return WholePrices(1_000_000 * scale, *(top * scale // bottom for top, bottom in ratios))
 
     @functools.cached_property
     def record(self) -> PriceApplied:

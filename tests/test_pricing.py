@@ -1,3 +1,4 @@
+import math
 from decimal import Decimal, localcontext
 
 from hypothesis import given, settings
@@ -147,3 +148,18 @@ def test_pricing_in_whole_numbers_gives_the_decimal_formula_to_the_last_bit(
     )
     cost = price_call(usage, price)
     assert (cost.input_cost, cost.output_cost, cost.total_cost) == _decimal_cost(usage, price)
+
+
+@given(st.floats(1e-9, 1e9), st.sampled_from([-1, 1]))
+def test_a_price_a_hair_off_halfway_between_two_floats_costs_the_float_on_its_side(
+    below: float, side: int
+) -> None:
+    # Exactly halfway between two floats, a price's last digits decide which one the cost rounds to: a price
+    # with more than 28 digits must not be cut to 28 on its way into whole numbers.
+    above = math.nextafter(below, math.inf)
+    with localcontext() as context:
+        context.prec = 200
+        halfway = (Decimal(below) + Decimal(above)) / 2
+        price = halfway + side * Decimal(10) ** (halfway.adjusted() - 40)
+    cost = price_call(Usage(1_000_000, 0, 1_000_000), Price(price, price, price, price))
+    assert cost.input_cost == cost.total_cost == (above if side > 0 else below)
