@@ -12,7 +12,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import MAX_EMAX, MAX_PREC, MIN_EMIN, Context, Decimal
 from pathlib import Path
 from typing import BinaryIO, TypedDict
 
@@ -35,6 +35,10 @@ _MARK_BYTES = 64 << 10
 # A line is a record when the fields counted here have the record format's types and its timestamp is an
 # ISO time (records.record_time): the reports' rule.
 _DECODER = msgspec.json.Decoder(CountedFields)
+# Costs are added and converted here with every digit (never divided, so always exactly): Decimal's default
+# 28 digits cut 3 + 2.220446049250314e-16 to 3.000000000000000222044604925, below halfway to the next
+# float, and /health showed 3.0 where the records add up to 3.0000000000000004.
+_EXACT = Context(prec=MAX_PREC, Emax=MAX_EMAX, Emin=MIN_EMIN)
 
 
 class CostStats(TypedDict):
@@ -181,7 +185,7 @@ class RollingTotals:
     def _fold(self, data: bytes) -> str:
         """Fold the records of these whole lines in; return the newest timestamp among them ("" if none)."""
         buckets = self._buckets
-        decode, to_stamp = _DECODER.decode, record_time
+        decode, to_stamp, add = _DECODER.decode, record_time, _EXACT.add
         newest = ""
         for line in data.splitlines():
             try:
@@ -208,7 +212,7 @@ class RollingTotals:
             cost = record.total_cost
             if cost is not None:
                 key = (record.currency, record.provider, str(record.model))
-                bucket.costs[key] = bucket.costs.get(key, Decimal(0)) + Decimal(repr(cost))
+                bucket.costs[key] = add(bucket.costs.get(key, Decimal(0)), Decimal(repr(cost)))
         return newest
 
     def snapshot(self) -> CostStats:
@@ -217,6 +221,7 @@ class RollingTotals:
         cutoff, current = _minute(_iso(now - WINDOW)), _minute(_iso(now))
         for minute in [m for m in self._buckets if m <= cutoff]:
             del self._buckets[minute]
+        add, multiply = _EXACT.add, _EXACT.multiply
         total = Decimal(0)
         providers: dict[str, Decimal] = {}
         models: dict[str, Decimal] = {}
@@ -246,13 +251,13 @@ class RollingTotals:
             for (currency, provider, model), cost in bucket.costs.items():
                 rate = Decimal(1) if currency == self.currency else self.rates.get(currency)
                 if rate is None:
-                    unconverted[currency] = unconverted.get(currency, Decimal(0)) + cost
+                    unconverted[currency] = add(unconverted.get(currency, Decimal(0)), cost)
                     continue
-                converted = cost * rate
-                total += converted
-                providers[provider] = providers.get(provider, Decimal(0)) + converted
+                converted = multiply(cost, rate)
+                total = add(total, converted)
+                providers[provider] = add(providers.get(provider, Decimal(0)), converted)
                 name = f"{provider}/{model}"
-                models[name] = models.get(name, Decimal(0)) + converted
+                models[name] = add(models.get(name, Decimal(0)), converted)
         stats["total_cost"] = float(total)
         stats["provider_costs"] = {name: float(cost) for name, cost in sorted(providers.items())}
         stats["model_costs"] = {name: float(cost) for name, cost in sorted(models.items())}

@@ -1,10 +1,12 @@
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from decimal import Decimal, localcontext
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from proxy.stats import PIECE_BYTES, RollingTotals
 
@@ -94,6 +96,26 @@ def test_other_currencies_are_converted_or_kept_apart(tmp_path: Path) -> None:
     assert snapshot["total_cost"] == 1.4
     assert snapshot["unconverted"] == {"EUR": 3.0}
     assert snapshot["requests"] == 2
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(st.tuples(st.floats(0, 1e9), st.sampled_from(["USD", "CNY"])), max_size=20))
+@example([(3.0, "USD"), (2.220446049250314e-16, "USD")])
+def test_the_totals_are_the_exact_sums_of_the_records_rounded_once(
+    tmp_path: Path, costs: list[tuple[float, str]]
+) -> None:
+    # 3 + 2.220446049250314e-16 is just past halfway between 3.0 and the float after it: summed to
+    # Decimal's 28 digits, it came back as 3.0.
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(
+        b"".join(line(timedelta(minutes=1), total_cost=cost, currency=code) for cost, code in costs)
+    )
+    with localcontext() as context:
+        context.prec = 2000
+        exact = sum(Decimal(repr(cost)) * (Decimal("0.14") if code == "CNY" else 1) for cost, code in costs)
+    snapshot = totals(path).snapshot()
+    assert snapshot["total_cost"] == float(exact)
+    assert snapshot["provider_costs"] == ({"openai": float(exact)} if costs else {})
 
 
 def test_new_lines_from_any_writer_are_folded_in_and_torn_lines_wait(tmp_path: Path) -> None:
