@@ -75,7 +75,8 @@ class ProjectionJSON(TypedDict):
 
 def amount(value: Decimal, places: int = COST_PLACES) -> float:
     # With the digits the value needs: round() keeps to the context's 28, too few for 1e18 and 10 places.
-    digits = max(value.adjusted(), 0) + 1 + places
+    # One more for a carry that rounds it up to a power of ten: 9.99999999999999928 is 10.0000000000.
+    digits = max(value.adjusted(), 0) + 2 + places
     return float(value.quantize(Decimal(1).scaleb(-places), context=Context(prec=digits)))
 
 

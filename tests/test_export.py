@@ -1,15 +1,17 @@
 import csv
 import io
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 from pathlib import Path
 
 import orjson
 from cost_records import record, unpriced, write
+from hypothesis import given
+from hypothesis import strategies as st
 
 from proxy import periods
 from proxy.analysis import RECORD_FIELDS, Filters, RecordReader, summarise
-from proxy.export import summary_json, write_csv, write_json
+from proxy.export import amount, summary_json, write_csv, write_json
 from proxy.money import Exchange
 
 NOW = datetime(2026, 11, 25, 10, 30, tzinfo=UTC)
@@ -67,6 +69,21 @@ def test_json_rounds_costs_too_big_for_the_default_decimal_precision(tmp_path: P
     path = write(tmp_path / "c.jsonl", [record(total_cost=1e20), record(total_cost=3e20)])
     totals = summary_json(summarise([path]))["totals"]
     assert (totals["cost"], totals["average_cost_per_request"]) == (4e20, 2e20)
+
+
+def test_json_rounds_a_cost_up_to_a_power_of_ten(tmp_path: Path) -> None:
+    # 0.3 + 9.7 as floats is 9.9999999999999992...: to 10 places it is 10.0000000000, a digit more than
+    # the value had, which a context of just the value's digits could not hold (InvalidOperation).
+    path = write(tmp_path / "c.jsonl", [record(total_cost=0.3), record(total_cost=9.7)])
+    document = summary_json(summarise([path]))
+    assert document["totals"]["cost"] == document["by_model"]["openai/gpt-4o"]["cost"] == 10.0
+
+
+@given(st.decimals(-(10**30), 10**30, allow_nan=False), st.integers(0, 12))
+def test_amount_is_the_value_rounded_half_even_to_its_places(value: Decimal, places: int) -> None:
+    with localcontext() as context:
+        context.prec = 100
+        assert amount(value, places) == float(value.quantize(Decimal(1).scaleb(-places), ROUND_HALF_EVEN))
 
 
 def test_long_periods_are_by_day(tmp_path: Path) -> None:
