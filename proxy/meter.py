@@ -130,8 +130,13 @@ class Meter:
         stream = request.get("stream") is True or target.rest.endswith(":streamGenerateContent")
         strip = False
         # Usage is asked for in a JSON body: a form, which a chat call's never is, has no place for it.
-        json_body = boundary_of(content_type) is None
-        if self._metering and api == "chat" and stream and provider.stream_usage and json_body:
+        if (
+            self._metering
+            and api == "chat"
+            and stream
+            and provider.stream_usage
+            and boundary_of(content_type) is None
+        ):
             options = request.get("stream_options")
             if not (isinstance(options, dict) and options.get("include_usage") is True):
                 body = ask_for_usage(body, request)
