@@ -41,6 +41,9 @@ _SERVER_KEYS = {
     "body_timeout_seconds",
 }
 _PROVIDER_KEYS = {"base_url", "api_key", "timeout", "currency", "stream_usage", "kind", "models"}
+# Per 1M tokens, in any currency: far above any model's price, and low enough that a call's cost (of up to
+# 2**53 tokens) is a float, which a record can hold and a report can add up. A price past it is a typo.
+MAX_PRICE = Decimal(10**12)
 _PRICE_KEYS = {"input", "output", "cached_input", "cache_write", "cache_write_1h", "tiers"}
 _TIER_KEYS = {"above_input_tokens", "input", "output", "cached_input", "cache_write", "cache_write_1h"}
 _CLIENTS: dict[str, UpstreamClient] = {"http1": "http1", "aiohttp": "aiohttp"}
@@ -234,6 +237,9 @@ def _rates(r: ConfigReader, path: tuple[str, ...], spec: Any, *, tier: bool) -> 
             pricing.pop("above_input_tokens"), (*path, "above_input_tokens"), "a whole number of tokens"
         )
     prices = {key: r.number(value, (*path, key)) for key, value in pricing.items()}
+    for key, price in prices.items():
+        if price > MAX_PRICE:
+            raise r.fail((*path, key), f"must be at most {MAX_PRICE:,} per 1M tokens, got {price}")
     cache_write = prices.get("cache_write", prices["input"])
     return Price(
         input=prices["input"],

@@ -281,6 +281,16 @@ def test_a_price_that_is_not_finite_is_an_error(value: str, shown: str) -> None:
     )
 
 
+def test_a_price_no_model_has_is_an_error() -> None:
+    # At 1e300 per 1M tokens, a call's cost is past a float's range: its record could not be written.
+    assert error_of(priced("{input: 2.50, output: 1.0e+300}")) == message(
+        "providers.openai.models.gpt-4o.pricing.output (line 5)",
+        "must be at most 1,000,000,000,000 per 1M tokens, got 1.0E+300",
+    )
+    assert error_of(priced("{input: 2.50, output: 1000000000001}")).endswith("got 1000000000001")
+    assert parse_config(priced("{input: 2.50, output: 1000000000000}"), {}) is not None
+
+
 def test_a_missing_output_price_is_an_error() -> None:
     assert error_of(priced("{input: 2.50}")) == message(
         "providers.openai.models.gpt-4o.pricing.output (line 5)", "missing; prices are per 1M tokens"
