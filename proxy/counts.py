@@ -122,7 +122,7 @@ def count(piece: Piece, filters: Filters) -> Counts:
                 priced = cost is not None
             state: CostState
             if not priced:
-                state, units = ("forwarded" if _forwarded(record) else "unpriced"), 0
+                state, units = ("forwarded" if forwarded(record) else "unpriced"), 0
             elif cost is None:
                 state, units = "no_usage", 0
             else:
@@ -184,7 +184,7 @@ def _decode(
     return records, bad
 
 
-def _forwarded(record: CountedFields) -> bool:
+def forwarded(record: CountedFields) -> bool:
     """Whether an unpriced record is that of a call forwarded as is: its raw fields are read only here."""
     return record.model is None and forwarded_as_is(
         None, msgspec.json.decode(record.usage_source), msgspec.json.decode(record.endpoint)

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import BinaryIO, TypedDict
 
 import msgspec
+from msgspec import UNSET
 
+from proxy.counts import forwarded
 from proxy.filters import CountedFields
 from proxy.records import record_time
 
@@ -46,6 +48,7 @@ class CostStats(TypedDict):
     currency: str
     requests: int
     errors: int
+    unpriced_requests: int  # calls whose model has no price, so their cost is in no total (reports' rule)
     input_tokens: int
     output_tokens: int
     total_tokens: int
@@ -58,6 +61,7 @@ class CostStats(TypedDict):
 class _Bucket:
     requests: int = 0
     errors: int = 0
+    unpriced: int = 0
     input_tokens: int = 0
     output_tokens: int = 0
     total_tokens: int = 0
@@ -209,7 +213,11 @@ class RollingTotals:
             bucket.input_tokens += record.input_tokens
             bucket.output_tokens += record.output_tokens
             bucket.total_tokens += record.total_tokens
-            cost = record.total_cost
+            cost, priced = record.total_cost, record.priced
+            if priced is UNSET:  # an older writer's record: priced when it has a cost
+                priced = cost is not None
+            if not priced and not forwarded(record):
+                bucket.unpriced += 1
             if cost is not None:
                 key = (record.currency, record.provider, str(record.model))
                 bucket.costs[key] = add(bucket.costs.get(key, Decimal(0)), Decimal(repr(cost)))
@@ -231,6 +239,7 @@ class RollingTotals:
             currency=self.currency,
             requests=0,
             errors=0,
+            unpriced_requests=0,
             input_tokens=0,
             output_tokens=0,
             total_tokens=0,
@@ -245,6 +254,7 @@ class RollingTotals:
                 continue
             stats["requests"] += bucket.requests
             stats["errors"] += bucket.errors
+            stats["unpriced_requests"] += bucket.unpriced
             stats["input_tokens"] += bucket.input_tokens
             stats["output_tokens"] += bucket.output_tokens
             stats["total_tokens"] += bucket.total_tokens

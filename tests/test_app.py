@@ -30,6 +30,7 @@ STATS_KEYS = {
     "currency",
     "requests",
     "errors",
+    "unpriced_requests",
     "input_tokens",
     "output_tokens",
     "total_tokens",
@@ -111,6 +112,7 @@ def expected_stats() -> dict[str, Any]:
         "currency": "USD",
         "requests": 6,
         "errors": 1,
+        "unpriced_requests": 1,  # unpriced-model's call
         "input_tokens": 1000 + 100 + 1000 + 1000 + 7,
         "output_tokens": 500 + 50 + 1000 + 1000 + 3,
         "total_tokens": 1500 + 150 + 2000 + 2000 + 10,
@@ -142,6 +144,7 @@ def stats_from_file(path: Path) -> dict[str, Any]:
         "total_cost": float(total),
         "requests": len(records),
         "errors": sum(1 for r in records if r["error"] is not None or r["status_code"] >= 400),
+        "unpriced_requests": sum(1 for r in records if not r["priced"]),  # every call here is metered
         "input_tokens": sum(r["input_tokens"] for r in records),
         "output_tokens": sum(r["output_tokens"] for r in records),
         "total_tokens": sum(r["total_tokens"] for r in records),
@@ -176,6 +179,7 @@ def test_health_starts_empty(proxy: RunningProxy) -> None:
         "currency": "USD",
         "requests": 0,
         "errors": 0,
+        "unpriced_requests": 0,
         "input_tokens": 0,
         "output_tokens": 0,
         "total_tokens": 0,

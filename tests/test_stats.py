@@ -54,6 +54,33 @@ def test_sums_the_last_24_hours_exactly(tmp_path: Path) -> None:
     assert snapshot["model_costs"] == {"deepseek/deepseek-chat": 0.7, "openai/gpt-4o": 0.2}
 
 
+def test_calls_without_a_price_are_counted_apart_from_the_total(tmp_path: Path) -> None:
+    # Their cost is in no total: the count says the total leaves them out, so none reads as $0 spent.
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(
+        line(timedelta(minutes=9), total_cost=0.2, priced=True)
+        + line(timedelta(minutes=8), model="my-ft", total_cost=None, priced=False, usage_source="provider")
+        # An older writer's record, without `priced`: unpriced when it has no cost.
+        + line(timedelta(minutes=7), model="my-ft", total_cost=None)
+        # Priced, but the call failed without usage: not an unpriced model.
+        + line(timedelta(minutes=6), total_cost=None, priced=True, status_code=504, error="upstream_timeout")
+        # Forwarded as is (GET /openai/v1/files): not metered, so nothing to price.
+        + line(
+            timedelta(minutes=5),
+            model=None,
+            total_cost=None,
+            priced=False,
+            usage_source="none",
+            endpoint="/openai/v1/files",
+        )
+    )
+    snapshot = totals(path).snapshot()
+    assert (snapshot["requests"], snapshot["unpriced_requests"], snapshot["total_cost"]) == (5, 2, 0.2)
+    # A day later both have left the window, minute by minute as the other calls do.
+    later = NOW + timedelta(hours=24, minutes=-7, seconds=1)
+    assert totals(path, now=later).snapshot()["unpriced_requests"] == 0
+
+
 def test_a_record_with_1_hour_cache_writes_is_summed_as_any_other(tmp_path: Path) -> None:
     path = tmp_path / "r.jsonl"
     price = {"input": 3.0, "output": 15.0, "cached_input": 0.3, "cache_write": 3.75, "tier": None}
