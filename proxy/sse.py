@@ -191,6 +191,9 @@ class SSEScanner:
         if self._more:
             self._buf = b"".join([self._buf, *self._more])
             self._more, self._more_size = [], 0
+        if self._offset == 0 and self._buf.startswith(BOM):  # a first line never ended, cut inside its BOM
+            self._buf = self._buf[len(BOM) :]
+            self._offset = self._start = len(BOM)
         stream_end = self._offset + len(self._buf)
         if self._buf and not self._skip_line:
             self._line(self._buf.rstrip(b"\r"), stream_end, events)

@@ -236,3 +236,10 @@ def test_a_bom_at_the_stream_s_start_is_not_part_of_its_first_line_however_it_is
         # The first event starts after the BOM: what goes before it (a cost comment) leaves the BOM first.
         assert events[0].start == len(sse.BOM), cut
     assert [event.data for event in scan([b"data: a\n\n" + sse.BOM + b"data: b\n\n"])] == [b"a"]
+
+
+def test_a_bom_cut_across_reads_is_left_out_of_a_first_line_that_never_ends() -> None:
+    stream = sse.BOM + b'data: {"a":1}'  # one event, the stream ending before its line's end
+    event = SSEEvent(None, b'{"a":1}', len(sse.BOM), len(stream))
+    for cut in range(len(stream) + 1):
+        assert scan([stream[:cut], stream[cut:]]) == [event], cut
