@@ -31,13 +31,13 @@ async def relay_stream(
     record: Callable[[], None],
 ) -> list[Message]:
     """Forward an SSE stream event by event, scanning it; drop the usage chunk we asked for, and
-    put the cost comment before the stream's last event (or at the end). `record` writes the call's
-    record: it is called when that event is read, before the client can have it (the client's answer
-    is whole then). The last event is chat's [DONE], Anthropic's message_stop, the Responses API's
-    response.completed, .incomplete or .failed, an image stream's image_generation.completed or
-    image_edit.completed, a transcript's transcript.text.done, or the error that breaks a stream off (an
-    `error` event, a chat chunk with an `error`): a client may leave once it has it, before the provider
-    ends the body."""
+    put the cost comment before the stream's last event (or at the end, before any event it ends inside
+    of, which clients drop unfinished). `record` writes the call's record: it is called when that event
+    is read, before the client can have it (the client's answer is whole then). The last event is
+    chat's [DONE], Anthropic's message_stop, the Responses API's response.completed, .incomplete or
+    .failed, an image stream's image_generation.completed or image_edit.completed, a transcript's
+    transcript.text.done, or the error that breaks a stream off (an `error` event, a chat chunk with an
+    `error`): a client may leave once it has it, before the provider ends the body."""
     stream = _StreamEdit(call, strip, cost_in_response, record)
     sent = b""  # the last bytes sent: a comment may follow them directly if they end a line
     while True:
@@ -50,10 +50,7 @@ async def relay_stream(
             if chunk:
                 response.release()
                 call.response = None
-            out += stream.scan(b"")
-            if not stream.cost_noted:
-                line_ended = (out or sent)[-1:] in (b"", b"\n", b"\r")
-                out += (b"" if line_ended else b"\n") + cost_comment(call)
+            out += stream.finish(out or sent)
             call.finished = True
             return [{"type": "http.response.body", "body": out}]
         if out:
@@ -124,6 +121,24 @@ class _StreamEdit:
         events = scanner.feed(piece) if piece else scanner.finish()
         self.facts.unread = scanner.oversized
         return self._release(piece, events)
+
+    def finish(self, sent: bytes) -> bytes:
+        """What the client may have once the stream has ended (`sent`: the last bytes it was given), with
+        the cost comment if no last event took it. A stream that ends inside a block (no blank line after
+        it) has the comment put before that block: the comment's blank line would otherwise finish the
+        block, and the client would get an event the provider never finished (one it drops)."""
+        held_at = self.held_at
+        out = self.scan(b"")
+        if self.cost_noted:
+            return out
+        self.cost_noted = True
+        comment = cost_comment(self.call)
+        unfinished = self.scanner.unfinished
+        if unfinished is not None and unfinished >= held_at:  # that block is all still here, unsent
+            return out[: unfinished - held_at] + comment + out[unfinished - held_at :]
+        # Ended at a block's end, or inside an event too long to keep, its start sent: on a line of its own.
+        line_ended = (out or sent)[-1:] in (b"", b"\n", b"\r")
+        return out + (b"" if line_ended else b"\n") + comment
 
     def _edited(self, event: bytes, usage_only: bool) -> bytes:
         """An observed event the scanner has taken whole (its bytes; `usage_only`: what observing its

@@ -47,6 +47,7 @@ class SSEScanner:
         self._skip_event = False
         self.boundary = 0
         self.oversized = 0
+        self.unfinished: int | None = None  # set by finish(): where the block the stream ended inside began
 
     def _within(self) -> bool:
         """Within a line or an event, or skipping an oversized one: only the line-by-line path keeps track."""
@@ -186,7 +187,9 @@ class SSEScanner:
         return chunk[pos:]
 
     def finish(self) -> list[SSEEvent]:
-        """Dispatch what is left when the stream ends without a final blank line."""
+        """Dispatch what is left when the stream ends without a final blank line; `unfinished` is then
+        where that last block began (None: the stream ended at a block's end). An SSE client drops such
+        a block: it is read here for what it tells, but nothing may follow it that would finish it."""
         events: list[SSEEvent] = []
         if self._more:
             self._buf = b"".join([self._buf, *self._more])
@@ -199,6 +202,7 @@ class SSEScanner:
             self._line(self._buf.rstrip(b"\r"), stream_end, events)
         self._buf = b""
         self._offset = stream_end
+        self.unfinished = self._start if self._start < stream_end else None
         self._line(b"", stream_end, events)
         return events
 

@@ -573,6 +573,33 @@ def test_a_stream_the_provider_ends_with_an_error_event_is_recorded_at_it_as_a_s
         assert record["input_tokens"] == start["message"]["usage"]["input_tokens"]
 
 
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(["chat", "anthropic", "responses", "images", "transcriptions"]), st.data())
+def test_a_stream_whose_body_ends_anywhere_gives_the_client_no_event_it_would_not_have_had(
+    api: Api, data: st.DataObject
+) -> None:
+    """A body may end inside an event (a provider, or a body without a length whose connection closes
+    early): SSE clients drop that unfinished event. The cost comment still comes, once, with the record's
+    cost, but never finishes that event with its blank line: the client reads the events it would have
+    read from the provider (less the usage chunk we asked for), and the provider's bytes around it."""
+    stream = data.draw(STREAMS[api]())
+    whole = stream.bytes()
+    body = whole[: data.draw(st.integers(0, len(whole)))]
+    strip = api == "chat" and data.draw(st.booleans())
+    reads = data.draw(reads_of(body)) if body else []
+    relayed = Relayed(reads, api, strip=strip, cost_in_response=True, ends_known=data.draw(st.booleans()))
+    received = relayed.client.body
+    (comment,) = COMMENT.finditer(received)
+    assert cost_of(comment.group())["total_cost"] == relayed.record["total_cost"]
+    expected = spec_events(body)
+    if strip:
+        (usage,) = spec_events(stream.blocks[usage_block(stream)])
+        expected = [event for event in expected if event != usage]
+    else:
+        assert received[: comment.start()] + received[comment.end() :] == body
+    assert spec_events(received) == expected
+
+
 # Bodies read whole, and bodies passed through.
 
 

@@ -237,18 +237,24 @@ def test_a_stream_cut_off_is_estimated_from_every_event_it_delivered_whatever_th
     assert (record["input_tokens"], record["output_tokens"]) == (PROMPT, events)
 
 
-def test_a_stream_that_ends_inside_a_line_gets_its_cost_comment_on_a_line_of_its_own() -> None:
+def test_a_stream_that_ends_inside_an_event_gets_its_cost_comment_before_that_event() -> None:
+    """The comment's blank line would finish the event, which the client drops unfinished; one that ends
+    inside a line too long to keep, whose start the client has, gets the comment on a line of its own."""
     usage = b'"input_tokens": 0, "output_tokens": 0}\n\n'
     comment = b': meterproxy-cost {"total_cost": null, "currency": "USD", ' + usage
-    cut = chunk("a", b"\n") + b'data: {"id": "chatcmpl-x", "choices": []}'  # no newline, no [DONE]
+    first, last = chunk("a", b"\n"), b'data: {"id": "chatcmpl-x", "choices": []}'  # no newline, no [DONE]
     ended = chunk("a", b"\n") + chunk("b", b"\n")
+    long = first + b"data: " + b"x" * (LIMIT + 10)
     for pieces, expected in (
-        ([cut], cut + b"\n" + comment),
-        (split(cut, [len(cut) - 5]), cut + b"\n" + comment),
+        ([first + last], first + comment + last),
+        (split(first + last, [len(first) + 5]), first + comment + last),
+        ([first + last + b"\n"], first + comment + last + b"\n"),
         ([ended], ended + comment),
         (split(ended, [len(ended) // 2]), ended + comment),
+        (split(long, [len(first) + 10]), long + b"\n" + comment),
     ):
-        assert through_the_meter(pieces, cost_in_response=True)[0] == expected, pieces
+        with mock.patch.object(sse, "MAX_LINE", LIMIT):
+            assert through_the_meter(pieces, cost_in_response=True)[0] == expected, pieces
 
 
 def big_stream(nl: bytes) -> tuple[bytes, bytes]:

@@ -243,3 +243,24 @@ def test_a_bom_cut_across_reads_is_left_out_of_a_first_line_that_never_ends() ->
     event = SSEEvent(None, b'{"a":1}', len(sse.BOM), len(stream))
     for cut in range(len(stream) + 1):
         assert scan([stream[:cut], stream[cut:]]) == [event], cut
+
+
+def test_finish_says_where_the_block_the_stream_ended_inside_began_however_it_is_cut() -> None:
+    cases = [
+        (b"data: a\n\ndata: b", 9),
+        (b"data: a\n\ndata: b\n", 9),
+        (b"data: a\n\nid: 7\n: keep-alive\n", 9),
+        (b"data: a\r\n\r\ndata: b\r\n", 11),
+        (sse.BOM + b"data: a", len(sse.BOM)),  # the block begins after the BOM
+        (b"data: a\n\n", None),
+        (b"data: a\r\r", None),  # a CR at the end is a line's end: no LF can come after it
+        (b"", None),
+    ]
+    for stream, unfinished in cases:
+        for cut in range(len(stream) + 1):
+            scanner = SSEScanner()
+            for piece in (stream[:cut], stream[cut:]):
+                if piece:
+                    scanner.feed(piece)
+            scanner.finish()
+            assert scanner.unfinished == unfinished, (stream, cut)
