@@ -134,10 +134,12 @@ class _StreamEdit:
         self.cost_noted = True
         comment = cost_comment(self.call)
         unfinished = self.scanner.unfinished
-        if unfinished is not None and unfinished >= held_at:  # that block is all still here, unsent
+        if unfinished is None:  # ended at a block's end (a stream of a BOM alone too)
+            return out + comment
+        if unfinished >= held_at:  # that block is all still here, unsent
             return out[: unfinished - held_at] + comment + out[unfinished - held_at :]
-        # Ended at a block's end, or inside an event too long to keep, its start sent: on a line of its own.
-        line_ended = (out or sent)[-1:] in (b"", b"\n", b"\r")
+        # Ended inside an event too long to keep, whose start the client has: on a line of its own.
+        line_ended = (out or sent)[-1:] in (b"\n", b"\r")
         return out + (b"" if line_ended else b"\n") + comment
 
     def _edited(self, event: bytes, usage_only: bool) -> bytes:

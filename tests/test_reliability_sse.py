@@ -252,6 +252,7 @@ def test_a_stream_that_ends_inside_an_event_gets_its_cost_comment_before_that_ev
         ([ended], ended + comment),
         (split(ended, [len(ended) // 2]), ended + comment),
         (split(long, [len(first) + 10]), long + b"\n" + comment),
+        ([sse.BOM[:1], sse.BOM[1:]], sse.BOM + comment),  # no block at all: no line to end
     ):
         with mock.patch.object(sse, "MAX_LINE", LIMIT):
             assert through_the_meter(pieces, cost_in_response=True)[0] == expected, pieces
