@@ -78,6 +78,7 @@ def usage_from_openai(usage: Any) -> Usage | None:
         return None
     prompt = _count(usage, "prompt_tokens")
     completion = _count(usage, "completion_tokens")
+    total = _count(usage, "total_tokens") or prompt + completion
     details = _details(usage, "prompt_tokens_details")
     cached = _count(details, "cached_tokens", "prompt_tokens_details.")
     hits = _count(usage, "prompt_cache_hit_tokens")
@@ -85,17 +86,30 @@ def usage_from_openai(usage: Any) -> Usage | None:
     reasoning = _count(
         _details(usage, "completion_tokens_details"), "reasoning_tokens", "completion_tokens_details."
     )
+    output, reasoning = _chat_output(prompt, completion, total, reasoning)
     cost = usage.get("cost")
     return Usage(
         input_tokens=prompt,
-        output_tokens=completion,
-        total_tokens=_count(usage, "total_tokens") or prompt + completion,
+        output_tokens=output,
+        total_tokens=total,
         cached_tokens=cached or hits or moonshot,
         cache_write_tokens=_count(details, "cache_write_tokens", "prompt_tokens_details.")
         or _count(details, "cache_creation_input_tokens", "prompt_tokens_details."),
         reasoning_tokens=reasoning,
         provider_cost=float(cost) if isinstance(cost, (int, float)) and not isinstance(cost, bool) else None,
     )
+
+
+def _chat_output(prompt: int, completion: int, total: int, reasoning: int) -> tuple[int, int]:
+    """A chat usage's output and reasoning tokens. OpenAI counts reasoning inside completion_tokens, so
+    total_tokens is prompt plus completion. Some providers leave reasoning out of completion_tokens and
+    count it in total_tokens only: Google's OpenAI-compatible endpoint says nowhere else how much it
+    thought, and xAI gives it as reasoning_tokens beside completion_tokens. Both bill it as output: the
+    tokens the total counts past the prompt and completion are output, and reasoning."""
+    unreported = total - prompt - completion
+    if unreported <= 0:
+        return completion, reasoning
+    return completion + unreported, max(reasoning, unreported)
 
 
 def usage_from_responses(usage: Any) -> Usage | None:
@@ -235,14 +249,17 @@ class _ChatUsage(msgspec.Struct):
         """As usage_from_openai reads the same fields."""
         prompt = self.prompt_tokens or 0
         completion = self.completion_tokens or 0
+        total = self.total_tokens or prompt + completion
         details = self.prompt_tokens_details or _NO_DETAILS
+        reasoning = (self.completion_tokens_details or _NO_REASONING).reasoning_tokens or 0
+        output, reasoning = _chat_output(prompt, completion, total, reasoning)
         return Usage(
             input_tokens=prompt,
-            output_tokens=completion,
-            total_tokens=self.total_tokens or prompt + completion,
+            output_tokens=output,
+            total_tokens=total,
             cached_tokens=details.cached_tokens or self.prompt_cache_hit_tokens or self.cached_tokens or 0,
             cache_write_tokens=details.cache_write_tokens or details.cache_creation_input_tokens or 0,
-            reasoning_tokens=(self.completion_tokens_details or _NO_REASONING).reasoning_tokens or 0,
+            reasoning_tokens=reasoning,
             provider_cost=self.cost,
         )
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Any
 
 import pytest
 from conftest import MakeConfig, ProxyLauncher, RunningProxy, only, pick
@@ -18,7 +19,7 @@ from test_providers import (
     fixture,
     split_cost_comment,
 )
-from upstream_stub import Reply, Stream, UpstreamStub
+from upstream_stub import SSE_DONE, Reply, Stream, UpstreamStub, sse
 
 PROVIDER_KEY = "AIzaSyProviderCanary-5b2e"
 GENERATE = fixture("gemini_generate_content.json")
@@ -225,6 +226,69 @@ def test_openai_compatible_gemini_path_is_priced_as_chat(
     }
     assert pick(record, expected) == expected
     assert raw.headers.get("x-meterproxy-cost") == "0.004441"
+
+
+def test_thinking_left_out_of_completion_tokens_on_the_openai_compatible_path_is_priced_as_output(
+    providers_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    # Google's OpenAI-compatible endpoint streams a running usage in every chunk whose completion_tokens
+    # leave the thinking out, while total_tokens counts it (9 + 1 of 103 here), and no reasoning count
+    # says so: https://discuss.ai.google.dev/t/endpoint-https-generativelanguage-googleapis-com-v1beta-openai-chat-completions-is-not-compliant-with-api-specs/127400
+    # Google bills thinking as output (https://ai.google.dev/gemini-api/docs/pricing: "including
+    # thinking tokens").
+    def chunk(delta: dict[str, Any], usage: dict[str, int], finish: str | None = None) -> bytes:
+        choice: dict[str, Any] = {"delta": delta, "index": 0}
+        if finish is not None:
+            choice["finish_reason"] = finish
+        return sse(
+            {
+                "choices": [choice],
+                "created": 1772149571,
+                "id": "Q9ugadePBtbAqtsPx5e1iAE",
+                "model": "gemini-2.5-flash",
+                "object": "chat.completion.chunk",
+                "usage": usage,
+            }
+        )
+
+    stream = [
+        chunk(
+            {"content": "1", "role": "assistant"},
+            {"completion_tokens": 1, "prompt_tokens": 9, "total_tokens": 103},
+        ),
+        chunk(
+            {"content": ", 2", "role": "assistant"},
+            {"completion_tokens": 4, "prompt_tokens": 9, "total_tokens": 106},
+        ),
+        chunk(
+            {"role": "assistant"}, {"completion_tokens": 4, "prompt_tokens": 9, "total_tokens": 106}, "stop"
+        ),
+        SSE_DONE,
+    ]
+    stub.push(Stream(stream))
+    response = providers_proxy.post_json(
+        "/gemini/v1/chat/completions",
+        {
+            "model": "gemini-2.5-flash",
+            "messages": [{"role": "user", "content": "Count to 2."}],
+            "stream": True,
+        },
+    )
+
+    before, comment, after = split_cost_comment(response.body)
+    assert (before, after) == (b"".join(stream[:-1]), SSE_DONE)
+    record = only(providers_proxy.wait_records(1))
+    # 9 * 0.30 + (4 + 93 thinking) * 2.50 per 1M
+    expected = {
+        **costs([(9, "0.30")], [(97, "2.50")]),
+        "input_tokens": 9,
+        "output_tokens": 97,
+        "reasoning_tokens": 93,
+        "total_tokens": 106,
+        "usage_source": "provider",
+    }
+    assert pick(record, expected) == expected
+    assert comment["output_tokens"] == 97
 
 
 def test_pass_through_callers_are_told_apart_by_their_gemini_key_in_header_or_query(

@@ -35,6 +35,26 @@ def test_cache_write_tokens() -> None:
     assert usage == Usage(50, 5, 55, cache_write_tokens=30)
 
 
+def test_reasoning_that_only_the_total_counts_is_output() -> None:
+    # Google's OpenAI-compatible endpoint: completion_tokens without the thinking, total_tokens with it,
+    # no reasoning count (https://discuss.ai.google.dev/t/endpoint-https-generativelanguage-googleapis-com-v1beta-openai-chat-completions-is-not-compliant-with-api-specs/127400).
+    gemini = {"completion_tokens": 1, "prompt_tokens": 9, "total_tokens": 103}
+    assert usage_from_openai(gemini) == Usage(9, 94, 103, reasoning_tokens=93)
+    # xAI: "The reasoning token count is outputted in the reasoning_tokens field, separated from the
+    # completion_tokens" (https://docs.cloud.google.com/vertex-ai/generative-ai/docs/partner-models/grok/capabilities/reasoning).
+    xai = {
+        "prompt_tokens": 36,
+        "completion_tokens": 10,
+        "total_tokens": 736,
+        "completion_tokens_details": {"reasoning_tokens": 690},
+    }
+    assert usage_from_openai(xai) == Usage(36, 700, 736, reasoning_tokens=690)
+    for usage in (gemini, xai):
+        typed = chat_message(orjson.dumps({"choices": [], "usage": usage}))
+        assert typed is not None and typed.usage is not None
+        assert typed.usage.usage() == usage_from_openai(usage)
+
+
 def test_not_json_or_not_an_object_gives_none() -> None:
     assert facts_from_body(b"<html>502 Bad Gateway</html>", "chat") is None
     assert facts_from_body(b'{"truncated": ', "chat") is None
