@@ -112,7 +112,7 @@ class ConfigReader:
     def number(self, value: Any, path: tuple[str, ...], *, positive: bool = False) -> Decimal:
         value = self.scalar(value, path)
         if isinstance(value, bool) or not isinstance(value, (int, float, Decimal)):
-            raise self.fail(path, f"must be a number, got {show(value)}")
+            raise self.fail(path, f"must be a number, got {show(value)}{_as_text_hint(value)}")
         # A float is a default here, or .inf or .nan from the file; repr() is its shortest round-trip form:
         # 2.5 -> Decimal('2.5'), not 2.5000000000000000001.
         number = Decimal(repr(value)) if isinstance(value, float) else Decimal(value)
@@ -148,6 +148,18 @@ def show(value: Any) -> str:
     if isinstance(value, Decimal):
         return f"float {value}"
     return f"{type(value).__name__} {value!r}" if value is not None else "nothing"
+
+
+def _as_text_hint(value: Any) -> str:
+    """Why a number YAML left as text is not one: quoted, or an exponent YAML 1.1 does not take (it reads
+    1e-6 and 1.5e6 as text, only 1.5e-6 and 1.5e+6 as numbers), which looks like a number to its writer."""
+    try:
+        number = Decimal(value) if isinstance(value, str) else None
+    except InvalidOperation:
+        return ""
+    if number is None or not number.is_finite():
+        return ""
+    return "; YAML reads this as text: write the number unquoted, in plain decimals (0.000001, not 1e-6)"
 
 
 def line_map(node: yaml.Node | None, source: str) -> dict[tuple[str, ...], int]:

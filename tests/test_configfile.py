@@ -258,11 +258,25 @@ def test_a_negative_price_is_an_error() -> None:
 
 @pytest.mark.parametrize(
     ("value", "shown"),
-    [("'2.50'", "str '2.50'"), ("$2.50", "str '$2.50'"), ("2.50 USD", "str '2.50 USD'")],
+    [("$2.50", "str '$2.50'"), ("2.50 USD", "str '2.50 USD'")],
 )
 def test_a_price_given_as_text_is_an_error(value: str, shown: str) -> None:
     assert error_of(priced(f"{{input: {value}, output: 10.00}}")) == message(
         "providers.openai.models.gpt-4o.pricing.input (line 5)", f"must be a number, got {shown}"
+    )
+
+
+AS_TEXT = "YAML reads this as text: write the number unquoted, in plain decimals (0.000001, not 1e-6)"
+
+
+@pytest.mark.parametrize("value", ["'2.50'", "1e-6", "1.5e6", "1E6"])
+def test_a_price_yaml_reads_as_text_says_how_to_write_it(value: str) -> None:
+    # YAML 1.1 reads an exponent without a point and a sign (1e-6, 1.5e6) as text: it looks like a
+    # number to whoever wrote it, so the error says what YAML takes, not only that it got a str.
+    shown = value.strip("'")
+    assert error_of(priced(f"{{input: {value}, output: 10.00}}")) == message(
+        "providers.openai.models.gpt-4o.pricing.input (line 5)",
+        f"must be a number, got str '{shown}'; {AS_TEXT}",
     )
 
 
@@ -369,7 +383,7 @@ def test_the_1_hour_cache_write_price_defaults_to_cache_write_and_is_kept_when_g
     ("value", "problem"),
     [
         ("-6", "must be a non-negative number, got int -6"),
-        ("'6.00'", "must be a number, got str '6.00'"),
+        ("'6.00'", f"must be a number, got str '6.00'; {AS_TEXT}"),
         ("true", "must be a number, got bool True"),
         (".inf", "must be a non-negative number, got float inf"),
     ],
@@ -633,7 +647,7 @@ def test_the_body_timeout_defaults_to_30_seconds_and_can_be_set() -> None:
     [
         ("0", "must be a positive number, got int 0"),
         ("-1", "must be a positive number, got int -1"),
-        ("'30'", "must be a number, got str '30'"),
+        ("'30'", f"must be a number, got str '30'; {AS_TEXT}"),
         ("true", "must be a number, got bool True"),
         (".inf", "must be a positive number, got float inf"),
         ("1.0e+400", "must be a positive number, got float 1.0E+400"),
