@@ -81,6 +81,10 @@ def parse_config(
         mark = getattr(exc, "problem_mark", None)
         at = f" (line {mark.line + 1})" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc)
+        # YAML takes an unquoted ${VAR} in a {...} or [...] for a nested mapping and fails on its brace,
+        # where the README's `port: ${PORT:-9002}` meets the shipped config's `server: {...}`.
+        if mark is not None and text[mark.index - 1 : mark.index + 1] == "${":
+            problem += '; a ${VAR} inside {...} or [...] must be quoted: "${VAR}"'
         raise ConfigError(f"{source}{at}: not valid YAML: {problem}") from exc
     r = ConfigReader(source, line_map(node, source), environ, keep_unset)
     if data is None:

@@ -158,6 +158,18 @@ def test_bad_yaml_reports_its_line() -> None:
     assert error_of(text) == "team.yml (line 2): not valid YAML: expected ',' or '}', but got ':'"
 
 
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("server: {host: 127.0.0.1, port: ${PORT:-9002}}\n", "(line 1): not valid YAML: expected ',' or '}'"),
+        ("server:\n  port: 9002\nx: [${X}]\n", "(line 3): not valid YAML: expected ',' or ']'"),
+    ],
+)
+def test_an_unquoted_variable_in_braces_or_brackets_says_to_quote_it(text: str, problem: str) -> None:
+    quote = 'a ${VAR} inside {...} or [...] must be quoted: "${VAR}"'
+    assert error_of(text) == f"team.yml {problem}, but got '{{'; {quote}"
+
+
 def test_a_tab_in_the_indentation_reports_its_line() -> None:
     assert error_of("providers:\n\topenai: {}\n") == (
         "team.yml (line 2): not valid YAML: found character '\\t' that cannot start any token"
