@@ -299,5 +299,29 @@ def estimate_usage(request: dict[str, Any], content_events: int, partial: Usage 
             output_tokens=content_events, total_tokens=partial.input_tokens + content_events
         )
     prompt = request.get("messages", request.get("input", request.get("contents", request.get("prompt", ""))))
-    input_tokens = (len(orjson.dumps(prompt)) + 3) // 4
+    input_tokens = (_json_size(prompt) + 3) // 4
     return Usage(input_tokens, content_events, input_tokens + content_events)
+
+
+def _json_size(value: Any) -> int:
+    """The length of `value` as compact JSON. orjson reads JSON nested up to 1,024 levels but writes only
+    254, so a request nested deeper (a client's prompt) is measured a part at a time, without recursion:
+    written whole, it raised while its call's record was being built, and the call went unrecorded."""
+    try:
+        return len(orjson.dumps(value))
+    except orjson.JSONEncodeError:
+        pass
+    size = 0
+    parts = [value]
+    while parts:
+        part = parts.pop()
+        if isinstance(part, dict):
+            size += 2 + max(2 * len(part) - 1, 0)  # the braces, a colon per key, the commas between
+            size += sum(len(orjson.dumps(key)) for key in part)
+            parts.extend(part.values())
+        elif isinstance(part, list):
+            size += 2 + max(len(part) - 1, 0)  # the brackets, the commas between
+            parts.extend(part)
+        else:
+            size += len(orjson.dumps(part))
+    return size

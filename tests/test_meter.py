@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import http.client
 import json
@@ -1019,6 +1020,46 @@ def test_upstream_reset_mid_stream_errors_the_client_stream_and_records_usage_so
         "output_tokens": 1,
         "usage_source": "provider",
         "total_cost": per_million((10, "0.15"), (1, "0.60")),
+    }
+    assert pick(record, expected) == expected
+
+
+def test_a_cut_stream_whose_prompt_nests_deeper_than_orjson_writes_is_still_recorded_estimated(
+    proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    # orjson reads JSON nested up to 1,024 levels but writes only 254: the estimate of a cut stream's
+    # prompt measured it with orjson, raised, and the call was never recorded.
+    nested: Any = "Say hello"
+    for _ in range(300):
+        nested = [nested]
+    messages = [{"role": "user", "content": nested}]
+    stub.push(Stream(RUNNING_USAGE[:1] + [chunk({"content": "Hel"})], cut_after=2))
+
+    async def call() -> bytes:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{proxy.url}/v1/chat/completions",
+                json={"model": "gpt-4o-mini", "messages": messages, "stream": True},
+                headers={"authorization": f"Bearer {CLIENT_KEY}"},
+            ) as response,
+        ):
+            received = b""
+            with contextlib.suppress(aiohttp.ClientPayloadError):
+                while data := await asyncio.wait_for(response.content.readany(), 10):
+                    received += data
+            return received
+
+    assert asyncio.run(call()) == RUNNING_USAGE[0] + chunk({"content": "Hel"})
+    record = only(proxy.wait_records(1))
+    prompt = (len(json.dumps(messages, separators=(",", ":"))) + 3) // 4
+    expected = {
+        "status_code": 200,
+        "error": "upstream_reset",
+        "usage_source": "estimated",
+        "input_tokens": prompt,
+        "output_tokens": 2,
+        "total_cost": per_million((prompt, "0.15"), (2, "0.60")),
     }
     assert pick(record, expected) == expected
 
