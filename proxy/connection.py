@@ -85,7 +85,9 @@ class Connection(asyncio.Protocol):
             self.pool.forget(self)
             return
         if not self._complete:
-            if self._until_close:  # a body without length or chunking ends with the connection
+            # A body without length or chunking ends with the connection, unless the connection failed
+            # (a reset): then it is cut (RFC 9112 section 6.3), not whole.
+            if self._until_close and exc is None:
                 self._complete = True
                 self._wake()
             else:

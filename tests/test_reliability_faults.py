@@ -17,6 +17,7 @@ import re
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -35,6 +36,7 @@ from conftest import (
     RunningProxy,
     free_port,
     health_totals,
+    only,
     pick,
     proxy_env,
     read_records,
@@ -606,6 +608,78 @@ async def exchange(port: int, request: bytes) -> tuple[int, bytes, bool]:
         body += rest[line_end + 2 : line_end + 2 + size]
         rest = rest[line_end + 2 + size + 2 :]
     return int(head.split(b" ", 2)[1]), body, False
+
+
+@contextlib.contextmanager
+def ending_with_the_connection(head: bytes, body: bytes, reset: bool, go: threading.Event) -> Iterator[int]:
+    """A provider on loopback that answers one call with `head` and `body`, a body that has neither a
+    length nor chunks and so ends with its connection; once `go` is set it closes that connection, or
+    with `reset`, resets it (SO_LINGER 0: an RST, not a FIN). Its port."""
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def serve() -> None:
+        try:
+            connection, _ = server.accept()
+        except OSError:
+            return  # the test ended before the proxy called
+        request = b""
+        while b"\r\n\r\n" not in request:
+            request += connection.recv(65536)
+        head_part, _, sent = request.partition(b"\r\n\r\n")
+        declared = re.search(rb"(?i)\r\ncontent-length: *(\d+)", head_part)
+        # The request is read whole: a close with bytes left unread would be a reset too.
+        while declared is not None and len(sent) < int(declared[1]):
+            sent += connection.recv(65536)
+        connection.sendall(head + body)
+        go.wait(30)
+        if reset:
+            connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        connection.close()
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield server.getsockname()[1]
+    finally:
+        go.set()
+        server.shutdown(socket.SHUT_RDWR)  # wakes an accept() still under way (Linux)
+        server.close()
+        thread.join(5)
+
+
+@pytest.mark.parametrize("reset", [False, True], ids=["closed", "reset"])
+def test_a_stream_that_ends_with_its_connection_is_cut_by_a_reset_and_whole_at_a_close(
+    launch: ProxyLauncher, make_config: MakeConfig, reset: bool
+) -> None:
+    """A body with neither a length nor chunks ends when its connection does (RFC 9112 section 6.3), but
+    not when the connection fails: a reset there cuts it. It was taken for the body's end, so the client
+    got a stream that looked whole and the record said the call had ended well."""
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n\r\n"
+    go = threading.Event()
+    with ending_with_the_connection(head, FIRST_TWO, reset, go) as port:
+        provider = {"base_url": f"http://127.0.0.1:{port}/v1"}
+        proxy = launch(
+            make_config(features={"cost_in_response": {"enabled": False}}, providers={"openai": provider})
+        )
+
+        async def call() -> tuple[bytes, bool]:
+            async with aiohttp.ClientSession() as session:
+                response = await open_stream(session, proxy)
+                go.set()
+                return await read_rest(response)
+
+        rest, whole = asyncio.run(call())
+
+    assert (rest, whole) == (b"", not reset)
+    record = only(proxy.wait_records(1))
+    expected = {
+        "status_code": 200,
+        "error": "upstream_reset" if reset else None,
+        "input_tokens": 10,
+        "output_tokens": 1,
+        "usage_source": "provider",
+    }
+    assert pick(record, expected) == expected
 
 
 # --- 7. A 200 that is not what it should be -------------------------------------------------------
