@@ -25,6 +25,8 @@ class Bill(NamedTuple):
     cost: Cost | None  # None: unpriced, or usage unknown
     error: CallError | None
     facts: ResponseFacts | None
+    # Why the answer could not be read or priced (a bug: the ledger logs it); its usage is then unknown.
+    broken: Exception | None = None
 
 
 class Call:
@@ -71,9 +73,19 @@ class Call:
     def settle(self) -> Bill:
         """Usage, price and cost from what the call has seen; worked out again only when that changed."""
         if self._bill is None or self._state() != self._bill_key:
-            self._bill = self._settle()
+            try:
+                self._bill = self._settle()
+            except Exception as exc:  # any bug in reading the answer: the call keeps its answer and record
+                self._bill = self._unread(exc)
             self._bill_key = self._state()
         return self._bill
+
+    def _unread(self, exc: Exception) -> Bill:
+        """The bill of a call whose answer could not be read or priced: a bug, which must cost the client
+        neither its answer nor the call its record. Its usage is unknown, so its cost too (never 0)."""
+        error: CallError | None = "client_disconnected" if self.gone else self.error
+        price = find_price(self.provider, self.model, None) if self.model else None
+        return Bill(_NO_USAGE, "none", price, None, error, None, exc)
 
     def _state(self) -> tuple[Any, ...]:
         facts = self.facts

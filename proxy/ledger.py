@@ -35,6 +35,12 @@ class Ledger:
             return
         call.recorded = True
         bill = call.settle()
+        if bill.broken is not None:
+            log.error(
+                "the answer of %s could not be read for its usage: it is recorded without usage",
+                call.proxy_id,
+                exc_info=bill.broken,
+            )
         if isinstance(bill.facts, StreamFacts) and bill.facts.malformed:
             log.warning("%d malformed data lines in the stream of %s", bill.facts.malformed, call.proxy_id)
         if isinstance(bill.facts, StreamFacts) and bill.facts.unread:

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import pytest
 
+from proxy import calls
 from proxy.calls import Call
 from proxy.configfile import parse_config
 from proxy.ledger import UNPRICED_KEPT, Ledger
@@ -44,6 +45,29 @@ def test_a_call_is_recorded_once_however_often_it_is_accounted(tmp_path: Path) -
     (record,) = lines(writer.path)
     # 1000 * 2 / 1M + 100 * 8 / 1M
     assert (record["request_id"], record["input_cost"], record["output_cost"]) == ("c1", 0.002, 0.0008)
+
+
+def test_a_call_whose_answer_cannot_be_read_is_recorded_without_usage(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A bug in reading or pricing an answer: the call is still recorded, its usage unknown (costs null,
+    # never 0), and the log says why, once.
+    def broken(body: bytes, api: str) -> None:
+        raise RuntimeError("a bug in reading usage")
+
+    monkeypatch.setattr(calls, "facts_from_body", broken)
+    writer, ledger, call = RecordWriter(tmp_path / "r.jsonl"), Ledger(enabled=True), answered("m")
+    with caplog.at_level(logging.ERROR, logger="meterproxy"):
+        ledger.account(writer, call)
+
+    (record,) = lines(writer.path)
+    assert (record["status_code"], record["error"], record["usage_source"]) == (200, None, "none")
+    assert (record["input_tokens"], record["total_cost"], record["priced"]) == (0, None, True)
+    (entry,) = caplog.records
+    assert entry.getMessage() == (
+        "the answer of id could not be read for its usage: it is recorded without usage"
+    )
+    assert entry.exc_info is not None and str(entry.exc_info[1]) == "a bug in reading usage"
 
 
 def test_without_cost_tracking_nothing_is_written(tmp_path: Path) -> None:

@@ -14,12 +14,13 @@ from collections.abc import Callable
 from typing import Any
 from unittest import mock
 
+import pytest
 from conftest import Reads
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from starlette.types import Message
 
-from proxy import relay
+from proxy import calls, relay
 from proxy.calls import Call, decimal_text
 from proxy.configfile import parse_config
 from proxy.facts import ResponseFacts, StreamFacts
@@ -643,6 +644,25 @@ def header(client: Client, name: bytes) -> bytes | None:
     values = [value for key, value in start["headers"] if key == name]
     assert len(values) <= 1
     return values[0] if values else None
+
+
+def test_an_answer_whose_usage_cannot_be_read_goes_to_the_client_whole_without_a_cost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A bug in reading the usage must cost the client nothing: its answer as sent, no cost header.
+    def broken(body: bytes, api: Api) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(calls, "facts_from_body", broken)
+    body = chat_body(False, 10, 5)
+    call = new_call("chat", stream=False)
+    client, _ = run_whole_body([body], call, len(body), cost_in_response=True)
+    assert client.body == body
+    assert header(client, b"x-meterproxy-cost") is None
+    bill = call.settle()
+    assert (bill.usage.input_tokens, bill.source, bill.cost) == (0, "none", None)
+    assert bill.price is not None
+    assert isinstance(bill.broken, RuntimeError)
 
 
 @settings(max_examples=60, deadline=None)
