@@ -15,7 +15,7 @@ from typing import Any
 import msgspec
 from msgspec import UNSET
 
-from proxy.filters import CountedFields, Filters
+from proxy.filters import NOT_COUNTED_FIELDS, CountedFields, Filters, decode_counted, is_utf8
 from proxy.money import UNIT_SCALE
 from proxy.periods import Period
 from proxy.records import STAMP_LAYOUT, record_time
@@ -164,10 +164,10 @@ def _decode(
     and no blank line, which would even out two records on another line): else, and after a bad line,
     the block is decoded line by line, passing over lines outside the period unread.
     """
-    if window is None or window.holds_ends(block):
+    if (window is None or window.holds_ends(block)) and is_utf8(block):
         try:
             records = decoder.decode_lines(block)
-        except msgspec.DecodeError:
+        except NOT_COUNTED_FIELDS:
             pass
         else:
             if len(records) == _line_count(block) and not _has_blank_line(block):
@@ -176,11 +176,11 @@ def _decode(
     for line in io.BytesIO(block):
         if window is not None and window.passes_over(line):
             continue
-        try:
-            records.append(decoder.decode(line))
-        except msgspec.DecodeError:
-            if line.strip():
-                bad += 1
+        record = decode_counted(decoder, line)
+        if record is not None:
+            records.append(record)
+        elif line.strip():
+            bad += 1
     return records, bad
 
 

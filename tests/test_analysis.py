@@ -135,6 +135,32 @@ def test_corrupt_lines_are_skipped_and_counted(tmp_path: Path) -> None:
     assert reader.skipped == 8
 
 
+def test_lines_that_are_not_utf8_or_nest_past_the_recursion_limit_are_skipped_and_counted(
+    tmp_path: Path,
+) -> None:
+    # A write cut inside a character of a model name, joined by the next record, once stopped every report
+    # but CSV and detailed with a traceback: msgspec reads UTF-8 only in the strings it builds, and raises
+    # UnicodeDecodeError there (RecursionError past the nesting Python allows), not a DecodeError.
+    whole = orjson.dumps(record(model="qwen-通义", total_cost=0.25))
+    torn = whole[: whole.index("义".encode()) + 1]
+    not_utf8 = whole.replace(b'"127.0.0.1"', b'"127.0.0.\xff"')  # in a field not counted: not JSON either
+    nested = b'{"timestamp":"2026-11-23T10:30:00.000000Z","price":' + b"[" * 5000 + b"]" * 5000 + b"}"
+    path = write(
+        tmp_path / "c.jsonl", [whole + b"\n", torn + whole + b"\n", not_utf8 + b"\n", nested + b"\n", whole]
+    )
+    for filters in (Filters(), Filters(periods.between("2026-11-23", "2026-11-23"))):
+        for workers in (1, 2):
+            summary = summarise([path], filters, workers=workers, parallel_min_bytes=1)
+            assert (summary.totals.requests, cost(summary.totals), summary.skipped_lines) == (
+                2,
+                Decimal("0.5"),
+                3,
+            )
+            assert list(summary.by_model) == ["openai/qwen-通义"]
+        reader = RecordReader([path], filters)
+        assert (len(list(reader)), reader.skipped) == (2, 3)
+
+
 def test_lines_stamped_outside_the_period_are_not_counted_as_skipped_by_either_reader(tmp_path: Path) -> None:
     # A CSV of yesterday once noted the torn lines of every day, where the summary noted yesterday's.
     torn = b'{"timestamp":"2026-11-%sT10:30:00.000000Z","request_id":"torn\n'

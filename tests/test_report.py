@@ -250,6 +250,20 @@ def test_a_record_whose_timestamp_is_not_a_time_is_skipped(
     assert run(["--all", "-q"], capsys)[1] == "1650\t3.150000\t4\n"
 
 
+def test_a_line_torn_inside_a_character_is_skipped_by_every_format(
+    records: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Cut inside the "义" of a model name and joined by the next record: a traceback but for csv and detailed.
+    whole = orjson.dumps(record("2026-11-25T10:00:00.000000Z", model="qwen-通义", total_cost=5.0))
+    write(records, [*RECORDS, whole[: whole.index("义".encode()) + 1] + whole + b"\n"])
+    for fmt in ("summary", "hourly", "json", "csv", "detailed"):
+        code, out, err = run(["--all", "--format", fmt], capsys)
+        assert (code, err) == (0, "note: skipped 2 lines that are not whole JSON records\n")
+        assert "通义" not in out
+    assert run(["--today", "-q"], capsys)[1] == "1650\t3.150000\t4\n"
+    assert run(["--budget"], capsys)[0] == 0
+
+
 def test_csv_to_an_output_file(records: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(
         ["--all", "--format", "csv", "--output", "report.csv", "--provider", "openai"], capsys
