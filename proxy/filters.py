@@ -85,7 +85,8 @@ def is_utf8(data: bytes) -> bool:
 
     msgspec reads UTF-8 only in the strings it builds, and raises UnicodeDecodeError at one, not a
     DecodeError: a write cut inside a character of a model name, joined by the next record, stopped a
-    report with a traceback. Bytes that are not UTF-8 in a field it passes over, it took for a record.
+    report with a traceback, and the proxy at start-up. Bytes that are not UTF-8 in a field it passes
+    over, it took for a record.
     """
     if data.isascii():  # records almost always are: this looks at each byte, 20x faster than decoding them
         return True

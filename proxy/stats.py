@@ -20,7 +20,7 @@ import msgspec
 from msgspec import UNSET
 
 from proxy.counts import forwarded
-from proxy.filters import CountedFields
+from proxy.filters import CountedFields, decode_counted
 from proxy.records import record_time
 
 WINDOW = timedelta(hours=24)
@@ -189,14 +189,13 @@ class RollingTotals:
     def _fold(self, data: bytes) -> str:
         """Fold the records of these whole lines in; return the newest timestamp among them ("" if none)."""
         buckets = self._buckets
-        decode, to_stamp, add = _DECODER.decode, record_time, _EXACT.add
+        to_stamp, add = record_time, _EXACT.add
         newest = ""
         for line in data.splitlines():
-            try:
-                record = decode(line)
-            except msgspec.DecodeError:
-                # A torn or foreign line (one whose timestamp is a list once kept the proxy from
-                # starting): skipped here, as the reports skip and count it.
+            record = decode_counted(_DECODER, line)
+            if record is None:
+                # A torn or foreign line (one whose timestamp is a list, or cut inside a character, once
+                # kept the proxy from starting): skipped here, as the reports skip and count it.
                 continue
             stamp = to_stamp(record.timestamp)
             if stamp is None:

@@ -232,6 +232,21 @@ def test_lines_that_are_not_records_are_skipped_at_start_up_and_later(tmp_path: 
     assert (snapshot["requests"], snapshot["total_cost"], snapshot["input_tokens"]) == (3, 0.3, 30)
 
 
+def test_a_line_not_utf8_or_nested_too_deep_is_skipped_at_start_up_and_later(tmp_path: Path) -> None:
+    # A write cut inside a character of a model name, joined by the next record, once stopped the proxy at
+    # start-up with a UnicodeDecodeError (a RecursionError for the nesting): the reports skip such a line.
+    path = tmp_path / "r.jsonl"
+    whole = line(timedelta(minutes=3), model="qwen-通义")
+    bad = whole[: whole.index("义".encode()) + 1] + whole
+    bad += b'{"timestamp":"2026-11-23T11:00:00.000000Z","x":' + b"[" * 5000 + b"]" * 5000 + b"}\n"
+    path.write_bytes(whole + bad + line(timedelta(minutes=2)))
+    stats = totals(path)
+    assert (stats.snapshot()["requests"], stats.snapshot()["total_cost"]) == (2, 0.2)
+    with open(path, "ab") as file:
+        file.write(bad + line(timedelta(minutes=1)))
+    assert (stats.snapshot()["requests"], stats.snapshot()["total_cost"]) == (3, 0.3)
+
+
 def test_a_record_whose_timestamp_is_not_a_time_is_skipped_at_start_up_and_later(tmp_path: Path) -> None:
     # The reports skip such a line (its stamp places it in no hour); "yesterday" sorts after every minute,
     # so /health would also have kept it for ever.
