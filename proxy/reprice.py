@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import gzip
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, Literal
 
 import orjson
 
@@ -15,6 +16,7 @@ from proxy.config import Config, ConfigError
 from proxy.configfile import load_config
 from proxy.filters import DEFAULTS
 from proxy.pricing import find_price
+from proxy.sources import is_gzip
 from proxy.usage import Usage
 
 
@@ -54,6 +56,11 @@ def reprice(record: dict[str, Any], config: Config) -> bool:
 def _tokens(record: dict[str, Any], key: str) -> int:
     value = record.get(key)
     return value if isinstance(value, int) and not isinstance(value, bool) else 0
+
+
+def _open(path: Path, mode: Literal["rb", "wb"]) -> gzip.GzipFile | BinaryIO:
+    """A record file, gzipped when its name ends in .gz: rotated logs are, and the reports read them so."""
+    return gzip.open(path, mode) if is_gzip(path) else open(path, mode)
 
 
 def default_output(path: Path) -> Path:
@@ -104,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     priced = unpriced = 0
     try:
-        with open(args.file, "rb") as source, open(output, "wb") as target:
+        with _open(args.file, "rb") as source, _open(output, "wb") as target:
             for line in source:
                 try:
                     record = orjson.loads(line)
@@ -118,6 +125,11 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     unpriced += 1
                 target.write(orjson.dumps(record) + b"\n")
+    except (EOFError, gzip.BadGzipFile) as exc:  # a .gz cut short, or not gzip: raised as it is read
+        # The copy was opened, so emptied already: none is left with only the records before the fault.
+        output.unlink(missing_ok=True)
+        print(f"meterproxy reprice: --file {args.file}: cannot read it: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"meterproxy reprice: {exc.filename}: {(exc.strerror or str(exc)).lower()}", file=sys.stderr)
         return 2

@@ -7,6 +7,7 @@ F is left untouched.
 
 from __future__ import annotations
 
+import gzip
 import json
 import re
 import subprocess
@@ -408,6 +409,39 @@ def test_reprice_output_option_names_the_copy(tmp_path: Path) -> None:
     # (1000 - 200) * 2.50 + 200 * 1.25 + 500 * 10.00 per 1M
     assert only(read_records(output))["total_cost"] == 0.00725
     assert result.stdout == f"1 record repriced, 0 unpriced, written to {output}\n"
+
+
+def test_reprice_of_a_rotated_gz_file_writes_a_repriced_gz_copy(tmp_path: Path) -> None:
+    # The rotated logs the reports read (cost.jsonl.1.gz) were copied with their old prices, as lines that
+    # were not records, and reprice said "0 records repriced, 0 unpriced" and exited 0.
+    records_path = tmp_path / "cost.jsonl.1.gz"
+    original = gzip.compress(json.dumps(record()).encode() + b"\n" + NOT_JSON + b"\n")
+    records_path.write_bytes(original)
+    config = write_config(tmp_path / "corrected.yml", CONFIG)
+    plain = tmp_path / "plain.jsonl"
+
+    for args, output in (([], tmp_path / "cost.jsonl.1.repriced.gz"), (["--output", str(plain)], plain)):
+        result = reprice(tmp_path, "--file", str(records_path), "--config", str(config), *args)
+
+        assert (result.returncode, result.stderr) == (0, ""), output
+        assert result.stdout == f"1 record repriced, 0 unpriced, written to {output}\n"
+        written = output.read_bytes()
+        lines = (gzip.decompress(written) if output.suffix == ".gz" else written).split(b"\n")
+        assert json.loads(lines[0])["total_cost"] == 0.00725
+        assert lines[1:] == [NOT_JSON, b""]
+    assert records_path.read_bytes() == original
+
+
+def test_reprice_of_a_truncated_gz_file_exits_2_with_one_line(tmp_path: Path) -> None:
+    records_path = tmp_path / "cost.jsonl.1.gz"
+    records_path.write_bytes(gzip.compress(json.dumps(record()).encode() + b"\n" * 1000)[:-12])
+    config = write_config(tmp_path / "corrected.yml", CONFIG)
+
+    result = reprice(tmp_path, "--file", str(records_path), "--config", str(config))
+
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1 and "cost.jsonl.1.gz" in result.stderr, result.stderr
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["corrected.yml", "cost.jsonl.1.gz"]
 
 
 def test_reprice_of_a_record_of_the_first_writer_prices_its_usage(tmp_path: Path) -> None:
