@@ -177,8 +177,13 @@ def facts_from_body(body: bytes, api: Api) -> ResponseFacts | None:
     try:
         message = orjson.loads(body)
     except orjson.JSONDecodeError:
-        # A transcript asked for as text, srt or vtt is not JSON: an answer without usage, not a bad one.
-        return ResponseFacts(api) if api == "transcriptions" else None
+        message = None
+    if api == "transcriptions" and not isinstance(message, dict):
+        # A transcript asked for as text, srt or vtt: an answer without usage, not a bad one, also when
+        # its text reads as JSON (a number said, a quoted line).
+        return ResponseFacts(api)
+    if message is None:
+        return None
     facts = ResponseFacts(api)
     for part in message if isinstance(message, list) else [message]:
         if not isinstance(part, dict):

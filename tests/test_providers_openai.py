@@ -706,8 +706,11 @@ def test_an_image_stream_broken_off_by_an_error_event_has_its_cost_comment_just_
         (b'{"text": "Sixty days.", "usage": {"type": "duration", "seconds": 9}}', "application/json"),
         # A transcript asked for as text (or srt, vtt) is not JSON, and has no usage: no bad answer either.
         (b"Sixty days.\n", "text/plain; charset=utf-8"),
+        # A transcript that happens to read as JSON (a number said, a quoted line) is text all the same.
+        (b"1984\n", "text/plain; charset=utf-8"),
+        (b'"Sixty days."\n', "text/plain; charset=utf-8"),
     ],
-    ids=["duration", "text"],
+    ids=["duration", "text", "text-a-number", "text-a-quote"],
 )
 def test_a_transcription_without_token_usage_is_recorded_without_usage(
     providers_proxy: RunningProxy, stub: UpstreamStub, body: bytes, content_type: str
