@@ -204,6 +204,8 @@ async def relay_whole_body(
     error, so that the provider key it may quote (`secret`, see redaction.hidden_key) can be taken out."""
     parts: list[bytes] = []
     size = 0
+    if length == 0:  # nothing to read: the head, in already, is the whole answer and its first byte
+        call.ttfb = time.perf_counter()
     while size != length:
         chunk = await response.read()
         if call.ttfb is None:

@@ -880,6 +880,19 @@ def test_upstream_http_errors_pass_unchanged_and_are_recorded(
     assert record["proxy_request_id"] == response.header("x-meterproxy-request-id")
 
 
+def test_an_answer_with_an_empty_body_has_the_time_to_its_first_byte_recorded(
+    proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    # A 401 or 429 with Content-Length: 0 is an answer: its head is the provider's first byte.
+    stub.push(Reply(status=429, body=b"", headers=(("retry-after", "1"),)))
+    response = proxy.post_json("/v1/chat/completions", {"model": "gpt-4o", "messages": HELLO})
+
+    assert (response.status, response.body, response.header("content-length")) == (429, b"", "0")
+    record = only(proxy.wait_records(1))
+    assert (record["status_code"], record["error"], record["total_cost"]) == (429, None, 0.0)
+    assert record["ttfb_ms"] is not None and 0 <= record["ttfb_ms"] <= record["duration_ms"]
+
+
 def test_upstream_unreachable_is_502_and_recorded(launch: ProxyLauncher, make_config: MakeConfig) -> None:
     proxy = launch(make_config(providers={"openai": {"base_url": f"http://127.0.0.1:{free_port()}/v1"}}))
     response = proxy.post_json("/v1/chat/completions", {"model": "gpt-4o", "messages": HELLO})
