@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import functools
 import time
-import zlib
 from decimal import Decimal
 from typing import Any, NamedTuple
 
+from proxy.codings import Undecodable, codings, decoded
 from proxy.config import Price, Provider
 from proxy.facts import ResponseFacts, StreamFacts, facts_from_body
 from proxy.pricing import Cost, find_price, price_call
@@ -16,6 +16,10 @@ from proxy.upstream import UpstreamResponse
 from proxy.usage import Api, Usage, estimate_usage
 
 _NO_USAGE = Usage(0, 0, 0)
+_PLAIN = (b"", b"identity")
+# The largest a compressed non-streamed answer is decoded to for its usage: as large as one read plain
+# (relay.MAX_READ_BODY), where a few KiB of gzip may stand for gigabytes.
+MAX_DECODED_BODY = 64 << 20
 
 
 class Bill(NamedTuple):
@@ -66,7 +70,9 @@ class Call:
         self.gone = False
         self.finished = False
         self.recorded = False  # its record is written (a stream's, as soon as its last event is read)
-        self.unread = False  # a non-streamed answer too large to read for its usage, passed on as it came
+        # Why a non-streamed answer was passed on as it came, its usage unread: too large, or compressed in a
+        # way it cannot be decoded here (it ends "the answer was ..."); None when it was read.
+        self.unread: str | None = None
         self._bill: Bill | None = None
         self._bill_key: tuple[Any, ...] = ()
 
@@ -96,10 +102,16 @@ class Call:
         error: CallError | None = "client_disconnected" if self.gone else self.error
         ok = 200 <= self.status < 300
         if self.facts is None and self.body is not None and self.api is not None and ok:
-            self.facts = facts_from_body(_decoded(self.body, self.encoding), self.api)
-            self.body = None
-            if self.facts is None and error is None:
-                self.error = error = "upstream_bad_response"
+            body, self.body = self.body, None
+            try:
+                if self.encoding not in _PLAIN:
+                    body = decoded(body, codings(self.encoding), MAX_DECODED_BODY)
+            except Undecodable as exc:
+                self.unread = str(exc)  # an answer we cannot read, not a bad one
+            else:
+                self.facts = facts_from_body(body, self.api)
+                if self.facts is None and error is None:
+                    self.error = error = "upstream_bad_response"
         facts = self.facts
         usage = facts.usage if facts is not None else None
         source: UsageSource = "provider" if usage is not None else "none"
@@ -200,12 +212,3 @@ def iso_time(moment: float) -> str:
     if micros == 1_000_000:
         seconds, micros = seconds + 1, 0
     return f"{_second(seconds)}.{micros:06d}Z"
-
-
-def _decoded(body: bytes, encoding: bytes) -> bytes:
-    if encoding in (b"gzip", b"deflate"):
-        try:
-            return zlib.decompress(body, wbits=47)  # 47: gzip or zlib header, detected
-        except zlib.error:
-            return body
-    return body

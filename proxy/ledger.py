@@ -10,7 +10,6 @@ from proxy import sse
 from proxy.calls import Call
 from proxy.facts import StreamFacts
 from proxy.records import CostRecord
-from proxy.relay import MAX_READ_BODY
 from proxy.routing import shortened
 
 log = logging.getLogger("meterproxy")
@@ -49,10 +48,10 @@ class Ledger:
                 "carried is not in its record",
                 *(call.proxy_id, bill.facts.unread, sse.MAX_LINE >> 20),
             )
-        if call.unread:
+        if call.unread is not None:
             log.warning(
-                "the answer of %s was over %d MiB, passed on unread: its usage is not in its record",
-                *(call.proxy_id, MAX_READ_BODY >> 20),
+                "the answer of %s was %s, passed on unread: its usage is not in its record",
+                *(call.proxy_id, call.unread),
             )
         model = call.model
         # The client names the model, as long as its body allows: the log and the warned set get a part.

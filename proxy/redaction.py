@@ -10,15 +10,13 @@ decoded. Asking for identity only on such calls would not help: a client's 2xx w
 
 from __future__ import annotations
 
-import zlib
-
+from proxy.codings import Undecodable, compressed, decoded
 from proxy.config import Provider
 from proxy.errors import error_body
 from proxy.upstream import Headers, UpstreamError, UpstreamResponse
 
 REDACTED = b"[REDACTED]"
 MAX_DECODED = 16 << 20  # an error larger than this decoded is not searched, but withheld: errors are small
-_ZLIB_CODINGS = frozenset({b"gzip", b"x-gzip", b"deflate"})
 _WITHHELD = (
     "the provider's error body is compressed in a way the proxy cannot read (an unknown Content-Encoding, "
     "a corrupt body, or too large), so the provider's key cannot be taken out of it: it is withheld"
@@ -56,29 +54,19 @@ def redact(body: bytes, headers: Headers, secret: bytes, status: int) -> bytes:
     takes identity), and one that cannot be decoded here is withheld."""
     codings = compressed(headers)
     if codings:
-        decoded = _decoded(body, codings)
-        if decoded is None:
+        try:
+            plain = decoded(body, codings, MAX_DECODED)
+        except Undecodable:
             return withheld(headers, status)
-        if secret not in decoded:
+        if secret not in plain:
             return body
-        body = decoded
+        body = plain
         headers[:] = _without(headers, b"content-encoding")
     elif secret not in body:
         return body
     body = body.replace(secret, REDACTED)
     headers[:] = [*_without(headers, b"content-length"), (b"content-length", str(len(body)).encode())]
     return body
-
-
-def compressed(headers: Headers) -> list[bytes]:
-    """The codings a body was sent in (Content-Encoding, every one of them), in the order applied."""
-    codings = [
-        coding.strip().lower()
-        for name, value in headers
-        if name.lower() == b"content-encoding"
-        for coding in value.split(b",")
-    ]
-    return [coding for coding in codings if coding not in (b"", b"identity")]
 
 
 def withheld(headers: Headers, status: int) -> bytes:
@@ -97,27 +85,6 @@ def without_length(headers: Headers) -> Headers:
 
 def _without(headers: Headers, *names: bytes) -> Headers:
     return [(name, value) for name, value in headers if name.lower() not in names]
-
-
-def _decoded(body: bytes, codings: list[bytes]) -> bytes | None:
-    """`body` as a client decodes it; None when it cannot be decoded here, or not within MAX_DECODED."""
-    for coding in reversed(codings):
-        if coding not in _ZLIB_CODINGS:
-            return None  # br, zstd, compress: no decoder for them in the standard library
-        decoded: list[bytes] = []
-        size = 0
-        while body:  # gzip members may follow one another
-            decoder = zlib.decompressobj(wbits=47)  # 47: a gzip or a zlib header, detected
-            try:
-                decoded.append(decoder.decompress(body, MAX_DECODED + 1 - size))
-            except zlib.error:
-                return None
-            size += len(decoded[-1])
-            if size > MAX_DECODED:
-                return None
-            body = decoder.unused_data
-        body = b"".join(decoded)
-    return body
 
 
 class RedactedResponse:

@@ -14,8 +14,9 @@ import orjson
 from starlette.types import Message, Send
 
 from proxy.calls import Bill, Call, decimal_text
+from proxy.codings import compressed
 from proxy.facts import StreamFacts
-from proxy.redaction import RedactedResponse, compressed, redact, withheld, without_length
+from proxy.redaction import RedactedResponse, redact, withheld, without_length
 from proxy.sse import SSEEvent, SSEScanner
 from proxy.upstream import Headers, UpstreamResponse
 
@@ -215,7 +216,7 @@ async def relay_whole_body(
         parts.append(chunk)
         size += len(chunk)
         if size > MAX_READ_BODY:  # too large to read for usage: pass it through as it comes
-            call.unread = True
+            call.unread = f"over {MAX_READ_BODY >> 20} MiB"
             first = b"".join(parts)
             if secret is not None and compressed(headers):  # an error the key cannot be looked for in
                 call.finished = True

@@ -49,7 +49,8 @@ def end_to_end(headers: Headers, also_drop: frozenset[bytes] = frozenset()) -> H
 
 def body_headers(headers: Headers) -> tuple[bool, int | None, bytes]:
     """What a response's headers say of its body: whether it is an event stream (media types ignore
-    case), its Content-Length (None: not given, or not a number), its Content-Encoding lowercased."""
+    case), its Content-Length (None: not given, or not a number), its Content-Encoding lowercased (of
+    every line, joined)."""
     content_type = encoding = b""
     length: int | None = None
     for name, value in headers:
@@ -58,8 +59,8 @@ def body_headers(headers: Headers) -> tuple[bool, int | None, bytes]:
             content_type = value
         elif lowered == b"content-length" and value.isdigit():
             length = int(value)
-        elif lowered == b"content-encoding":
-            encoding = value.lower()
+        elif lowered == b"content-encoding":  # several lines list the codings in the order applied
+            encoding = encoding + b"," + value.lower() if encoding else value.lower()
     return content_type.lower().startswith(b"text/event-stream"), length, encoding
 
 

@@ -31,6 +31,7 @@ from conftest import (
 from openai.types.chat import ChatCompletionMessageParam
 from upstream_stub import SSE_DONE, Hangup, Reply, Stream, UpstreamStub, sse
 
+from proxy.calls import MAX_DECODED_BODY
 from proxy.protocol import MAX_HEAD
 from proxy.relay import MAX_READ_BODY
 
@@ -877,6 +878,40 @@ def test_content_encoding_sent_to_the_client_matches_the_body(
     assert b"content-encoding" not in head_of(plain_stream)
     records = proxy.wait_records(3)
     assert records[0]["input_tokens"] == USAGE["prompt_tokens"]  # read through the gzip
+
+
+def test_a_compressed_answer_is_read_as_a_client_decodes_it_or_passed_on_unread(
+    proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    """Every coding a client undoes is undone to read the usage (x-gzip, gzip in members, codings in
+    layers); a body that cannot be decoded here (br, or too large decoded) goes on as it came, its call
+    recorded without usage and said so in the log, never as a bad answer."""
+    half = len(COMPLETION) // 2
+    padded = COMPLETION[:-1] + b" " * MAX_DECODED_BODY + b"}"  # 64 MiB of spaces: JSON, 64 KiB gzipped
+    readable = {
+        "x-gzip": gzip.compress(COMPLETION),
+        "gzip": gzip.compress(COMPLETION[:half]) + gzip.compress(COMPLETION[half:]),  # two members
+        "deflate, gzip": gzip.compress(zlib.compress(COMPLETION)),
+        "gzip,identity": gzip.compress(COMPLETION),
+    }
+    unreadable = {"br": b"\x1b\x00\xf8", "gzip": gzip.compress(padded)}
+    answers = [*readable.items(), *unreadable.items()]
+    for coding, body in answers:
+        stub.push(
+            Reply(body=body, headers=(("content-type", "application/json"), ("content-encoding", coding)))
+        )
+    responses = [exchange(proxy.port, post("/v1/chat/completions", CHAT)) for _ in answers]
+
+    for response, (coding, body) in zip(responses, answers, strict=True):
+        assert status_of(response) == 200
+        assert f"content-encoding: {coding}".encode() in head_of(response)
+        assert response.partition(b"\r\n\r\n")[2] == body  # the bytes as the provider sent them
+    records = proxy.wait_records(len(answers))
+    read = [(r["error"], r["usage_source"], r["input_tokens"], r["total_cost"]) for r in records]
+    assert read == [(None, "provider", 5, 8.25e-05)] * len(readable) + [(None, "none", 0, None)] * 2
+    br, large = (record["proxy_request_id"] for record in records[-2:])
+    proxy.wait_log(f"the answer of {br} was sent in br, which cannot be decoded here, passed on unread")
+    proxy.wait_log(f"the answer of {large} was over 64 MiB decoded, passed on unread")
 
 
 def dechunk(body: bytes) -> bytes:
