@@ -115,6 +115,8 @@ def _described(exc: BaseException) -> str:
 
 
 _QUOTED = re.compile(r"b?['\"]")  # where a Python literal (str or bytes) begins
+# What no field value may hold (RFC 9110 section 5.5): a control character other than HTAB, and DEL.
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 
 
 def _reason(message: str) -> str:
@@ -218,6 +220,15 @@ class AiohttpUpstream:
             raise UpstreamError(
                 "upstream_reset", 502, f"the provider closed the connection: {_described(exc)}"
             ) from exc
+        # aiohttp's parser takes a header value with a control character, which the server then refuses
+        # to send on: the client's connection was dropped unanswered. http1.py's parser refuses it.
+        if any(_CONTROL.search(value) for _, value in response.raw_headers):
+            response.close()
+            raise UpstreamError(
+                "upstream_bad_response",
+                502,
+                "the provider sent bad HTTP: a control character in a header value",
+            )
         return _AiohttpResponse(response, timeout)
 
     async def close(self) -> None:

@@ -588,6 +588,33 @@ def test_bad_http_that_quotes_a_pass_through_clients_key_keeps_it_out_of_the_log
     assert_no_canary(proxy)
 
 
+@pytest.mark.parametrize("char", [b"\x01", b"\x1b", b"\x7f"], ids=["SOH", "ESC", "DEL"])
+@pytest.mark.parametrize("client", ["http1", "aiohttp"])
+def test_a_header_value_with_a_control_character_is_a_502_not_a_dropped_connection(
+    launch: ProxyLauncher, make_config: MakeConfig, char: bytes, client: str
+) -> None:
+    """aiohttp's parser lets such a value through and the server refuses to send it on: the client's
+    connection was closed with no answer, and the log had a traceback where the default client gives a 502."""
+    head = b"HTTP/1.1 200 OK\r\nx-trace: a%sb\r\ncontent-length: %d\r\n\r\n%s" % (
+        char,
+        len(COMPLETION),
+        COMPLETION,
+    )
+    with answering(head) as port:
+        provider = {"base_url": f"http://127.0.0.1:{port}/v1"}
+        proxy = launch(make_config(server={"upstream_client": client}, providers={"openai": provider}))
+        response = proxy.post_json("/v1/chat/completions", {"model": "gpt-4o", "messages": HELLO})
+
+    assert (response.status, response.json()["error"]["code"]) == (502, "upstream_bad_response")
+    record = proxy.wait_records(1)[0]
+    assert (record["status_code"], record["error"], record["total_cost"]) == (
+        502,
+        "upstream_bad_response",
+        None,
+    )
+    assert "Traceback" not in proxy.log()
+
+
 @pytest.mark.parametrize("client", ["http1", "aiohttp"])
 def test_a_key_in_the_query_stays_out_of_the_log_when_the_provider_answers_garbage(
     launch: ProxyLauncher, make_config: MakeConfig, bad_http_port: int, client: str
