@@ -129,17 +129,27 @@ def _reason(message: str) -> str:
 
 
 class _AiohttpResponse:
-    __slots__ = ("_response", "status", "headers", "_timeout")
+    __slots__ = ("_response", "status", "headers", "_timeout", "_lost", "_error")
 
     def __init__(self, response: aiohttp.ClientResponse, timeout: float) -> None:
         self._response = response
         self._timeout = timeout
         self.status = response.status
         self.headers: Headers = list(response.raw_headers)
+        self._error: UpstreamError | None = None
+        # Told when the connection goes (None: it has gone already, or the body is in whole).
+        self._lost: asyncio.Future[None] | None = None
+        connection = response.connection
+        if connection is not None and connection.protocol is not None:
+            self._lost = connection.protocol.closed
+            if self._lost is None:
+                self._connection_lost()
+            else:
+                self._lost.add_done_callback(self._connection_lost)
 
     async def read(self) -> bytes:
         try:
-            return await self._response.content.readany()
+            chunk = await self._response.content.readany()
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise UpstreamError(
                 "upstream_timeout", 504, f"no data from the provider in {self._timeout:g} s"
@@ -148,15 +158,39 @@ class _AiohttpResponse:
             raise UpstreamError(
                 "upstream_reset", 502, f"the provider broke off the response: {_described(exc)}"
             ) from exc
+        if not chunk and self._error is not None:
+            raise self._error
+        return chunk
 
     def ended(self) -> bool:
-        return self._response.content.at_eof()
+        return self._error is None and self._response.content.at_eof()
 
     def close(self) -> None:
+        self._forget()
         self._response.close()
 
     def release(self) -> None:
+        self._forget()
         self._response.release()
+
+    def _connection_lost(self, lost: asyncio.Future[None] | None = None) -> None:
+        """The connection has gone: a body still unfinished then, but not failed, is one aiohttp's parser
+        gave up on (a chunk size that is not a number, after a good chunk). It tells the connection, not
+        the body's reader, who waited for more until the client left; the reader is woken here, and
+        read() raises once the bytes before the fault are taken, as http1.py does."""
+        if lost is not None and not lost.cancelled():
+            lost.exception()  # retrieved, or asyncio logs it as never retrieved
+        content = self._response.content
+        if self._response.closed or content.is_eof() or content.exception() is not None:
+            return
+        self._error = UpstreamError("upstream_bad_response", 502, "the provider sent bad HTTP in its body")
+        content.feed_eof()
+
+    def _forget(self) -> None:
+        # A pooled connection carries many calls: each call's callback goes with it.
+        if self._lost is not None:
+            self._lost.remove_done_callback(self._connection_lost)
+            self._lost = None
 
 
 class _Pool(aiohttp.TCPConnector):

@@ -458,8 +458,9 @@ async def read_all(response: UpstreamResponse) -> bytes:
 
 
 @contextlib.contextmanager
-def answering(head: bytes) -> Iterator[int]:
-    """A loopback server that answers every request with `head`, and closes; its port."""
+def answering(head: bytes, *later: bytes) -> Iterator[int]:
+    """A loopback server that answers every request with `head`, then each of `later` in a write of its
+    own a moment after the one before (so each arrives in a read of its own), and closes; its port."""
     server = socket.create_server(("127.0.0.1", 0))
 
     def serve() -> None:
@@ -471,6 +472,9 @@ def answering(head: bytes) -> Iterator[int]:
             with connection:
                 connection.recv(65536)
                 connection.sendall(head)
+                for data in later:
+                    time.sleep(0.05)
+                    connection.sendall(data)
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()

@@ -34,6 +34,7 @@ from conftest import (
     MakeConfig,
     ProxyLauncher,
     RunningProxy,
+    answering,
     free_port,
     health_totals,
     only,
@@ -679,6 +680,45 @@ def test_a_stream_that_ends_with_its_connection_is_cut_by_a_reset_and_whole_at_a
         "output_tokens": 1,
         "usage_source": "provider",
     }
+    assert pick(record, expected) == expected
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["read whole", "streamed"])
+@pytest.mark.parametrize("client", ["http1", "aiohttp"])
+def test_a_chunked_body_whose_framing_breaks_after_a_good_chunk_fails_the_call(
+    launch: ProxyLauncher, make_config: MakeConfig, stream: bool, client: str
+) -> None:
+    """A chunk size that is not a number, after a good chunk, in a read of its own: aiohttp's parser gives
+    up on the body without a word to its reader, so the call waited on a body that never ended."""
+    kind, first = ("text/event-stream", FIRST_TWO) if stream else ("application/json", completion()[:20])
+    head = b"HTTP/1.1 200 OK\r\ncontent-type: %s\r\ntransfer-encoding: chunked\r\n\r\n" % kind.encode()
+    with answering(head + chunk(first), b"zz\r\nnot a chunk\r\n0\r\n\r\n") as port:
+        provider = {"base_url": f"http://127.0.0.1:{port}/v1"}
+        config = make_config(
+            server={"upstream_client": client},
+            providers={"openai": {**provider, "timeout": 5}},
+            features={"cost_in_response": {"enabled": False}},
+        )
+        proxy = launch(config)
+        if stream:
+            assert asyncio.run(exchange(proxy.port, request_bytes(stream=True, close=True))) == (
+                200,
+                first,
+                False,
+            )
+        else:
+            response = proxy.post_json("/v1/chat/completions", chat())
+            assert (response.status, response.json()["error"]["code"]) == (502, "upstream_bad_response")
+
+    record = only(proxy.wait_records(1))
+    expected: dict[str, object] = {"status_code": 200, "input_tokens": 10, "output_tokens": 1}
+    if not stream:
+        expected = {"status_code": 502, "total_cost": None}
+    expected["error"] = "upstream_bad_response"
     assert pick(record, expected) == expected
 
 
