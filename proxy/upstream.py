@@ -174,17 +174,32 @@ class _AiohttpResponse:
         self._response.release()
 
     def _connection_lost(self, lost: asyncio.Future[None] | None = None) -> None:
-        """The connection has gone: a body still unfinished then, but not failed, is one aiohttp's parser
-        gave up on (a chunk size that is not a number, after a good chunk). It tells the connection, not
-        the body's reader, who waited for more until the client left; the reader is woken here, and
-        read() raises once the bytes before the fault are taken, as http1.py does."""
-        if lost is not None and not lost.cancelled():
-            lost.exception()  # retrieved, or asyncio logs it as never retrieved
+        """The connection has gone: a body that ends with its connection is cut, not whole, when the
+        connection was reset (RFC 9112 section 6.3), where aiohttp ends it as at a close. A body still
+        unfinished then, but not failed, is one aiohttp's parser gave up on (a chunk size that is not a
+        number, after a good chunk): it tells the connection, not the body's reader, who waited for more
+        until the client left. Either way read() raises once the bytes before the fault are taken, as
+        http1.py's does."""
+        reset = lost is not None and not lost.cancelled() and lost.exception() is not None
         content = self._response.content
-        if self._response.closed or content.is_eof() or content.exception() is not None:
+        if content.exception() is not None:
             return
-        self._error = UpstreamError("upstream_bad_response", 502, "the provider sent bad HTTP in its body")
-        content.feed_eof()
+        if not content.is_eof():
+            self._error = UpstreamError(
+                "upstream_bad_response", 502, "the provider sent bad HTTP in its body"
+            )
+            content.feed_eof()  # wakes the reader
+        elif reset and self._until_close():
+            self._error = UpstreamError(
+                "upstream_reset", 502, "the provider reset the connection mid-response"
+            )
+
+    def _until_close(self) -> bool:
+        """Whether the body ends with its connection: it has neither a length nor chunks."""
+        if self._response.method == "HEAD" or self.status in (204, 304):
+            return False
+        names = {name.lower() for name, _ in self.headers}
+        return b"content-length" not in names and b"transfer-encoding" not in names
 
     def _forget(self) -> None:
         # A pooled connection carries many calls: each call's callback goes with it.

@@ -649,8 +649,9 @@ def ending_with_the_connection(head: bytes, body: bytes, reset: bool, go: thread
 
 
 @pytest.mark.parametrize("reset", [False, True], ids=["closed", "reset"])
+@pytest.mark.parametrize("client", ["http1", "aiohttp"])
 def test_a_stream_that_ends_with_its_connection_is_cut_by_a_reset_and_whole_at_a_close(
-    launch: ProxyLauncher, make_config: MakeConfig, reset: bool
+    launch: ProxyLauncher, make_config: MakeConfig, reset: bool, client: str
 ) -> None:
     """A body with neither a length nor chunks ends when its connection does (RFC 9112 section 6.3), but
     not when the connection fails: a reset there cuts it. It was taken for the body's end, so the client
@@ -660,7 +661,11 @@ def test_a_stream_that_ends_with_its_connection_is_cut_by_a_reset_and_whole_at_a
     with ending_with_the_connection(head, FIRST_TWO, reset, go) as port:
         provider = {"base_url": f"http://127.0.0.1:{port}/v1"}
         proxy = launch(
-            make_config(features={"cost_in_response": {"enabled": False}}, providers={"openai": provider})
+            make_config(
+                server={"upstream_client": client},
+                features={"cost_in_response": {"enabled": False}},
+                providers={"openai": provider},
+            )
         )
 
         async def call() -> tuple[bytes, bool]:
