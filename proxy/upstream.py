@@ -128,6 +128,20 @@ def _reason(message: str) -> str:
     return " ".join(before.split()).rstrip(":")
 
 
+def _refused(response: aiohttp.ClientResponse) -> str | None:
+    """Why a head aiohttp took is no answer, as http1.py's parser has it; None: it is one."""
+    if response.status == 101:
+        # Nothing we send asks for an upgrade; aiohttp hands the 101 over as the answer (other 1xx it skips).
+        return "the provider switched protocols (101)"
+    if response.status < 100:
+        return f"the provider sent bad HTTP: status {response.status}"
+    # aiohttp's parser takes a header value with a control character, which the server then refuses to
+    # send on: the client's connection was dropped unanswered.
+    if any(_CONTROL.search(value) for _, value in response.raw_headers):
+        return "the provider sent bad HTTP: a control character in a header value"
+    return None
+
+
 class _AiohttpResponse:
     __slots__ = ("_response", "status", "headers", "_timeout", "_lost", "_error")
 
@@ -269,15 +283,10 @@ class AiohttpUpstream:
             raise UpstreamError(
                 "upstream_reset", 502, f"the provider closed the connection: {_described(exc)}"
             ) from exc
-        # aiohttp's parser takes a header value with a control character, which the server then refuses
-        # to send on: the client's connection was dropped unanswered. http1.py's parser refuses it.
-        if any(_CONTROL.search(value) for _, value in response.raw_headers):
+        refused = _refused(response)
+        if refused is not None:
             response.close()
-            raise UpstreamError(
-                "upstream_bad_response",
-                502,
-                "the provider sent bad HTTP: a control character in a header value",
-            )
+            raise UpstreamError("upstream_bad_response", 502, refused)
         return _AiohttpResponse(response, timeout)
 
     async def close(self) -> None:

@@ -616,6 +616,28 @@ def test_a_header_value_with_a_control_character_is_a_502_not_a_dropped_connecti
 
 
 @pytest.mark.parametrize("client", ["http1", "aiohttp"])
+def test_a_switch_of_protocols_nothing_asked_for_is_a_502(
+    launch: ProxyLauncher, make_config: MakeConfig, client: str
+) -> None:
+    """Nothing the proxy sends asks for an upgrade: a 101 is no answer to the call. aiohttp hands it over
+    as the answer, and the server then closed the client's connection unanswered."""
+    head = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: h2c\r\nconnection: upgrade\r\n\r\n"
+    with answering(head, COMPLETION) as port:
+        provider = {"base_url": f"http://127.0.0.1:{port}/v1"}
+        proxy = launch(make_config(server={"upstream_client": client}, providers={"openai": provider}))
+        response = proxy.post_json("/v1/chat/completions", {"model": "gpt-4o", "messages": HELLO})
+
+    assert (response.status, response.json()["error"]["code"]) == (502, "upstream_bad_response")
+    record = proxy.wait_records(1)[0]
+    assert (record["status_code"], record["error"], record["total_cost"]) == (
+        502,
+        "upstream_bad_response",
+        None,
+    )
+    assert "Traceback" not in proxy.log()
+
+
+@pytest.mark.parametrize("client", ["http1", "aiohttp"])
 def test_a_key_in_the_query_stays_out_of_the_log_when_the_provider_answers_garbage(
     launch: ProxyLauncher, make_config: MakeConfig, bad_http_port: int, client: str
 ) -> None:
