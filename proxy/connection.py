@@ -90,7 +90,7 @@ class Connection(asyncio.Protocol):
             if self._until_close and exc is None:
                 self._complete = True
                 self._wake()
-            else:
+            elif self._error is None:  # a close that follows the parser's error leaves its error the call's
                 self._fail(
                     UpstreamError("upstream_reset", 502, "the provider closed the connection mid-response")
                 )

@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 import pytest
-from conftest import read_all, run_client
+from conftest import answering, read_all, run_client
 from upstream_stub import STRAYS, Hangup, Reply, Stream, UpstreamStub
 
 from proxy.http1 import HTTP1Upstream
@@ -271,3 +271,20 @@ def test_bytes_after_an_answer_close_the_connection_and_never_reach_the_next_cal
     assert (status, body, (b"x-stray", b"1") in headers) == (200, b'{"n": 1}', False)
     assert (second[0], second[2]) == (200, b'{"n": 2}')
     assert len(stub.requests) == 2
+
+
+def test_broken_framing_in_the_heads_own_write_is_a_bad_response_not_a_reset() -> None:
+    """The parser's error came first, then the close that follows it: that close left the call's error
+    as upstream_reset, when the bad chunk arrived before the call read its body."""
+    head = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\nnot a chunk\r\n"
+
+    async def work(client: HTTP1Upstream) -> tuple[bytes, str]:
+        response = await client.send("POST", f"http://127.0.0.1:{port}/x", HEADERS, b"{}", 5)
+        await asyncio.sleep(0.1)  # the close is in too
+        first = await response.read()
+        with pytest.raises(UpstreamError) as raised:
+            await response.read()
+        return first, raised.value.error
+
+    with answering(head) as port:
+        assert run(work) == (b"hello", "upstream_bad_response")
