@@ -128,10 +128,9 @@ def upstream_headers(headers: Headers, provider: Provider, api: Api | None, *, p
     if forwards_client_keys(provider, passing=passing):
         # Pass-through: the client's key goes on like its other end-to-end headers, so not when
         # the client's Connection header names it hop-by-hop (RFC 9110 section 7.6.1).
-        forwarded = end_to_end(headers, _NOT_FORWARDED_PASSING_KEYS)
+        forwarded = end_to_end(headers, _NOT_FORWARDED_PASSING_KEYS, _FORWARDING)
     else:
-        forwarded = end_to_end(headers, _NOT_FORWARDED)
-    forwarded = [header for header in forwarded if not header[0].startswith(_FORWARDING)]
+        forwarded = end_to_end(headers, _NOT_FORWARDED, _FORWARDING)
     if provider.api_key is not None:
         key = provider.api_key.reveal().encode("latin-1")
         # OpenAI-shaped endpoints (Gemini's and Anthropic's compatible ones too) take a bearer token.

@@ -38,13 +38,22 @@ HOP_BY_HOP = frozenset(
 )
 
 
-def end_to_end(headers: Headers, also_drop: frozenset[bytes] = frozenset()) -> Headers:
-    """Headers without hop-by-hop ones (and any the Connection header names) and without also_drop."""
+def end_to_end(
+    headers: Headers, also_drop: frozenset[bytes] = frozenset(), drop_prefix: bytes | None = None
+) -> Headers:
+    """Headers without hop-by-hop ones (and any the Connection header names), without also_drop and
+    without those whose lowercased name starts with drop_prefix."""
     drop = HOP_BY_HOP | also_drop
     for name, value in headers:
         if name.lower() == b"connection":
             drop = drop | {token.strip().lower() for token in value.split(b",")}
-    return [(name, value) for name, value in headers if name.lower() not in drop]
+    if drop_prefix is None:
+        return [(name, value) for name, value in headers if name.lower() not in drop]
+    return [
+        (name, value)
+        for name, value in headers
+        if (lowered := name.lower()) not in drop and not lowered.startswith(drop_prefix)
+    ]
 
 
 def body_headers(headers: Headers) -> tuple[bool, int | None, bytes]:
