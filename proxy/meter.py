@@ -127,7 +127,7 @@ class Meter:
             log.info("client left before sending its whole request: %s %s", scope["method"], path)
             return
 
-        stream = request.get("stream") is True or target.rest.endswith(":streamGenerateContent")
+        stream = request.get("stream") is True or target.path_streams
         strip = False
         # Usage is asked for in a JSON body: a form, which a chat call's never is, has no place for it.
         if (

@@ -5,12 +5,16 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
+from urllib.parse import unquote
 
 from proxy.config import Provider
 from proxy.usage import Api
 
 # Encoded dots, slashes, backslashes and percent signs could smuggle a "../" past the check below.
 _SUSPICIOUS = re.compile(r"%(?:2e|2f|5c|25)|\\", re.IGNORECASE)
+# A path parameter (";x", encoded or not): servers that strip it from a segment (Tomcat, Spring, Jetty)
+# would read "chat/completions;x" as chat/completions, a call forwarded unmetered, and "..;" as "..".
+_PARAMETER = re.compile(r";|%3b", re.IGNORECASE)
 
 
 NAME_SHOWN = 200  # characters of a client's model name that a message, and so a log line, shows
@@ -37,22 +41,32 @@ class PathTarget:
     rest: str  # the path after the version segment, as the client encoded it
     api: Api | None  # the API shape whose usage the response carries; None: not metered
     path_model: str | None  # the model named in the path (Gemini's models/{model}:generateContent)
+    path_streams: bool  # the path asks for a stream (Gemini's :streamGenerateContent)
 
 
 def api_of(rest: str) -> tuple[Api | None, str | None]:
-    """The metered API a path calls, and the model it names (Gemini puts it in the path). A trailing slash
-    calls the same API: a provider that takes it must not make the call a pass-through without usage."""
-    rest = rest.removesuffix("/")
-    if rest == "messages":
+    """The metered API a path calls, and the model it names (Gemini puts it in the path). A path the
+    provider may read as a metered one calls that API, so that it is never a pass-through without usage:
+    with a trailing slash, percent-encoded letters ("c%6Fmpletions") or in other case ("Chat/Completions",
+    for providers whose routes ignore case)."""
+    rest = unquote(rest).removesuffix("/")
+    lowered = rest.lower()
+    if lowered == "messages":
         return "anthropic", None
     for suffix, api in _ENDPOINTS:
-        if rest == suffix or rest.endswith("/" + suffix):
+        if lowered == suffix or lowered.endswith("/" + suffix):
             return api, None
     head, _, model_call = rest.rpartition("models/")
     model, _, method = model_call.partition(":")
     if model and method in ("generateContent", "streamGenerateContent") and (not head or head.endswith("/")):
         return "gemini", model
     return None, None
+
+
+def _target(provider: Provider | None, base: str, rest: str) -> PathTarget:
+    api, model = api_of(rest)
+    streams = api == "gemini" and unquote(rest).removesuffix("/").endswith(":streamGenerateContent")
+    return PathTarget(provider, base, rest, api, model, streams)
 
 
 _KNOWN_PATHS = 1024  # resolved paths remembered: clients call the same few paths over and over
@@ -100,12 +114,16 @@ class Routes:
             raise RouteError(
                 400, "invalid_path", f"path {raw_path!r} has encoded dots, slashes or backslashes"
             )
+        if _PARAMETER.search(raw_path):
+            raise RouteError(
+                400, "invalid_path", f"path {raw_path!r} has a ';' parameter, which no provider's API takes"
+            )
         segments = raw_path.split("/")
         if any(segment in ("", ".", "..") for segment in segments[1:-1]) or segments[-1] in (".", ".."):
             raise RouteError(400, "invalid_path", f"path {raw_path!r} has empty, '.' or '..' segments")
         if len(segments) >= 3 and segments[1] == "v1":
             rest = "/".join(segments[2:])
-            return PathTarget(None, "", rest, *api_of(rest))
+            return _target(None, "", rest)
         if len(segments) >= 4:
             provider = self.providers.get(segments[1])
             if provider is None:
@@ -122,7 +140,7 @@ class Routes:
                     f"a client's base_url for this provider ends in /{provider.name}/v1",
                 )
             rest = "/".join(segments[3:])
-            return PathTarget(provider, base, rest, *api_of(rest))
+            return _target(provider, base, rest)
         raise RouteError(404, "not_found", f"no route for {raw_path!r}; call /v1/... or /{{provider}}/v1/...")
 
     def for_model(self, model: str) -> tuple[Provider, str]:

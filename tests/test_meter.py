@@ -748,6 +748,37 @@ def test_a_metered_path_with_a_trailing_slash_is_metered(proxy: RunningProxy, st
     assert (record["input_cost"], record["output_cost"], record["total_cost"]) == (0.0025, 0.001, 0.0035)
 
 
+@pytest.mark.parametrize(
+    "path",
+    ["/openai/v1/chat/c%6Fmpletions", "/openai/v1/Chat/Completions", "/openai/v1/%63hat/COMPLETIONS/"],
+)
+def test_a_path_a_provider_may_read_as_a_metered_one_is_metered(
+    proxy: RunningProxy, stub: UpstreamStub, path: str
+) -> None:
+    # Servers decode percent-encoded letters before routing, and some ignore case: such a path must not
+    # be a pass-through recorded without usage.
+    stub.push(Reply(body=chat_body({"prompt_tokens": 1000, "completion_tokens": 100, "total_tokens": 1100})))
+    response = proxy.post_json(path, {"model": "gpt-4o", "messages": HELLO})
+
+    assert response.status == 200
+    assert only(stub.requests).target == path.removeprefix("/openai")  # sent on as the client wrote it
+    record = only(proxy.wait_records(1))
+    # gpt-4o at 2.50 / 10.00 per 1M tokens: 1000 * 2.5e-6 + 100 * 1e-5 = 0.0025 + 0.001.
+    assert (record["model"], record["usage_source"], record["total_cost"]) == ("gpt-4o", "provider", 0.0035)
+
+
+@pytest.mark.parametrize("path", ["/openai/v1/chat/completions;x", "/openai/v1/chat;a=b/completions"])
+def test_a_path_with_a_parameter_is_refused_before_any_provider_is_called(
+    proxy: RunningProxy, stub: UpstreamStub, path: str
+) -> None:
+    # Tomcat, Spring and Jetty strip ";x" from a segment: forwarded, it would be a chat call unmetered.
+    response = proxy.post_json(path, {"model": "gpt-4o", "messages": HELLO})
+
+    error = assert_openai_error(response, 400)
+    assert error["code"] == "invalid_path" and "';' parameter" in error["message"]
+    assert stub.requests == []
+
+
 def test_other_provider_paths_are_passed_through_and_recorded_without_usage(
     proxy: RunningProxy, stub: UpstreamStub
 ) -> None:

@@ -792,6 +792,9 @@ HOSTILE_PATHS = [
     "/v1/../openai/v1/admin",
     "/v1/%2e%2e/admin",
     "/%2e%2e/v1/chat/completions",
+    "/openai/v1/a/..;/admin",
+    "/openai/v1/a/..%3B/admin",
+    "/openai/v1/chat/..;x=1/..;/admin",
 ]
 
 
@@ -808,6 +811,7 @@ def test_hostile_paths_are_refused_or_stay_under_base_url(
         segments = seen.target.split("?")[0].split("/")
         assert seen.target.startswith("/v1/") and ".." not in segments and "" not in segments[1:], seen.target
         assert "%2e" not in seen.target.lower() and "\\" not in seen.target, seen.target
+        assert ";" not in seen.target and "%3b" not in seen.target.lower(), seen.target
 
 
 # --- 16. Hop-by-hop headers, smuggling, Content-Encoding ----------------------------------------

@@ -77,6 +77,8 @@ def test_model_errors_name_the_model(model: str, status: int, words: str) -> Non
         ("/openai/v1/chat\\completions", 400),
         ("/openai/v1/%2Fetc", 400),
         ("/openai/v1/.", 400),
+        ("/openai/v1/a/..;/admin", 400),
+        ("/openai/v1/chat/completions%3bx", 400),
         ("/unknown/v1/chat/completions", 404),
         ("/admin", 404),
         ("/v1", 404),
@@ -121,6 +123,20 @@ def test_endpoints_name_the_api_whose_usage_they_carry() -> None:
     assert api_of("files") == (None, None)
     assert api_of("chat/completions/") == ("chat", None)
     assert api_of("messages/") == ("anthropic", None)
+    assert api_of("chat/c%6Fmpletions") == ("chat", None)
+    assert api_of("Chat/Completions") == ("chat", None)
+    assert api_of("EMBEDDINGS/") == ("embeddings", None)
+    assert api_of("Messages") == ("anthropic", None)
+    assert api_of("models/gemini-2.5-flash%3AgenerateContent") == ("gemini", "gemini-2.5-flash")
+    assert api_of("threads/t1/Messages") == (None, None)
+
+
+def test_a_gemini_path_says_whether_it_streams() -> None:
+    routes = Routes({"gemini": make("gemini", "gemini-2.5-flash")})
+    streamed = routes.for_path("/gemini/v1/models/gemini-2.5-flash%3AstreamGenerateContent/")
+    whole = routes.for_path("/gemini/v1/models/gemini-2.5-flash:generateContent")
+    assert (streamed.api, streamed.path_model, streamed.path_streams) == ("gemini", "gemini-2.5-flash", True)
+    assert (whole.api, whole.path_streams) == ("gemini", False)
 
 
 def test_a_version_segment_cuts_base_url_after_it() -> None:
