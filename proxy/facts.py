@@ -167,9 +167,15 @@ def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else []
 
 
+_BOM = b"\xef\xbb\xbf"
+
+
 def facts_from_body(body: bytes, api: Api) -> ResponseFacts | None:
     """Facts from a non-streamed JSON body (or a JSON array of chunks); None when it is not JSON. A chat
-    body is read for its usage even when a string the typed read skips (the content) is not UTF-8."""
+    body is read for its usage even when a string the typed read skips (the content) is not UTF-8, and
+    after a UTF-8 byte order mark, which JSON readers of clients skip (RFC 8259 section 8.1)."""
+    if body.startswith(_BOM):
+        body = body[len(_BOM) :]
     if api in _CHAT_SHAPED and (typed := chat_message(body)) is not None:
         facts = ResponseFacts(api)
         facts.absorb_chat(typed)

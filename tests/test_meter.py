@@ -748,6 +748,21 @@ def test_a_metered_path_with_a_trailing_slash_is_metered(proxy: RunningProxy, st
     assert (record["input_cost"], record["output_cost"], record["total_cost"]) == (0.0025, 0.001, 0.0035)
 
 
+def test_a_body_after_a_byte_order_mark_is_read_for_its_usage(
+    proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    # json.loads, and so the openai SDK, reads JSON bytes after a UTF-8 BOM: the call was answered.
+    usage = {"prompt_tokens": 1000, "completion_tokens": 100, "total_tokens": 1100}
+    body = b"\xef\xbb\xbf" + chat_body(usage)
+    stub.push(Reply(body=body))
+    response = proxy.post_json("/openai/v1/chat/completions", {"model": "gpt-4o", "messages": HELLO})
+
+    assert (response.status, response.body) == (200, body)
+    record = only(proxy.wait_records(1))
+    # gpt-4o at 2.50 / 10.00 per 1M tokens: 1000 * 2.5e-6 + 100 * 1e-5 = 0.0025 + 0.001.
+    assert (record["error"], record["usage_source"], record["total_cost"]) == (None, "provider", 0.0035)
+
+
 @pytest.mark.parametrize(
     "path",
     ["/openai/v1/chat/c%6Fmpletions", "/openai/v1/Chat/Completions", "/openai/v1/%63hat/COMPLETIONS/"],
