@@ -51,11 +51,11 @@ def build_parser(prog: str = "meterproxy report") -> argparse.ArgumentParser:
     period.add_argument("--start", metavar="DATE", help="from this date or ISO time (UTC)")
     period.add_argument("--end", metavar="DATE", help="to this ISO time, or through the end of this date")
     chosen = parser.add_argument_group("filters")
-    chosen.add_argument("--provider", metavar="NAME")
-    chosen.add_argument("--model", metavar="TEXT", help="models whose name contains TEXT")
-    chosen.add_argument("--user", metavar="ID")
-    chosen.add_argument("--task-type", metavar="NAME")
-    chosen.add_argument("--session", metavar="ID")
+    chosen.add_argument("--provider", type=_named, metavar="NAME")
+    chosen.add_argument("--model", type=_named, metavar="TEXT", help="models whose name contains TEXT")
+    chosen.add_argument("--user", type=_named, metavar="ID")
+    chosen.add_argument("--task-type", type=_named, metavar="NAME")
+    chosen.add_argument("--session", type=_named, metavar="ID")
     chosen.add_argument("--errors", action="store_true", help="only calls with an error or a status >= 400")
     output = parser.add_argument_group("output")
     output.add_argument("--format", choices=FORMATS, default="summary")
@@ -92,6 +92,13 @@ def _positive(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: give a number of at least 1")
     return value
+
+
+def _named(text: str) -> str:
+    # An empty name matched every record (no filter), where it names none.
+    if not text:
+        raise argparse.ArgumentTypeError("give a name, or leave the option out for every record")
+    return text
 
 
 def _hours(text: str) -> float:

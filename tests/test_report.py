@@ -610,6 +610,8 @@ def test_config_variables_take_their_defaults_as_in_the_proxy(
         (["--since", "nan"], "argument --since: 'nan': give a positive number of hours, e.g. --since 24"),
         (["--format", "xml"], "argument --format: invalid choice: 'xml'"),
         (["--limit", "0"], "argument --limit: '0': give a number of at least 1 (see --help)"),
+        (["--provider", ""], "argument --provider: give a name, or leave the option out for every record"),
+        (["--model="], "argument --model: give a name, or leave the option out for every record"),
         (["--start", "yesterday"], "--start 'yesterday': not a date or time"),
         (["--end", "9999-12-31"], "--end '9999-12-31': past the calendar's ends"),
         (["--since", "1e9"], "--since 1e+09: reaches back before the year 1"),
