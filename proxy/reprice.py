@@ -110,8 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"meterproxy reprice: {problem}", file=sys.stderr)
         return 2
     priced = unpriced = 0
+    opened = False
     try:
         with _open(args.file, "rb") as source, _open(output, "wb") as target:
+            opened = True
             for line in source:
                 try:
                     record = orjson.loads(line)
@@ -131,7 +133,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"meterproxy reprice: --file {args.file}: cannot read it: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"meterproxy reprice: {exc.filename}: {(exc.strerror or str(exc)).lower()}", file=sys.stderr)
+        # An error of open names its file; one of a write (a full disk, a size limit) names none: it is the
+        # copy's, and a copy cut short is not left to pass for a whole one.
+        failed = exc.filename
+        if failed is None:
+            failed = output
+            if opened and output.is_file():
+                output.unlink()
+        print(f"meterproxy reprice: {failed}: {(exc.strerror or str(exc)).lower()}", file=sys.stderr)
         return 2
     print(f"{priced} record{'s' if priced != 1 else ''} repriced, {unpriced} unpriced, written to {output}")
     return 0

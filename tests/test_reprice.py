@@ -444,6 +444,31 @@ def test_reprice_of_a_truncated_gz_file_exits_2_with_one_line(tmp_path: Path) ->
     assert sorted(path.name for path in tmp_path.iterdir()) == ["corrected.yml", "cost.jsonl.1.gz"]
 
 
+def test_reprice_that_cannot_write_its_copy_names_it_and_leaves_no_part_of_it(tmp_path: Path) -> None:
+    records_path = tmp_path / "cost.jsonl"
+    write_lines(records_path, [json.dumps(record()).encode()] * 2000)
+    config = write_config(tmp_path / "corrected.yml", CONFIG)
+
+    # `python -m proxy reprice` whose files stop at 64 KiB: a write past that fails (EFBIG).
+    limited = (
+        "import resource, runpy; resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536)); "
+        "runpy.run_module('proxy', run_name='__main__', alter_sys=True)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", limited, "reprice", "--file", str(records_path), "--config", str(config)],
+        cwd=tmp_path,
+        env=proxy_env(tmp_path / "not-used.jsonl"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert result.returncode == 2
+    copy = tmp_path / "cost.repriced.jsonl"
+    assert result.stderr == f"meterproxy reprice: {copy}: file too large\n"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["corrected.yml", "cost.jsonl"]
+
+
 def test_reprice_of_a_record_of_the_first_writer_prices_its_usage(tmp_path: Path) -> None:
     # The first records had 15 fields and no usage_source: their tokens came from the provider.
     first = {key: value for key, value in record().items() if key in list(record())[:15]}
