@@ -243,8 +243,13 @@ class RecordWriter:
 
     def _drop(self, line: bytes) -> None:
         self.dropped += 1
-        sys.stderr.buffer.write(b'{"dropped_record": ' + line[:-1] + b"}\n")
-        sys.stderr.flush()
+        try:
+            sys.stderr.buffer.write(b'{"dropped_record": ' + line[:-1] + b"}\n")
+            sys.stderr.flush()
+        except (OSError, ValueError):
+            # stderr gone too (a closed pipe, a full disk): the record has nowhere left to go, and its call
+            # still gets its answer; dropped_records counts it.
+            pass
 
     def _fail(self, exc: OSError, writing: bool = False) -> None:
         self.problem = f"cannot write cost-tracking file {self.path}: {exc.strerror or exc}"

@@ -1,5 +1,6 @@
 import json
 import multiprocessing
+import sys
 from pathlib import Path
 
 import orjson
@@ -105,6 +106,34 @@ def test_write_error_drops_to_stderr_and_recovers(tmp_path: Path, capfd: pytest.
     writer.append(record(4))
     writer.close()
     assert writer.problem is None
+    assert orjson.loads((blocker / "records.jsonl").read_bytes())["request_id"] == "r4"
+
+
+class _ClosedPipe:
+    def write(self, data: bytes) -> int:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+class _GoneStderr:
+    buffer = _ClosedPipe()
+
+    def flush(self) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_record_neither_the_file_nor_stderr_takes_is_counted_and_the_writer_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "stderr", _GoneStderr())
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_bytes(b"")
+    writer = RecordWriter(blocker / "records.jsonl")
+    writer.open()
+    writer.append(record(3))
+    assert (writer.dropped, writer.problem is not None) == (1, True)
+    blocker.unlink()
+    writer.append(record(4))
+    writer.close()
     assert orjson.loads((blocker / "records.jsonl").read_bytes())["request_id"] == "r4"
 
 
