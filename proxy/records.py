@@ -126,6 +126,9 @@ class RecordWriter:
     # Only a write tells whether the file takes records again (a full disk, a quota): after a failed
     # write, `accepting()` lets one call through per this many seconds, and its record finds out.
     RETRY_SECONDS = 1.0
+    # How often a record looks whether the file was moved or deleted (a rotation): records go to the
+    # moved file for at most this long before a new one is started at `path`.
+    LOOK_SECONDS = 1.0
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -134,6 +137,7 @@ class RecordWriter:
         self._fd: int | None = None
         self._end = -1  # where this writer's last record ended in the file (-1: none since it opened it)
         self._write_failed_at: float | None = None
+        self._next_look = 0.0  # time.monotonic() at which the next record looks for a rotation
 
     def open(self) -> None:
         """Open the file unless it is open. A failure to open is cleared here; a failed write is cleared
@@ -141,15 +145,33 @@ class RecordWriter:
         if self._fd is not None:
             return
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            # Read too: a record's write looks at the byte before it (`_after_torn_line`).
-            self._fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+            self._fd = self._open_path()
             self._end = -1
         except OSError as exc:
             self._fail(exc)
             return
         if self._write_failed_at is None:
             self.problem = None
+
+    def _open_path(self) -> int:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Read too: a record's write looks at the byte before it (`_write`).
+        return os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+
+    def follow(self) -> OSError | None:
+        """Start a new file at `path` if the open one was moved or deleted (logrotate's default `create`,
+        or a `mv` by hand), so that records go where readers look; the moved file keeps those written to
+        it. If no file can be opened at `path`, records go on to the open one: the error says why."""
+        if not self._replaced():
+            return None
+        try:
+            fd = self._open_path()
+        except OSError as exc:
+            return exc
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd, self._end = fd, -1
+        return None
 
     def accepting(self) -> bool:
         """Whether to serve a call under fail_closed: the file is open and took the last record, or the
@@ -169,10 +191,11 @@ class RecordWriter:
         self.open()
         if self.problem is not None:
             return self.problem
-        if self._replaced():
+        failed = self.follow()
+        if failed is not None:
             return (
-                f"cost-tracking file {self.path} was moved or deleted while the proxy runs: records "
-                "still go to the old file; restart the proxy to start a new one"
+                f"cost-tracking file {self.path} was moved or deleted while the proxy runs, and no new one "
+                f"can be opened there ({failed.strerror or failed}): records still go to the old file"
             )
         if not os.access(self.path, os.W_OK):
             return f"cannot write cost-tracking file {self.path}: permission denied"
@@ -185,8 +208,10 @@ class RecordWriter:
             return False
         try:
             at_path = os.stat(self.path)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return True
+        except OSError:  # cannot tell (no permission to look): the open file stays
+            return False
         opened = os.fstat(self._fd)
         return (at_path.st_dev, at_path.st_ino) != (opened.st_dev, opened.st_ino)
 
@@ -227,6 +252,9 @@ class RecordWriter:
             return
         if self._fd is None:
             self.open()
+        elif (now := time.monotonic()) >= self._next_look:
+            self._next_look = now + self.LOOK_SECONDS
+            self.follow()
         if self._fd is not None:
             try:
                 written = self._write(self._fd, line)

@@ -109,6 +109,44 @@ def test_write_error_drops_to_stderr_and_recovers(tmp_path: Path, capfd: pytest.
     assert orjson.loads((blocker / "records.jsonl").read_bytes())["request_id"] == "r4"
 
 
+def test_a_file_moved_away_is_followed_by_a_new_one_at_its_path(tmp_path: Path) -> None:
+    path = tmp_path / "records.jsonl"
+    writer = RecordWriter(path)
+    writer.LOOK_SECONDS = 0.0  # every record looks
+    writer.open()
+    writer.append(record(1))
+    moved = path.rename(tmp_path / "records.jsonl.1")  # logrotate's default (create)
+    writer.append(record(2))
+    path.unlink()  # deleted: started again as well
+    writer.append(record(3))
+    writer.close()
+
+    assert [orjson.loads(line)["request_id"] for line in moved.read_bytes().splitlines()] == ["r1"]
+    assert [orjson.loads(line)["request_id"] for line in path.read_bytes().splitlines()] == ["r3"]
+    assert (writer.dropped, writer.problem) == (0, None)
+
+
+def test_a_file_moved_where_no_new_one_can_be_opened_keeps_its_records_and_says_why(tmp_path: Path) -> None:
+    folder = tmp_path / "logs"
+    path = folder / "records.jsonl"
+    writer = RecordWriter(path)
+    writer.LOOK_SECONDS = 0.0
+    writer.open()
+    writer.append(record(1))
+    folder.rename(tmp_path / "old-logs")
+    folder.write_bytes(b"")  # a file where the folder was: nothing can be opened at path
+    writer.append(record(2))
+
+    assert writer.check() == (
+        f"cost-tracking file {path} was moved or deleted while the proxy runs, and no new one can be "
+        "opened there (File exists): records still go to the old file"
+    )
+    writer.close()
+    moved = tmp_path / "old-logs" / "records.jsonl"
+    assert [orjson.loads(line)["request_id"] for line in moved.read_bytes().splitlines()] == ["r1", "r2"]
+    assert writer.dropped == 0
+
+
 class _ClosedPipe:
     def write(self, data: bytes) -> int:
         raise BrokenPipeError(32, "Broken pipe")
