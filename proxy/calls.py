@@ -11,7 +11,7 @@ from proxy.codings import Undecodable, codings, decoded
 from proxy.config import Price, Provider
 from proxy.facts import ResponseFacts, StreamFacts, facts_from_body
 from proxy.pricing import Cost, find_price, price_call
-from proxy.records import CallError, CostRecord, UsageSource
+from proxy.records import RECORD_VERSION, CallError, CostRecord, UsageSource
 from proxy.upstream import UpstreamResponse
 from proxy.usage import Api, Usage, estimate_usage
 
@@ -150,7 +150,7 @@ class Call:
             "output_cost": cost.output_cost if cost is not None else None,
             "total_cost": cost.total_cost if cost is not None else None,
             "finish_reason": facts.finish_reason if facts is not None else None,
-            "v": 1,
+            "v": RECORD_VERSION,
             "response_model": facts.model if facts is not None else None,
             "cached_input_tokens": usage.cached_tokens,
             "cache_write_tokens": usage.cache_write_tokens,

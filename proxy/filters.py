@@ -11,7 +11,7 @@ import msgspec
 
 from proxy.money import UNIT_SCALE
 from proxy.periods import ALL_TIME, Period
-from proxy.records import CostRecord, is_record_time, record_time
+from proxy.records import RECORD_VERSION, CostRecord, is_record_time, record_time
 
 NONE = "(none)"  # the name shown for a missing model, task type or session
 RECORD_FIELDS: tuple[str, ...] = tuple(CostRecord.__annotations__)
@@ -25,7 +25,7 @@ DEFAULTS: dict[str, Any] = dict.fromkeys(RECORD_FIELDS) | {
     "input_tokens": 0,
     "output_tokens": 0,
     "total_tokens": 0,
-    "v": 1,
+    "v": RECORD_VERSION,
     "cached_input_tokens": 0,
     "cache_write_tokens": 0,
     "reasoning_tokens": 0,
