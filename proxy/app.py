@@ -17,6 +17,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from proxy import __version__
+from proxy.aiohttpclient import AiohttpUpstream
 from proxy.config import Config
 from proxy.configfile import load_config
 from proxy.errors import error_body
@@ -26,7 +27,7 @@ from proxy.records import RecordWriter
 from proxy.routing import Routes
 from proxy.stats import RollingTotals
 from proxy.stopsignals import StopSignals
-from proxy.upstream import AiohttpUpstream, Upstream
+from proxy.upstream import Upstream
 
 CONFIG_ENV = "METERPROXY_CONFIG"
 _CODES = {404: "not_found", 405: "method_not_allowed"}

@@ -8,7 +8,8 @@ import pytest
 from conftest import free_port, read_all, run_client
 from upstream_stub import STRAYS, Hangup, Reply, Stream, UpstreamStub
 
-from proxy.upstream import AiohttpUpstream, Headers, UpstreamError, end_to_end
+from proxy.aiohttpclient import AiohttpUpstream
+from proxy.upstream import Headers, UpstreamError, end_to_end
 
 T = TypeVar("T")
 HEADERS = [(b"content-type", b"application/json"), (b"x-trace", b"abc")]
