@@ -103,11 +103,11 @@ def create_app(config: Config, upstream: Upstream | None = None) -> Starlette:
             "cost_stats_24h": totals.snapshot() if config.cost_tracking else None,
         }
         if config.cost_tracking:
-            problem = writer.check()
+            problems = [problem for problem in (writer.check(), totals.problem) if problem is not None]
             body["dropped_records"] = writer.dropped
-            if problem is not None:
+            if problems:
                 body["status"] = "degraded"
-                body["problems"] = [problem]
+                body["problems"] = problems
         return JSONResponse(body)
 
     async def list_models(request: Request) -> Response:

@@ -90,19 +90,23 @@ class RollingTotals:
         self._offset = 0
         self._mark = b""  # the end of the file's last line folded, up to _offset
         self._inode: int | None = None
+        self.problem: str | None = None  # why the file could not be read at the last look, or None
 
     def load(self) -> None:
         """Rebuild the window from the file's tail, reading backwards only as far as needed."""
         self._buckets.clear()
         self._mark = b""
+        self._offset = 0
+        self._inode = None
         try:
             with open(self.path, "rb") as file:
                 stat = os.fstat(file.fileno())
                 self._offset = self._fold_back(file, stat.st_size)
-        except FileNotFoundError:
-            stat = None
-            self._offset = 0
-        self._inode = stat.st_ino if stat else None
+                self._inode = stat.st_ino
+        except OSError as exc:
+            self._unread(exc)
+        else:
+            self.problem = None
 
     def _fold_back(self, file: BinaryIO, size: int) -> int:
         """Fold the file's whole lines from its end backwards, a block at a time, up to a block whose
@@ -148,12 +152,25 @@ class RollingTotals:
                     self._offset = 0
                     self._mark = b""
                     self._buckets.clear()
-                if stat.st_size == self._offset:
-                    return
-                file.seek(self._offset)
-                self._fold_lines(file, stat.st_size)
-        except FileNotFoundError:
-            return
+                if stat.st_size != self._offset:
+                    file.seek(self._offset)
+                    self._fold_lines(file, stat.st_size)
+        except OSError as exc:
+            self._unread(exc)
+        else:
+            self.problem = None
+
+    def _unread(self, exc: OSError) -> None:
+        """A failed read of the file leaves the totals as they are, where it stopped the proxy at start-up
+        and answered /health with a 500. No file at the path (moved away, or its folder) is no problem;
+        another failure (a folder at the path, no permission to read) is one /health names."""
+        if isinstance(exc, FileNotFoundError | NotADirectoryError):
+            self.problem = None
+        else:
+            self.problem = (
+                f"cannot read cost-tracking file {self.path} ({exc.strerror or exc}): cost_stats_24h are "
+                "the totals last read from it"
+            )
 
     def _rewritten(self, file: BinaryIO) -> bool:
         """Whether the last line folded is no longer where it was: the file was emptied and written again

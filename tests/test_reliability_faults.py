@@ -969,6 +969,55 @@ def test_a_record_file_moved_away_while_the_proxy_runs_is_followed_by_a_new_one_
     assert (health["status"], health["dropped_records"]) == ("healthy", 0), health
 
 
+def test_a_record_folder_replaced_while_workers_run_keeps_health_answering_and_the_records_in_the_old_file(
+    launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub, tmp_path: Path
+) -> None:
+    stub.always(Reply(body=completion()))
+    folder = tmp_path / "logs"
+    path = folder / "records.jsonl"
+    proxy = launch(make_config(), env={"COST_TRACKING_FILE": str(path)}, workers=2)
+    wait_until(lambda: proxy.log().count("Application startup complete.") == 2, "both workers to start")
+    calls = [proxy.post_json("/v1/chat/completions", chat()) for _ in range(4)]
+    folder.rename(tmp_path / "old-logs")
+    folder.write_bytes(b"")  # a file where the folder was: no record file can be opened at the path
+    # /health read the path for its totals and failed with a 500 (Not a directory), in every worker.
+    for _ in range(6):  # whichever worker answers
+        health = proxy.health()
+        assert (health["status"], health["dropped_records"]) == ("degraded", 0), health
+        assert f"{path} was moved or deleted" in health["problems"][0], health
+    calls += [proxy.post_json("/v1/chat/completions", chat()) for _ in range(4)]
+
+    assert [call.status for call in calls] == [200] * 8
+    records = read_records(tmp_path / "old-logs" / "records.jsonl")
+    assert sorted(r["proxy_request_id"] for r in records) == sorted(
+        call.header("x-meterproxy-request-id") or "" for call in calls
+    )
+
+
+def test_a_record_path_that_is_a_folder_at_start_up_leaves_the_workers_serving_and_health_degraded(
+    launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub, tmp_path: Path
+) -> None:
+    stub.always(Reply(body=completion()))
+    path = tmp_path / "records.jsonl"
+    path.mkdir()
+    # The totals' read of the path (Is a directory) stopped every worker at start-up, and the supervisor
+    # with exit code 0; fail-open, the proxy serves and says why its records go to stderr.
+    proxy = launch(make_config(), env={"COST_TRACKING_FILE": str(path)}, workers=2)
+    wait_until(lambda: proxy.log().count("Application startup complete.") == 2, "both workers to start")
+    response = proxy.post_json("/v1/chat/completions", chat())
+    assert response.status == 200
+    wait_until(lambda: response.header("x-meterproxy-request-id") in dropped(proxy), "the dropped record")
+    for _ in range(4):  # whichever worker answers
+        health = proxy.health()
+        assert health["status"] == "degraded", health
+        assert health["problems"] == [
+            f"cannot write cost-tracking file {path}: Is a directory",
+            f"cannot read cost-tracking file {path} (Is a directory): cost_stats_24h are the totals last "
+            "read from it",
+        ]
+        assert health["cost_stats_24h"]["requests"] == 0
+
+
 def test_an_unwritable_record_file_keeps_the_proxy_serving_counts_drops_and_resumes_on_a_fresh_line(
     launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub, place: RecordPlace
 ) -> None:

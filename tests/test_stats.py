@@ -320,3 +320,33 @@ def test_a_file_copied_and_emptied_under_the_proxy_is_summed_again_from_its_star
     assert path.stat().st_size > len(old) * 3
     snapshot = stats.snapshot()
     assert (snapshot["requests"], snapshot["input_tokens"]) == (5, 15)
+
+
+def test_a_path_that_cannot_be_read_keeps_the_totals_last_read_and_says_why(tmp_path: Path) -> None:
+    # A folder where the file was: the read failed (Is a directory), /health with it, and start-up too.
+    path = tmp_path / "r.jsonl"
+    path.mkdir()
+    stats = totals(path)
+    assert (stats.snapshot()["requests"], stats.problem) == (
+        0,
+        f"cannot read cost-tracking file {path} (Is a directory): cost_stats_24h are the totals last read "
+        "from it",
+    )
+    path.rmdir()
+    path.write_bytes(line(timedelta(minutes=2)) * 2)
+    assert (stats.snapshot()["requests"], stats.problem) == (2, None)
+    path.unlink()
+    path.mkdir()
+    assert stats.snapshot()["requests"] == 2 and stats.problem is not None
+
+
+def test_a_path_whose_folder_is_a_file_is_a_missing_file(tmp_path: Path) -> None:
+    # The folder moved away and a file put in its place: nothing to read there, as for a file moved away.
+    folder = tmp_path / "logs"
+    folder.mkdir()
+    (folder / "r.jsonl").write_bytes(line(timedelta(minutes=2)))
+    stats = totals(folder / "r.jsonl")
+    folder.rename(tmp_path / "old-logs")
+    folder.write_bytes(b"")
+    assert (stats.snapshot()["requests"], stats.problem) == (1, None)
+    assert (totals(folder / "r.jsonl").snapshot()["requests"], stats.problem) == (0, None)
