@@ -161,12 +161,16 @@ class RecordWriter:
     def follow(self) -> OSError | None:
         """Start a new file at `path` if the open one was moved or deleted (logrotate's default `create`,
         or a `mv` by hand), so that records go where readers look; the moved file keeps those written to
-        it. If no file can be opened at `path`, records go on to the open one: the error says why."""
+        it. If no file can be opened at `path`, records go on to the moved file, but not to a deleted one,
+        where no reader would ever find them: they are dropped to stderr, counted, until a file can be
+        opened there. The error says why."""
         if not self._replaced():
             return None
         try:
             fd = self._open_path()
         except OSError as exc:
+            if self._fd is not None and os.fstat(self._fd).st_nlink == 0:
+                self._fail(exc)
             return exc
         if self._fd is not None:
             os.close(self._fd)
@@ -192,6 +196,8 @@ class RecordWriter:
         if self.problem is not None:
             return self.problem
         failed = self.follow()
+        if failed is not None and self.problem is not None:
+            return self.problem  # the file was deleted: its records go to stderr
         if failed is not None:
             return (
                 f"cost-tracking file {self.path} was moved or deleted while the proxy runs, and no new one "

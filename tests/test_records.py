@@ -1,5 +1,6 @@
 import json
 import multiprocessing
+import shutil
 import sys
 from pathlib import Path
 
@@ -145,6 +146,28 @@ def test_a_file_moved_where_no_new_one_can_be_opened_keeps_its_records_and_says_
     moved = tmp_path / "old-logs" / "records.jsonl"
     assert [orjson.loads(line)["request_id"] for line in moved.read_bytes().splitlines()] == ["r1", "r2"]
     assert writer.dropped == 0
+
+
+def test_a_file_deleted_where_no_new_one_can_be_opened_drops_its_records_to_stderr(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "logs"
+    path = folder / "records.jsonl"
+    writer = RecordWriter(path)
+    writer.LOOK_SECONDS = 0.0
+    writer.open()
+    writer.append(record(1))
+    shutil.rmtree(folder)
+    folder.write_bytes(b"")  # a file where the folder was: nothing can be opened at path
+    writer.append(record(2))  # went on to the deleted file, where no reader finds it
+    assert writer.check() == f"cannot write cost-tracking file {path}: File exists"
+    assert writer.dropped == 1
+    assert '{"dropped_record": {' in capfd.readouterr().err
+    folder.unlink()
+    writer.append(record(3))
+    writer.close()
+    assert [orjson.loads(line)["request_id"] for line in path.read_bytes().splitlines()] == ["r3"]
+    assert (writer.dropped, writer.problem) == (1, None)
 
 
 class _ClosedPipe:

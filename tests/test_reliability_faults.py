@@ -994,6 +994,31 @@ def test_a_record_folder_replaced_while_workers_run_keeps_health_answering_and_t
     )
 
 
+def test_a_record_file_deleted_where_no_new_one_can_be_opened_sends_the_records_to_stderr_in_each_worker(
+    launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub, tmp_path: Path
+) -> None:
+    stub.always(Reply(body=completion()))
+    folder = tmp_path / "logs"
+    path = folder / "records.jsonl"
+    proxy = launch(make_config(), env={"COST_TRACKING_FILE": str(path)}, workers=2)
+    wait_until(lambda: proxy.log().count("Application startup complete.") == 2, "both workers to start")
+    assert proxy.post_json("/v1/chat/completions", chat()).status == 200
+    shutil.rmtree(folder)
+    folder.write_bytes(b"")  # and a file where the folder was: no record file can be opened at the path
+    time.sleep(RecordWriter.LOOK_SECONDS + 0.1)  # each worker looks at its next record
+    # Records went on to the deleted file, where no reader finds them: lost, and neither counted as
+    # dropped nor printed to stderr.
+    ids = [
+        proxy.post_json("/v1/chat/completions", chat()).header("x-meterproxy-request-id") or ""
+        for _ in range(6)
+    ]
+    wait_until(lambda: set(ids) <= set(dropped(proxy)), "the records on stderr")
+    assert all(record["input_tokens"] == 10 for record in dropped(proxy).values())
+    health = proxy.health()
+    assert health["status"] == "degraded", health
+    assert health["problems"] == [f"cannot write cost-tracking file {path}: File exists"]
+
+
 def test_a_record_path_that_is_a_folder_at_start_up_leaves_the_workers_serving_and_health_degraded(
     launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub, tmp_path: Path
 ) -> None:
