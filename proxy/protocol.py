@@ -1,6 +1,6 @@
 """The HTTP/1.1 server protocol uvicorn runs for every client connection.
 
-It is uvicorn's own (httptools) protocol with four changes, all below the app:
+It is uvicorn's own (httptools) protocol with five changes, all below the app:
 
 - Reads are bounded. uvloop reads up to 256,000 bytes from a socket at a time and uvicorn reads on
   until more than 64 KiB of a request body wait unread, so a proxy refusing a body over its limit
@@ -19,6 +19,10 @@ It is uvicorn's own (httptools) protocol with four changes, all below the app:
   and two TCP segments for every answer, where nginx sends one. Here the head waits for the next
   write on its connection and goes out with it; if none comes before the event loop's next turn (a
   stream whose first event is still upstream), it goes alone then, so no head waits longer than that.
+- A lost connection is told to every request on it not yet answered. uvicorn tells only the latest
+  one, which with pipelining is a request queued behind the call being answered: that call never
+  learnt its client had left (its provider went on generating, its record said it was answered, and
+  its writes to the closed connection raised).
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ import logging
 from http import HTTPStatus
 from typing import Any, cast
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from proxy.errors import error_body
 
@@ -87,13 +91,24 @@ class _HeadHoldingTransport:
 
 class _HttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol, writing heads with bodies, pausing at a smaller unread body,
-    refusing a request head over MAX_HEAD, and answering errors of its own in OpenAI's shape."""
+    refusing a request head over MAX_HEAD, answering errors of its own in OpenAI's shape, and telling
+    a lost connection to every request on it not yet answered."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         held = _HeadHoldingTransport(cast(asyncio.Transport, transport), self.loop)
         super().connection_made(cast(asyncio.Transport, held))
         self.heading = True  # the next bytes are a request head's
         self.head_size = 0  # bytes taken in since that head began (and a read's worth before)
+        # Requests still unanswered when a later one was read on the connection (pipelined): uvicorn
+        # tells a lost connection only to the latest.
+        self.earlier: list[RequestResponseCycle] = []
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for cycle in self.earlier:
+            if not cycle.response_complete:
+                cycle.disconnected = True
+                cycle.message_event.set()  # wakes the call's wait on receive(): its client has left
+        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -104,7 +119,11 @@ class _HttpProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         self.heading = False
+        earlier = self.cycle
         super().on_headers_complete()
+        if earlier is not None and not earlier.response_complete and earlier is not self.cycle:
+            self.earlier = [cycle for cycle in self.earlier if not cycle.response_complete]
+            self.earlier.append(earlier)
 
     def on_message_complete(self) -> None:
         super().on_message_complete()

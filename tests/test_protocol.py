@@ -1,8 +1,13 @@
-"""The server protocol: bounded reads, and a response head going out with the bytes that follow it."""
+"""The server protocol: bounded reads, a response head going out with the bytes that follow it, and a
+lost connection told to every call on it."""
 
 import asyncio
+import json
+import socket
 from typing import Any, cast
 
+from conftest import CLIENT_KEY, WAIT_SECONDS, RunningProxy, only
+from upstream_stub import SSE_DONE, Stream, UpstreamStub, sse
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
@@ -138,3 +143,37 @@ def test_reads_are_bounded_and_reading_pauses_once_the_unread_body_passes_its_ma
     assert size == READ_SIZE == 16 << 10
     # reading pauses at the first piece that takes the unread body past 40 KiB, and only then
     assert paused_at == [41_000] and BODY_HIGH_WATER == 40_960
+
+
+def chat_request(body: dict[str, Any]) -> bytes:
+    data = json.dumps(body).encode()
+    return (
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: proxy\r\ncontent-type: application/json\r\n"
+        b"authorization: Bearer %s\r\ncontent-length: %d\r\n\r\n%s" % (CLIENT_KEY.encode(), len(data), data)
+    )
+
+
+def test_a_client_that_leaves_with_a_request_pipelined_has_the_call_in_flight_cut_and_recorded(
+    proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    messages = [{"role": "user", "content": "Hi"}]
+    first = sse({"id": "c1", "model": "gpt-4o-mini", "choices": [{"index": 0, "delta": {"content": "Hi"}}]})
+    held = Stream([first, SSE_DONE], hold_after=1)  # the provider is still generating
+    stub.push(held)
+    with socket.create_connection(("127.0.0.1", proxy.port)) as client:
+        # The next call goes out before this one is answered, on the same connection (pipelining).
+        streamed = chat_request({"model": "gpt-4o-mini", "messages": messages, "stream": True})
+        client.sendall(streamed + chat_request({"model": "gpt-4o-mini", "messages": messages}))
+        received = b""
+        while b"data: " not in received:
+            received += client.recv(65536)
+    seen = only(stub.wait_requests(1))
+    try:
+        # The provider is hung up on, as for any call whose client left, and the call recorded as left.
+        assert seen.closed.wait(WAIT_SECONDS) and seen.closed_early
+        record = only(proxy.wait_records(1))
+    finally:
+        held.gate.set()
+    assert (record["status_code"], record["error"]) == (499, "client_disconnected")
+    assert len(stub.requests) == 1  # the pipelined call never started: its client is gone
+    assert "Exception in ASGI application" not in proxy.log()
