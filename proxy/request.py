@@ -32,6 +32,11 @@ _NOT_FORWARDED = frozenset(
         b"expect",
         b"forwarded",
         b"x-real-ip",
+        # A method override turns a request the proxy forwards as is (a GET) into a call the provider
+        # runs and bills (Google's APIs honour it), past the meter.
+        b"x-http-method-override",
+        b"x-http-method",
+        b"x-method-override",
     }
 )
 # Every X-Forwarded-* header, not only -For, -Host and -Proto: front servers also build URLs and

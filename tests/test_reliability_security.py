@@ -25,6 +25,7 @@ from conftest import (
     RawResponse,
     RunningProxy,
     answering,
+    only,
     settled,
     wait_until,
 )
@@ -851,6 +852,25 @@ def test_hop_by_hop_and_spoofed_headers_never_reach_the_upstream(
     assert seen.header("connection") in (None, "keep-alive")
     record = proxy.wait_records(1)[0]
     assert record["ip_address"] == "127.0.0.1"  # the socket's address, never a forwarding header
+
+
+def test_a_method_override_never_reaches_the_upstream(proxy: RunningProxy, stub: UpstreamStub) -> None:
+    # A GET to a provider's path is forwarded as is, unmetered: with an override a provider that honours
+    # it would run it as the POST of a billed call.
+    stub.always(Reply(body=COMPLETION))
+    overrides = ["X-HTTP-Method-Override: POST", "X-HTTP-Method: POST", "X-Method-Override: POST"]
+    body = CHAT
+    request = (
+        b"GET /openai/v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n"
+        + "".join(f"{line}\r\n" for line in overrides).encode()
+        + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+        + body
+    )
+    answer = exchange(proxy.port, request)
+
+    assert status_of(answer) == 200
+    assert only(stub.requests).method == "GET"
+    assert not only(stub.requests).header_names() & {line.split(":")[0].lower() for line in overrides}
 
 
 def test_upgrade_requests_never_reach_the_upstream(proxy: RunningProxy, stub: UpstreamStub) -> None:
