@@ -96,6 +96,8 @@ def create_app(config: Config, upstream: Upstream | None = None) -> Starlette:
     async def health(request: Request) -> Response:
         writer: RecordWriter = request.state.writer
         totals: RollingTotals = request.state.totals
+        # The writer looks first: a file moved away is followed by a new one before the totals are read.
+        writing = writer.check() if config.cost_tracking else None
         body: dict[str, Any] = {
             "status": "healthy",
             "version": __version__,
@@ -103,7 +105,7 @@ def create_app(config: Config, upstream: Upstream | None = None) -> Starlette:
             "cost_stats_24h": totals.snapshot() if config.cost_tracking else None,
         }
         if config.cost_tracking:
-            problems = [problem for problem in (writer.check(), totals.problem) if problem is not None]
+            problems = [problem for problem in (writing, totals.problem) if problem is not None]
             body["dropped_records"] = writer.dropped
             if problems:
                 body["status"] = "degraded"

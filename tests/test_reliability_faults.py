@@ -1043,6 +1043,21 @@ def test_a_record_path_that_is_a_folder_at_start_up_leaves_the_workers_serving_a
         assert health["cost_stats_24h"]["requests"] == 0
 
 
+def test_health_right_after_a_rotation_has_the_new_files_totals(
+    launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub, tmp_path: Path
+) -> None:
+    stub.always(Reply(body=completion()))
+    path = tmp_path / "records.jsonl"
+    proxy = launch(make_config(), env={"COST_TRACKING_FILE": str(path)})
+    assert proxy.post_json("/v1/chat/completions", chat()).status == 200
+    assert proxy.health()["cost_stats_24h"]["requests"] == 1
+    path.rename(tmp_path / "records.jsonl.1")
+
+    health = proxy.health()
+    assert (health["status"], health["cost_stats_24h"]["requests"]) == ("healthy", 0), health
+    assert path.exists()
+
+
 def test_an_unwritable_record_file_keeps_the_proxy_serving_counts_drops_and_resumes_on_a_fresh_line(
     launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub, place: RecordPlace
 ) -> None:
