@@ -1,8 +1,20 @@
-"""The supervisor of `serve --workers N`: uvicorn's, letting go of the listening socket as it stops."""
+"""The supervisor of `serve --workers N`: uvicorn's, letting go of the listening socket as it stops, and
+restarting a dead worker only while the config file loads."""
 
 from __future__ import annotations
 
+import logging
+import os
+from socket import socket
+
+from uvicorn.config import Config as ServerConfig
 from uvicorn.supervisors import Multiprocess
+
+from proxy.app import CONFIG_ENV
+from proxy.config import ConfigError
+from proxy.configfile import load_config
+
+log = logging.getLogger("meterproxy")
 
 
 class Supervisor(Multiprocess):
@@ -12,7 +24,34 @@ class Supervisor(Multiprocess):
     open until it exits, so the kernel went on taking connections that no worker would accept, and
     reset them only then: a client was kept waiting for up to server.drain_seconds, where a single
     worker refuses it at once (docs/reliability.md, stopping).
+
+    A worker reads the config file as it starts. After an edit that broke the file, uvicorn restarted
+    a worker that died every half second, each attempt a traceback in the log, while the others went
+    on serving with the config they started with. A dead worker is restarted once the file loads
+    again, and the log says why once.
     """
+
+    def __init__(self, config: ServerConfig, sockets: list[socket]) -> None:
+        super().__init__(config, sockets)
+        self._said: str | None = None  # the config error the log gave last
+
+    def keep_subprocess_alive(self) -> None:
+        if self.should_exit.is_set() or all(worker.process.is_alive() for worker in self.processes):
+            super().keep_subprocess_alive()
+            return
+        try:
+            load_config(os.environ[CONFIG_ENV], os.environ)
+        except ConfigError as exc:
+            if str(exc) != self._said:
+                self._said = str(exc)
+                log.error(
+                    "a worker stopped and is not restarted while the config file has an error: %s; "
+                    "fix the file and it is restarted",
+                    exc,
+                )
+            return
+        self._said = None
+        super().keep_subprocess_alive()
 
     def terminate_all(self) -> None:
         for listening in self.sockets:

@@ -1228,3 +1228,26 @@ def test_drain_time_defaults_to_30_seconds() -> None:
 
     assert parse_config(GOOD, {}).drain_seconds == 30
     assert parse_config(GOOD + "server: {drain_seconds: 5}\n", {}).drain_seconds == 5
+
+
+def test_a_worker_that_dies_after_the_config_broke_is_restarted_once_it_is_fixed_without_a_loop(
+    launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub
+) -> None:
+    stub.always(Reply(body=completion()))
+    config = make_config()
+    proxy = launch(config, workers=2)
+    wait_until(lambda: proxy.log().count("Application startup complete.") == 2, "both workers to start")
+    good = config.read_text()
+    config.write_text(good + "\nproviders: [\n")  # an edit that breaks the file while the proxy runs
+    worker = int(re.findall(r"Started server process \[(\d+)\]", proxy.log())[0])
+    os.kill(worker, signal.SIGKILL)
+
+    said = "a worker stopped and is not restarted while the config file has an error: "
+    wait_until(lambda: said in proxy.log(), "the supervisor to say why it waits")
+    time.sleep(2)  # uvicorn restarted a dead worker every half second, each attempt a traceback
+    assert proxy.log().count(said) == 1 and "Traceback" not in proxy.log(), proxy.log()
+    assert proxy.post_json("/v1/chat/completions", chat()).status == 200  # the other worker serves
+
+    config.write_text(good)
+    wait_until(lambda: proxy.log().count("Application startup complete.") == 3, "the worker's restart")
+    assert [proxy.post_json("/v1/chat/completions", chat()).status for _ in range(4)] == [200] * 4
