@@ -14,7 +14,6 @@ import httptools
 from proxy.upstream import Headers, UpstreamError
 
 _HIGH_WATER = 256 * 1024  # stop reading from the provider while this much body waits for the client
-_LOW_WATER = 64 * 1024
 
 
 class Pool(Protocol):
