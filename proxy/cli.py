@@ -1,4 +1,4 @@
-"""meterproxy serve | report: argparse -> load config -> uvicorn (after uvicorn/main.py run())."""
+"""meterproxy serve | report | reprice: argparse -> load config -> uvicorn (after uvicorn/main.py run())."""
 
 from __future__ import annotations
 
