@@ -35,7 +35,7 @@ def whole_output(path: str | None) -> Iterator[IO[str]]:
     # Written beside the target and renamed over it at the end, so the target is never left partial.
     partial = target.with_name(f".{target.name}.{os.getpid()}.partial")
     try:
-        file = open(partial, "x", encoding="utf-8", newline="")  # noqa: SIM115
+        file = open(partial, "x", encoding="utf-8", newline="")
     except OSError as exc:
         raise OutputError(f"--output {path}: cannot write it: {exc.strerror or exc}") from exc
     try:

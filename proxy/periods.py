@@ -1,4 +1,5 @@
-"""Report periods: the UTC time ranges of --since, --today, --week, --month and --start/--end."""
+"""Report periods: the UTC time ranges of --since, --today, --yesterday, --week, --month, --all and
+--start/--end."""
 
 from __future__ import annotations
 
