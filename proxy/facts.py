@@ -5,6 +5,7 @@ proxy/usage.py, per API shape.
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -170,20 +171,33 @@ def _list(value: Any) -> list[Any]:
 _BOM = b"\xef\xbb\xbf"
 
 
+def _json(body: bytes) -> Any:
+    """A body's JSON as the clients read it, or None when they cannot. orjson reads it quickly; what it
+    refuses and Python's json.loads (the reader of the anthropic and openai packages) takes is read by
+    json.loads: half of a UTF-16 surrogate pair, escaped ("\\ud83d") or as its bytes, as a text cut
+    inside an emoji leaves it. The client has its answer then, and the call is billed as answered."""
+    try:
+        return orjson.loads(body)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):  # not JSON, or nested deeper than Python reads
+        return None
+
+
 def facts_from_body(body: bytes, api: Api) -> ResponseFacts | None:
     """Facts from a non-streamed JSON body (or a JSON array of chunks); None when it is not JSON. A chat
-    body is read for its usage even when a string the typed read skips (the content) is not UTF-8, and
-    after a UTF-8 byte order mark, which JSON readers of clients skip (RFC 8259 section 8.1)."""
+    body is read for its usage even when a string the typed read skips (the content) is not UTF-8; any
+    body after a UTF-8 byte order mark, which JSON readers of clients skip (RFC 8259 section 8.1), and
+    with half a surrogate pair in a string, which they take (see _json)."""
     if body.startswith(_BOM):
         body = body[len(_BOM) :]
     if api in _CHAT_SHAPED and (typed := chat_message(body)) is not None:
         facts = ResponseFacts(api)
         facts.absorb_chat(typed)
         return facts
-    try:
-        message = orjson.loads(body)
-    except orjson.JSONDecodeError:
-        message = None
+    message = _json(body)
     if api == "transcriptions" and not isinstance(message, dict):
         # A transcript asked for as text, srt or vtt: an answer without usage, not a bad one, also when
         # its text reads as JSON (a number said, a quoted line).

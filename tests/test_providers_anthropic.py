@@ -103,6 +103,36 @@ def test_message_through_the_sdk_is_priced_with_cache_reads_and_writes(
     assert raw.headers.get("request-id") == "req_011CSHoEeqs5C35K2UUqR7Fy"
 
 
+@pytest.mark.parametrize("surrogate", [b"\\ud83d", b"\xed\xa0\xbd"], ids=["escaped", "as bytes"])
+def test_a_message_whose_text_holds_a_lone_surrogate_is_priced_as_the_sdk_reads_it(
+    providers_proxy: RunningProxy, stub: UpstreamStub, surrogate: bytes
+) -> None:
+    # Half of an emoji's UTF-16 pair, as a text cut inside it leaves it: Python's json.loads, the SDK's
+    # reader, takes it (escaped, or as the bytes Python's surrogatepass decodes); orjson refuses it.
+    body = MESSAGE.replace(b"the claim.", b"the claim. " + surrogate)
+    assert body != MESSAGE
+    stub.push(Reply(body=body, headers=ANTHROPIC_JSON))
+    with anthropic_client(providers_proxy) as client:
+        raw = client.messages.with_raw_response.create(
+            model="claude-sonnet-4-6", max_tokens=1024, messages=ASK
+        )
+
+    assert raw.http_response.content == body
+    assert raw.parse().content[0].type == "text"
+    record = only(providers_proxy.wait_records(1))
+    # (10000 - 6000 - 3000) * 3.00 + 6000 * 0.30 + 3000 * 3.75 + 742 * 15.00 per 1M, as without it
+    expected = {
+        **costs([(1000, "3.00"), (6000, "0.30"), (3000, "3.75")], [(742, "15.00")]),
+        "input_tokens": 10000,
+        "output_tokens": 742,
+        "finish_reason": "end_turn",
+        "usage_source": "provider",
+        "error": None,
+    }
+    assert pick(record, expected) == expected
+    assert raw.headers.get("x-meterproxy-cost") == "0.02718"
+
+
 def test_1_hour_cache_writes_are_priced_at_their_own_price_and_recorded(
     providers_proxy: RunningProxy, stub: UpstreamStub
 ) -> None:
