@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from decimal import Decimal, localcontext
+from decimal import Context, Decimal, localcontext
 
 # A binary float times a power of two is exact, so int(cost * 2**100) is the cost as a whole number
 # of 2**-100 units: sums of those ints are exact (math.fsum's accuracy without its per-value cost).
@@ -13,6 +13,11 @@ UNIT_SCALE = float(2**UNIT_BITS)
 with localcontext() as _exact:
     _exact.prec = 80
     _UNIT = Decimal(2) ** -UNIT_BITS
+# A record's cost is a float, written as the shortest decimal that reads back as it (3.5e-06), which is
+# within 2**-53 of the float, relative to it. So the exact sum of costs of one sign is within 2**-53 of the
+# sum of their decimals, relative to it: under a quarter of half a unit in the 15th significant digit, so
+# rounding it to 15 digits gives the decimals' sum back whenever that sum has no more digits.
+_AS_WRITTEN = Context(prec=15)
 
 _SYMBOLS = {"USD": "$", "EUR": "€", "GBP": "£"}
 
@@ -22,8 +27,12 @@ class ExchangeError(ValueError):
 
 
 def units_to_decimal(units: int) -> Decimal:
-    """A sum of cost units as a Decimal (28 significant digits, far below display rounding)."""
-    return Decimal(units) * _UNIT
+    """A sum of cost units as the sum of the decimals the records write, to 15 significant digits.
+
+    Not the floats' own sum, which a report rounded for display by its last binary digits: 3.5e-06 is
+    3.49999999999999994...e-06 as a float, shown as $0.000003 where the record says $0.0000035.
+    """
+    return _AS_WRITTEN.multiply(Decimal(units), _UNIT)
 
 
 @dataclass(frozen=True)

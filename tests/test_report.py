@@ -645,3 +645,37 @@ def test_script_exit_codes_from_a_shell(tmp_path: Path) -> None:
     result = subprocess.run(["sh", "-c", script], cwd=ROOT, capture_output=True, text=True, check=True)
     assert result.stdout == "6.000000\t4.000000\t60.00\nexit 1\n"
     assert result.stderr == ""
+
+
+def test_a_cost_half_way_between_two_shown_amounts_is_rounded_as_written_in_every_format(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # One token at $3.50 per 1M is $0.0000035, written 3.5e-06; its float is 3.49999999999999994...e-06,
+    # so summing the floats showed $0.000003 where the detailed line, and any rounding of 0.0000035, say
+    # $0.000004. Seven gpt-4o tokens in (1.75e-05) and eight more ($0.00002) are $0.0000375: $0.000038.
+    path = write(
+        tmp_path / "c.jsonl",
+        [
+            record("2026-11-25T08:00:00.000000Z", input_tokens=1, output_tokens=0, total_tokens=1,
+                   input_cost=3.5e-06, output_cost=0.0, total_cost=3.5e-06),
+            record("2026-11-25T09:00:00.000000Z", input_tokens=7, output_tokens=0, total_tokens=7,
+                   input_cost=1.75e-05, output_cost=0.0, total_cost=1.75e-05, user_id="team-b"),
+            record("2026-11-25T09:30:00.000000Z", input_tokens=8, output_tokens=0, total_tokens=8,
+                   input_cost=2e-05, output_cost=0.0, total_cost=2e-05, user_id="team-b"),
+        ],
+    )  # fmt: skip
+    first = ["--file", str(path), "--start", "2026-11-25T08:00:00Z", "--end", "2026-11-25T09:00:00Z"]
+    code, out, _ = run([*first, "--format", "detailed"], capsys)
+    assert (code, out.split()[-3]) == (0, "$0.000004")
+    assert run([*first, "-q"], capsys)[1] == "1\t0.000004\t1\n"
+    assert "Total Cost: $0.000004\n" in run(first, capsys)[1]
+    assert "Average Cost per Request: $0.000004\n" in run(first, capsys)[1]
+    later = ["--file", str(path), "--start", "2026-11-25T09:00:00Z", "--end", "2026-11-25T10:00:00Z"]
+    assert "Total Cost: $0.000038\n" in run(later, capsys)[1]
+    assert "team-b       | $0.000038 |" in run(later, capsys)[1]
+    code, out, _ = run(["--file", str(path), "--today", "--format", "hourly"], capsys)
+    assert out.splitlines()[9:11] == [
+        "2026-11-25T08:00 $0.000004       1 req            1 tokens  ####",
+        "2026-11-25T09:00 $0.000038       2 req           15 tokens  " + "#" * 40,
+    ]
+    assert run(["--file", str(path), "--today", "-q"], capsys)[1] == "16\t0.000041\t3\n"

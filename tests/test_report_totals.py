@@ -6,8 +6,8 @@ streamed and not, failed, refused, left by their client and answered without usa
 and reasoning tokens, on hour, day and month boundaries; some records are stamped by another writer in
 New York time, across the end of its daylight saving time (2026-11-01 06:00 UTC, when 01:30 comes
 twice); and a few lines are not records. Reports have no time zone option: they are UTC throughout.
-The expected figures are worked out here from the lines alone, in Decimal and plain loops (each float
-cost exactly, as docs/reports.md promises), and compared with what the command line prints.
+The expected figures are worked out here from the lines alone, in Decimal and plain loops (each cost as
+the decimal its line writes, as docs/reports.md promises), and compared with what the command line prints.
 """
 
 from __future__ import annotations
@@ -319,12 +319,12 @@ class Group:
         elif record["total_cost"] is None:
             self.no_usage_requests += 1
         elif record["currency"] in rates:
-            self.cost += Decimal(record["total_cost"]) * rates[record["currency"]]
+            self.cost += written(record["total_cost"]) * rates[record["currency"]]
             self.costed_requests += 1
             self.costed_tokens += record["total_tokens"]
         else:
             currency = record["currency"]
-            self.unconverted[currency] = self.unconverted.get(currency, Decimal(0)) + Decimal(
+            self.unconverted[currency] = self.unconverted.get(currency, Decimal(0)) + written(
                 record["total_cost"]
             )
 
@@ -336,6 +336,11 @@ class Group:
             code: places(value, 10) for code, value in sorted(self.unconverted.items())
         }
         return document
+
+
+def written(cost: float) -> Decimal:
+    """A cost as its line writes it (json.dumps writes a float's shortest repr), not the float's binary."""
+    return Decimal(repr(cost))
 
 
 def places(value: Decimal, digits: int) -> float:
