@@ -1,11 +1,15 @@
+import tempfile
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 
 import orjson
 import pytest
-from cost_records import record, unpriced, write
+from cost_records import forwarded, record, unpriced, write
+from hypothesis import given
+from hypothesis import strategies as st
 
 from proxy import periods
 from proxy.analysis import Filters, RecordFileError, RecordReader, Summary, Tally, summarise
@@ -407,3 +411,62 @@ def test_parallel_reading_while_other_threads_run(tmp_path: Path) -> None:
         other.join()
     assert parallel == summarise([path])
     assert (parallel.totals.requests, cost(parallel.totals)) == (200, Decimal(100))
+
+
+# One call: hour offset from 2026-10-31T22:00Z (across a midnight and a month's end), provider, currency,
+# what its cost is, input and output tokens.
+CALL = st.tuples(
+    st.integers(0, 5),
+    st.sampled_from(["openai", "anthropic", "dashscope"]),
+    st.sampled_from(["USD", "CNY", "JPY"]),
+    st.sampled_from(["cost", "unpriced", "forwarded", "no_usage"]),
+    st.integers(0, 200_000),
+    st.integers(0, 20_000),
+)
+
+
+@given(st.lists(CALL, max_size=40))
+def test_totals_are_the_written_costs_and_every_breakdown_and_series_adds_up_to_them(
+    calls: list[tuple[int, str, str, str, int, int]],
+) -> None:
+    rates = {"USD": Decimal(1), "CNY": Decimal("0.14")}  # JPY has none
+    lines, expected, unconverted = [], Decimal(0), Decimal(0)
+    for hours, provider, currency, state, inp, out in calls:
+        stamp = periods.stamp(
+            datetime(2026, 10, 31, 22, tzinfo=UTC) + timedelta(hours=hours, minutes=inp % 60)
+        )
+        fields = dict(provider=provider, currency=currency, input_tokens=inp, output_tokens=out,
+                      total_tokens=inp + out)  # fmt: skip
+        if state == "cost":
+            total = float((Fraction(inp) * Fraction("2.5") + Fraction(out) * 10) / 1_000_000)
+            lines.append(record(stamp, total_cost=total, **fields))
+            if currency in rates:
+                expected += Decimal(repr(total)) * rates[currency]
+            else:
+                unconverted += Decimal(repr(total))
+        elif state == "no_usage":
+            lines.append(record(stamp, input_cost=None, output_cost=None, total_cost=None, **fields))
+        else:
+            lines.append((unpriced if state == "unpriced" else forwarded)(stamp, **fields))
+    with tempfile.TemporaryDirectory() as folder:
+        summary = summarise([write(Path(folder) / "c.jsonl", lines)], exchange=RATES)
+    totals = summary.totals
+    assert totals.cost == expected
+    without_rate = any(call[2] == "JPY" and call[3] == "cost" for call in calls)  # listed even at 0
+    assert totals.unconverted == ({"JPY": unconverted} if without_rate else {})
+    assert totals.requests == len(calls)
+    assert totals.unpriced == sum(call[3] in ("unpriced", "forwarded") for call in calls)
+    assert totals.forwarded == sum(call[3] == "forwarded" for call in calls)
+    assert totals.no_usage == sum(call[3] == "no_usage" for call in calls)
+    shown = (totals.cost, totals.requests, totals.total_tokens, totals.unpriced, totals.no_usage)
+    tables = [summary.by_provider, summary.by_model, summary.by_user, summary.by_task_type]
+    series = [dict(summary.timeline("hour")), dict(summary.timeline("day"))] if calls else []
+    for table in [*tables, *series]:
+        rows = list(table.values())
+        assert (
+            sum((row.cost for row in rows), Decimal(0)),
+            sum(row.requests for row in rows),
+            sum(row.total_tokens for row in rows),
+            sum(row.unpriced for row in rows),
+            sum(row.no_usage for row in rows),
+        ) == shown
