@@ -172,10 +172,11 @@ _BOM = b"\xef\xbb\xbf"
 
 
 def _json(body: bytes) -> Any:
-    """A body's JSON as the clients read it, or None when they cannot. orjson reads it quickly; what it
-    refuses and Python's json.loads (the reader of the anthropic and openai packages) takes is read by
-    json.loads: half of a UTF-16 surrogate pair, escaped ("\\ud83d") or as its bytes, as a text cut
-    inside an emoji leaves it. The client has its answer then, and the call is billed as answered."""
+    """A body's (or a stream event's) JSON as the clients read it, or None when they cannot. orjson reads
+    it quickly; what it refuses and Python's json.loads (the reader of the anthropic and openai packages)
+    takes is read by json.loads: half of a UTF-16 surrogate pair, escaped ("\\ud83d") or as its bytes, as
+    a text cut inside an emoji leaves it. The client has its answer then, and the call is billed as
+    answered."""
     try:
         return orjson.loads(body)
     except orjson.JSONDecodeError:
@@ -253,12 +254,8 @@ class StreamFacts(ResponseFacts):
             self.absorb_chat(typed)
             usage_only = typed.choices == [] and typed.usage is not None
             return self.api == "chat" and self._chat_chunk(usage_only, typed.error)
-        try:
-            message = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            self.malformed += 1
-            return False
-        if not isinstance(message, dict):
+        message = _json(data)
+        if not isinstance(message, dict):  # not JSON (None), or not an object
             self.malformed += 1
             return False
         self.absorb(message)

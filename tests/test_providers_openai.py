@@ -124,6 +124,30 @@ def test_streamed_responses_call_through_the_sdk(providers_proxy: RunningProxy, 
     assert pick(record, expected) == expected
 
 
+def test_a_responses_stream_whose_text_holds_a_lone_surrogate_is_priced_as_the_sdk_reads_it(
+    providers_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    # Half of an emoji's UTF-16 pair, as a text cut inside it leaves it: the SDK reads each event with
+    # json.loads, which takes it; orjson refuses it, and the usage of response.completed was lost.
+    stream = RESPONSE_STREAM.replace(b"Paris.", b"Paris. \\ud83d")
+    assert stream.count(b"\\ud83d") >= 2
+    stub.push(Stream(events_of(stream)))
+    with providers_proxy.client(path="/openai/v1") as client:
+        events = list(client.responses.create(model="gpt-5", input="Capital of France?", stream=True))
+
+    assert [event.type for event in events][-1] == "response.completed"
+    record = only(providers_proxy.wait_records(1))
+    # (2310 - 1792) * 1.25 + 1792 * 0.125 + 1337 * 10.00 per 1M, as without it
+    expected = {
+        **costs([(518, "1.25"), (1792, "0.125")], [(1337, "10.00")]),
+        "input_tokens": 2310,
+        "output_tokens": 1337,
+        "usage_source": "provider",
+        "error": None,
+    }
+    assert pick(record, expected) == expected
+
+
 def test_streamed_responses_bytes_are_the_upstreams_then_the_cost_comment(
     providers_proxy: RunningProxy, stub: UpstreamStub
 ) -> None:
