@@ -589,6 +589,24 @@ def test_bad_http_that_quotes_a_pass_through_clients_key_keeps_it_out_of_the_log
     assert_no_canary(proxy)
 
 
+def answered_bad_http(launch: ProxyLauncher, make_config: MakeConfig, client: str, *answer: bytes) -> None:
+    """A chat call to a provider that answers with `answer` (see `answering`) is a 502
+    upstream_bad_response, recorded so with costs null, whichever upstream client reads it."""
+    with answering(*answer) as port:
+        provider = {"base_url": f"http://127.0.0.1:{port}/v1"}
+        proxy = launch(make_config(server={"upstream_client": client}, providers={"openai": provider}))
+        response = proxy.post_json("/v1/chat/completions", {"model": "gpt-4o", "messages": HELLO})
+
+    assert (response.status, response.json()["error"]["code"]) == (502, "upstream_bad_response")
+    record = proxy.wait_records(1)[0]
+    assert (record["status_code"], record["error"], record["total_cost"]) == (
+        502,
+        "upstream_bad_response",
+        None,
+    )
+    assert "Traceback" not in proxy.log()
+
+
 @pytest.mark.parametrize("char", [b"\x01", b"\x1b", b"\x7f"], ids=["SOH", "ESC", "DEL"])
 @pytest.mark.parametrize("client", ["http1", "aiohttp"])
 def test_a_header_value_with_a_control_character_is_a_502_not_a_dropped_connection(
@@ -601,19 +619,7 @@ def test_a_header_value_with_a_control_character_is_a_502_not_a_dropped_connecti
         len(COMPLETION),
         COMPLETION,
     )
-    with answering(head) as port:
-        provider = {"base_url": f"http://127.0.0.1:{port}/v1"}
-        proxy = launch(make_config(server={"upstream_client": client}, providers={"openai": provider}))
-        response = proxy.post_json("/v1/chat/completions", {"model": "gpt-4o", "messages": HELLO})
-
-    assert (response.status, response.json()["error"]["code"]) == (502, "upstream_bad_response")
-    record = proxy.wait_records(1)[0]
-    assert (record["status_code"], record["error"], record["total_cost"]) == (
-        502,
-        "upstream_bad_response",
-        None,
-    )
-    assert "Traceback" not in proxy.log()
+    answered_bad_http(launch, make_config, client, head)
 
 
 @pytest.mark.parametrize("client", ["http1", "aiohttp"])
@@ -623,19 +629,7 @@ def test_a_switch_of_protocols_nothing_asked_for_is_a_502(
     """Nothing the proxy sends asks for an upgrade: a 101 is no answer to the call. aiohttp hands it over
     as the answer, and the server then closed the client's connection unanswered."""
     head = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: h2c\r\nconnection: upgrade\r\n\r\n"
-    with answering(head, COMPLETION) as port:
-        provider = {"base_url": f"http://127.0.0.1:{port}/v1"}
-        proxy = launch(make_config(server={"upstream_client": client}, providers={"openai": provider}))
-        response = proxy.post_json("/v1/chat/completions", {"model": "gpt-4o", "messages": HELLO})
-
-    assert (response.status, response.json()["error"]["code"]) == (502, "upstream_bad_response")
-    record = proxy.wait_records(1)[0]
-    assert (record["status_code"], record["error"], record["total_cost"]) == (
-        502,
-        "upstream_bad_response",
-        None,
-    )
-    assert "Traceback" not in proxy.log()
+    answered_bad_http(launch, make_config, client, head, COMPLETION)
 
 
 @pytest.mark.parametrize("client", ["http1", "aiohttp"])
