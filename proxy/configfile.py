@@ -232,7 +232,10 @@ def _price(r: ConfigReader, path: tuple[str, ...], spec: Any) -> Price:
 
 def _rates(r: ConfigReader, path: tuple[str, ...], spec: Any, *, tier: bool) -> Price:
     pricing = r.mapping(spec, path, _TIER_KEYS if tier else _PRICE_KEYS)
-    for needed in ("above_input_tokens", "input", "output") if tier else ("input", "output"):
+    if tier and "above_input_tokens" not in pricing:
+        problem = "missing; give the number of input tokens above which this tier prices a call"
+        raise r.fail((*path, "above_input_tokens"), problem)
+    for needed in ("input", "output"):
         if needed not in pricing:
             raise r.fail((*path, needed), "missing; prices are per 1M tokens")
     above = None

@@ -843,7 +843,7 @@ def test_tiers_out_of_order_or_without_a_threshold_are_errors() -> None:
     )  # fmt: skip
     assert error_of(priced("{input: 1, output: 2, tiers: [{input: 1, output: 2}]}")) == message(
         "providers.openai.models.gpt-4o.pricing.tiers.0.above_input_tokens (line 5)",
-        "missing; prices are per 1M tokens",
+        "missing; give the number of input tokens above which this tier prices a call",
     )
 
 
