@@ -173,8 +173,12 @@ def _provider(r: ConfigReader, name: str, value: Any) -> Provider:
         )
     base_url = r.text(raw["base_url"], (*path, "base_url")).rstrip("/")
     parts = urlsplit(base_url)
-    if parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+    if parts.scheme not in ("http", "https") or not parts.hostname:
         raise r.fail((*path, "base_url"), f"must be an http(s) URL with a host, got {base_url!r}")
+    if parts.query or parts.fragment:
+        # A call's own path and query are joined after base_url: a '?' or '#' in it would swallow them.
+        problem = f"must have no '?' or '#' part (a call's path and query are added to it), got {base_url!r}"
+        raise r.fail((*path, "base_url"), problem)
     api_key = None
     if raw.get("api_key") is not None:
         key = r.text(raw["api_key"], (*path, "api_key"))

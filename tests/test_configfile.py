@@ -428,12 +428,18 @@ def test_a_missing_base_url_is_an_error() -> None:
     )
 
 
-@pytest.mark.parametrize(
-    "url", ["ftp://api.openai.com/v1", "api.openai.com/v1", "https:///v1", "https://a.b/v1?x=1"]
-)
+@pytest.mark.parametrize("url", ["ftp://api.openai.com/v1", "api.openai.com/v1", "https:///v1"])
 def test_a_base_url_that_is_not_http_is_an_error(url: str) -> None:
     assert error_of(provider_with(f"base_url: {url}\n")) == message(
         "providers.openai.base_url (line 3)", f"must be an http(s) URL with a host, got {url!r}"
+    )
+
+
+@pytest.mark.parametrize("url", ["https://a.b/v1?x=1", "https://a.b/v1#x"])
+def test_a_base_url_with_a_query_or_fragment_is_an_error_saying_so(url: str) -> None:
+    assert error_of(provider_with(f"base_url: '{url}'\n")) == message(
+        "providers.openai.base_url (line 3)",
+        f"must have no '?' or '#' part (a call's path and query are added to it), got {url!r}",
     )
 
 
