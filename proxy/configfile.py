@@ -173,11 +173,13 @@ def _provider(r: ConfigReader, name: str, value: Any) -> Provider:
         )
     base_url = r.text(raw["base_url"], (*path, "base_url")).rstrip("/")
     parts = urlsplit(base_url)
+    # What follows a '?' or '#' is never shown: a query is where a key may be put (Gemini's ?key=).
+    kept = base_url.partition("?")[0].partition("#")[0]
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise r.fail((*path, "base_url"), f"must be an http(s) URL with a host, got {base_url!r}")
-    if parts.query or parts.fragment:
+        raise r.fail((*path, "base_url"), f"must be an http(s) URL with a host, got {kept!r}")
+    if kept != base_url:
         # A call's own path and query are joined after base_url: a '?' or '#' in it would swallow them.
-        problem = f"must have no '?' or '#' part (a call's path and query are added to it), got {base_url!r}"
+        problem = f"must have no '?' or '#' part (a call's path and query are added to it): give {kept!r}"
         raise r.fail((*path, "base_url"), problem)
     api_key = None
     if raw.get("api_key") is not None:
