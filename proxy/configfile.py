@@ -283,6 +283,13 @@ def _auth_keys(r: ConfigReader, value: Any) -> tuple[AuthKey, ...]:
             raise r.fail((*path, "key"), "is empty; an empty key would let anyone in")
         if any(existing.name == name for existing in keys):
             raise r.fail((*path, "name"), f"name {name!r} is used twice; names identify callers in records")
+        for existing in keys:
+            if existing.key.reveal() == key:  # the key itself is never shown
+                problem = (
+                    f"is the key of {existing.name!r} too; give each name its own key, as records name "
+                    "callers by it"
+                )
+                raise r.fail((*path, "key"), problem)
         keys.append(AuthKey(name=name, key=Secret(key)))
     return tuple(keys)
 

@@ -719,6 +719,23 @@ def test_two_auth_keys_with_the_same_name_are_an_error() -> None:
     )
 
 
+def test_an_auth_key_given_to_two_names_is_an_error_that_does_not_show_it() -> None:
+    # Every call with that key would be recorded under one of the two names.
+    text = """\
+        auth:
+          keys:
+            - name: team-a
+              key: sk-proxy-CANARY
+            - name: team-b
+              key: sk-proxy-CANARY
+    """
+
+    assert error_of(dedent(text) + MINIMAL) == message(
+        "auth.keys.1.key (line 6)",
+        "is the key of 'team-a' too; give each name its own key, as records name callers by it",
+    )
+
+
 def test_an_empty_auth_key_is_an_error() -> None:
     text = """\
         auth:
