@@ -146,12 +146,17 @@ def upstream_headers(headers: Headers, provider: Provider, api: Api | None, *, p
 
 
 def ask_for_usage(body: bytes, request: dict[str, Any]) -> bytes:
-    """Add stream_options.include_usage; the bytes stay as sent unless stream_options was already there."""
+    """Add stream_options.include_usage; the bytes stay as sent unless stream_options was already there.
+    A client's continuous_usage_stats is turned off with it: vLLM (and servers built like it) sends usage
+    on every chunk only when include_usage is asked for too, so without the proxy the client asking for it
+    alone gets no usage at all, and through it would get usage on every chunk."""
     if "stream_options" not in request:
         brace = body.index(b"{")
         return body[: brace + 1] + b'"stream_options":{"include_usage":true},' + body[brace + 1 :]
     options = request["stream_options"]
     merged = {**options, "include_usage": True} if isinstance(options, dict) else {"include_usage": True}
+    if merged.get("continuous_usage_stats"):
+        merged["continuous_usage_stats"] = False
     return orjson.dumps({**request, "stream_options": merged})
 
 

@@ -1,5 +1,6 @@
 """OpenAI-compatible providers and their usage quirks: DeepSeek's cache hit counts in a stream, OpenRouter's
-own cost, Moonshot's top-level cached_tokens, DashScope (USD and CNY) and Tencent Hunyuan (CNY)."""
+own cost, Moonshot's top-level cached_tokens, DashScope (USD and CNY), Tencent Hunyuan (CNY) and vLLM's
+usage on every chunk."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from test_providers import (
     fixture,
     split_cost_comment,
     stream_error_record,
+    stub_url,
 )
 from upstream_stub import SSE_DONE, Reply, Stream, UpstreamStub, sse
 
@@ -331,3 +333,75 @@ def test_hunyuan_is_priced_in_cny_and_its_bytes_pass_unchanged(
     }
     assert pick(record, expected) == expected
     assert_cost_headers(response, record, "0.0023196", "CNY")
+
+
+VLLM_USAGE = [
+    {"prompt_tokens": 9, "total_tokens": 10, "completion_tokens": 1},
+    {"prompt_tokens": 9, "total_tokens": 11, "completion_tokens": 2},
+    {"prompt_tokens": 9, "total_tokens": 12, "completion_tokens": 3},
+]
+
+
+def vllm_chunks(request: dict[str, Any]) -> list[bytes]:
+    """A vLLM chat stream as its server answers `request`: with include_usage, a usage-only chunk before
+    [DONE], and with continuous_usage_stats as well, the usage so far on every chunk; continuous_usage_stats
+    alone sends no usage (vLLM's should_include_usage)."""
+    options = request.get("stream_options") or {}
+    usage = options.get("include_usage") is True
+    continuous = usage and options.get("continuous_usage_stats") is True
+    deltas = [({"role": "assistant", "content": ""}, None), ({"content": "Sixty"}, None), ({}, "stop")]
+    chunks = []
+    for (delta, finish_reason), so_far in zip(deltas, VLLM_USAGE, strict=True):
+        chunk: dict[str, Any] = {
+            "id": "chatcmpl-9f3c2a7e",
+            "object": "chat.completion.chunk",
+            "created": 1756482001,
+            "model": "qwen3-8b",
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+        }
+        if continuous:
+            chunk["usage"] = so_far
+        chunks.append(sse(chunk))
+    if usage:
+        last = {"id": "chatcmpl-9f3c2a7e", "object": "chat.completion.chunk", "created": 1756482001}
+        chunks.append(sse({**last, "model": "qwen3-8b", "choices": [], "usage": VLLM_USAGE[-1]}))
+    return [*chunks, SSE_DONE]
+
+
+@pytest.mark.parametrize(
+    "stream_options",
+    [
+        {"continuous_usage_stats": True},
+        {"include_usage": False, "continuous_usage_stats": True},
+        {"include_usage": True, "continuous_usage_stats": True},
+    ],
+)
+def test_a_vllm_stream_asked_for_usage_on_every_chunk_reaches_the_client_as_asked_and_is_billed_once(
+    launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub, stream_options: dict[str, bool]
+) -> None:
+    """vLLM sends usage on every chunk (continuous_usage_stats) only when include_usage is asked for too.
+    The usage the proxy asks for must not turn the client's continuous_usage_stats on: the client gets
+    the chunks vLLM would have sent it, and the call is billed for the last usage, not their sum."""
+    vllm = {
+        "base_url": stub_url(stub, "/vllm/v1"),
+        "models": {"qwen3-8b": {"pricing": {"input": 0.10, "output": 0.40}}},
+    }
+    proxy = launch(make_config(providers={"vllm": vllm}))
+    stub.always(lambda seen: Stream(vllm_chunks(seen.json())))
+    payload = {"model": "qwen3-8b", "messages": ASK, "stream": True, "stream_options": stream_options}
+    response = proxy.post_json("/vllm/v1/chat/completions", payload)
+
+    before, comment, after = split_cost_comment(response.body)
+    assert (before + after, after) == (b"".join(vllm_chunks(payload)), SSE_DONE)
+    record = only(proxy.wait_records(1))
+    expected = {
+        **costs([(9, "0.10")], [(3, "0.40")]),
+        "input_tokens": 9,
+        "output_tokens": 3,
+        "total_tokens": 12,
+        "finish_reason": "stop",
+        "usage_source": "provider",
+        "error": None,
+    }
+    assert pick(record, expected) == expected
+    assert comment["total_cost"] == expected["total_cost"]

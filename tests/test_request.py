@@ -92,6 +92,12 @@ def test_usage_is_asked_for_without_touching_the_bytes_sent() -> None:
         ({"include_usage": False}, {"include_usage": True}),
         ({"include_obfuscation": False}, {"include_obfuscation": False, "include_usage": True}),
         (None, {"include_usage": True}),
+        # vLLM's usage on every chunk comes only with include_usage: the client asked for none.
+        ({"continuous_usage_stats": True}, {"continuous_usage_stats": False, "include_usage": True}),
+        (
+            {"include_usage": False, "continuous_usage_stats": True},
+            {"include_usage": True, "continuous_usage_stats": False},
+        ),
     ],
 )
 def test_stream_options_sent_by_the_client_are_kept_with_usage_asked_for(
