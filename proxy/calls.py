@@ -7,7 +7,7 @@ import time
 from decimal import Decimal
 from typing import Any, NamedTuple
 
-from proxy.codings import Undecodable, codings, decoded
+from proxy.codings import IDENTITY, Undecodable, codings, decoded
 from proxy.config import Price, Provider
 from proxy.facts import ResponseFacts, StreamFacts, facts_from_body
 from proxy.pricing import Cost, find_price, price_call
@@ -16,7 +16,6 @@ from proxy.upstream import UpstreamResponse
 from proxy.usage import Api, Usage, estimate_usage
 
 _NO_USAGE = Usage(0, 0, 0)
-_PLAIN = (b"", b"identity")
 # The largest a compressed non-streamed answer is decoded to for its usage: as large as one read plain
 # (relay.MAX_READ_BODY), where a few KiB of gzip may stand for gigabytes.
 MAX_DECODED_BODY = 64 << 20
@@ -104,7 +103,7 @@ class Call:
         if self.facts is None and self.body is not None and self.api is not None and ok:
             body, self.body = self.body, None
             try:
-                if self.encoding not in _PLAIN:
+                if self.encoding not in IDENTITY:
                     body = decoded(body, codings(self.encoding), MAX_DECODED_BODY)
             except Undecodable as exc:
                 self.unread = str(exc)  # an answer we cannot read, not a bad one

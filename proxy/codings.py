@@ -13,6 +13,7 @@ import zlib
 from proxy.upstream import Headers
 
 _ZLIB_CODINGS = frozenset({b"gzip", b"x-gzip", b"deflate"})
+IDENTITY = (b"", b"identity")  # a Content-Encoding that leaves the body as it is
 
 
 class Undecodable(Exception):
@@ -22,7 +23,7 @@ class Undecodable(Exception):
 def codings(value: bytes) -> list[bytes]:
     """The codings a Content-Encoding value lists, lowercased, in the order applied, identity left out."""
     listed = (coding.strip().lower() for coding in value.split(b","))
-    return [coding for coding in listed if coding not in (b"", b"identity")]
+    return [coding for coding in listed if coding not in IDENTITY]
 
 
 def compressed(headers: Headers) -> list[bytes]:

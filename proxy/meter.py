@@ -18,6 +18,7 @@ from starlette.types import Message, Receive, Scope, Send
 
 from proxy.auth import Gate, gemini_query
 from proxy.calls import Call
+from proxy.codings import IDENTITY
 from proxy.config import Config
 from proxy.deadlines import Deadlines, Later
 from proxy.disconnect import WATCH_AFTER, DisconnectWatch
@@ -46,7 +47,6 @@ log = logging.getLogger("meterproxy")
 
 _NO_LENGTH = frozenset({b"content-length"})
 _KEEP = frozenset[bytes]()
-_PLAIN = (b"", b"identity")
 # Gemini names the model in the path; the model of OpenAI's images API is optional: the provider decides.
 _MODEL_OPTIONAL = frozenset({"gemini", "images"})
 
@@ -213,7 +213,7 @@ class Meter:
             return _failed(call, failure)
         call.status = response.status
         sse, length, call.encoding = body_headers(response.headers)
-        plain = call.encoding in _PLAIN
+        plain = call.encoding in IDENTITY
         # Only a plain-text stream is scanned (and edited) as it passes: a compressed one, sent although
         # we asked for identity, goes on as it came, so its Content-Encoding stays true of its bytes.
         metered = self._metering and call.api is not None

@@ -196,8 +196,8 @@ class RecordWriter:
         if self.problem is not None:
             return self.problem
         failed = self.follow()
-        if failed is not None and self.problem is not None:
-            return self.problem  # the file was deleted: its records go to stderr
+        if self.problem is not None:  # follow() found the file deleted: its records go to stderr
+            return self.problem
         if failed is not None:
             return (
                 f"cost-tracking file {self.path} was moved or deleted while the proxy runs, and no new one "

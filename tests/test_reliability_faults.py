@@ -969,14 +969,21 @@ def test_a_record_file_moved_away_while_the_proxy_runs_is_followed_by_a_new_one_
     assert (health["status"], health["dropped_records"]) == ("healthy", 0), health
 
 
+def two_workers(launch: ProxyLauncher, config: Path, records: Path | None = None) -> RunningProxy:
+    """The proxy with 2 workers (its records in `records`, if given), once both have started."""
+    env = {"COST_TRACKING_FILE": str(records)} if records is not None else None
+    proxy = launch(config, env=env, workers=2)
+    wait_until(lambda: proxy.log().count("Application startup complete.") == 2, "both workers to start")
+    return proxy
+
+
 def test_a_record_folder_replaced_while_workers_run_keeps_health_answering_and_the_records_in_the_old_file(
     launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub, tmp_path: Path
 ) -> None:
     stub.always(Reply(body=completion()))
     folder = tmp_path / "logs"
     path = folder / "records.jsonl"
-    proxy = launch(make_config(), env={"COST_TRACKING_FILE": str(path)}, workers=2)
-    wait_until(lambda: proxy.log().count("Application startup complete.") == 2, "both workers to start")
+    proxy = two_workers(launch, make_config(), path)
     calls = [proxy.post_json("/v1/chat/completions", chat()) for _ in range(4)]
     folder.rename(tmp_path / "old-logs")
     folder.write_bytes(b"")  # a file where the folder was: no record file can be opened at the path
@@ -1000,8 +1007,7 @@ def test_a_record_file_deleted_where_no_new_one_can_be_opened_sends_the_records_
     stub.always(Reply(body=completion()))
     folder = tmp_path / "logs"
     path = folder / "records.jsonl"
-    proxy = launch(make_config(), env={"COST_TRACKING_FILE": str(path)}, workers=2)
-    wait_until(lambda: proxy.log().count("Application startup complete.") == 2, "both workers to start")
+    proxy = two_workers(launch, make_config(), path)
     assert proxy.post_json("/v1/chat/completions", chat()).status == 200
     shutil.rmtree(folder)
     folder.write_bytes(b"")  # and a file where the folder was: no record file can be opened at the path
@@ -1027,8 +1033,7 @@ def test_a_record_path_that_is_a_folder_at_start_up_leaves_the_workers_serving_a
     path.mkdir()
     # The totals' read of the path (Is a directory) stopped every worker at start-up, and the supervisor
     # with exit code 0; fail-open, the proxy serves and says why its records go to stderr.
-    proxy = launch(make_config(), env={"COST_TRACKING_FILE": str(path)}, workers=2)
-    wait_until(lambda: proxy.log().count("Application startup complete.") == 2, "both workers to start")
+    proxy = two_workers(launch, make_config(), path)
     response = proxy.post_json("/v1/chat/completions", chat())
     assert response.status == 200
     wait_until(lambda: response.header("x-meterproxy-request-id") in dropped(proxy), "the dropped record")
@@ -1235,8 +1240,7 @@ def test_a_worker_that_dies_after_the_config_broke_is_restarted_once_it_is_fixed
 ) -> None:
     stub.always(Reply(body=completion()))
     config = make_config()
-    proxy = launch(config, workers=2)
-    wait_until(lambda: proxy.log().count("Application startup complete.") == 2, "both workers to start")
+    proxy = two_workers(launch, config)
     good = config.read_text()
     config.write_text(good + "\nproviders: [\n")  # an edit that breaks the file while the proxy runs
     worker = int(re.findall(r"Started server process \[(\d+)\]", proxy.log())[0])
