@@ -75,6 +75,18 @@ class Call:
         self._bill: Bill | None = None
         self._bill_key: tuple[Any, ...] = ()
 
+    def usage_to_come(self) -> bool:
+        """Whether the answer is whole but for its usage, which its provider sends right after: a chat
+        stream of one choice past its finish chunk (the usage chunk and [DONE] follow it)."""
+        facts = self.facts
+        return (
+            isinstance(facts, StreamFacts)
+            and facts.api == "chat"
+            and facts.finish_reason is not None
+            and not facts.done
+            and self.request.get("n") in (None, 1)
+        )
+
     def settle(self) -> Bill:
         """Usage, price and cost from what the call has seen; worked out again only when that changed."""
         if self._bill is None or self._state() != self._bill_key:

@@ -12,6 +12,8 @@ from proxy.calls import Call
 from proxy.deadlines import Later
 
 WATCH_AFTER = 0.05  # seconds a call runs before its client is watched for a disconnect
+# Seconds a stream is read on for its usage after its client left with the whole answer but that usage.
+USAGE_WAIT = 3.0
 
 
 class DisconnectWatch:
@@ -21,9 +23,13 @@ class DisconnectWatch:
     task cost a third of the proxy's own CPU per call (docs/performance.md), so it starts only once a
     call has lasted WATCH_AFTER (at most a quarter more; one timer for all calls, `Later`): a quick
     call never needs it, and a slow one, where a client may give up, is watched from then on.
+
+    The one call not cancelled at once is a chat stream whose client left after its finish chunk: the
+    provider has generated all it bills for, and the usage chunk it sends next is read for the record
+    (for up to USAGE_WAIT seconds), so the call is billed as counted, not estimated.
     """
 
-    __slots__ = ("call", "receive", "task", "_later", "_watcher")
+    __slots__ = ("call", "receive", "task", "_later", "_watcher", "_wait")
 
     def __init__(
         self, call: Call, receive: Receive, task: asyncio.Task[Any], later: Later[DisconnectWatch]
@@ -33,6 +39,7 @@ class DisconnectWatch:
         self.task = task
         self._later = later
         self._watcher: asyncio.Future[Message] | None = None
+        self._wait: asyncio.TimerHandle | None = None
         later.add(self, task.get_loop())
 
     def start(self) -> None:
@@ -40,11 +47,24 @@ class DisconnectWatch:
         self._watcher.add_done_callback(self._left)
 
     def _left(self, _: asyncio.Future[Message]) -> None:
+        call = self.call
+        if call.finished:
+            return
+        call.gone = True
+        if call.usage_to_come():
+            # A client that stops reading at the finish chunk leaves a call the provider has answered
+            # whole and bills whole: its usage follows, and is read for the record rather than estimated.
+            self._wait = self.task.get_loop().call_later(USAGE_WAIT, self._cut)
+        else:
+            self.task.cancel()
+
+    def _cut(self) -> None:
         if not self.call.finished:
-            self.call.gone = True
             self.task.cancel()
 
     def stop(self) -> None:
         self._later.discard(self)
         if self._watcher is not None:
             self._watcher.cancel()
+        if self._wait is not None:
+            self._wait.cancel()

@@ -1155,6 +1155,75 @@ def test_client_disconnect_mid_stream_closes_upstream_and_records_499(
     assert pick(record, expected) == expected
 
 
+def _leave_at_the_finish_chunk(proxy: RunningProxy, n: int = 1) -> str | None:
+    """Stream a chat call with the openai package and stop reading at its finish chunk, as a client
+    that has its answer may; the finish reason it saw."""
+    with proxy.client() as client:
+        stream = client.chat.completions.create(model="gpt-4o-mini", messages=HELLO, stream=True, n=n)
+        for event in stream:
+            if event.choices and event.choices[0].finish_reason is not None:
+                stream.close()
+                return event.choices[0].finish_reason
+    return None
+
+
+def test_a_client_that_leaves_at_the_finish_chunk_has_its_call_billed_by_the_usage_that_follows(
+    proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    # The provider has generated and billed the whole answer; its usage chunk comes next. The call was
+    # cut at the client's leaving, and recorded with a usage estimated from the chunks it had.
+    script = Stream(STREAM_CHUNKS, delay=0.1, hold_after=3)
+    stub.push(script)
+
+    assert _leave_at_the_finish_chunk(proxy) == "stop"
+    seen = only(stub.requests)
+    assert not seen.closed.wait(0.5), "the proxy closed the upstream request before its usage came"
+    script.gate.set()
+    record = only(proxy.wait_records(1))
+    expected = {
+        "status_code": 499,
+        "error": "client_disconnected",
+        "finish_reason": "stop",
+        "input_tokens": 12,
+        "output_tokens": 34,
+        "usage_source": "provider",
+        "total_cost": per_million((12, "0.15"), (34, "0.60")),
+    }
+    assert pick(record, expected) == expected
+    assert seen.answered.is_set() and not seen.closed_early
+
+
+def test_a_stream_whose_usage_does_not_follow_its_client_leaving_is_cut_and_estimated(
+    proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    # Read on for its usage, but not for ever: the upstream request is closed once USAGE_WAIT is over.
+    stub.push(Stream(STREAM_CHUNKS, delay=0.1, hold_after=3))
+
+    assert _leave_at_the_finish_chunk(proxy) == "stop"
+    seen = only(stub.requests)
+    assert seen.closed.wait(10), "the proxy kept the upstream request open after the client left"
+    assert seen.closed_early
+    record = only(proxy.wait_records(1))
+    expected = {"status_code": 499, "error": "client_disconnected", "usage_source": "estimated"}
+    assert pick(record, expected) == expected
+
+
+def test_a_stream_of_several_choices_is_cut_when_its_client_leaves_at_a_finish_chunk(
+    proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    # Another choice may still be generating: reading on would let the provider bill for more of it.
+    script = Stream(STREAM_CHUNKS, delay=0.1, hold_after=3)
+    stub.push(script)
+
+    assert _leave_at_the_finish_chunk(proxy, n=2) == "stop"
+    seen = only(stub.requests)
+    assert seen.closed.wait(10), "the proxy kept the upstream request open after the client left"
+    assert seen.closed_early
+    record = only(proxy.wait_records(1))
+    expected = {"status_code": 499, "error": "client_disconnected", "usage_source": "estimated"}
+    assert pick(record, expected) == expected
+
+
 NO_USAGE = {
     "input_tokens": 0,
     "output_tokens": 0,
