@@ -26,7 +26,7 @@ from proxy.errors import error_answer
 from proxy.form import boundary_of
 from proxy.ledger import Ledger
 from proxy.redaction import RedactedResponse, hidden_key, redact_headers, without_key, without_length
-from proxy.relay import head, relay_body, relay_stream, relay_whole_body
+from proxy.relay import head, relay_body, relay_kept_body, relay_stream, relay_whole_body
 from proxy.request import (
     BodyUnread,
     ClientGone,
@@ -236,6 +236,8 @@ class Meter:
                 await send(head(call, response.status, sent_headers))
                 record = functools.partial(self._ledger.account, scope["state"]["writer"], call)
                 return await relay_stream(send, call, response, strip, self.config.cost_in_response, record)
+            if call.stream and metered and not sse and 200 <= response.status < 300:
+                return await relay_kept_body(send, call, response, sent_headers)
             if (not sse and metered) or secret is not None:
                 return await relay_whole_body(
                     send, call, response, sent_headers, length, self.config.cost_in_response, secret

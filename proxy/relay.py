@@ -243,6 +243,36 @@ async def relay_whole_body(
     return [head(call, response.status, headers), {"type": "http.response.body", "body": body}]
 
 
+async def relay_kept_body(
+    send: Send, call: Call, response: UpstreamResponse, headers: Headers
+) -> list[Message]:
+    """Pass a metered stream that is not SSE as it arrives, keeping a copy to read its usage once whole:
+    Gemini's streamGenerateContent without `alt=sse` sends one JSON array, an element at a time as it is
+    generated. Read whole first, its client had nothing until the last element."""
+    await send(head(call, response.status, headers))
+    kept: list[bytes] | None = []
+    size = 0
+    while True:
+        chunk = await response.read()
+        if call.ttfb is None:
+            call.ttfb = time.perf_counter()
+        size += len(chunk)
+        if kept is not None:
+            kept.append(chunk)
+            if size > MAX_READ_BODY:  # too large to read for usage: passed on, no longer kept
+                call.unread, kept = f"over {MAX_READ_BODY >> 20} MiB", None
+        if not chunk or response.ended():
+            break
+        await send({"type": "http.response.body", "body": chunk, "more_body": True})
+    if chunk:  # the whole body is in: hand the connection back without another read
+        response.release()
+        call.response = None
+    if kept is not None:
+        call.body = b"".join(kept)
+    call.finished = True
+    return [{"type": "http.response.body", "body": chunk}]
+
+
 def cost_comment(call: Call) -> bytes:
     """`: meterproxy-cost {...}`: SSE clients skip comment lines, so no client breaks on it."""
     bill: Bill = call.settle()

@@ -5,12 +5,14 @@ The model comes from the path; output is candidates plus thoughts, and cached co
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 from typing import Any
 
+import aiohttp
 import pytest
-from conftest import MakeConfig, ProxyLauncher, RunningProxy, only, pick
+from conftest import MakeConfig, ProxyLauncher, RunningProxy, only, pick, read_until
 from test_providers import (
     all_providers,
     assert_cost_headers,
@@ -201,6 +203,46 @@ def test_stream_generate_content_counts_the_last_usage_metadata(
         "input_tokens": 12800,
         "output_tokens": 1398,
     }
+
+
+def test_a_stream_without_alt_sse_reaches_its_client_as_it_comes_and_counts_its_last_usage(
+    providers_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    # Without alt=sse Gemini streams one JSON array, an element at a time. It was read whole for its usage
+    # before any of it was sent: the client waited for the whole generation.
+    elements = [event.removeprefix(b"data: ").strip() for event in events_of(STREAM, b"\r\n\r\n")]
+    pieces = [b"[" + elements[0], *(b",\r\n" + element for element in elements[1:]), b"]"]
+    script = Stream(pieces, headers=(("content-type", "application/json; charset=UTF-8"),), hold_after=1)
+    stub.push(script)
+
+    async def call() -> bytes:
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(
+                f"{providers_proxy.url}/gemini/v1beta/models/gemini-2.5-flash:streamGenerateContent",
+                json=ASK,
+                headers={"x-goog-api-key": "AIzaSyClient"},
+                timeout=aiohttp.ClientTimeout(total=30),
+            ) as response,
+        ):
+            first = await read_until(response, pieces[0], 10)
+            script.gate.set()
+            return first + await asyncio.wait_for(response.content.read(), 10)
+
+    body = asyncio.run(call())
+    assert body == b"".join(pieces)
+    assert [element["candidates"][0]["index"] for element in json.loads(body)] == [0] * len(elements)
+    record = only(providers_proxy.wait_records(1))
+    expected = {
+        **costs([(4608, "0.30"), (8192, "0.03")], [(1398, "2.50")]),
+        "is_streaming": True,
+        "input_tokens": 12800,
+        "output_tokens": 1398,
+        "usage_source": "provider",
+        "status_code": 200,
+        "error": None,
+    }
+    assert pick(record, expected) == expected
 
 
 def test_openai_compatible_gemini_path_is_priced_as_chat(

@@ -27,7 +27,7 @@ from proxy.facts import ResponseFacts, StreamFacts
 from proxy.ledger import Ledger
 from proxy.records import CostRecord
 from proxy.redaction import hidden_key
-from proxy.relay import relay_body, relay_stream, relay_whole_body
+from proxy.relay import relay_body, relay_kept_body, relay_stream, relay_whole_body
 from proxy.upstream import Headers
 from proxy.usage import Api
 
@@ -770,3 +770,31 @@ def test_a_body_passed_through_is_byte_for_byte_and_not_read_past_its_length(
     assert not client.messages[-1].get("more_body", False)
     if (known_length or ends_known) and body:
         assert response.released and response.ends_read == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.binary(max_size=300), st.booleans(), st.integers(0, 300), st.data())
+def test_a_stream_that_is_not_sse_passes_as_it_comes_and_is_kept_whole_to_read(
+    body: bytes, ends_known: bool, limit: int, data: st.DataObject
+) -> None:
+    pieces = data.draw(reads_of(body)) if body else []
+    call, client, response = new_call("chat", stream=True), Client(), Reads(pieces, ends_known=ends_known)
+
+    async def run() -> None:
+        for message in await relay_kept_body(client.send, call, response, []):
+            await client.send(message)
+
+    with mock.patch.object(relay, "MAX_READ_BODY", limit):
+        asyncio.run(run())
+    head, *sent = client.messages
+    assert head["type"] == "http.response.start" and client.body == body and call.finished
+    # Each read goes on as it arrives: the last one with the answer's end.
+    assert [message["body"] for message in sent if message["body"]] == [piece for piece in pieces if piece]
+    assert all(message["more_body"] for message in sent[:-1]) and not sent[-1].get("more_body", False)
+    if len(body) <= limit:
+        assert (call.body, call.unread) == (body, None)
+    else:
+        assert call.body is None and call.unread == "over 0 MiB"
+    assert response.released == (ends_known and bool(body)) and response.ends_read == (
+        not ends_known or not body
+    )
