@@ -29,6 +29,7 @@ from conftest import (
 from openai.types.chat import ChatCompletionMessageParam
 from upstream_stub import SSE_DONE, Hangup, Reply, Stream, UpstreamStub, sse
 
+from proxy.disconnect import USAGE_WAIT
 from proxy.records import CostRecord
 from proxy.relay import MAX_READ_BODY
 
@@ -1193,31 +1194,17 @@ def test_a_client_that_leaves_at_the_finish_chunk_has_its_call_billed_by_the_usa
     assert seen.answered.is_set() and not seen.closed_early
 
 
-def test_a_stream_whose_usage_does_not_follow_its_client_leaving_is_cut_and_estimated(
-    proxy: RunningProxy, stub: UpstreamStub
+@pytest.mark.parametrize(("n", "within"), [(1, 10.0), (2, USAGE_WAIT / 2)])
+def test_a_stream_left_at_a_finish_chunk_is_cut_and_estimated_when_no_usage_follows(
+    proxy: RunningProxy, stub: UpstreamStub, n: int, within: float
 ) -> None:
-    # Read on for its usage, but not for ever: the upstream request is closed once USAGE_WAIT is over.
+    # One choice: read on for its usage, but not for ever (USAGE_WAIT). Several: another choice may still
+    # be generating, and reading on would let the provider bill for more of it: cut at once.
     stub.push(Stream(STREAM_CHUNKS, delay=0.1, hold_after=3))
 
-    assert _leave_at_the_finish_chunk(proxy) == "stop"
+    assert _leave_at_the_finish_chunk(proxy, n) == "stop"
     seen = only(stub.requests)
-    assert seen.closed.wait(10), "the proxy kept the upstream request open after the client left"
-    assert seen.closed_early
-    record = only(proxy.wait_records(1))
-    expected = {"status_code": 499, "error": "client_disconnected", "usage_source": "estimated"}
-    assert pick(record, expected) == expected
-
-
-def test_a_stream_of_several_choices_is_cut_when_its_client_leaves_at_a_finish_chunk(
-    proxy: RunningProxy, stub: UpstreamStub
-) -> None:
-    # Another choice may still be generating: reading on would let the provider bill for more of it.
-    script = Stream(STREAM_CHUNKS, delay=0.1, hold_after=3)
-    stub.push(script)
-
-    assert _leave_at_the_finish_chunk(proxy, n=2) == "stop"
-    seen = only(stub.requests)
-    assert seen.closed.wait(10), "the proxy kept the upstream request open after the client left"
+    assert seen.closed.wait(within), "the proxy kept the upstream request open after the client left"
     assert seen.closed_early
     record = only(proxy.wait_records(1))
     expected = {"status_code": 499, "error": "client_disconnected", "usage_source": "estimated"}
