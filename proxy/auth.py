@@ -11,8 +11,11 @@ from urllib.parse import parse_qs, unquote_plus
 from proxy.config import AuthKey, Provider
 from proxy.routing import RouteError
 
-# Every header a client may put its key in: each is forwarded to the provider in pass-through mode.
-KEY_HEADERS = (b"authorization", b"x-api-key", b"x-goog-api-key")
+# Every header a client may put its key in: each is forwarded to the provider in pass-through mode, and
+# never behind auth.keys or to a provider with its own key. `api-key` is Azure OpenAI's (the AzureOpenAI
+# client sends its key there).
+KEY_HEADERS = (b"authorization", b"x-api-key", b"x-goog-api-key", b"api-key")
+_KEY_VALUE_HEADERS = KEY_HEADERS[1:]  # the key as the whole value: all but Authorization
 
 
 @functools.lru_cache(maxsize=1024)
@@ -31,21 +34,21 @@ class KeyConflict(RouteError):
 
 
 _DIFFERENT_KEYS = (
-    "the request presents different keys (in Authorization, x-api-key, x-goog-api-key or the key query "
-    "parameter); send one key"
+    "the request presents different keys (in Authorization, x-api-key, x-goog-api-key, api-key or the key "
+    "query parameter); send one key"
 )
 
 
 def client_token(
     authorization: bytes | None,
-    api_key: bytes | None,
-    goog_api_key: bytes | None = None,
+    keys: Iterable[bytes | None] = (),
     query_key: str | None = None,
     *,
     one_key: bool = False,
 ) -> str | None:
-    """The key a client presented, as `Authorization: Bearer ...`, `x-api-key`, `x-goog-api-key` or the
-    `key` query parameter (Google's APIs take either of the last two), the first found. With one_key
+    """The key a client presented, as `Authorization: Bearer ...`, the value of a header that holds a key
+    whole (`keys`: `x-api-key`, `x-goog-api-key`, `api-key`) or the `key` query parameter (Google's APIs
+    take it, and `x-goog-api-key`), the first found. With one_key
     (pass-through, where every one of them reaches the provider), KeyConflict when two differ. A query
     key must match a header key in either mode: a Gemini client sends its key in one place, so two
     different ones are refused rather than one chosen for it."""
@@ -54,7 +57,7 @@ def client_token(
         scheme, _, bearer = authorization.decode("latin-1").partition(" ")
         if scheme.lower() == "bearer" and bearer.strip():
             token = bearer.strip()
-    for value in (api_key, goog_api_key):
+    for value in keys:
         if value and (other := value.decode("latin-1").strip()):
             token = _one(token, other, one_key)
     return _one(token, query_key, True) if query_key else token
@@ -143,8 +146,7 @@ class Gate:
             in_query = query_key(query)
         token = client_token(
             header.get(b"authorization"),
-            header.get(b"x-api-key"),
-            header.get(b"x-goog-api-key"),
+            [header.get(name) for name in _KEY_VALUE_HEADERS],
             in_query,
             one_key=passing,
         )
@@ -153,8 +155,8 @@ class Gate:
             raise RouteError(
                 401,
                 "invalid_api_key",
-                "a valid proxy key is required: send it as Authorization: Bearer, x-api-key or "
-                "x-goog-api-key",
+                "a valid proxy key is required: send it as Authorization: Bearer, x-api-key, "
+                "x-goog-api-key or api-key",
             )
         return user
 

@@ -28,6 +28,7 @@ _NOT_FORWARDED = frozenset(
         b"authorization",
         b"x-api-key",
         b"x-goog-api-key",
+        b"api-key",
         b"accept-encoding",
         b"expect",
         b"forwarded",

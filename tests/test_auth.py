@@ -22,30 +22,40 @@ def test_key_id_is_a_hash_never_the_key() -> None:
 
 
 def test_client_token_from_bearer_or_x_api_key() -> None:
-    assert client_token(b"Bearer sk-a", None) == "sk-a"
-    assert client_token(b"bearer  sk-a ", None) == "sk-a"
-    assert client_token(None, b"sk-b") == "sk-b"
-    assert client_token(b"Basic abc", b"sk-b") == "sk-b"
-    assert client_token(b"Basic abc", None) is None
+    assert client_token(b"Bearer sk-a") == "sk-a"
+    assert client_token(b"bearer  sk-a ") == "sk-a"
+    assert client_token(None, [b"sk-b"]) == "sk-b"
+    assert client_token(b"Basic abc", [b"sk-b"]) == "sk-b"
+    assert client_token(b"Basic abc") is None
 
 
 def test_client_token_from_gemini_header_or_query() -> None:
-    assert client_token(None, None, b"AIza-a") == "AIza-a"
-    assert client_token(None, None, None, "AIza-q") == "AIza-q"
-    assert client_token(b"Bearer AIza-a", b"AIza-a", b"AIza-a", "AIza-a", one_key=True) == "AIza-a"
-    assert client_token(b"Basic abc", None, None, None) is None
+    assert client_token(None, [None, b"AIza-a"]) == "AIza-a"
+    assert client_token(None, [], "AIza-q") == "AIza-q"
+    assert client_token(b"Bearer AIza-a", [b"AIza-a", b"AIza-a"], "AIza-a", one_key=True) == "AIza-a"
+    assert client_token(b"Basic abc", [None, None, None]) is None
+
+
+def test_client_token_from_azure_s_api_key_header() -> None:
+    assert client_token(None, [None, None, b"azure-key"]) == "azure-key"
+    gate = Gate((AuthKey("team-a", Secret("mp-a")),))
+    assert admit(gate, [(b"api-key", b"mp-a")], b"", None) == "team-a"
+    assert admit(Gate(()), [(b"api-key", b"azure-key")], b"", None) == key_id("azure-key")
+    with pytest.raises(KeyConflict):
+        admit(Gate(()), [(b"authorization", b"Bearer sk-a"), (b"api-key", b"azure-key")], b"", None)
 
 
 @pytest.mark.parametrize(
     "presented",
     [
-        (b"Bearer sk-a", b"sk-b", None, None),
-        (None, b"sk-a", b"sk-b", None),
-        (b"Bearer sk-a", None, b"sk-b", None),
+        (b"Bearer sk-a", [b"sk-b", None, None]),
+        (None, [b"sk-a", b"sk-b", None]),
+        (b"Bearer sk-a", [None, b"sk-b", None]),
+        (None, [None, b"sk-a", b"sk-b"]),
     ],
 )
 def test_client_token_takes_the_first_key_or_in_pass_through_refuses_different_ones(
-    presented: tuple[bytes | None, bytes | None, bytes | None, str | None],
+    presented: tuple[bytes | None, list[bytes | None]],
 ) -> None:
     assert client_token(*presented) == "sk-a"  # the first found
     with pytest.raises(KeyConflict) as raised:
@@ -56,12 +66,12 @@ def test_client_token_takes_the_first_key_or_in_pass_through_refuses_different_o
 
 @pytest.mark.parametrize("one_key", [False, True])
 def test_a_query_key_that_differs_from_a_header_key_is_refused_in_either_mode(one_key: bool) -> None:
-    assert client_token(None, None, b"mp-a", "mp-a", one_key=one_key) == "mp-a"
+    assert client_token(None, [None, b"mp-a"], "mp-a", one_key=one_key) == "mp-a"
     with pytest.raises(KeyConflict) as raised:
-        client_token(None, None, b"mp-a", "mp-b", one_key=one_key)
+        client_token(None, [None, b"mp-a"], "mp-b", one_key=one_key)
     assert raised.value.code == "duplicate_api_key" and "mp-" not in str(raised.value)
     with pytest.raises(KeyConflict):
-        client_token(b"Bearer mp-a", None, None, "mp-b", one_key=one_key)
+        client_token(b"Bearer mp-a", [], "mp-b", one_key=one_key)
 
 
 def test_without_query_key_keeps_every_other_parameter_as_sent() -> None:

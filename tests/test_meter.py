@@ -16,6 +16,7 @@ import aiohttp
 import pytest
 from conftest import (
     CLIENT_KEY,
+    GPT_4O,
     GPT_4O_MINI,
     MakeConfig,
     ProxyLauncher,
@@ -26,6 +27,7 @@ from conftest import (
     pick,
     read_until,
 )
+from openai import AzureOpenAI
 from openai.types.chat import ChatCompletionMessageParam
 from upstream_stub import SSE_DONE, Hangup, Reply, Stream, UpstreamStub, sse
 
@@ -1438,7 +1440,8 @@ def test_auth_keys_gate_calls_and_replace_the_clients_key(
     refused = proxy.request("POST", "/v1/chat/completions", json.dumps(payload).encode(), json_type)
     # Anthropic's and Google's clients send their key in their own headers: the message names them all.
     assert assert_openai_error(refused, 401)["message"] == (
-        "a valid proxy key is required: send it as Authorization: Bearer, x-api-key or x-goog-api-key"
+        "a valid proxy key is required: send it as Authorization: Bearer, x-api-key, x-goog-api-key or "
+        "api-key"
     )
     assert_openai_error(
         proxy.post_json("/v1/chat/completions", payload, {"authorization": "Bearer wrong-key-canary"}), 401
@@ -1487,6 +1490,33 @@ def test_without_auth_keys_the_clients_key_reaches_the_provider(
     ]
     assert canary not in proxy.records_path.read_text()
     assert canary not in proxy.log()
+
+
+@pytest.mark.parametrize("behind_auth_keys", [False, True])
+def test_azure_openai_s_client_is_known_by_its_api_key_header_forwarded_only_in_pass_through(
+    launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub, behind_auth_keys: bool
+) -> None:
+    # The AzureOpenAI client sends its key as `api-key`, to {endpoint}/openai/deployments/{model}/...: its
+    # calls were all "anonymous", behind auth.keys refused, and the header went to any provider.
+    key = "azure-key-canary-7c4e"
+    azure = {
+        "base_url": stub.base_url.removesuffix("/v1") + "/openai",
+        "models": {"gpt-4o": {"pricing": GPT_4O}},
+    }
+    gate = {"auth": {"keys": [{"name": "team-a", "key": "${TEAM_A_KEY}"}]}} if behind_auth_keys else {}
+    proxy = launch(make_config(providers={"azure": azure}, **gate), env={"TEAM_A_KEY": key})
+    stub.push(Reply(body=chat_body({"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15})))
+    with AzureOpenAI(azure_endpoint=f"{proxy.url}/azure", api_key=key, api_version="2024-10-21") as client:
+        client.chat.completions.create(model="gpt-4o", messages=HELLO)
+
+    seen = only(stub.requests)
+    assert seen.target == "/openai/deployments/gpt-4o/chat/completions?api-version=2024-10-21"
+    assert seen.header("api-key") == (None if behind_auth_keys else key)
+    record = only(proxy.wait_records(1))
+    user = "team-a" if behind_auth_keys else "key:" + hashlib.sha256(key.encode()).hexdigest()[:12]
+    expected = {"user_id": user, "provider": "azure", "total_cost": per_million((10, "2.50"), (5, "10.00"))}
+    assert pick(record, expected) == expected
+    assert key not in proxy.records_path.read_text() and key not in proxy.log()
 
 
 def test_provider_api_key_replaces_the_clients_key(

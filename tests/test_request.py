@@ -20,6 +20,7 @@ CLIENT = [
     (b"content-type", b"application/json"),
     (b"authorization", b"Bearer sk-client"),
     (b"x-api-key", b"sk-client"),
+    (b"api-key", b"sk-client"),
     (b"host", b"127.0.0.1:9002"),
     (b"content-length", b"42"),
     (b"accept-encoding", b"gzip, br"),
@@ -36,6 +37,7 @@ def test_pass_through_forwards_the_clients_keys_and_end_to_end_headers_only() ->
         (b"content-type", b"application/json"),
         (b"authorization", b"Bearer sk-client"),
         (b"x-api-key", b"sk-client"),
+        (b"api-key", b"sk-client"),
         (b"openai-beta", b"assistants=v2"),
         (b"accept-encoding", b"identity"),
     ]
@@ -73,7 +75,9 @@ def test_a_provider_key_replaces_every_client_key(
 
 def test_behind_auth_keys_a_provider_without_its_own_key_gets_no_key_at_all() -> None:
     sent = upstream_headers(CLIENT, provider("openai"), "chat", passing=False)
-    assert all(name not in (b"authorization", b"x-api-key", b"x-goog-api-key") for name, _ in sent)
+    assert all(
+        name not in (b"authorization", b"x-api-key", b"x-goog-api-key", b"api-key") for name, _ in sent
+    )
 
 
 def test_usage_is_asked_for_without_touching_the_bytes_sent() -> None:
