@@ -205,11 +205,13 @@ def test_stream_generate_content_counts_the_last_usage_metadata(
     }
 
 
+@pytest.mark.parametrize("client", ["http1", "aiohttp"])
 def test_a_stream_without_alt_sse_reaches_its_client_as_it_comes_and_counts_its_last_usage(
-    providers_proxy: RunningProxy, stub: UpstreamStub
+    launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub, client: str
 ) -> None:
     # Without alt=sse Gemini streams one JSON array, an element at a time. It was read whole for its usage
     # before any of it was sent: the client waited for the whole generation.
+    providers_proxy = launch(make_config(providers=all_providers(stub), server={"upstream_client": client}))
     elements = [event.removeprefix(b"data: ").strip() for event in events_of(STREAM, b"\r\n\r\n")]
     pieces = [b"[" + elements[0], *(b",\r\n" + element for element in elements[1:]), b"]"]
     script = Stream(pieces, headers=(("content-type", "application/json; charset=UTF-8"),), hold_after=1)
