@@ -75,6 +75,8 @@ _ENDPOINTS: tuple[tuple[str, Api], ...] = (
     ("chat/completions", "chat"),
     ("completions", "chat"),
     ("responses", "responses"),
+    # A compaction runs the model over a conversation and bills what its usage counts, as a response does.
+    ("responses/compact", "responses"),
     ("embeddings", "embeddings"),
     ("images/generations", "images"),
     ("images/edits", "images"),

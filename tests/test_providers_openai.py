@@ -25,6 +25,9 @@ from upstream_stub import Reply, Stream, UpstreamStub
 
 RESPONSE = fixture("responses_create.json")
 RESPONSE_STREAM = fixture("responses_stream.sse")
+# A compacted response as documented at
+# https://developers.openai.com/api/reference/resources/responses/methods/compact
+COMPACTED = fixture("responses_compact.json")
 EMBEDDINGS = fixture("embeddings_create.json")
 IMAGES = fixture("images_generate.json")
 IMAGES_STREAM = fixture("images_generate_stream.sse")
@@ -359,6 +362,41 @@ def test_responses_cache_writes_are_priced_at_cache_write(
     }
     assert pick(record, expected) == expected
     assert expected["total_cost"] == (0.018886 if stream else 0.038458)
+
+
+def test_a_compaction_through_the_sdk_is_returned_as_is_and_priced(
+    providers_proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    """POST /v1/responses/compact runs the model over the conversation and bills the tokens its usage
+    counts; it was forwarded unmetered, a billed call recorded without usage or cost."""
+    stub.push(Reply(body=COMPACTED))
+    with providers_proxy.client() as client:
+        raw = client.responses.with_raw_response.compact(
+            model="gpt-5", input="Review the lease and list every clause about termination."
+        )
+
+    assert raw.http_response.content == COMPACTED
+    assert raw.parse().usage.output_tokens_details.reasoning_tokens == 1536
+    assert only(stub.requests).target == "/v1/responses/compact"
+    record = only(providers_proxy.wait_records(1))
+    # (48210 - 40960) * 1.25 + 40960 * 0.125 + 1874 * 10.00 per 1M; the reasoning is part of the output
+    expected = {
+        **costs([(7250, "1.25"), (40960, "0.125")], [(1874, "10.00")]),
+        "request_id": "resp_0c9e7b4a2f1d83a6006914a3e2b8d481958f2c7a1e4b6d9c30",
+        "model": "gpt-5",
+        "endpoint": "/v1/responses/compact",
+        "input_tokens": 48210,
+        "cached_input_tokens": 40960,
+        "output_tokens": 1874,
+        "reasoning_tokens": 1536,
+        "total_tokens": 50084,
+        "usage_source": "provider",
+        "status_code": 200,
+        "error": None,
+    }
+    assert pick(record, expected) == expected
+    assert expected["total_cost"] == 0.0329225
+    assert raw.headers.get("x-meterproxy-cost") == "0.0329225"
 
 
 def test_embeddings_through_the_sdk_price_prompt_tokens_as_input(

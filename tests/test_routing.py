@@ -112,6 +112,9 @@ def test_endpoints_name_the_api_whose_usage_they_carry() -> None:
     assert api_of("openai/chat/completions") == ("chat", None)
     assert api_of("responses") == ("responses", None)
     assert api_of("responses/resp_123") == (None, None)
+    assert api_of("responses/compact") == ("responses", None)  # a billed run of the model
+    assert api_of("responses/resp_123/cancel") == (None, None)
+    assert api_of("responses/input_tokens") == (None, None)
     assert api_of("embeddings") == ("embeddings", None)
     assert api_of("images/generations") == ("images", None)
     assert api_of("images/variations") == (None, None)
