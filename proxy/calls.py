@@ -75,6 +75,11 @@ class Call:
         self._bill: Bill | None = None
         self._bill_key: tuple[Any, ...] = ()
 
+    def runs_on(self) -> bool:
+        """Whether the provider goes on generating once the client has left, and bills all of it: a
+        streamed Responses call in background mode, which the client may reconnect to."""
+        return self.api == "responses" and self.stream and self.request.get("background") is True
+
     def usage_to_come(self) -> bool:
         """Whether the answer is whole but for its usage, which its provider sends right after: a chat
         stream of one choice past its finish chunk (the usage chunk and [DONE] follow it)."""

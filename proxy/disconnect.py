@@ -1,5 +1,5 @@
 """The watch on a call's client: a call whose client went away is cancelled, and its upstream connection
-closed at once, so the provider stops generating."""
+closed at once, so the provider stops generating (but for the two calls DisconnectWatch names)."""
 
 from __future__ import annotations
 
@@ -24,9 +24,11 @@ class DisconnectWatch:
     call has lasted WATCH_AFTER (at most a quarter more; one timer for all calls, `Later`): a quick
     call never needs it, and a slow one, where a client may give up, is watched from then on.
 
-    The one call not cancelled at once is a chat stream whose client left after its finish chunk: the
-    provider has generated all it bills for, and the usage chunk it sends next is read for the record
-    (for up to USAGE_WAIT seconds), so the call is billed as counted, not estimated.
+    Two calls are not cancelled at once, so that they are billed as the provider counts them, not
+    estimated: a chat stream whose client left after its finish chunk, where the provider has generated
+    all it bills for and sends the usage chunk next (read for up to USAGE_WAIT seconds); and a streamed
+    Responses call in background mode, which the provider goes on generating without its client (read to
+    its end).
     """
 
     __slots__ = ("call", "receive", "task", "_later", "_watcher", "_wait")
@@ -51,6 +53,9 @@ class DisconnectWatch:
         if call.finished:
             return
         call.gone = True
+        if call.runs_on():
+            # Cutting it would not stop the provider: its stream is read to its end for the usage billed.
+            return
         if call.usage_to_come():
             # A client that stops reading at the finish chunk leaves a call the provider has answered
             # whole and bills whole: its usage follows, and is read for the record rather than estimated.

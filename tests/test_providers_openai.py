@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import itertools
 import json
 import struct
 from collections.abc import Callable, Iterator
@@ -124,6 +125,41 @@ def test_streamed_responses_call_through_the_sdk(providers_proxy: RunningProxy, 
         "usage_source": "provider",
         "error": None,
     }
+    assert pick(record, expected) == expected
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_a_background_responses_stream_whose_client_leaves_is_read_to_its_end_for_its_usage(
+    providers_proxy: RunningProxy, stub: UpstreamStub, background: bool
+) -> None:
+    # A background response goes on generating when its client leaves, which may reconnect to it
+    # (https://platform.openai.com/docs/guides/background): cut at once, it was recorded with an estimate
+    # although billed whole. Any other stream stops generating when cut, and is cut at once.
+    script = Stream(events_of(RESPONSE_STREAM), delay=0.1, hold_after=3)
+    stub.push(script)
+    with providers_proxy.client(path="/openai/v1") as client:
+        stream = client.responses.create(model="gpt-5", input="Hi", stream=True, background=background)
+        first = [event.type for event in itertools.islice(stream, 3)]
+        stream.close()
+    assert first == ["response.created", "response.in_progress", "response.output_item.added"]
+
+    seen = only(stub.requests)
+    if background:
+        assert not seen.closed.wait(0.5), "the proxy closed the upstream request of a background response"
+        script.gate.set()
+    else:
+        assert seen.closed.wait(10) and seen.closed_early
+    record = only(providers_proxy.wait_records(1))
+    expected = {"status_code": 499, "error": "client_disconnected"}
+    if background:
+        # (2310 - 1792) * 1.25 + 1792 * 0.125 + 1337 * 10.00 per 1M
+        expected |= {
+            **costs([(518, "1.25"), (1792, "0.125")], [(1337, "10.00")]),
+            "usage_source": "provider",
+            "output_tokens": 1337,
+        }
+    else:
+        expected |= {"usage_source": "estimated"}
     assert pick(record, expected) == expected
 
 
