@@ -53,6 +53,20 @@ class Supervisor(Multiprocess):
         self._said = None
         super().keep_subprocess_alive()
 
+    def handle_hup(self) -> None:
+        """uvicorn's reload: each worker replaced by a new one, which reads the config file again. A file
+        with an error is said in one line, and the workers serve on; uvicorn started a worker that died
+        of it, a traceback in the log, before keeping the old one."""
+        try:
+            load_config(os.environ[CONFIG_ENV], os.environ)
+        except ConfigError as exc:
+            log.error(
+                "SIGHUP: the workers are kept, the config file has an error: %s; fix it, then SIGHUP again",
+                exc,
+            )
+            return
+        super().handle_hup()
+
     def terminate_all(self) -> None:
         for listening in self.sockets:
             listening.close()

@@ -172,6 +172,41 @@ def test_sigterm_refuses_new_connections_lets_in_flight_streams_finish_and_exits
     }
 
 
+def test_a_hangup_stops_the_proxy_as_sigterm_does_and_every_call_in_flight_is_answered_and_recorded(
+    launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub
+) -> None:
+    # SIGHUP (a terminal closed, `kill -HUP`) killed the process at once: the streams in flight were cut
+    # and never recorded. A hangup ignored when the proxy starts (nohup) stays ignored: the test clears it.
+    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        proxy = launch(make_config())
+    finally:
+        signal.signal(signal.SIGHUP, previous)
+    gate = threading.Event()
+    stub.always(Stream(RUNNING, hold_after=2, gate=gate))
+
+    async def scenario() -> tuple[list[tuple[bytes, bool]], list[str]]:
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+            responses = await asyncio.gather(*(open_stream(session, proxy) for _ in range(5)))
+            ids = [response.headers["x-meterproxy-request-id"] for response in responses]
+            proxy.process.send_signal(signal.SIGHUP)
+            await refused(proxy.port)
+            assert proxy.process.poll() is None, "the proxy exited with streams in flight"
+            gate.set()
+            return await asyncio.gather(*(read_rest(response) for response in responses)), ids
+
+    ends, ids = asyncio.run(scenario())
+
+    assert all(clean and rest.endswith(SSE_DONE) for rest, clean in ends)
+    assert proxy.process.wait(timeout=30) in (0, -signal.SIGTERM)
+    records = read_records(proxy.records_path)
+    assert sorted(record["proxy_request_id"] for record in records) == sorted(ids)
+    assert {(record["status_code"], record["error"], record["output_tokens"]) for record in records} == {
+        (200, None, 2)
+    }
+    assert "hangup (SIGHUP): stopping as on SIGTERM" in proxy.log()
+
+
 def test_calls_still_running_when_the_drain_time_ends_are_cut_and_recorded_as_shutdown(
     launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub
 ) -> None:
@@ -1254,4 +1289,27 @@ def test_a_worker_that_dies_after_the_config_broke_is_restarted_once_it_is_fixed
 
     config.write_text(good)
     wait_until(lambda: proxy.log().count("Application startup complete.") == 3, "the worker's restart")
+    assert [proxy.post_json("/v1/chat/completions", chat()).status for _ in range(4)] == [200] * 4
+
+
+def test_a_sighup_replaces_the_workers_with_the_config_file_as_it_is_and_keeps_them_on_a_broken_one(
+    launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub
+) -> None:
+    stub.always(Reply(body=completion()))
+    config = make_config()
+    proxy = two_workers(launch, config)
+    good = config.read_text()
+    config.write_text(good + "\nproviders: [\n")
+    proxy.process.send_signal(signal.SIGHUP)
+
+    said = "SIGHUP: the workers are kept, the config file has an error: "
+    wait_until(lambda: said in proxy.log(), "the supervisor to refuse the reload")
+    # uvicorn started a worker that died of the error, a traceback in the log, before keeping the old one.
+    assert "Traceback" not in proxy.log(), proxy.log()
+    assert proxy.post_json("/v1/chat/completions", chat()).status == 200
+
+    config.write_text(good)
+    proxy.process.send_signal(signal.SIGHUP)
+    wait_until(lambda: proxy.log().count("Finished server process") == 2, "both workers replaced")
+    assert proxy.log().count("Application startup complete.") == 4
     assert [proxy.post_json("/v1/chat/completions", chat()).status for _ in range(4)] == [200] * 4

@@ -94,3 +94,26 @@ def test_uninstall_gives_the_server_its_handlers_back(heard: list[int]) -> None:
     asyncio.run(main())
     signal.raise_signal(signal.SIGINT)
     assert heard == [signal.SIGINT]
+
+
+def test_a_hangup_reaches_the_server_as_its_sigterm_unless_the_process_was_started_ignoring_it(
+    heard: list[int],
+) -> None:
+    async def main() -> None:
+        stops = StopSignals(lambda: [])
+        stops.install()
+        signal.raise_signal(signal.SIGHUP)
+        assert heard == [signal.SIGTERM]
+        stops.uninstall()
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # as nohup starts a process
+        stops.install()
+        signal.raise_signal(signal.SIGHUP)
+        stops.uninstall()
+        assert heard == [signal.SIGTERM] and signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+
+    previous = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        asyncio.run(main())
+    finally:
+        signal.signal(signal.SIGHUP, previous)
