@@ -1270,14 +1270,22 @@ def test_drain_time_defaults_to_30_seconds() -> None:
     assert parse_config(GOOD + "server: {drain_seconds: 5}\n", {}).drain_seconds == 5
 
 
-def test_a_worker_that_dies_after_the_config_broke_is_restarted_once_it_is_fixed_without_a_loop(
+def broken_under_two_workers(
     launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub
-) -> None:
+) -> tuple[RunningProxy, Path, str]:
+    """Two workers serving, then an edit that breaks their config file: the proxy, the file, its good text."""
     stub.always(Reply(body=completion()))
     config = make_config()
     proxy = two_workers(launch, config)
     good = config.read_text()
-    config.write_text(good + "\nproviders: [\n")  # an edit that breaks the file while the proxy runs
+    config.write_text(good + "\nproviders: [\n")
+    return proxy, config, good
+
+
+def test_a_worker_that_dies_after_the_config_broke_is_restarted_once_it_is_fixed_without_a_loop(
+    launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub
+) -> None:
+    proxy, config, good = broken_under_two_workers(launch, make_config, stub)
     worker = int(re.findall(r"Started server process \[(\d+)\]", proxy.log())[0])
     os.kill(worker, signal.SIGKILL)
 
@@ -1295,11 +1303,7 @@ def test_a_worker_that_dies_after_the_config_broke_is_restarted_once_it_is_fixed
 def test_a_sighup_replaces_the_workers_with_the_config_file_as_it_is_and_keeps_them_on_a_broken_one(
     launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub
 ) -> None:
-    stub.always(Reply(body=completion()))
-    config = make_config()
-    proxy = two_workers(launch, config)
-    good = config.read_text()
-    config.write_text(good + "\nproviders: [\n")
+    proxy, config, good = broken_under_two_workers(launch, make_config, stub)
     proxy.process.send_signal(signal.SIGHUP)
 
     said = "SIGHUP: the workers are kept, the config file has an error: "
