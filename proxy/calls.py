@@ -77,8 +77,15 @@ class Call:
 
     def runs_on(self) -> bool:
         """Whether the provider goes on generating once the client has left, and bills all of it: a
-        streamed Responses call in background mode, which the client may reconnect to."""
-        return self.api == "responses" and self.stream and self.request.get("background") is True
+        streamed Responses call in background mode, which the client may reconnect to, once the provider
+        has taken it (its 2xx head is in). Before that (waiting for an upstream slot, say) it is cut, so
+        that no response is created that nobody will read."""
+        return (
+            200 <= self.status < 300
+            and self.api == "responses"
+            and self.stream
+            and self.request.get("background") is True
+        )
 
     def usage_to_come(self) -> bool:
         """Whether the answer is whole but for its usage, which its provider sends right after: a chat

@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import socket
 import struct
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -161,6 +163,38 @@ def test_a_background_responses_stream_whose_client_leaves_is_read_to_its_end_fo
     else:
         expected |= {"usage_source": "estimated"}
     assert pick(record, expected) == expected
+
+
+def test_a_background_responses_stream_whose_client_leaves_before_it_is_sent_is_never_sent(
+    launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub
+) -> None:
+    # Read to its end once the provider has it, a background response whose client left while it waited
+    # for an upstream slot was sent when one came free: a response nobody would read, generated and billed.
+    # One slot, and a pool timeout longer than the wait for the record: the call must be cut, not refused.
+    server = {"upstream_pool_size": 1, "pool_timeout_seconds": 60}
+    proxy = launch(make_config(providers=all_providers(stub), server=server))
+    holding = Stream(events_of(RESPONSE_STREAM), hold_after=3)
+    stub.push(holding)
+    body = json.dumps({"model": "gpt-5", "input": "Hi", "stream": True, "background": True}).encode()
+    with proxy.client(path="/openai/v1") as client:
+        first = client.responses.create(model="gpt-5", input="Hi", stream=True)  # takes the one slot
+        waiting = socket.create_connection(("127.0.0.1", proxy.port), timeout=10)
+        waiting.sendall(
+            b"POST /openai/v1/responses HTTP/1.1\r\nhost: proxy\r\nauthorization: Bearer sk-test\r\n"
+            b"content-type: application/json\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        time.sleep(1.0)  # the proxy has read the request, which waits for the slot
+        waiting.close()
+
+        left = only(proxy.wait_records(1))
+        holding.gate.set()
+        assert [event.type for event in first][-1] == "response.completed"
+    assert pick(left, {"status_code": 499, "error": "client_disconnected"}) == {
+        "status_code": 499,
+        "error": "client_disconnected",
+    }
+    assert len(proxy.wait_records(2)) == 2
+    assert len(stub.requests) == 1
 
 
 def test_a_responses_stream_whose_text_holds_a_lone_surrogate_is_priced_as_the_sdk_reads_it(
