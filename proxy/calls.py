@@ -38,7 +38,8 @@ class Call:
     __slots__ = (
         "proxy_id", "arrived", "started", "provider", "model", "api", "stream", "user", "request",
         "endpoint", "ip", "session_id", "task_type", "status", "error", "ttfb", "facts", "body",
-        "encoding", "response", "head_sent", "gone", "finished", "recorded", "unread", "_bill", "_bill_key",
+        "encoding", "response", "sent", "head_sent", "gone", "finished", "recorded", "unread", "_bill",
+        "_bill_key",
     )  # fmt: skip
 
     def __init__(
@@ -65,6 +66,7 @@ class Call:
         self.body: bytes | None = None  # a non-streamed metered body, kept to read its usage
         self.encoding = b""
         self.response: UpstreamResponse | None = None
+        self.sent = False  # the request went to the provider (it may have been billed from then on)
         self.head_sent = False  # the client has the response's status and headers
         self.gone = False
         self.finished = False
@@ -151,7 +153,8 @@ class Call:
                 usage, source = estimate_usage(self.request, facts.events), "estimated"
         response_model = facts.model if facts is not None else None
         price = find_price(self.provider, self.model, response_model) if self.model else None
-        unbilled = not_billed(499 if self.gone else self.status, self.error)
+        # A call never sent (its client left while it waited for an upstream slot) cost nothing.
+        unbilled = not self.sent or not_billed(499 if self.gone else self.status, self.error)
         return Bill(usage or _NO_USAGE, source, price, cost_of(price, usage, unbilled), error, facts)
 
     def record(self, bill: Bill) -> CostRecord:

@@ -201,6 +201,7 @@ class Meter:
     ) -> list[Message]:
         """Send the call upstream and the answer back; return the answer's last messages, unsent."""
         upstream: Upstream = scope["state"]["upstream"]
+        call.sent = True
         try:
             response = call.response = await upstream.send(
                 scope["method"], url, headers, body, call.provider.timeout

@@ -68,7 +68,7 @@ def priced_call(api: Api, stream: bool) -> Call:
     )
     provider = parse_config(text, {}).providers["p"]
     call = Call("id", 0.0, 0.0, provider, "m", api, stream, "user", {"messages": "hi"})
-    call.status = 200
+    call.sent, call.status = True, 200
     return call
 
 

@@ -26,7 +26,7 @@ CONFIG = json.dumps(
 def answered(model: str) -> Call:
     provider = parse_config(CONFIG, {}).providers["p"]
     call = Call("id", 0.0, 0.0, provider, model, "chat", False, "user", {})
-    call.status = 200
+    call.sent, call.status = True, 200
     call.body = b'{"id":"c1","usage":{"prompt_tokens":1000,"completion_tokens":100}}'
     return call
 

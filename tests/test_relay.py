@@ -50,7 +50,7 @@ def new_call(api: Api, stream: bool, priced: bool = True) -> Call:
     config = parse_config(json.dumps({"providers": {"p": provider}}), {})
     request = {"model": MODELS[api], "messages": [{"role": "user", "content": "Say hello"}], "stream": stream}
     call = Call("proxy-id", 0.0, 0.0, config.providers["p"], MODELS[api], api, stream, "user", request)
-    call.status = 200
+    call.sent, call.status = True, 200
     return call
 
 

@@ -362,7 +362,7 @@ def image_call(pieces: list[bytes]) -> tuple[bytes, Call]:
     )
     provider = parse_config(text, {}).providers["openai"]
     call = Call("id", 0.0, 0.0, provider, "gpt-image-x", "responses", True, "user", {})
-    call.status = 200
+    call.sent, call.status = True, 200
     edit = _StreamEdit(call, strip=False, cost_in_response=False, record=lambda: None)
     return b"".join(edit.take(piece) for piece in pieces) + edit.scan(b""), call
 
