@@ -237,7 +237,8 @@ class Meter:
                 await send(head(call, response.status, sent_headers))
                 record = functools.partial(self._ledger.account, scope["state"]["writer"], call)
                 return await relay_stream(send, call, response, strip, self.config.cost_in_response, record)
-            if call.stream and metered and not sse and 200 <= response.status < 300:
+            if call.api == "gemini" and call.stream and metered and not sse and 200 <= response.status < 300:
+                # streamGenerateContent without alt=sse: one JSON array, an element at a time
                 return await relay_kept_body(send, call, response, sent_headers)
             if (not sse and metered) or secret is not None:
                 return await relay_whole_body(

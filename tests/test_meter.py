@@ -1158,6 +1158,22 @@ def test_client_disconnect_mid_stream_closes_upstream_and_records_499(
     assert pick(record, expected) == expected
 
 
+def test_a_stream_its_provider_answers_with_one_json_body_gets_its_cost_in_the_headers(
+    proxy: RunningProxy, stub: UpstreamStub
+) -> None:
+    # A server without streaming may answer `"stream": true` with a plain JSON body: it is read whole
+    # for its usage, and its cost goes back in the headers as for any answer that is not a stream.
+    body = chat_body({"prompt_tokens": 10, "completion_tokens": 5, "total_tokens": 15})
+    stub.push(Reply(body=body))
+    payload = {"model": "gpt-4o", "messages": HELLO, "stream": True}
+    response = proxy.post_json("/v1/chat/completions", payload)
+
+    assert (response.status, response.body) == (200, body)
+    assert response.header("x-meterproxy-cost") == "0.000075"  # 10 * 2.50 + 5 * 10.00 per 1M
+    record = only(proxy.wait_records(1))
+    assert (record["is_streaming"], record["total_cost"]) == (True, per_million((10, "2.50"), (5, "10.00")))
+
+
 def _leave_at_the_finish_chunk(proxy: RunningProxy, n: int = 1) -> str | None:
     """Stream a chat call with the openai package and stop reading at its finish chunk, as a client
     that has its answer may; the finish reason it saw."""
