@@ -182,13 +182,17 @@ class AiohttpUpstream:
                 timeout=client_timeout,
                 skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
             )
+        except aiohttp.ConnectionTimeoutError as exc:
+            raise UpstreamError(
+                "upstream_timeout", 504, f"could not connect to the provider in {timeout:g} s", sent=False
+            ) from exc
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise UpstreamError(
                 "upstream_timeout", 504, f"the provider did not answer in {timeout:g} s"
             ) from exc
         except aiohttp.ClientConnectorError as exc:
             raise UpstreamError(
-                "upstream_unreachable", 502, f"cannot connect to the provider: {_described(exc)}"
+                "upstream_unreachable", 502, f"cannot connect to the provider: {_described(exc)}", sent=False
             ) from exc
         except aiohttp.ClientResponseError as exc:  # a head aiohttp's parser refused, as http1.py's
             raise UpstreamError(

@@ -78,11 +78,11 @@ class HTTP1Upstream:
                 )
         except TimeoutError as exc:
             raise UpstreamError(
-                "upstream_timeout", 504, f"could not connect to the provider in {timeout:g} s"
+                "upstream_timeout", 504, f"could not connect to the provider in {timeout:g} s", sent=False
             ) from exc
         except OSError as exc:
             raise UpstreamError(
-                "upstream_unreachable", 502, f"cannot connect to the provider: {exc}"
+                "upstream_unreachable", 502, f"cannot connect to the provider: {exc}", sent=False
             ) from exc
         return protocol
 

@@ -209,7 +209,7 @@ class Meter:
         except UpstreamError as exc:
             failure = without_key(exc, call.provider)
             log.warning("%s %s -> %s: %s", scope["method"], as_sent(scope), call.provider.name, failure)
-            call.error = failure.error
+            call.error, call.sent = failure.error, failure.sent
             call.finished = True
             return _failed(call, failure)
         call.status = response.status

@@ -45,7 +45,7 @@ def without_key(exc: UpstreamError, provider: Provider) -> UpstreamError:
     quotes the bytes of a head it could not parse, a key the provider put there too."""
     if provider.api_key is None or (secret := provider.api_key.reveal()) not in str(exc):
         return exc
-    return UpstreamError(exc.error, exc.status, str(exc).replace(secret, REDACTED.decode()))
+    return UpstreamError(exc.error, exc.status, str(exc).replace(secret, REDACTED.decode()), sent=exc.sent)
 
 
 def redact(body: bytes, headers: Headers, secret: bytes, status: int) -> bytes:

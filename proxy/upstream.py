@@ -63,12 +63,14 @@ def body_headers(headers: Headers) -> tuple[bool, int | None, bytes]:
 
 
 class UpstreamError(Exception):
-    """The upstream could not be reached, timed out, or broke off; `error` names which for the record."""
+    """The upstream could not be reached, timed out, or broke off; `error` names which for the record.
+    `sent` is False when the request never left (no connection could be made): nothing was billed."""
 
-    def __init__(self, error: CallError, status: int, message: str) -> None:
+    def __init__(self, error: CallError, status: int, message: str, *, sent: bool = True) -> None:
         super().__init__(message)
         self.error: CallError = error
         self.status = status
+        self.sent = sent
 
 
 class UpstreamResponse(Protocol):

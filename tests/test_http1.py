@@ -168,12 +168,12 @@ def test_a_closed_port_is_unreachable() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
 
-    async def work(client: HTTP1Upstream) -> tuple[str, int]:
+    async def work(client: HTTP1Upstream) -> tuple[str, int, bool]:
         with pytest.raises(UpstreamError) as raised:
             await client.send("POST", f"http://127.0.0.1:{port}/v1/x", HEADERS, b"{}", 5)
-        return raised.value.error, raised.value.status
+        return raised.value.error, raised.value.status, raised.value.sent
 
-    assert run(work) == ("upstream_unreachable", 502)
+    assert run(work) == ("upstream_unreachable", 502, False)
 
 
 def test_hangup_without_an_answer_is_a_reset(stub: UpstreamStub) -> None:

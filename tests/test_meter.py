@@ -952,6 +952,7 @@ def test_upstream_unreachable_is_502_and_recorded(launch: ProxyLauncher, make_co
     assert (record["status_code"], record["error"]) == (502, "upstream_unreachable")
     assert record["proxy_request_id"] == response.header("x-meterproxy-request-id")
     assert (record["input_tokens"], record["usage_source"]) == (0, "none")
+    assert record["total_cost"] == 0.0  # no connection, nothing sent: nothing billed (it was null, unknown)
 
 
 def test_upstream_timeout_is_504_and_recorded(

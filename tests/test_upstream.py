@@ -137,12 +137,12 @@ def test_closing_a_response_mid_stream_drops_its_connection(stub: UpstreamStub) 
 def test_an_unreachable_provider_is_upstream_unreachable() -> None:
     port = free_port()
 
-    async def work(client: AiohttpUpstream) -> tuple[str, int]:
+    async def work(client: AiohttpUpstream) -> tuple[str, int, bool]:
         with pytest.raises(UpstreamError) as raised:
             await client.send("POST", f"http://127.0.0.1:{port}/v1/x", HEADERS, b"{}", 5)
-        return raised.value.error, raised.value.status
+        return raised.value.error, raised.value.status, raised.value.sent
 
-    assert run(work) == ("upstream_unreachable", 502)
+    assert run(work) == ("upstream_unreachable", 502, False)
 
 
 def test_no_head_in_time_is_upstream_timeout(stub: UpstreamStub) -> None:
