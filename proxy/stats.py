@@ -208,7 +208,9 @@ class RollingTotals:
         buckets = self._buckets
         to_stamp, add = record_time, _EXACT.add
         newest = ""
-        for line in data.splitlines():
+        # Lines end at a newline only, as the reports read them: splitlines() also cut at a carriage
+        # return, JSON whitespace, so a record with one between its fields was two halves, both skipped.
+        for line in data.split(b"\n"):
             record = decode_counted(_DECODER, line)
             if record is None:
                 # A torn or foreign line (one whose timestamp is a list, or cut inside a character, once

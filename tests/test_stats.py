@@ -350,3 +350,17 @@ def test_a_path_whose_folder_is_a_file_is_a_missing_file(tmp_path: Path) -> None
     folder.write_bytes(b"")
     assert (stats.snapshot()["requests"], stats.problem) == (1, None)
     assert (totals(folder / "r.jsonl").snapshot()["requests"], stats.problem) == (0, None)
+
+
+def test_a_line_ends_at_a_newline_only(tmp_path: Path) -> None:
+    # A carriage return is JSON whitespace: a record with one between its fields is one record, as the
+    # reports read it; cut there, its halves were skipped. Two records apart by one are one line, no record.
+    path = tmp_path / "r.jsonl"
+    inside = line(timedelta(minutes=3), total_cost=0.2).replace(b',"provider"', b',\r"provider"')
+    joined = line(timedelta(minutes=3))[:-1] + b"\r" + line(timedelta(minutes=3))
+    path.write_bytes(inside + joined)
+    stats = totals(path)
+    assert (stats.snapshot()["requests"], stats.snapshot()["total_cost"]) == (1, 0.2)
+    with open(path, "ab") as file:
+        file.write(joined + inside)
+    assert (stats.snapshot()["requests"], stats.snapshot()["total_cost"]) == (2, 0.4)
