@@ -234,9 +234,11 @@ class RollingTotals:
             cost, priced = record.total_cost, record.priced
             if priced is UNSET:  # an older writer's record: priced when it has a cost
                 priced = cost is not None
-            if not priced and not forwarded(record):
-                bucket.unpriced += 1
-            if cost is not None:
+            if not priced:
+                # No price, so no cost in a total, whatever another writer put beside it (the reports' rule).
+                if not forwarded(record):
+                    bucket.unpriced += 1
+            elif cost is not None:
                 key = (record.currency, record.provider, str(record.model))
                 bucket.costs[key] = add(bucket.costs.get(key, Decimal(0)), Decimal(repr(cost)))
         return newest

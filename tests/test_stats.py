@@ -364,3 +364,16 @@ def test_a_line_ends_at_a_newline_only(tmp_path: Path) -> None:
     with open(path, "ab") as file:
         file.write(joined + inside)
     assert (stats.snapshot()["requests"], stats.snapshot()["total_cost"]) == (2, 0.4)
+
+
+def test_a_record_without_a_price_has_its_cost_in_no_total_whatever_it_says(tmp_path: Path) -> None:
+    # Another writer's record that says "priced": false beside a cost: the reports count it unpriced, its
+    # cost in no total; /health counted it unpriced and added its cost as well.
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(
+        line(timedelta(minutes=2), total_cost=0.2)
+        + line(timedelta(minutes=1), model="my-ft", total_cost=0.5, priced=False)
+    )
+    snapshot = totals(path).snapshot()
+    assert (snapshot["requests"], snapshot["unpriced_requests"], snapshot["total_cost"]) == (2, 1, 0.2)
+    assert snapshot["model_costs"] == {"openai/gpt-4o": 0.2}
