@@ -20,7 +20,7 @@ import msgspec
 from msgspec import UNSET
 
 from proxy.counts import forwarded
-from proxy.filters import CountedFields, decode_counted
+from proxy.filters import NONE, CountedFields, decode_counted
 from proxy.records import record_time
 
 WINDOW = timedelta(hours=24)
@@ -239,7 +239,8 @@ class RollingTotals:
                 if not forwarded(record):
                     bucket.unpriced += 1
             elif cost is not None:
-                key = (record.currency, record.provider, str(record.model))
+                model = record.model if record.model is not None else NONE  # the reports' name for none
+                key = (record.currency, record.provider, model)
                 bucket.costs[key] = add(bucket.costs.get(key, Decimal(0)), Decimal(repr(cost)))
         return newest
 

@@ -377,3 +377,11 @@ def test_a_record_without_a_price_has_its_cost_in_no_total_whatever_it_says(tmp_
     snapshot = totals(path).snapshot()
     assert (snapshot["requests"], snapshot["unpriced_requests"], snapshot["total_cost"]) == (2, 1, 0.2)
     assert snapshot["model_costs"] == {"openai/gpt-4o": 0.2}
+
+
+def test_a_cost_without_a_model_is_the_providers_none_model(tmp_path: Path) -> None:
+    # Another writer's priced record without a model: the reports name it openai/(none); /health had
+    # openai/None, which names no model the records have.
+    path = tmp_path / "r.jsonl"
+    path.write_bytes(line(timedelta(minutes=1), model=None, total_cost=0.2))
+    assert totals(path).snapshot()["model_costs"] == {"openai/(none)": 0.2}
