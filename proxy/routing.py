@@ -49,24 +49,28 @@ def api_of(rest: str) -> tuple[Api | None, str | None]:
     provider may read as a metered one calls that API, so that it is never a pass-through without usage:
     with a trailing slash, percent-encoded letters ("c%6Fmpletions") or in other case ("Chat/Completions",
     for providers whose routes ignore case)."""
+    api, model, _ = _endpoint(rest)
+    return api, model
+
+
+def _endpoint(rest: str) -> tuple[Api | None, str | None, bool]:
+    """api_of(rest), and whether the path asks for a stream (Gemini's :streamGenerateContent)."""
     rest = unquote(rest).removesuffix("/")
     lowered = rest.lower()
     if lowered == "messages":
-        return "anthropic", None
+        return "anthropic", None, False
     for suffix, api in _ENDPOINTS:
         if lowered == suffix or lowered.endswith("/" + suffix):
-            return api, None
+            return api, None, False
     head, _, model_call = rest.rpartition("models/")
     model, _, method = model_call.partition(":")
     if model and method in ("generateContent", "streamGenerateContent") and (not head or head.endswith("/")):
-        return "gemini", model
-    return None, None
+        return "gemini", model, method == "streamGenerateContent"
+    return None, None, False
 
 
 def _target(provider: Provider | None, base: str, rest: str) -> PathTarget:
-    api, model = api_of(rest)
-    streams = api == "gemini" and unquote(rest).removesuffix("/").endswith(":streamGenerateContent")
-    return PathTarget(provider, base, rest, api, model, streams)
+    return PathTarget(provider, base, rest, *_endpoint(rest))
 
 
 _KNOWN_PATHS = 1024  # resolved paths remembered: clients call the same few paths over and over

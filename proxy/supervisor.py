@@ -39,15 +39,13 @@ class Supervisor(Multiprocess):
         if self.should_exit.is_set() or all(worker.process.is_alive() for worker in self.processes):
             super().keep_subprocess_alive()
             return
-        try:
-            load_config(os.environ[CONFIG_ENV], os.environ)
-        except ConfigError as exc:
-            if str(exc) != self._said:
-                self._said = str(exc)
+        if (error := _config_error()) is not None:
+            if str(error) != self._said:
+                self._said = str(error)
                 log.error(
                     "a worker stopped and is not restarted while the config file has an error: %s; "
                     "fix the file and it is restarted",
-                    exc,
+                    error,
                 )
             return
         self._said = None
@@ -57,12 +55,10 @@ class Supervisor(Multiprocess):
         """uvicorn's reload: each worker replaced by a new one, which reads the config file again. A file
         with an error is said in one line, and the workers serve on; uvicorn started a worker that died
         of it, a traceback in the log, before keeping the old one."""
-        try:
-            load_config(os.environ[CONFIG_ENV], os.environ)
-        except ConfigError as exc:
+        if (error := _config_error()) is not None:
             log.error(
                 "SIGHUP: the workers are kept, the config file has an error: %s; fix it, then SIGHUP again",
-                exc,
+                error,
             )
             return
         super().handle_hup()
@@ -71,3 +67,12 @@ class Supervisor(Multiprocess):
         for listening in self.sockets:
             listening.close()
         super().terminate_all()
+
+
+def _config_error() -> ConfigError | None:
+    """Why the config file the workers start from does not load now, or None."""
+    try:
+        load_config(os.environ[CONFIG_ENV], os.environ)
+    except ConfigError as exc:
+        return exc
+    return None

@@ -110,12 +110,18 @@ def test_write_error_drops_to_stderr_and_recovers(tmp_path: Path, capfd: pytest.
     assert orjson.loads((blocker / "records.jsonl").read_bytes())["request_id"] == "r4"
 
 
-def test_a_file_moved_away_is_followed_by_a_new_one_at_its_path(tmp_path: Path) -> None:
-    path = tmp_path / "records.jsonl"
+def looking_writer(path: Path) -> RecordWriter:
+    """A writer at `path` that looks for a rotation at every record, its first record written."""
     writer = RecordWriter(path)
-    writer.LOOK_SECONDS = 0.0  # every record looks
+    writer.LOOK_SECONDS = 0.0
     writer.open()
     writer.append(record(1))
+    return writer
+
+
+def test_a_file_moved_away_is_followed_by_a_new_one_at_its_path(tmp_path: Path) -> None:
+    path = tmp_path / "records.jsonl"
+    writer = looking_writer(path)
     moved = path.rename(tmp_path / "records.jsonl.1")  # logrotate's default (create)
     writer.append(record(2))
     path.unlink()  # deleted: started again as well
@@ -130,10 +136,7 @@ def test_a_file_moved_away_is_followed_by_a_new_one_at_its_path(tmp_path: Path) 
 def test_a_file_moved_where_no_new_one_can_be_opened_keeps_its_records_and_says_why(tmp_path: Path) -> None:
     folder = tmp_path / "logs"
     path = folder / "records.jsonl"
-    writer = RecordWriter(path)
-    writer.LOOK_SECONDS = 0.0
-    writer.open()
-    writer.append(record(1))
+    writer = looking_writer(path)
     folder.rename(tmp_path / "old-logs")
     folder.write_bytes(b"")  # a file where the folder was: nothing can be opened at path
     writer.append(record(2))
@@ -153,10 +156,7 @@ def test_a_file_deleted_where_no_new_one_can_be_opened_drops_its_records_to_stde
 ) -> None:
     folder = tmp_path / "logs"
     path = folder / "records.jsonl"
-    writer = RecordWriter(path)
-    writer.LOOK_SECONDS = 0.0
-    writer.open()
-    writer.append(record(1))
+    writer = looking_writer(path)
     shutil.rmtree(folder)
     folder.write_bytes(b"")  # a file where the folder was: nothing can be opened at path
     writer.append(record(2))  # went on to the deleted file, where no reader finds it

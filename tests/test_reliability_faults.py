@@ -1012,13 +1012,21 @@ def two_workers(launch: ProxyLauncher, config: Path, records: Path | None = None
     return proxy
 
 
-def test_a_record_folder_replaced_while_workers_run_keeps_health_answering_and_the_records_in_the_old_file(
+def two_workers_writing_in_a_folder(
     launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub, tmp_path: Path
-) -> None:
+) -> tuple[RunningProxy, Path, Path]:
+    """Two workers answering every call, their records in a folder of their own: the proxy, the folder,
+    the record file."""
     stub.always(Reply(body=completion()))
     folder = tmp_path / "logs"
     path = folder / "records.jsonl"
-    proxy = two_workers(launch, make_config(), path)
+    return two_workers(launch, make_config(), path), folder, path
+
+
+def test_a_record_folder_replaced_while_workers_run_keeps_health_answering_and_the_records_in_the_old_file(
+    launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub, tmp_path: Path
+) -> None:
+    proxy, folder, path = two_workers_writing_in_a_folder(launch, make_config, stub, tmp_path)
     calls = [proxy.post_json("/v1/chat/completions", chat()) for _ in range(4)]
     folder.rename(tmp_path / "old-logs")
     folder.write_bytes(b"")  # a file where the folder was: no record file can be opened at the path
@@ -1039,10 +1047,7 @@ def test_a_record_folder_replaced_while_workers_run_keeps_health_answering_and_t
 def test_a_record_file_deleted_where_no_new_one_can_be_opened_sends_the_records_to_stderr_in_each_worker(
     launch: ProxyLauncher, make_config: MakeConfig, stub: UpstreamStub, tmp_path: Path
 ) -> None:
-    stub.always(Reply(body=completion()))
-    folder = tmp_path / "logs"
-    path = folder / "records.jsonl"
-    proxy = two_workers(launch, make_config(), path)
+    proxy, folder, path = two_workers_writing_in_a_folder(launch, make_config, stub, tmp_path)
     assert proxy.post_json("/v1/chat/completions", chat()).status == 200
     shutil.rmtree(folder)
     folder.write_bytes(b"")  # and a file where the folder was: no record file can be opened at the path
