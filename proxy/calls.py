@@ -197,11 +197,14 @@ class Call:
         }
 
 
+_NEVER_BILLED = (None, "pool_timeout", "upstream_unreachable")  # errors of calls the provider never had
+
+
 def not_billed(status: int, error: CallError | None) -> bool:
     """Whether a call failed in a way nothing is billed for: the provider refused it (its own 4xx or 5xx),
-    or it never reached the provider (no upstream slot came free). A timeout or a reset may have been
-    billed, and a client that left (499) may have left a call running."""
-    return 400 <= status != 499 and error in (None, "pool_timeout")
+    or it never reached the provider (no upstream slot came free, no connection could be made). A timeout
+    or a reset may have been billed, and a client that left (499) may have left a call running."""
+    return 400 <= status != 499 and error in _NEVER_BILLED
 
 
 def cost_of(price: Price | None, usage: Usage | None, unbilled: bool) -> Cost | None:

@@ -42,7 +42,10 @@ def reprice(record: dict[str, Any], config: Config) -> bool:
             reasoning_tokens=_tokens(record, "reasoning_tokens"),
         )
     status, error = record.get("status_code"), record.get("error")
-    cost = cost_of(price, usage, isinstance(status, int) and not_billed(status, error))
+    # Costs of 0 without usage are the writer's word that nothing was billed (a call it never sent).
+    written = record.get("total_cost")
+    unbilled = usage is None and type(written) in (int, float) and written == 0
+    cost = cost_of(price, usage, unbilled or (isinstance(status, int) and not_billed(status, error)))
     record["input_cost"] = cost.input_cost if cost is not None else None
     record["output_cost"] = cost.output_cost if cost is not None else None
     record["total_cost"] = cost.total_cost if cost is not None else None

@@ -321,6 +321,59 @@ CASES: list[tuple[dict[str, Any], tuple[dict[str, float], dict[str, Any], str] |
             "USD",
         ),
     ),
+    (
+        # No connection could be made: nothing was sent, so it costs 0 (recorded as unknown before that
+        # was known).
+        record(
+            request_id="7b2e3f4d5c6b7a8998c8d7e7",
+            proxy_request_id="7b2e3f4d5c6b7a8998c8d7e7",
+            response_model=None,
+            input_tokens=0,
+            output_tokens=0,
+            total_tokens=0,
+            cached_input_tokens=0,
+            reasoning_tokens=0,
+            input_cost=None,
+            output_cost=None,
+            total_cost=None,
+            price=None,
+            finish_reason=None,
+            usage_source="none",
+            status_code=502,
+            error="upstream_unreachable",
+        ),
+        (
+            {"input_cost": 0.0, "output_cost": 0.0, "total_cost": 0.0},
+            applied(2.5, 10.0, 1.25, 2.5),
+            "USD",
+        ),
+    ),
+    (
+        # Its client left before it was sent (waiting for an upstream slot): the writer knew it cost
+        # nothing, and its 0 stays (a 499 that reached the provider is written with costs null).
+        record(
+            request_id="8c3f4a5e6d7c8b9aa9d9e8f8",
+            proxy_request_id="8c3f4a5e6d7c8b9aa9d9e8f8",
+            response_model=None,
+            input_tokens=0,
+            output_tokens=0,
+            total_tokens=0,
+            cached_input_tokens=0,
+            reasoning_tokens=0,
+            input_cost=0.0,
+            output_cost=0.0,
+            total_cost=0.0,
+            finish_reason=None,
+            usage_source="none",
+            status_code=499,
+            error="client_disconnected",
+        ),
+        (
+            {"input_cost": 0.0, "output_cost": 0.0, "total_cost": 0.0},
+            applied(2.5, 10.0, 1.25, 2.5),
+            "USD",
+        ),
+    ),
     # A model config C does not price, and a provider config C does not have: both stay unpriced.
     (record(model="mystery-model", response_model="mystery-model"), None),
     (record(provider="hunyuan", model="hunyuan-turbos-latest", response_model="hunyuan-turbos-latest"), None),
