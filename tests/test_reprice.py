@@ -137,6 +137,28 @@ def applied(
     }
 
 
+def without_usage(request_id: str, status_code: int, cost: float | None, **fields: Any) -> dict[str, Any]:
+    """A gpt-4o call recorded without usage (refused, or never sent), its costs written as `cost`."""
+    return record(
+        request_id=request_id,
+        proxy_request_id=request_id,
+        response_model=None,
+        input_tokens=0,
+        output_tokens=0,
+        total_tokens=0,
+        cached_input_tokens=0,
+        reasoning_tokens=0,
+        input_cost=cost,
+        output_cost=cost,
+        total_cost=cost,
+        finish_reason=None,
+        usage_source="none",
+        status_code=status_code,
+        **({"price": None} if cost is None else {}),
+        **fields,
+    )
+
+
 def legacy(line: dict[str, Any]) -> dict[str, Any]:
     """The same record as written before price provenance: no `price`, `provider_reported_cost` or
     `cache_write_1h_tokens`."""
@@ -159,6 +181,13 @@ ANTHROPIC = {
     "finish_reason": "end_turn",
 }
 
+
+# What config C makes of a gpt-4o call without usage: costs 0 at its prices.
+COSTS_NOTHING = (
+    {"input_cost": 0.0, "output_cost": 0.0, "total_cost": 0.0},
+    applied(2.5, 10.0, 1.25, 2.5),
+    "USD",
+)
 
 # Each record and what config C makes of it: (costs, price, currency), or None when it stays unpriced.
 CASES: list[tuple[dict[str, Any], tuple[dict[str, float], dict[str, Any], str] | None]] = [
@@ -270,110 +299,15 @@ CASES: list[tuple[dict[str, Any], tuple[dict[str, float], dict[str, Any], str] |
             "CNY",
         ),
     ),
-    (
-        # Refused by the provider: no tokens, so nothing is billed at the new prices either.
-        record(
-            request_id="5f0c1e2d3b4a596877a6b5c5",
-            proxy_request_id="5f0c1e2d3b4a596877a6b5c5",
-            response_model=None,
-            input_tokens=0,
-            output_tokens=0,
-            total_tokens=0,
-            cached_input_tokens=0,
-            reasoning_tokens=0,
-            input_cost=0.0,
-            output_cost=0.0,
-            total_cost=0.0,
-            finish_reason=None,
-            usage_source="none",
-            status_code=429,
-        ),
-        (
-            {"input_cost": 0.0, "output_cost": 0.0, "total_cost": 0.0},
-            applied(2.5, 10.0, 1.25, 2.5),
-            "USD",
-        ),
-    ),
-    (
-        # No upstream slot came free: it never reached the provider, so it costs 0 (recorded as unknown
-        # before that was known).
-        record(
-            request_id="6a1d2f3e4c5b6a7988b7c6d6",
-            proxy_request_id="6a1d2f3e4c5b6a7988b7c6d6",
-            response_model=None,
-            input_tokens=0,
-            output_tokens=0,
-            total_tokens=0,
-            cached_input_tokens=0,
-            reasoning_tokens=0,
-            input_cost=None,
-            output_cost=None,
-            total_cost=None,
-            price=None,
-            finish_reason=None,
-            usage_source="none",
-            status_code=503,
-            error="pool_timeout",
-        ),
-        (
-            {"input_cost": 0.0, "output_cost": 0.0, "total_cost": 0.0},
-            applied(2.5, 10.0, 1.25, 2.5),
-            "USD",
-        ),
-    ),
-    (
-        # No connection could be made: nothing was sent, so it costs 0 (recorded as unknown before that
-        # was known).
-        record(
-            request_id="7b2e3f4d5c6b7a8998c8d7e7",
-            proxy_request_id="7b2e3f4d5c6b7a8998c8d7e7",
-            response_model=None,
-            input_tokens=0,
-            output_tokens=0,
-            total_tokens=0,
-            cached_input_tokens=0,
-            reasoning_tokens=0,
-            input_cost=None,
-            output_cost=None,
-            total_cost=None,
-            price=None,
-            finish_reason=None,
-            usage_source="none",
-            status_code=502,
-            error="upstream_unreachable",
-        ),
-        (
-            {"input_cost": 0.0, "output_cost": 0.0, "total_cost": 0.0},
-            applied(2.5, 10.0, 1.25, 2.5),
-            "USD",
-        ),
-    ),
-    (
-        # Its client left before it was sent (waiting for an upstream slot): the writer knew it cost
-        # nothing, and its 0 stays (a 499 that reached the provider is written with costs null).
-        record(
-            request_id="8c3f4a5e6d7c8b9aa9d9e8f8",
-            proxy_request_id="8c3f4a5e6d7c8b9aa9d9e8f8",
-            response_model=None,
-            input_tokens=0,
-            output_tokens=0,
-            total_tokens=0,
-            cached_input_tokens=0,
-            reasoning_tokens=0,
-            input_cost=0.0,
-            output_cost=0.0,
-            total_cost=0.0,
-            finish_reason=None,
-            usage_source="none",
-            status_code=499,
-            error="client_disconnected",
-        ),
-        (
-            {"input_cost": 0.0, "output_cost": 0.0, "total_cost": 0.0},
-            applied(2.5, 10.0, 1.25, 2.5),
-            "USD",
-        ),
-    ),
+    # Refused by the provider: no tokens, so nothing is billed at the new prices either.
+    (without_usage("5f0c1e2d3b4a596877a6b5c5", 429, 0.0), COSTS_NOTHING),
+    # No upstream slot came free, or no connection could be made: it never reached the provider, so it
+    # costs 0 (recorded as unknown before that was known).
+    (without_usage("6a1d2f3e4c5b6a7988b7c6d6", 503, None, error="pool_timeout"), COSTS_NOTHING),
+    (without_usage("7b2e3f4d5c6b7a8998c8d7e7", 502, None, error="upstream_unreachable"), COSTS_NOTHING),
+    # Its client left before it was sent (waiting for an upstream slot): the writer knew it cost
+    # nothing, and its 0 stays (a 499 that reached the provider is written with costs null).
+    (without_usage("8c3f4a5e6d7c8b9aa9d9e8f8", 499, 0.0, error="client_disconnected"), COSTS_NOTHING),
     # A model config C does not price, and a provider config C does not have: both stay unpriced.
     (record(model="mystery-model", response_model="mystery-model"), None),
     (record(provider="hunyuan", model="hunyuan-turbos-latest", response_model="hunyuan-turbos-latest"), None),
